@@ -1,0 +1,27 @@
+//! The object kinds fngate reads, exactly as they appear in Kubernetes: OpenFunction
+//! `Function` (v1beta2, with v1beta1 converted), OpenFunction `Gateway` and
+//! `discovery.k8s.io/v1` `EndpointSlice`. Parsing here is structural only; defaults and
+//! validation belong to `compile`.
+
+mod diagnostic;
+mod endpointslice;
+mod function;
+mod gateway;
+mod httproute;
+mod meta;
+mod parse;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+pub use function::{
+    DaprComponentSpec, DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec,
+    FunctionStatus, HttpTrigger, ServingSpec, ServingStatus, TriggerInput, Triggers,
+};
+pub use gateway::{Gateway, GatewayListener, GatewayListeners, GatewaySpec};
+pub use httproute::{
+    BackendRef, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch,
+    PathModifier, QueryMatch, RequestMirror, RequestRedirect, RouteMatch, RouteRule, RouteSpec,
+    RuleTimeouts, UrlRewrite,
+};
+pub use meta::{ObjectKey, ObjectKind, ObjectMeta};
+pub use parse::{parse_documents, ParsedDocument, ParsedObject};

@@ -1,0 +1,255 @@
+//! HTTPRoute filters and timeouts -> validated rule actions.
+
+use crate::api::{BackendRef, Diagnostic, Filter, HeaderModifier, PathModifier, RuleTimeouts as ApiTimeouts};
+use crate::routing::{BackendTarget, HeaderEdits, PathCondition, PathRewrite, Redirect, Rewrite, RuleTimeouts};
+use std::time::Duration;
+
+#[derive(Default)]
+pub(super) struct RuleActions {
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<BackendTarget>,
+}
+
+pub(super) fn compile_filters(
+    filters: &[Filter],
+    paths: &[PathCondition],
+    namespace: &str,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> RuleActions {
+    let mut actions = RuleActions::default();
+    for (i, f) in filters.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                let Some(m) = &f.request_header_modifier else {
+                    diags.push(missing(&field, "requestHeaderModifier"));
+                    continue;
+                };
+                actions.request_headers = Some(header_edits(m, &format!("{field}.requestHeaderModifier"), diags));
+            }
+            "ResponseHeaderModifier" => {
+                let Some(m) = &f.response_header_modifier else {
+                    diags.push(missing(&field, "responseHeaderModifier"));
+                    continue;
+                };
+                actions.response_headers = Some(header_edits(m, &format!("{field}.responseHeaderModifier"), diags));
+            }
+            "RequestRedirect" => {
+                let Some(r) = &f.request_redirect else {
+                    diags.push(missing(&field, "requestRedirect"));
+                    continue;
+                };
+                let field = format!("{field}.requestRedirect");
+                let scheme = r.scheme.clone();
+                if let Some(s) = &scheme {
+                    if s != "http" && s != "https" {
+                        diags.push(Diagnostic::error(format!("scheme {s:?} must be http or https")).at_field(format!("{field}.scheme")));
+                    }
+                }
+                let status = r.status_code.unwrap_or(302);
+                if ![301, 302, 303, 307, 308].contains(&status) {
+                    diags.push(
+                        Diagnostic::error(format!("statusCode {status} must be one of 301, 302, 303, 307, 308"))
+                            .at_field(format!("{field}.statusCode")),
+                    );
+                }
+                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &format!("{field}.path"), diags));
+                actions.redirect = Some(Redirect {
+                    scheme,
+                    hostname: r.hostname.clone().filter(|h| !h.is_empty()),
+                    port: r.port,
+                    path,
+                    status,
+                });
+            }
+            "URLRewrite" => {
+                let Some(r) = &f.url_rewrite else {
+                    diags.push(missing(&field, "urlRewrite"));
+                    continue;
+                };
+                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &format!("{field}.urlRewrite.path"), diags));
+                actions.rewrite = Some(Rewrite { hostname: r.hostname.clone().filter(|h| !h.is_empty()), path });
+            }
+            "RequestMirror" => {
+                let Some(m) = &f.request_mirror else {
+                    diags.push(missing(&field, "requestMirror"));
+                    continue;
+                };
+                if let Some(t) = backend_target(&m.backend_ref, namespace, &format!("{field}.requestMirror.backendRef"), diags) {
+                    actions.mirrors.push(t);
+                }
+            }
+            other => diags.push(
+                Diagnostic::error(format!(
+                    "filter type {other:?} is not supported; expected RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite or RequestMirror"
+                ))
+                .at_field(format!("{field}.type")),
+            ),
+        }
+    }
+    if actions.redirect.is_some() && actions.rewrite.is_some() {
+        diags.push(
+            Diagnostic::error("RequestRedirect and URLRewrite cannot be used in the same rule").at_field(field.to_owned()),
+        );
+    }
+    actions
+}
+
+fn missing(field: &str, key: &str) -> Diagnostic {
+    Diagnostic::error(format!("{key} is required for this filter type")).at_field(format!("{field}.{key}"))
+}
+
+fn header_edits(m: &HeaderModifier, field: &str, diags: &mut Vec<Diagnostic>) -> HeaderEdits {
+    let mut check = |name: &str, value: Option<&str>, f: String| {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            diags.push(Diagnostic::error(format!("{name:?} is not a valid header name")).at_field(f.clone()));
+        }
+        if let Some(v) = value {
+            if http::HeaderValue::from_str(v).is_err() {
+                diags.push(Diagnostic::error(format!("{v:?} is not a valid header value")).at_field(f));
+            }
+        }
+    };
+    for (i, h) in m.set.iter().enumerate() {
+        check(&h.name, Some(&h.value), format!("{field}.set[{i}]"));
+    }
+    for (i, h) in m.add.iter().enumerate() {
+        check(&h.name, Some(&h.value), format!("{field}.add[{i}]"));
+    }
+    for (i, h) in m.remove.iter().enumerate() {
+        check(h, None, format!("{field}.remove[{i}]"));
+    }
+    HeaderEdits {
+        set: m.set.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect(),
+        add: m.add.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect(),
+        remove: m.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &str, diags: &mut Vec<Diagnostic>) -> Option<PathRewrite> {
+    match p.kind.as_str() {
+        "ReplaceFullPath" => match &p.replace_full_path {
+            Some(v) if v.starts_with('/') => Some(PathRewrite::Full(v.clone())),
+            _ => {
+                diags.push(Diagnostic::error("replaceFullPath must be set and start with '/'").at_field(format!("{field}.replaceFullPath")));
+                None
+            }
+        },
+        "ReplacePrefixMatch" => {
+            if paths.iter().any(|c| !matches!(c, PathCondition::Prefix(_))) {
+                diags.push(
+                    Diagnostic::error("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match")
+                        .at_field(format!("{field}.type")),
+                );
+                return None;
+            }
+            match &p.replace_prefix_match {
+                Some(v) if v.starts_with('/') => Some(PathRewrite::Prefix(v.clone())),
+                _ => {
+                    diags.push(
+                        Diagnostic::error("replacePrefixMatch must be set and start with '/'")
+                            .at_field(format!("{field}.replacePrefixMatch")),
+                    );
+                    None
+                }
+            }
+        }
+        other => {
+            diags.push(
+                Diagnostic::error(format!("path modifier type {other:?}; expected ReplaceFullPath or ReplacePrefixMatch"))
+                    .at_field(format!("{field}.type")),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &str, diags: &mut Vec<Diagnostic>) -> Option<BackendTarget> {
+    let kind_ok = b.kind.as_deref().map_or(true, |k| k == "Service") && b.group.as_deref().map_or(true, str::is_empty);
+    if !kind_ok {
+        diags.push(Diagnostic::error("only core Services can be backends (kind Service, group \"\")").at_field(format!("{field}.kind")));
+        return None;
+    }
+    if b.name.is_empty() {
+        diags.push(Diagnostic::error("backend name is required").at_field(format!("{field}.name")));
+        return None;
+    }
+    Some(BackendTarget {
+        namespace: b.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| namespace.to_owned()),
+        service: b.name.clone(),
+        port: b.port,
+    })
+}
+
+/// Gateway API duration: 1 to 4 `<number><h|m|s|ms>` parts; `0s` turns a timeout off.
+pub(super) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let bad = || format!("{text:?} is not a duration like 500ms, 10s, 1m or 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return Err(bad());
+        };
+        total += unit * n as u32;
+        rest = &rest[len..];
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(bad());
+    }
+    Ok((!total.is_zero()).then_some(total))
+}
+
+pub(super) fn compile_timeouts(t: Option<&ApiTimeouts>, field: &str, diags: &mut Vec<Diagnostic>) -> RuleTimeouts {
+    let Some(t) = t else { return RuleTimeouts::default() };
+    let mut one = |v: &Option<String>, key: &str| match v.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            diags.push(Diagnostic::error(e).at_field(format!("{field}.{key}")));
+            None
+        }
+    };
+    let request = one(&t.request, "request");
+    let backend_request = one(&t.backend_request, "backendRequest");
+    if let (Some(r), Some(b)) = (request, backend_request) {
+        if b > r {
+            diags.push(Diagnostic::error("backendRequest must not be longer than request").at_field(format!("{field}.backendRequest")));
+        }
+    }
+    RuleTimeouts { request, backend_request }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_gateway_api_format() {
+        assert_eq!(parse_duration("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(parse_duration("1h30m"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_duration("0s"), Ok(None));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Snapshot -> Plan. Pure: no I/O. All defaulting and validation of objects happens here,
+//! and every problem becomes a `Diagnostic`; a bad object is left out (or its last good
+//! version kept) while every good object still serves.
+
+mod endpoints;
+mod filters;
+mod gateway;
+mod route;
+
+pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};
+
+use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};
+use crate::plan::{CompiledFunction, Plan};
+use crate::routing::RouteTable;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// One object as the catalog holds it.
+#[derive(Clone, Debug)]
+pub struct CatalogEntry {
+    pub object: ParsedObject,
+    pub file: Option<String>,
+    /// Content hash or resourceVersion-derived number; equal means unchanged.
+    pub version: u64,
+}
+
+/// Everything the catalog knows at one moment, plus the problems it met reading it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub objects: BTreeMap<ObjectKey, CatalogEntry>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileSettings {
+    /// `namespace/name` of the Gateway used when a Function names none.
+    pub gateway: String,
+}
+
+impl Default for CompileSettings {
+    fn default() -> Self {
+        CompileSettings { gateway: "openfunction/openfunction".into() }
+    }
+}
+
+/// Compiles a snapshot. `previous` supplies last good versions of Functions that are now
+/// invalid. The returned plan has revision 0; the publisher numbers it.
+pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option<&Plan>) -> Plan {
+    let mut diagnostics = snapshot.diagnostics.clone();
+    let gateways = gateway::GatewayIndex::new(snapshot, settings);
+    let endpoints = endpoints::build(snapshot, &mut diagnostics);
+    let mut builder = RouteTable::builder();
+    let mut functions = BTreeMap::new();
+
+    for (key, entry) in snapshot.objects.range(ObjectKey::new(ObjectKind::Function, "", "")..) {
+        if key.kind != ObjectKind::Function {
+            break;
+        }
+        let ParsedObject::Function(function) = &entry.object else { continue };
+        let Some(_) = function.http_trigger() else { continue };
+        let gw = gateways.for_function(function);
+        let compiled = route::compile_function(function, &gw);
+        let label = key.to_string();
+        let file = entry.file.as_deref();
+        let mut problems: Vec<Diagnostic> = compiled
+            .diagnostics
+            .into_iter()
+            .map(|d| d.on_object(label.clone()).in_file(file))
+            .collect();
+        let has_errors = problems.iter().any(Diagnostic::is_error);
+        let chosen = if has_errors {
+            match previous.and_then(|p| p.functions.get(key)) {
+                Some(last_good) => {
+                    problems.push(
+                        Diagnostic::warning("object rejected; still serving its last good version")
+                            .on_object(label.clone())
+                            .in_file(file),
+                    );
+                    Some(last_good.clone())
+                }
+                None => None,
+            }
+        } else {
+            Some(CompiledFunction { version: entry.version, entries: compiled.entries })
+        };
+        diagnostics.extend(problems);
+        if let Some(cf) = chosen {
+            for e in &cf.entries {
+                builder.add(e.clone());
+            }
+            functions.insert(key.clone(), cf);
+        }
+    }
+    diagnostics.sort();
+    diagnostics.dedup();
+    Plan {
+        revision: 0,
+        content_hash: content_hash(snapshot),
+        routes: builder.build(),
+        endpoints,
+        functions,
+        diagnostics,
+    }
+}
+
+fn content_hash(snapshot: &Snapshot) -> String {
+    let mut h = Sha256::new();
+    for (key, entry) in &snapshot.objects {
+        h.update(key.to_string().as_bytes());
+        h.update(entry.version.to_be_bytes());
+    }
+    let d = h.finalize();
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads objects from text, as `fngate check` and the file catalog do.
+pub fn snapshot_from_texts<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for (file, text) in files {
+        match crate::api::parse_documents(text, Some(file)) {
+            Ok(docs) => {
+                for doc in docs {
+                    match doc.result {
+                        Ok(object) => {
+                            let version = object.content_hash();
+                            let key = object.key();
+                            if let Some(prev) = snapshot.objects.get(&key) {
+                                snapshot.diagnostics.push(
+                                    Diagnostic::error(format!(
+                                        "duplicate object; also defined in {}",
+                                        prev.file.as_deref().unwrap_or("?")
+                                    ))
+                                    .in_file(Some(file))
+                                    .on_object(key.to_string()),
+                                );
+                                continue;
+                            }
+                            snapshot.objects.insert(key, CatalogEntry { object, file: Some(file.to_owned()), version });
+                        }
+                        Err(d) => snapshot.diagnostics.push(d),
+                    }
+                }
+            }
+            Err(d) => snapshot.diagnostics.push(d),
+        }
+    }
+    snapshot
+}

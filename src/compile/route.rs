@@ -1,0 +1,254 @@
+//! A Function's HTTP trigger -> route entries, the way OpenFunction v1.1.0 builds its
+//! HTTPRoute: default hostnames from the Gateway templates plus the in-cluster name,
+//! a default rule, and the Function's own Service as backend unless backendRefs are given.
+
+use super::filters::{backend_target, compile_filters, compile_timeouts};
+use super::gateway::GatewayDefaults;
+use crate::api::{Diagnostic, Function, HeaderMatch, PathMatch, RouteMatch, RouteRule};
+use crate::routing::{
+    FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry, Rule,
+    StringMatch, WeightedBackend,
+};
+use crate::routing::RouteOrder;
+use std::sync::Arc;
+
+pub(super) struct CompiledRoutes {
+    pub entries: Vec<RouteEntry>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+const ROUTE_FIELD: &str = "spec.serving.triggers.http.route";
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRoutes {
+    let mut diags = Vec::new();
+    let mut entries = Vec::new();
+    let name = f.metadata.name.as_str();
+    let namespace = f.metadata.namespace_or_default();
+    let trigger = f.http_trigger().cloned().unwrap_or_default();
+    let route = trigger.route.clone().unwrap_or_default();
+    let port = match trigger.port {
+        None => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                diags.push(Diagnostic::error(format!("port {p} must be from 1 to 65535")).at_field("spec.serving.triggers.http.port"));
+                None
+            }
+        },
+    };
+
+    // Hostnames.
+    let user_hostnames: Vec<String> = route.hostnames.clone().unwrap_or_default();
+    for (i, h) in user_hostnames.iter().enumerate() {
+        if let Err(e) = validate_hostname(h) {
+            diags.push(Diagnostic::error(e).at_field(format!("{ROUTE_FIELD}.hostnames[{i}]")));
+        }
+    }
+    let mut hostnames: Vec<String> = if user_hostnames.is_empty() {
+        vec![gw.render(&gw.host_template, name, namespace)]
+    } else {
+        user_hostnames.iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
+    hostnames.push(format!("{name}.{namespace}.svc.{}", gw.cluster_domain));
+    let hostnames: Vec<String> = hostnames.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    let Some(hostnames) = gw.attach(&hostnames) else {
+        diags.push(
+            Diagnostic::warning("no hostname of this route matches a listener hostname of its Gateway; route not attached")
+                .at_field(format!("{ROUTE_FIELD}.hostnames")),
+        );
+        return CompiledRoutes { entries, diagnostics: diags };
+    };
+
+    // Rules.
+    let rules: Vec<RouteRule> = match &route.rules {
+        Some(rules) if !rules.is_empty() => rules.clone(),
+        _ if !user_hostnames.is_empty() => {
+            // Path-based routing: /<pathTemplate>, seen by the function as `/`.
+            let path = format!("/{}", gw.render(&gw.path_template, name, namespace).trim_start_matches('/'));
+            vec![RouteRule {
+                matches: Some(vec![RouteMatch {
+                    path: Some(PathMatch { kind: Some("PathPrefix".into()), value: Some(path) }),
+                    ..RouteMatch::default()
+                }]),
+                ..RouteRule::default()
+            }]
+        }
+        _ => vec![RouteRule::default()],
+    };
+    let path_based_rewrite = route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
+
+    let function_ref = FunctionRef { namespace: namespace.to_owned(), name: name.to_owned() };
+    for (ri, rule) in rules.iter().enumerate() {
+        let field = format!("{ROUTE_FIELD}.rules[{ri}]");
+        let errors_before = diags.iter().filter(|d| d.is_error()).count();
+        let matches: Vec<RouteMatch> = match &rule.matches {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => vec![RouteMatch::default()],
+        };
+        let mut compiled_matches = Vec::new();
+        for (mi, m) in matches.iter().enumerate() {
+            let mfield = format!("{field}.matches[{mi}]");
+            if let Some(c) = compile_match(m, &mfield, &mut diags) {
+                compiled_matches.push((mi, c));
+            }
+        }
+        let paths: Vec<PathCondition> = compiled_matches.iter().map(|(_, (p, _))| p.clone()).collect();
+        let mut actions = compile_filters(rule.filters.as_deref().unwrap_or(&[]), &paths, namespace, &format!("{field}.filters"), &mut diags);
+        if path_based_rewrite && actions.rewrite.is_none() && actions.redirect.is_none() {
+            actions.rewrite = Some(Rewrite { hostname: None, path: Some(PathRewrite::Prefix("/".into())) });
+        }
+        let timeouts = compile_timeouts(rule.timeouts.as_ref(), &format!("{field}.timeouts"), &mut diags);
+        let backends: Vec<WeightedBackend> = match &rule.backend_refs {
+            Some(refs) if !refs.is_empty() => refs
+                .iter()
+                .enumerate()
+                .filter_map(|(bi, b)| {
+                    let bfield = format!("{field}.backendRefs[{bi}]");
+                    let weight = b.weight.unwrap_or(1);
+                    if !(0..=1_000_000).contains(&weight) {
+                        diags.push(Diagnostic::error(format!("weight {weight} must be from 0 to 1000000")).at_field(format!("{bfield}.weight")));
+                        return None;
+                    }
+                    let target = backend_target(b, namespace, &bfield, &mut diags)?;
+                    Some(WeightedBackend { target, weight: weight as u32 })
+                })
+                .collect(),
+            _ => vec![WeightedBackend {
+                target: crate::routing::BackendTarget {
+                    namespace: namespace.to_owned(),
+                    service: f.service_name().to_owned(),
+                    port,
+                },
+                weight: 1,
+            }],
+        };
+        if diags.iter().filter(|d| d.is_error()).count() > errors_before {
+            continue;
+        }
+        let rule_arc = Arc::new(Rule {
+            function: function_ref.clone(),
+            rule_index: ri,
+            rule_name: rule.name.clone(),
+            request_headers: actions.request_headers,
+            response_headers: actions.response_headers,
+            redirect: actions.redirect,
+            rewrite: actions.rewrite,
+            mirrors: actions.mirrors,
+            backends,
+            timeouts,
+        });
+        for (mi, (path, conditions)) in compiled_matches {
+            entries.push(RouteEntry {
+                hostnames: hostnames.clone(),
+                path,
+                conditions,
+                rule: rule_arc.clone(),
+                order: RouteOrder {
+                    created: f.metadata.creation_timestamp.clone(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    rule_index: ri,
+                    match_index: mi,
+                },
+            });
+        }
+    }
+    CompiledRoutes { entries, diagnostics: diags }
+}
+
+fn compile_match(m: &RouteMatch, field: &str, diags: &mut Vec<Diagnostic>) -> Option<(PathCondition, MatchConditions)> {
+    let before = diags.len();
+    let path = match &m.path {
+        None => PathCondition::Prefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" | "PathPrefix" if !value.starts_with('/') => {
+                    diags.push(Diagnostic::error(format!("path {value:?} must start with '/'")).at_field(format!("{field}.path.value")));
+                    PathCondition::Exact(value)
+                }
+                "Exact" => PathCondition::Exact(value),
+                "PathPrefix" => {
+                    let trimmed = value.trim_end_matches('/');
+                    PathCondition::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.to_owned() })
+                }
+                "RegularExpression" => {
+                    if let Err(e) = regex::Regex::new(&value) {
+                        diags.push(Diagnostic::error(format!("invalid regular expression: {e}")).at_field(format!("{field}.path.value")));
+                    }
+                    PathCondition::Regex(value)
+                }
+                other => {
+                    diags.push(
+                        Diagnostic::error(format!("path type {other:?}; expected Exact, PathPrefix or RegularExpression"))
+                            .at_field(format!("{field}.path.type")),
+                    );
+                    PathCondition::Prefix("/".into())
+                }
+            }
+        }
+    };
+    let method = match &m.method {
+        None => None,
+        Some(method) if METHODS.contains(&method.as_str()) => Some(method.clone()),
+        Some(method) => {
+            diags.push(
+                Diagnostic::error(format!("method {method:?} is not one of {}", METHODS.join(", "))).at_field(format!("{field}.method")),
+            );
+            None
+        }
+    };
+    let headers = conditions(m.headers.as_deref().unwrap_or(&[]), true, &format!("{field}.headers"), diags);
+    let query = conditions(m.query_params.as_deref().unwrap_or(&[]), false, &format!("{field}.queryParams"), diags);
+    (diags.len() == before).then_some((path, MatchConditions { method, headers, query, path_regex: None }))
+}
+
+/// Header or query conditions. Gateway API: of entries with equal names only the first
+/// counts (header names compare case-insensitively, query names exactly).
+fn conditions(list: &[HeaderMatch], headers: bool, field: &str, diags: &mut Vec<Diagnostic>) -> Vec<HeaderCondition> {
+    let mut out: Vec<HeaderCondition> = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let name = if headers { h.name.to_ascii_lowercase() } else { h.name.clone() };
+        if name.is_empty() {
+            diags.push(Diagnostic::error("name is required").at_field(format!("{field}[{i}].name")));
+            continue;
+        }
+        if out.iter().any(|c| c.name == name) {
+            continue;
+        }
+        let value = match h.kind.as_deref().unwrap_or("Exact") {
+            "Exact" => StringMatch::Exact(h.value.clone()),
+            "RegularExpression" => match regex::Regex::new(&format!("^(?:{})$", h.value)) {
+                Ok(re) => StringMatch::Regex(re),
+                Err(e) => {
+                    diags.push(Diagnostic::error(format!("invalid regular expression: {e}")).at_field(format!("{field}[{i}].value")));
+                    continue;
+                }
+            },
+            other => {
+                diags.push(
+                    Diagnostic::error(format!("match type {other:?}; expected Exact or RegularExpression")).at_field(format!("{field}[{i}].type")),
+                );
+                continue;
+            }
+        };
+        out.push(HeaderCondition { name, value });
+    }
+    out
+}
+
+fn validate_hostname(h: &str) -> Result<(), String> {
+    let body = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !body.is_empty()
+        && h.len() <= 253
+        && !h.contains(':')
+        && body.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{h:?} is not a valid hostname (DNS name, optionally prefixed by '*.'; no IP, no port)"))
+    }
+}

@@ -1,0 +1,111 @@
+//! The immutable result of a compile, swapped atomically into the data plane.
+
+use crate::api::{Diagnostic, ObjectKey};
+use crate::routing::{BackendTarget, RouteEntry, RouteTable};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Increases by one with every publish; 0 only before the first compile.
+    pub revision: u64,
+    /// Hash of every object version that went into this plan (hex).
+    pub content_hash: String,
+    pub routes: RouteTable,
+    pub endpoints: Endpoints,
+    /// The route entries each Function contributed, kept so a later compile can keep
+    /// serving the last good version of a Function that became invalid.
+    pub functions: BTreeMap<ObjectKey, CompiledFunction>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledFunction {
+    pub version: u64,
+    pub entries: Vec<RouteEntry>,
+}
+
+impl Plan {
+    pub fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointAddress {
+    pub ip: IpAddr,
+    /// (port name, number) pairs from the slice.
+    pub ports: Arc<[(Option<String>, u16)]>,
+}
+
+/// The ready endpoints of one Service, merged from all its EndpointSlices.
+#[derive(Debug, Default, Serialize)]
+pub struct ServiceEndpoints {
+    pub ready: Vec<EndpointAddress>,
+    pub not_ready: usize,
+    #[serde(skip)]
+    next: AtomicUsize,
+}
+
+impl ServiceEndpoints {
+    pub fn new(ready: Vec<EndpointAddress>, not_ready: usize) -> Self {
+        ServiceEndpoints { ready, not_ready, next: AtomicUsize::new(0) }
+    }
+
+    /// Round-robin start index; `attempt` moves to the next endpoint after a failure.
+    pub fn pick(&self, attempt: usize, port_hint: Option<u16>) -> Option<SocketAddr> {
+        if self.ready.is_empty() {
+            return None;
+        }
+        let start = if attempt == 0 {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed).wrapping_sub(1)
+        };
+        let ep = &self.ready[start.wrapping_add(attempt) % self.ready.len()];
+        let port = choose_port(&ep.ports, port_hint)?;
+        Some(SocketAddr::new(ep.ip, port))
+    }
+}
+
+/// One port: use it. Several: the one whose number matches the hint, else the first.
+fn choose_port(ports: &[(Option<String>, u16)], hint: Option<u16>) -> Option<u16> {
+    match ports {
+        [] => hint,
+        [(_, p)] => Some(*p),
+        many => hint
+            .and_then(|h| many.iter().find(|(_, p)| *p == h))
+            .or_else(|| many.first())
+            .map(|(_, p)| *p),
+    }
+}
+
+/// Service endpoints by namespace, then name: two `&str` lookups, no allocation.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    pub services: HashMap<String, HashMap<String, Arc<ServiceEndpoints>>>,
+}
+
+impl Endpoints {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceEndpoints>> {
+        self.services.get(namespace)?.get(name)
+    }
+    pub fn for_target(&self, target: &BackendTarget) -> Option<&Arc<ServiceEndpoints>> {
+        self.get(&target.namespace, &target.service)
+    }
+    pub fn insert(&mut self, key: ServiceKey, endpoints: ServiceEndpoints) {
+        self.services.entry(key.namespace).or_default().insert(key.name, Arc::new(endpoints));
+    }
+    pub fn service_count(&self) -> usize {
+        self.services.values().map(HashMap::len).sum()
+    }
+}

@@ -1,0 +1,45 @@
+//! The route table: Gateway API HTTPRoute matching over every Function's rules.
+//!
+//! Pure data and matching — no tokio, no pingora — so it is unit-tested and benchmarked
+//! alone. Hostname buckets (exact, then `*.` suffixes longest first, then routes without
+//! hostnames) each hold a matchit path index whose nodes list candidates already sorted by
+//! Gateway API precedence, so a lookup walks at most one list per path prefix.
+
+mod conditions;
+mod rule;
+mod table;
+
+pub use conditions::{HeaderCondition, MatchConditions, PathCondition, StringMatch};
+pub use rule::{
+    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleTimeouts,
+    WeightedBackend,
+};
+pub use table::{normalize_host, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable, RouteTableBuilder};
+
+/// The request facts matching looks at, borrowed from the request.
+pub trait RequestView {
+    fn method(&self) -> &str;
+    /// Lower-cased header name -> first value.
+    fn header(&self, name: &str) -> Option<&str>;
+    fn query(&self) -> Option<&str>;
+}
+
+/// A request written out as plain values, for tests, benches and the CLI.
+#[derive(Clone, Debug, Default)]
+pub struct PlainRequest {
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Option<String>,
+}
+
+impl RequestView for PlainRequest {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+}

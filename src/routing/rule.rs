@@ -1,0 +1,185 @@
+//! What a matched rule does: filters, backends, timeouts — compiled, validated values.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// The Function a rule came from; its namespace and name are the metrics labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FunctionRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A Service port to send to. `port: None` means "the slice's port".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct BackendTarget {
+    pub namespace: String,
+    pub service: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightedBackend {
+    pub target: BackendTarget,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeaderEdits {
+    /// Names lower-cased.
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum PathRewrite {
+    Full(String),
+    Prefix(String),
+}
+
+impl PathRewrite {
+    /// The new path (without query) for `path`, which matched `matched_prefix` when the
+    /// route matched by prefix.
+    pub fn apply(&self, path: &str, matched_prefix: Option<&str>) -> String {
+        match self {
+            PathRewrite::Full(p) => p.clone(),
+            PathRewrite::Prefix(replacement) => {
+                let prefix = matched_prefix.unwrap_or("/");
+                let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+                let head = replacement.trim_end_matches('/');
+                let joined = if rest.is_empty() || rest.starts_with('/') {
+                    format!("{head}{rest}")
+                } else {
+                    format!("{head}/{rest}")
+                };
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else {
+                    joined
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+impl Redirect {
+    /// The `Location` for a request; `request_port` is the port of the request's Host
+    /// header, if it named one.
+    pub fn location(
+        &self,
+        request_scheme: &str,
+        request_host: &str,
+        request_port: Option<u16>,
+        path: &str,
+        query: Option<&str>,
+        matched_prefix: Option<&str>,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(request_scheme);
+        let host = self.hostname.as_deref().unwrap_or(request_host);
+        // Gateway API: with a scheme change and no port, the port is the scheme's default;
+        // otherwise the request's port is kept. Default ports are left out of Location.
+        let port = match (self.port, &self.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => request_port,
+        };
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let new_path = match &self.path {
+            Some(rw) => rw.apply(path, matched_prefix),
+            None => path.to_owned(),
+        };
+        let mut loc = format!("{scheme}://{host}");
+        if let Some(p) = port.filter(|p| *p != default_port) {
+            loc.push_str(&format!(":{p}"));
+        }
+        loc.push_str(&new_path);
+        if let Some(q) = query {
+            loc.push('?');
+            loc.push_str(q);
+        }
+        loc
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Rewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathRewrite>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct RuleTimeouts {
+    /// Whole request, client to response headers; `None` = no limit from the route.
+    pub request: Option<Duration>,
+    /// One attempt against one backend.
+    pub backend_request: Option<Duration>,
+}
+
+/// One compiled HTTPRoute rule of one Function.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rule {
+    pub function: FunctionRef,
+    pub rule_index: usize,
+    pub rule_name: Option<String>,
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<BackendTarget>,
+    pub backends: Vec<WeightedBackend>,
+    pub timeouts: RuleTimeouts,
+}
+
+impl Rule {
+    /// A weighted pick among backends; `roll` is uniform in `0..total_weight`.
+    pub fn pick_backend(&self, roll: u32) -> Option<&BackendTarget> {
+        let mut acc = 0u32;
+        for b in &self.backends {
+            acc += b.weight;
+            if roll < acc {
+                return Some(&b.target);
+            }
+        }
+        None
+    }
+    pub fn total_weight(&self) -> u32 {
+        self.backends.iter().map(|b| b.weight).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrite_keeps_the_rest_of_the_path_on_a_segment_boundary() {
+        let rw = PathRewrite::Prefix("/one".into());
+        assert_eq!(rw.apply("/prefix/one/two", Some("/prefix/one")), "/one/two");
+        assert_eq!(rw.apply("/prefix/one", Some("/prefix/one")), "/one");
+        let root = PathRewrite::Prefix("/".into());
+        assert_eq!(root.apply("/strip-prefix/three", Some("/strip-prefix")), "/three");
+        assert_eq!(root.apply("/strip-prefix", Some("/strip-prefix")), "/");
+        assert_eq!(PathRewrite::Full("/x".into()).apply("/a/b", Some("/a")), "/x");
+    }
+
+    #[test]
+    fn redirect_location_fills_in_from_the_request() {
+        let r = Redirect { scheme: Some("https".into()), hostname: None, port: None, path: None, status: 302 };
+        assert_eq!(r.location("http", "example.org", Some(8080), "/a", Some("q=1"), None), "https://example.org/a?q=1");
+        let r = Redirect { scheme: None, hostname: Some("x.org".into()), port: Some(8443), path: None, status: 301 };
+        assert_eq!(r.location("http", "example.org", None, "/a", None, None), "http://x.org:8443/a");
+        let r = Redirect { scheme: None, hostname: None, port: None, path: None, status: 302 };
+        assert_eq!(r.location("http", "example.org", Some(8080), "/", None, None), "http://example.org:8080/");
+        assert_eq!(r.location("http", "example.org", Some(80), "/", None, None), "http://example.org/");
+    }
+}

@@ -1,0 +1,290 @@
+use super::conditions::{MatchConditions, PathCondition};
+use super::rule::Rule;
+use super::RequestView;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Tie-breaks after path, per Gateway API: oldest object, then namespace/name, then order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct RouteOrder {
+    /// RFC 3339 timestamps sort as text; objects without one count as newest.
+    pub created: Option<String>,
+    pub namespace: String,
+    pub name: String,
+    pub rule_index: usize,
+    pub match_index: usize,
+}
+
+/// One match of one rule, as input to the builder.
+#[derive(Clone, Debug)]
+pub struct RouteEntry {
+    /// Lower-case; `*.suffix` for wildcards; empty = any host.
+    pub hostnames: Vec<String>,
+    pub path: PathCondition,
+    pub conditions: MatchConditions,
+    pub rule: Arc<Rule>,
+    pub order: RouteOrder,
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub struct RouteMatch<'a> {
+    pub rule: &'a Arc<Rule>,
+    /// The normalised prefix that matched, for `ReplacePrefixMatch`.
+    pub matched_prefix: Option<&'a str>,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    conditions: Arc<MatchConditions>,
+    rule: Arc<Rule>,
+    prefix: Option<Arc<str>>,
+    rank: Arc<(bool, usize, usize, RouteOrder)>,
+}
+
+impl Candidate {
+    fn cmp_rank(&self, other: &Self) -> Ordering {
+        let (am, ah, aq, ao) = &*self.rank;
+        let (bm, bh, bq, bo) = &*other.rank;
+        bm.cmp(am)
+            .then(bh.cmp(ah))
+            .then(bq.cmp(aq))
+            .then_with(|| match (&ao.created, &bo.created) {
+                (Some(a), Some(b)) => a.cmp(b),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+            .then_with(|| (&ao.namespace, &ao.name, ao.rule_index, ao.match_index)
+                .cmp(&(&bo.namespace, &bo.name, bo.rule_index, bo.match_index)))
+    }
+}
+
+#[derive(Default)]
+struct PathNode {
+    exact: Vec<Candidate>,
+    prefix: Vec<Candidate>,
+}
+
+#[derive(Default)]
+struct HostBucket {
+    paths: matchit::Router<PathNode>,
+    /// Regex paths, longest pattern first, then by rank.
+    regex: Vec<Candidate>,
+}
+
+fn first_match<'a>(
+    list: &'a [Candidate],
+    path: &str,
+    req: &impl RequestView,
+) -> Option<RouteMatch<'a>> {
+    list.iter().find(|c| c.conditions.matches(path, req)).map(|c| RouteMatch {
+        rule: &c.rule,
+        matched_prefix: c.prefix.as_deref(),
+    })
+}
+
+impl HostBucket {
+    fn find<'a>(&'a self, path: &str, req: &impl RequestView) -> Option<RouteMatch<'a>> {
+        if let Ok(m) = self.paths.at(path) {
+            let node = m.value;
+            if let Some(hit) = first_match(&node.exact, path, req).or_else(|| first_match(&node.prefix, path, req)) {
+                return Some(hit);
+            }
+        }
+        // Shorter prefixes, longest first, at segment boundaries only.
+        for (i, _) in path.rmatch_indices('/') {
+            let key = if i == 0 { "/" } else { &path[..i] };
+            if key.len() == path.len() {
+                continue;
+            }
+            if let Ok(m) = self.paths.at(key) {
+                if let Some(hit) = first_match(&m.value.prefix, path, req) {
+                    return Some(hit);
+                }
+            }
+        }
+        first_match(&self.regex, path, req)
+    }
+}
+
+/// Lower-cases a Host value and drops its port (`[v6]:port` included).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = if host.starts_with('[') {
+        host.find(']').map(|i| &host[..=i]).unwrap_or(host)
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let trimmed = without_port.trim_end_matches('.');
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// A flattened, serialisable view of one entry, for `/routes` and `fngate routes`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteSummary {
+    pub function: String,
+    pub rule: usize,
+    pub hostnames: Vec<String>,
+    pub path: String,
+    pub method: Option<String>,
+    pub headers: Vec<String>,
+    pub query: Vec<String>,
+    pub backends: Vec<String>,
+    pub redirect: bool,
+}
+
+#[derive(Default)]
+pub struct RouteTable {
+    exact_hosts: HashMap<Box<str>, HostBucket>,
+    /// Keyed by the suffix with its leading dot: `*.example.com` -> `.example.com`.
+    wildcard_hosts: HashMap<Box<str>, HostBucket>,
+    any_host: HostBucket,
+    summaries: Vec<RouteSummary>,
+}
+
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable").field("routes", &self.summaries.len()).finish()
+    }
+}
+
+impl RouteTable {
+    pub fn builder() -> RouteTableBuilder {
+        RouteTableBuilder::default()
+    }
+
+    /// Finds the rule for a request. `path` excludes the query string.
+    pub fn find<'a>(&'a self, host: &str, path: &str, req: &impl RequestView) -> Option<RouteMatch<'a>> {
+        let host = normalize_host(host);
+        let path = if path.is_empty() { "/" } else { path };
+        if let Some(b) = self.exact_hosts.get(host.as_ref()) {
+            if let Some(hit) = b.find(path, req) {
+                return Some(hit);
+            }
+        }
+        if !self.wildcard_hosts.is_empty() {
+            for (i, _) in host.match_indices('.') {
+                if let Some(b) = self.wildcard_hosts.get(&host[i..]) {
+                    if let Some(hit) = b.find(path, req) {
+                        return Some(hit);
+                    }
+                }
+            }
+        }
+        self.any_host.find(path, req)
+    }
+
+    pub fn summaries(&self) -> &[RouteSummary] {
+        &self.summaries
+    }
+
+    pub fn len(&self) -> usize {
+        self.summaries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.summaries.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct BucketBuild {
+    nodes: HashMap<String, PathNode>,
+    regex: Vec<(usize, Candidate)>,
+}
+
+#[derive(Default)]
+pub struct RouteTableBuilder {
+    exact: HashMap<String, BucketBuild>,
+    wildcard: HashMap<String, BucketBuild>,
+    any: BucketBuild,
+    summaries: Vec<RouteSummary>,
+}
+
+impl RouteTableBuilder {
+    pub fn add(&mut self, entry: RouteEntry) {
+        let RouteEntry { hostnames, path, mut conditions, rule, order } = entry;
+        self.summaries.push(RouteSummary {
+            function: format!("{}/{}", rule.function.namespace, rule.function.name),
+            rule: rule.rule_index,
+            hostnames: hostnames.clone(),
+            path: path.describe(),
+            method: conditions.method.clone(),
+            headers: conditions.headers.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
+            query: conditions.query.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
+            backends: rule
+                .backends
+                .iter()
+                .map(|b| format!("{}/{}:{}*{}", b.target.namespace, b.target.service, b.target.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into()), b.weight))
+                .collect(),
+            redirect: rule.redirect.is_some(),
+        });
+        if let PathCondition::Regex(re) = &path {
+            match regex::Regex::new(&format!("^(?:{re})$")) {
+                Ok(re) => conditions.path_regex = Some(re),
+                Err(_) => return, // compile validated it; unreachable in practice
+            }
+        }
+        let rank = Arc::new((
+            conditions.method.is_some(),
+            conditions.headers.len(),
+            conditions.query.len(),
+            order,
+        ));
+        let conditions = Arc::new(conditions);
+        let prefix: Option<Arc<str>> = match &path {
+            PathCondition::Prefix(p) => Some(Arc::from(p.as_str())),
+            _ => None,
+        };
+        let candidate = Candidate { conditions, rule, prefix, rank };
+        let place = |b: &mut BucketBuild| match &path {
+            PathCondition::Exact(p) => b.nodes.entry(p.clone()).or_default().exact.push(candidate.clone()),
+            PathCondition::Prefix(p) => b.nodes.entry(p.clone()).or_default().prefix.push(candidate.clone()),
+            PathCondition::Regex(p) => b.regex.push((p.len(), candidate.clone())),
+        };
+        if hostnames.is_empty() {
+            place(&mut self.any);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in hostnames.iter().filter(|h| seen.insert(h.as_str())) {
+            let bucket = match h.strip_prefix('*') {
+                Some(suffix) => self.wildcard.entry(suffix.to_owned()).or_default(),
+                None => self.exact.entry(h.clone()).or_default(),
+            };
+            place(bucket);
+        }
+    }
+
+    pub fn build(self) -> RouteTable {
+        fn finish(b: BucketBuild) -> HostBucket {
+            let mut paths = matchit::Router::new();
+            for (path, mut node) in b.nodes {
+                node.exact.sort_by(Candidate::cmp_rank);
+                node.prefix.sort_by(Candidate::cmp_rank);
+                let escaped = path.replace('{', "{{").replace('}', "}}");
+                if let Err(e) = paths.insert(escaped, node) {
+                    tracing::error!(path, error = %e, "path index rejected a path");
+                }
+            }
+            let mut regex = b.regex;
+            regex.sort_by(|(la, a), (lb, b)| lb.cmp(la).then_with(|| a.cmp_rank(b)));
+            HostBucket { paths, regex: regex.into_iter().map(|(_, c)| c).collect() }
+        }
+        RouteTable {
+            exact_hosts: self.exact.into_iter().map(|(k, b)| (k.into_boxed_str(), finish(b))).collect(),
+            wildcard_hosts: self.wildcard.into_iter().map(|(k, b)| (k.into_boxed_str(), finish(b))).collect(),
+            any_host: finish(self.any),
+            summaries: self.summaries,
+        }
+    }
+}
