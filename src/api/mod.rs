@@ -4,6 +4,7 @@
 //! validation belong to `compile`.
 
 mod diagnostic;
+mod duration;
 mod endpointslice;
 mod function;
 mod gateway;
@@ -12,6 +13,7 @@ mod meta;
 mod parse;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use function::{
     DaprComponentSpec, DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec,

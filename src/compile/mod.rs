@@ -103,6 +103,13 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
     }
 }
 
+impl Snapshot {
+    /// Hash of every object's identity and version (hex); equal means same content.
+    pub fn content_hash(&self) -> String {
+        content_hash(self)
+    }
+}
+
 fn content_hash(snapshot: &Snapshot) -> String {
     let mut h = Sha256::new();
     for (key, entry) in &snapshot.objects {

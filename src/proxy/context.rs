@@ -1,0 +1,42 @@
+use crate::plan::Plan;
+use crate::routing::Rule;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state. The plan is loaded once in `new_ctx` so a request finishes on the
+/// plan it started with, whatever reloads happen meanwhile.
+pub struct RequestCtx {
+    pub plan: Arc<Plan>,
+    pub started: Instant,
+    pub rule: Option<Arc<Rule>>,
+    pub matched_prefix: Option<Arc<str>>,
+    /// Index into `rule.backends` of the chosen backend.
+    pub backend: usize,
+    /// Connection attempts that failed so far.
+    pub failed_attempts: usize,
+    pub body_bytes: u64,
+    pub tls: bool,
+}
+
+impl RequestCtx {
+    pub fn new(plan: Arc<Plan>) -> Self {
+        RequestCtx {
+            plan,
+            started: Instant::now(),
+            rule: None,
+            matched_prefix: None,
+            backend: 0,
+            failed_attempts: 0,
+            body_bytes: 0,
+            tls: false,
+        }
+    }
+
+    /// `(namespace, function)` for metrics; empty when no route matched.
+    pub fn function_labels(&self) -> (&str, &str) {
+        match &self.rule {
+            Some(r) => (&r.function.namespace, &r.function.name),
+            None => ("", ""),
+        }
+    }
+}

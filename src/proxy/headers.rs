@@ -1,0 +1,99 @@
+//! Header handling between client and function: route edits, forwarding headers, and
+//! hop-by-hop stripping (RFC 9110 §7.6.1) that leaves WebSocket upgrades intact.
+
+use crate::routing::HeaderEdits;
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authenticate"];
+
+/// Names of hop-by-hop headers present, including those listed in `Connection`.
+fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for v in headers.get_all("connection") {
+        if let Ok(v) = v.to_str() {
+            names.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()));
+        }
+    }
+    names.extend(HOP_BY_HOP.iter().map(|s| s.to_string()));
+    if keep_upgrade {
+        names.retain(|n| n != "connection" && n != "upgrade");
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key("upgrade")
+        && headers
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
+    let keep = is_upgrade(&req.headers);
+    for name in hop_by_hop_names(&req.headers, keep) {
+        req.remove_header(&name);
+    }
+}
+
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let keep = resp.status.as_u16() == 101;
+    for name in hop_by_hop_names(&resp.headers, keep) {
+        resp.remove_header(&name);
+    }
+}
+
+/// Gateway API semantics: set overwrites, add appends (joined with `,` on the wire by
+/// the backend's view), remove deletes.
+pub fn apply_request_edits(req: &mut RequestHeader, edits: &HeaderEdits) -> pingora::Result<()> {
+    for (name, value) in &edits.set {
+        req.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        req.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        req.remove_header(name);
+    }
+    Ok(())
+}
+
+pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &HeaderEdits) -> pingora::Result<()> {
+    for (name, value) in &edits.set {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        resp.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        resp.remove_header(name);
+    }
+    Ok(())
+}
+
+/// X-Forwarded-For (appended), -Proto and -Host (set when absent).
+pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<String>, tls: bool, host: &str) -> pingora::Result<()> {
+    if let Some(ip) = client_ip {
+        let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        req.insert_header("x-forwarded-for", value)?;
+    }
+    if !req.headers.contains_key("x-forwarded-proto") {
+        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    }
+    if !req.headers.contains_key("x-forwarded-host") && !host.is_empty() {
+        req.insert_header("x-forwarded-host", host)?;
+    }
+    Ok(())
+}
+
+/// Total size of the request head's header lines, as the client sent them.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}

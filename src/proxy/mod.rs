@@ -1,0 +1,11 @@
+//! The HTTP data plane: a pingora `ProxyHttp` whose phases each delegate to a small named
+//! function — match, answer locally (404, redirects, 5xx), pick an endpoint, rewrite,
+//! stream both ways, account.
+
+mod context;
+mod headers;
+mod mirror;
+mod service;
+
+pub use context::RequestCtx;
+pub use service::{FunctionProxy, ProxyLimits};

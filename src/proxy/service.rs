@@ -1,0 +1,295 @@
+use super::context::RequestCtx;
+use super::{headers, mirror};
+use crate::publish::SharedPlan;
+use crate::routing::{RequestView, Rule};
+use crate::telemetry::{status_class, Metrics};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ProxyLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub connect_timeout: Duration,
+    pub upstream_read_timeout: Option<Duration>,
+}
+
+/// The gateway for HTTP-triggered functions.
+pub struct FunctionProxy {
+    pub plan: SharedPlan,
+    pub metrics: Arc<Metrics>,
+    pub limits: ProxyLimits,
+}
+
+/// Borrowed view of a pingora request for the route table.
+struct PingoraRequest<'a>(&'a RequestHeader);
+
+impl RequestView for PingoraRequest<'_> {
+    fn method(&self) -> &str {
+        self.0.method.as_str()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.uri.query()
+    }
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// The port named in a Host value, if any.
+fn host_port(host: &str) -> Option<u16> {
+    let after = match host.rfind(']') {
+        Some(i) => &host[i + 1..],
+        None => host,
+    };
+    after.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+fn host_without_port(host: &str) -> &str {
+    match host_port(host) {
+        Some(_) => &host[..host.rfind(':').unwrap_or(host.len())],
+        None => host,
+    }
+}
+
+async fn respond(session: &mut Session, status: u16, extra: &[(&str, String)], body: &'static str) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(name.to_string(), value.as_str())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    }
+    Ok(true)
+}
+
+impl FunctionProxy {
+    /// Limits that are checked before routing: 431 and 413 by Content-Length.
+    async fn check_limits(&self, session: &mut Session) -> Result<Option<bool>> {
+        let req = session.req_header();
+        if headers::header_bytes(&req.headers) > self.limits.max_header_bytes {
+            return respond(session, 431, &[], "request header fields too large\n").await.map(Some);
+        }
+        let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+            return respond(session, 413, &[], "request body too large\n").await.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Finds the rule; answers 404, redirects and backend errors locally.
+    async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let plan = ctx.plan.clone();
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path();
+        let Some(hit) = plan.routes.find(host, path, &PingoraRequest(req)) else {
+            return respond(session, 404, &[], "no route for this host and path\n").await;
+        };
+        let rule: Arc<Rule> = hit.rule.clone();
+        ctx.matched_prefix = hit.matched_prefix.map(Arc::from);
+        ctx.rule = Some(rule.clone());
+
+        if let Some(redirect) = &rule.redirect {
+            let scheme = if ctx.tls { "https" } else { "http" };
+            let location = redirect.location(
+                scheme,
+                host_without_port(host),
+                host_port(host),
+                path,
+                req.uri.query(),
+                ctx.matched_prefix.as_deref(),
+            );
+            return respond(session, redirect.status, &[("location", location)], "").await;
+        }
+
+        let total = rule.total_weight();
+        if total == 0 {
+            return respond(session, 500, &[], "route has no backend with a non-zero weight\n").await;
+        }
+        let roll = if rule.backends.len() == 1 { 0 } else { rand::random_range(0..total) };
+        let Some(index) = rule.backends.iter().scan(0u32, |acc, b| {
+            *acc += b.weight;
+            Some(*acc)
+        }).position(|acc| roll < acc) else {
+            return respond(session, 500, &[], "no backend\n").await;
+        };
+        ctx.backend = index;
+        let target = &rule.backends[index].target;
+        match plan.endpoints.for_target(target) {
+            None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
+            Some(eps) if eps.ready.is_empty() => {
+                respond(session, 503, &[("retry-after", "1".into())], "function has no ready endpoint\n").await
+            }
+            Some(_) => {
+                self.mirror(session, ctx, &rule);
+                Ok(false)
+            }
+        }
+    }
+
+    fn mirror(&self, session: &Session, ctx: &RequestCtx, rule: &Rule) {
+        if rule.mirrors.is_empty() {
+            return;
+        }
+        let mut copy = session.req_header().clone();
+        if let Some(edits) = &rule.request_headers {
+            let _ = headers::apply_request_edits(&mut copy, edits);
+        }
+        let host = request_host(session.req_header()).to_owned();
+        for target in &rule.mirrors {
+            if let Some(addr) = ctx.plan.endpoints.for_target(target).and_then(|e| e.pick(0, target.port)) {
+                mirror::send(addr, &copy, &host);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for FunctionProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.plan.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.tls = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
+        if let Some(done) = self.check_limits(session).await? {
+            return Ok(done);
+        }
+        self.route(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than limits.max_body_bytes");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let rule = ctx.rule.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no rule"))?;
+        let target = &rule.backends[ctx.backend].target;
+        let addr = ctx
+            .plan
+            .endpoints
+            .for_target(target)
+            .and_then(|e| e.pick(ctx.failed_attempts, target.port))
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "function has no ready endpoint"))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.limits.connect_timeout);
+        // Time to wait on the function between reads: the route's timeouts, else ours.
+        let route_limit = match (rule.timeouts.request, rule.timeouts.backend_request) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        peer.options.read_timeout = route_limit.or(self.limits.upstream_read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let (ns, function) = ctx.function_labels();
+        self.metrics.upstream_connect_errors.with_label_values(&[ns, function]).inc();
+        ctx.failed_attempts += 1;
+        let endpoints = ctx.rule.as_ref().and_then(|r| ctx.plan.endpoints.for_target(&r.backends[ctx.backend].target));
+        if endpoints.is_some_and(|eps| ctx.failed_attempts < eps.ready.len()) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(rule) = ctx.rule.clone() else { return Ok(()) };
+        headers::strip_request_hop_by_hop(upstream);
+        let host = request_host(session.req_header()).to_owned();
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        headers::set_forwarded(upstream, client_ip, ctx.tls, &host)?;
+        if let Some(rewrite) = &rule.rewrite {
+            if let Some(path_rw) = &rewrite.path {
+                let new_path = path_rw.apply(upstream.uri.path(), ctx.matched_prefix.as_deref());
+                let uri = match upstream.uri.query() {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path,
+                };
+                let uri: http::Uri = uri.parse().map_err(|_| Error::explain(ErrorType::InternalError, "rewritten path is not a valid URI"))?;
+                upstream.set_uri(uri);
+            }
+            if let Some(h) = &rewrite.hostname {
+                upstream.insert_header("host", h.as_str())?;
+            }
+        }
+        if let Some(edits) = &rule.request_headers {
+            headers::apply_request_edits(upstream, edits)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream);
+        if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+            headers::apply_response_edits(upstream, edits)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let (ns, function) = ctx.function_labels();
+        self.metrics.requests.with_label_values(&[ns, function, status_class(status)]).inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[ns, function])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            tracing::debug!(namespace = ns, function, status, error = %e, "request failed");
+        }
+    }
+}

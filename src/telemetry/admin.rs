@@ -1,0 +1,53 @@
+use super::Metrics;
+use crate::publish::SharedPlan;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The admin listener's request handler.
+pub struct AdminApp {
+    pub plan: SharedPlan,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AdminApp {
+    fn respond(&self, path: &str) -> (u16, &'static str, Vec<u8>) {
+        let plan = self.plan.load();
+        match path {
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" if plan.revision > 0 => (200, "text/plain", b"ready\n".to_vec()),
+            "/readyz" => (503, "text/plain", b"not ready: no plan compiled yet\n".to_vec()),
+            "/routes" => {
+                let body = json!({
+                    "revision": plan.revision,
+                    "content_hash": plan.content_hash,
+                    "routes": plan.routes.summaries(),
+                });
+                (200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+            }
+            "/diagnostics" => {
+                let body = json!({ "revision": plan.revision, "diagnostics": plan.diagnostics });
+                (200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+            }
+            _ => (404, "text/plain", b"not found; try /metrics /healthz /readyz /routes /diagnostics\n".to_vec()),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let (status, content_type, body) = self.respond(&path);
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .header("content-length", body.len())
+            .body(body)
+            .expect("static response parts are valid")
+    }
+}

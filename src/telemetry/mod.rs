@@ -1,0 +1,8 @@
+//! Metrics and the admin listener (`/metrics`, `/healthz`, `/readyz`, `/routes`,
+//! `/diagnostics`).
+
+mod admin;
+mod metrics;
+
+pub use admin::AdminApp;
+pub use metrics::{status_class, Metrics};
