@@ -29,6 +29,8 @@ struct Identity {
     namespace: String,
     pod: String,
     fixed: bool,
+    /// Print `REQ <method> <path>` per request, so a test can see mirrored requests.
+    log: bool,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -64,6 +66,10 @@ fn json_escape(s: &str) -> String {
 async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if id.fixed {
         return Ok(Response::new(full("hello, world\n")));
+    }
+    if id.log {
+        println!("REQ {} {}", req.method(), req.uri());
+        std::io::stdout().flush().ok();
     }
     if let Some(delay) = req.uri().query().and_then(parse_delay) {
         tokio::time::sleep(delay).await;
@@ -167,6 +173,7 @@ fn main() {
         namespace: arg("--namespace").unwrap_or_else(|| "default".into()),
         service,
         fixed: args.iter().any(|a| a == "--fixed"),
+        log: args.iter().any(|a| a == "--log"),
     });
     let threads: usize = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();

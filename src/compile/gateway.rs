@@ -11,21 +11,23 @@ pub const DEFAULT_GATEWAY: &str = "openfunction/openfunction";
 #[derive(Clone, Debug)]
 pub struct GatewayDefaults {
     pub domain: String,
-    pub cluster_domain: String,
-    pub host_template: String,
+    /// `None` (set to "" on the Gateway): no `<name>.<namespace>.svc.<domain>` hostname.
+    pub cluster_domain: Option<String>,
+    /// `None` (set to "" on the Gateway): no default hostname; the route serves any host.
+    pub host_template: Option<String>,
     pub path_template: String,
-    /// Listener hostnames; empty, or containing `None`, means "any hostname".
-    pub listener_hostnames: Vec<Option<String>>,
+    /// (listener name, hostname); no listeners, or one without hostname, means any host.
+    pub listeners: Vec<(String, Option<String>)>,
 }
 
 impl Default for GatewayDefaults {
     fn default() -> Self {
         GatewayDefaults {
             domain: "ofn.io".into(),
-            cluster_domain: "cluster.local".into(),
-            host_template: "{{.Name}}.{{.Namespace}}.{{.Domain}}".into(),
+            cluster_domain: Some("cluster.local".into()),
+            host_template: Some("{{.Name}}.{{.Namespace}}.{{.Domain}}".into()),
             path_template: "{{.Namespace}}/{{.Name}}".into(),
-            listener_hostnames: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 }
@@ -35,15 +37,21 @@ impl GatewayDefaults {
         let d = GatewayDefaults::default();
         let s = &gw.spec;
         let non_empty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        // Unset means OpenFunction's default; an explicit "" turns the default off.
+        let optional = |v: &Option<String>, default: Option<String>| match v {
+            None => default,
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(v.clone()),
+        };
         GatewayDefaults {
             domain: non_empty(&s.domain).unwrap_or(d.domain),
-            cluster_domain: non_empty(&s.cluster_domain).unwrap_or(d.cluster_domain),
-            host_template: non_empty(&s.host_template).unwrap_or(d.host_template),
+            cluster_domain: optional(&s.cluster_domain, d.cluster_domain),
+            host_template: optional(&s.host_template, d.host_template),
             path_template: non_empty(&s.path_template).unwrap_or(d.path_template),
-            listener_hostnames: gw
+            listeners: gw
                 .listeners()
                 .iter()
-                .map(|l| l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()))
+                .map(|l| (l.name.clone(), l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase())))
                 .collect(),
         }
     }
@@ -72,12 +80,22 @@ impl GatewayDefaults {
         out
     }
 
-    /// Hostnames a route may serve on this gateway. `None` = the route does not attach.
-    pub fn attach(&self, route_hostnames: &[String]) -> Option<Vec<String>> {
-        if self.listener_hostnames.is_empty() || self.listener_hostnames.iter().any(Option::is_none) {
+    /// Hostnames a route may serve on this gateway, given the listeners it names
+    /// (`sectionName`s; empty = all). `None` = the route does not attach.
+    pub fn attach(&self, route_hostnames: &[String], sections: &[String]) -> Option<Vec<String>> {
+        let chosen: Vec<&Option<String>> = self
+            .listeners
+            .iter()
+            .filter(|(name, _)| sections.is_empty() || sections.contains(name))
+            .map(|(_, h)| h)
+            .collect();
+        if chosen.is_empty() && !sections.is_empty() {
+            return None;
+        }
+        if chosen.is_empty() || chosen.iter().any(|h| h.is_none()) {
             return Some(route_hostnames.to_vec());
         }
-        let listeners: Vec<&str> = self.listener_hostnames.iter().flatten().map(String::as_str).collect();
+        let listeners: Vec<&str> = chosen.iter().filter_map(|h| h.as_deref()).collect();
         if route_hostnames.is_empty() {
             return Some(listeners.iter().map(|s| s.to_string()).collect());
         }
@@ -145,7 +163,10 @@ impl GatewayIndex {
     /// The Gateway named by the Function's `route.gatewayRef`, else the configured one,
     /// else OpenFunction's defaults.
     pub(super) fn for_function(&self, f: &Function) -> Arc<GatewayDefaults> {
-        let gw_ref = f.http_trigger().and_then(|t| t.route.as_ref()).and_then(|r| r.gateway_ref.as_ref());
+        let route = f.http_trigger().and_then(|t| t.route.as_ref());
+        let gw_ref = route
+            .and_then(|r| r.gateway_ref.as_ref())
+            .or_else(|| route.and_then(|r| r.parent_refs.as_ref()).and_then(|p| p.first()));
         if let Some(r) = gw_ref {
             let ns = r.namespace.clone().unwrap_or_else(|| f.metadata.namespace_or_default().to_owned());
             if let Some(gw) = self.named.get(&(ns, r.name.clone())) {
@@ -163,7 +184,7 @@ mod tests {
     #[test]
     fn templates_render_go_style_fields() {
         let d = GatewayDefaults::default();
-        assert_eq!(d.render(&d.host_template, "fn", "ns"), "fn.ns.ofn.io");
+        assert_eq!(d.render(d.host_template.as_deref().unwrap(), "fn", "ns"), "fn.ns.ofn.io");
         assert_eq!(d.render("{{ .Namespace }}/{{.Name}}", "fn", "ns"), "ns/fn");
         assert_eq!(d.render("{{.Unknown}}-x", "fn", "ns"), "{{.Unknown}}-x");
     }
@@ -171,13 +192,18 @@ mod tests {
     #[test]
     fn route_hostnames_are_intersected_with_listener_hostnames() {
         let d = GatewayDefaults {
-            listener_hostnames: vec![Some("very.specific.com".into()), Some("*.wildcard.io".into())],
+            listeners: vec![
+                ("l1".into(), Some("very.specific.com".into())),
+                ("l2".into(), Some("*.wildcard.io".into())),
+            ],
             ..GatewayDefaults::default()
         };
-        assert_eq!(d.attach(&["non.matching.com".into()]), None);
-        assert_eq!(d.attach(&["foo.wildcard.io".into(), "wildcard.io".into()]), Some(vec!["foo.wildcard.io".into()]));
-        assert_eq!(d.attach(&["*.specific.com".into()]), Some(vec!["very.specific.com".into()]));
-        assert_eq!(d.attach(&["*.io".into()]), Some(vec!["*.wildcard.io".into()]));
-        assert_eq!(d.attach(&[]), Some(vec!["very.specific.com".into(), "*.wildcard.io".into()]));
+        assert_eq!(d.attach(&["non.matching.com".into()], &[]), None);
+        assert_eq!(d.attach(&["foo.wildcard.io".into(), "wildcard.io".into()], &[]), Some(vec!["foo.wildcard.io".into()]));
+        assert_eq!(d.attach(&["*.specific.com".into()], &[]), Some(vec!["very.specific.com".into()]));
+        assert_eq!(d.attach(&["*.io".into()], &[]), Some(vec!["*.wildcard.io".into()]));
+        assert_eq!(d.attach(&[], &[]), Some(vec!["very.specific.com".into(), "*.wildcard.io".into()]));
+        assert_eq!(d.attach(&[], &["l2".into()]), Some(vec!["*.wildcard.io".into()]));
+        assert_eq!(d.attach(&[], &["nope".into()]), None);
     }
 }

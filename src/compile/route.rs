@@ -46,13 +46,22 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         }
     }
     let mut hostnames: Vec<String> = if user_hostnames.is_empty() {
-        vec![gw.render(&gw.host_template, name, namespace)]
+        gw.host_template.iter().map(|t| gw.render(t, name, namespace)).collect()
     } else {
-        user_hostnames.iter().map(|h| h.to_ascii_lowercase()).collect()
+        user_hostnames.clone()
     };
-    hostnames.push(format!("{name}.{namespace}.svc.{}", gw.cluster_domain));
+    if let Some(cluster_domain) = &gw.cluster_domain {
+        hostnames.push(format!("{name}.{namespace}.svc.{cluster_domain}"));
+    }
     let hostnames: Vec<String> = hostnames.into_iter().map(|h| h.to_ascii_lowercase()).collect();
-    let Some(hostnames) = gw.attach(&hostnames) else {
+    let sections: Vec<String> = route
+        .parent_refs
+        .iter()
+        .flatten()
+        .chain(route.gateway_ref.iter())
+        .filter_map(|p| p.section_name.clone())
+        .collect();
+    let Some(hostnames) = gw.attach(&hostnames, &sections) else {
         diags.push(
             Diagnostic::warning("no hostname of this route matches a listener hostname of its Gateway; route not attached")
                 .at_field(format!("{ROUTE_FIELD}.hostnames")),

@@ -1,0 +1,281 @@
+//! Test harness: real processes on loopback ports chosen at run time — the `fngate`
+//! binary and the `echo` example function — and a small HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_fngate")).parent().unwrap().to_path_buf()
+}
+
+/// The `echo` example, a real HTTP function process.
+pub struct Echo {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Echo {
+    pub fn start(service: &str, namespace: &str) -> Echo {
+        Echo::start_on(service, namespace, "127.0.0.1:0")
+    }
+
+    pub fn start_on(service: &str, namespace: &str, listen: &str) -> Echo {
+        let bin = target_dir().join("examples").join("echo");
+        assert!(bin.exists(), "{} is missing: `cargo test` builds examples; run it through cargo", bin.display());
+        let mut child = Command::new(bin)
+            .args(["--listen", listen, "--service", service, "--namespace", namespace, "--log"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start echo");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("echo printed nothing").unwrap();
+        let addr = first.strip_prefix("listening on ").expect("echo's first line").parse().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Echo { child, addr, log }
+    }
+
+    pub fn requests_seen(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An EndpointSlice document for `service` pointing at `addrs`.
+pub fn endpoint_slice(namespace: &str, service: &str, addrs: &[SocketAddr], ready: bool) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-slice\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nendpoints:\n"
+    );
+    for a in addrs {
+        s.push_str(&format!("  - addresses: [\"{}\"]\n    conditions:\n      ready: {ready}\n", a.ip()));
+    }
+    let port = addrs.first().map(|a| a.port()).unwrap_or(8080);
+    s.push_str(&format!("ports:\n  - name: http\n    port: {port}\n"));
+    s
+}
+
+/// The fngate binary serving a catalog directory.
+pub struct Fngate {
+    child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    _settings_dir: tempfile::TempDir,
+}
+
+impl Fngate {
+    pub fn start(catalog: &Path) -> Fngate {
+        Fngate::start_with(catalog, "")
+    }
+
+    /// `extra` is appended to the settings file (YAML).
+    pub fn start_with(catalog: &Path, extra: &str) -> Fngate {
+        let settings_dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let settings = settings_dir.path().join("fngate.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "listen:\n  http: {http}\n  admin: {admin}\ncatalog:\n  dir: {}\nthreads: 2\ntimeouts:\n  reload_debounce: 20ms\n{extra}",
+                catalog.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
+            .args(["run", "--config"])
+            .arg(&settings)
+            .env("RUST_LOG", std::env::var("FNGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .spawn()
+            .expect("start fngate");
+        let gate = Fngate { child, http, admin, dir: catalog.to_path_buf(), _settings_dir: settings_dir };
+        gate.wait_until(|| admin_get(admin, "/readyz").map(|r| r.status == 200).unwrap_or(false), "fngate ready");
+        gate
+    }
+
+    pub fn wait_until(&self, mut cond: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn routes(&self) -> serde_json::Value {
+        let r = admin_get(self.admin, "/routes").expect("GET /routes");
+        serde_json::from_slice(&r.body).expect("/routes is JSON")
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.routes()["revision"].as_u64().unwrap()
+    }
+
+    /// Waits until a plan newer than `after` is serving, and returns its revision.
+    pub fn wait_for_revision_after(&self, after: u64) -> u64 {
+        let mut rev = 0;
+        self.wait_until(
+            || {
+                rev = self.revision();
+                rev > after
+            },
+            "a new plan revision",
+        );
+        rev
+    }
+
+    pub fn metrics(&self) -> String {
+        String::from_utf8(admin_get(self.admin, "/metrics").unwrap().body).unwrap()
+    }
+
+    pub fn get(&self, host: &str, path: &str) -> Response {
+        request(self.http, "GET", host, path, &[], b"").expect("request to fngate")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Fngate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    request(addr, "GET", "localhost", path, &[], b"")
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-cased names; repeated headers keep every value.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    /// From the echo function's JSON: the values the backend saw for a header, joined by `,`.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        let v = self.json();
+        let arr = v["headers"][name.to_ascii_lowercase()].as_array()?.clone();
+        Some(arr.iter().map(|x| x.as_str().unwrap_or("").to_owned()).collect::<Vec<_>>().join(","))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !host.is_empty() {
+        head.push_str(&format!("Host: {host}\r\n"));
+    }
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    read_response(&mut BufReader::new(stream), method == "HEAD")
+}
+
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l)?;
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).map_err(std::io::Error::other)?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(Response { status, headers, body })
+}
+
+/// Writes `name` in the catalog atomically (write + rename), as editors and ConfigMaps do.
+pub fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+pub fn function_yaml(namespace: &str, name: &str, route: &str) -> String {
+    format!(
+        "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  serving:\n    triggers:\n      http:\n        port: 8080\n{route}"
+    )
+}
+
+pub fn count_by<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut m = HashMap::new();
+    for i in items {
+        *m.entry(i).or_default() += 1;
+    }
+    m
+}
