@@ -92,6 +92,11 @@ impl Fngate {
 
     /// `extra` is appended to the settings file (YAML).
     pub fn start_with(catalog: &Path, extra: &str) -> Fngate {
+        Fngate::start_full(catalog, "", extra)
+    }
+
+    /// `listen_extra` goes inside the `listen:` block, `extra` after everything.
+    pub fn start_full(catalog: &Path, listen_extra: &str, extra: &str) -> Fngate {
         let settings_dir = tempfile::tempdir().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -99,7 +104,7 @@ impl Fngate {
         std::fs::write(
             &settings,
             format!(
-                "listen:\n  http: {http}\n  admin: {admin}\ncatalog:\n  dir: {}\nthreads: 2\ntimeouts:\n  reload_debounce: 20ms\n{extra}",
+                "listen:\n  http: {http}\n  admin: {admin}\n{listen_extra}catalog:\n  dir: {}\nthreads: 2\ntimeouts:\n  reload_debounce: 20ms\n{extra}",
                 catalog.display()
             ),
         )
@@ -278,4 +283,24 @@ pub fn count_by<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> 
         *m.entry(i).or_default() += 1;
     }
     m
+}
+
+/// A client that keeps one connection open across requests, as load generators do.
+pub struct KeepAliveClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAliveClient {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_nodelay(true)?;
+        Ok(KeepAliveClient { reader: BufReader::new(s) })
+    }
+
+    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<Response> {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        self.reader.get_mut().write_all(head.as_bytes())?;
+        read_response(&mut self.reader, false)
+    }
 }
