@@ -1,3 +1,8 @@
+// mimalloc: compile of large catalogs and the proxy's per-request allocations are
+// allocator-bound; glibc malloc made a 10,000-Function compile ~50% slower.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fngate::api::Diagnostic;
@@ -78,10 +83,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = compile(&snapshot, &CompileSettings { gateway: settings.gateway }, None);
             print_diagnostics(&plan.diagnostics);
             if json {
-                println!("{}", serde_json::to_string_pretty(plan.routes.summaries())?);
+                println!("{}", serde_json::to_string_pretty(&plan.route_summaries())?);
             } else {
                 println!("{:<32} {:<4} {:<40} {:<28} BACKENDS", "FUNCTION", "RULE", "HOSTNAMES", "PATH");
-                for r in plan.routes.summaries() {
+                for r in plan.route_summaries() {
                     let mut path = r.path.clone();
                     if let Some(m) = &r.method {
                         path = format!("{m} {path}");

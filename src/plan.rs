@@ -29,6 +29,11 @@ pub struct CompiledFunction {
 }
 
 impl Plan {
+    /// Every route entry, flattened for `/routes` and `fngate routes`.
+    pub fn route_summaries(&self) -> Vec<crate::routing::RouteSummary> {
+        self.functions.values().flat_map(|f| f.entries.iter().map(|e| e.summary())).collect()
+    }
+
     pub fn error_count(&self) -> usize {
         self.diagnostics.iter().filter(|d| d.is_error()).count()
     }

@@ -2,6 +2,7 @@
 
 use crate::api::{BackendRef, Diagnostic, Filter, HeaderModifier, PathModifier, RuleTimeouts as ApiTimeouts};
 use crate::routing::{BackendTarget, HeaderEdits, PathCondition, PathRewrite, Redirect, Rewrite, RuleTimeouts};
+use super::field::Field;
 use crate::api::parse_duration;
 
 #[derive(Default)]
@@ -17,33 +18,33 @@ pub(super) fn compile_filters(
     filters: &[Filter],
     paths: &[PathCondition],
     namespace: &str,
-    field: &str,
+    filters_field: &Field,
     diags: &mut Vec<Diagnostic>,
 ) -> RuleActions {
     let mut actions = RuleActions::default();
     for (i, f) in filters.iter().enumerate() {
-        let field = format!("{field}[{i}]");
+        let field = filters_field.index(i);
         match f.kind.as_str() {
             "RequestHeaderModifier" => {
                 let Some(m) = &f.request_header_modifier else {
                     diags.push(missing(&field, "requestHeaderModifier"));
                     continue;
                 };
-                actions.request_headers = Some(header_edits(m, &format!("{field}.requestHeaderModifier"), diags));
+                actions.request_headers = Some(header_edits(m, &field.key("requestHeaderModifier"), diags));
             }
             "ResponseHeaderModifier" => {
                 let Some(m) = &f.response_header_modifier else {
                     diags.push(missing(&field, "responseHeaderModifier"));
                     continue;
                 };
-                actions.response_headers = Some(header_edits(m, &format!("{field}.responseHeaderModifier"), diags));
+                actions.response_headers = Some(header_edits(m, &field.key("responseHeaderModifier"), diags));
             }
             "RequestRedirect" => {
                 let Some(r) = &f.request_redirect else {
                     diags.push(missing(&field, "requestRedirect"));
                     continue;
                 };
-                let field = format!("{field}.requestRedirect");
+                let field = field.key("requestRedirect");
                 let scheme = r.scheme.clone();
                 if let Some(s) = &scheme {
                     if s != "http" && s != "https" {
@@ -57,7 +58,7 @@ pub(super) fn compile_filters(
                             .at_field(format!("{field}.statusCode")),
                     );
                 }
-                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &format!("{field}.path"), diags));
+                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &field.key("path"), diags));
                 actions.redirect = Some(Redirect {
                     scheme,
                     hostname: r.hostname.clone().filter(|h| !h.is_empty()),
@@ -71,7 +72,7 @@ pub(super) fn compile_filters(
                     diags.push(missing(&field, "urlRewrite"));
                     continue;
                 };
-                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &format!("{field}.urlRewrite.path"), diags));
+                let path = r.path.as_ref().and_then(|p| path_rewrite(p, paths, &field.key("urlRewrite.path"), diags));
                 actions.rewrite = Some(Rewrite { hostname: r.hostname.clone().filter(|h| !h.is_empty()), path });
             }
             "RequestMirror" => {
@@ -79,7 +80,7 @@ pub(super) fn compile_filters(
                     diags.push(missing(&field, "requestMirror"));
                     continue;
                 };
-                if let Some(t) = backend_target(&m.backend_ref, namespace, &format!("{field}.requestMirror.backendRef"), diags) {
+                if let Some(t) = backend_target(&m.backend_ref, namespace, &field.key("requestMirror.backendRef"), diags) {
                     actions.mirrors.push(t);
                 }
             }
@@ -93,17 +94,17 @@ pub(super) fn compile_filters(
     }
     if actions.redirect.is_some() && actions.rewrite.is_some() {
         diags.push(
-            Diagnostic::error("RequestRedirect and URLRewrite cannot be used in the same rule").at_field(field.to_owned()),
+            Diagnostic::error("RequestRedirect and URLRewrite cannot be used in the same rule").at_field(filters_field.to_string()),
         );
     }
     actions
 }
 
-fn missing(field: &str, key: &str) -> Diagnostic {
+fn missing(field: &Field, key: &str) -> Diagnostic {
     Diagnostic::error(format!("{key} is required for this filter type")).at_field(format!("{field}.{key}"))
 }
 
-fn header_edits(m: &HeaderModifier, field: &str, diags: &mut Vec<Diagnostic>) -> HeaderEdits {
+fn header_edits(m: &HeaderModifier, field: &Field, diags: &mut Vec<Diagnostic>) -> HeaderEdits {
     let mut check = |name: &str, value: Option<&str>, f: String| {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             diags.push(Diagnostic::error(format!("{name:?} is not a valid header name")).at_field(f.clone()));
@@ -130,7 +131,7 @@ fn header_edits(m: &HeaderModifier, field: &str, diags: &mut Vec<Diagnostic>) ->
     }
 }
 
-fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &str, diags: &mut Vec<Diagnostic>) -> Option<PathRewrite> {
+fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &Field, diags: &mut Vec<Diagnostic>) -> Option<PathRewrite> {
     match p.kind.as_str() {
         "ReplaceFullPath" => match &p.replace_full_path {
             Some(v) if v.starts_with('/') => Some(PathRewrite::Full(v.clone())),
@@ -168,7 +169,7 @@ fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &str, diags: &
     }
 }
 
-pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &str, diags: &mut Vec<Diagnostic>) -> Option<BackendTarget> {
+pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &Field, diags: &mut Vec<Diagnostic>) -> Option<BackendTarget> {
     let kind_ok = b.kind.as_deref().map_or(true, |k| k == "Service") && b.group.as_deref().map_or(true, str::is_empty);
     if !kind_ok {
         diags.push(Diagnostic::error("only core Services can be backends (kind Service, group \"\")").at_field(format!("{field}.kind")));
@@ -185,7 +186,7 @@ pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &str, diags
     })
 }
 
-pub(super) fn compile_timeouts(t: Option<&ApiTimeouts>, field: &str, diags: &mut Vec<Diagnostic>) -> RuleTimeouts {
+pub(super) fn compile_timeouts(t: Option<&ApiTimeouts>, field: &Field, diags: &mut Vec<Diagnostic>) -> RuleTimeouts {
     let Some(t) = t else { return RuleTimeouts::default() };
     let mut one = |v: &Option<String>, key: &str| match v.as_deref().map(parse_duration) {
         None => None,

@@ -3,6 +3,7 @@
 //! version kept) while every good object still serves.
 
 mod endpoints;
+mod field;
 mod filters;
 mod gateway;
 mod route;

@@ -3,13 +3,15 @@
 //! a default rule, and the Function's own Service as backend unless backendRefs are given.
 
 use super::filters::{backend_target, compile_filters, compile_timeouts};
+use super::field::Field;
 use super::gateway::GatewayDefaults;
-use crate::api::{Diagnostic, Function, HeaderMatch, PathMatch, RouteMatch, RouteRule};
+use crate::api::{Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec};
 use crate::routing::{
     FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry, Rule,
     StringMatch, WeightedBackend,
 };
 use crate::routing::RouteOrder;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 pub(super) struct CompiledRoutes {
@@ -23,10 +25,13 @@ const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRoutes {
     let mut diags = Vec::new();
     let mut entries = Vec::new();
+    let route_field = Field::root(ROUTE_FIELD);
     let name = f.metadata.name.as_str();
     let namespace = f.metadata.namespace_or_default();
-    let trigger = f.http_trigger().cloned().unwrap_or_default();
-    let route = trigger.route.clone().unwrap_or_default();
+    let default_trigger = HttpTrigger::default();
+    let trigger = f.http_trigger().unwrap_or(&default_trigger);
+    let default_route = RouteSpec::default();
+    let route = trigger.route.as_ref().unwrap_or(&default_route);
     let port = match trigger.port {
         None => None,
         Some(p) => match u16::try_from(p) {
@@ -39,7 +44,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
     };
 
     // Hostnames.
-    let user_hostnames: Vec<String> = route.hostnames.clone().unwrap_or_default();
+    let user_hostnames: &[String] = route.hostnames.as_deref().unwrap_or(&[]);
     for (i, h) in user_hostnames.iter().enumerate() {
         if let Err(e) = validate_hostname(h) {
             diags.push(Diagnostic::error(e).at_field(format!("{ROUTE_FIELD}.hostnames[{i}]")));
@@ -48,7 +53,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
     let mut hostnames: Vec<String> = if user_hostnames.is_empty() {
         gw.host_template.iter().map(|t| gw.render(t, name, namespace)).collect()
     } else {
-        user_hostnames.clone()
+        user_hostnames.to_vec()
     };
     if let Some(cluster_domain) = &gw.cluster_domain {
         hostnames.push(format!("{name}.{namespace}.svc.{cluster_domain}"));
@@ -61,7 +66,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         .chain(route.gateway_ref.iter())
         .filter_map(|p| p.section_name.clone())
         .collect();
-    let Some(hostnames) = gw.attach(&hostnames, &sections) else {
+    let Some(hostnames) = gw.attach(&hostnames, &sections).map(Arc::<[String]>::from) else {
         diags.push(
             Diagnostic::warning("no hostname of this route matches a listener hostname of its Gateway; route not attached")
                 .at_field(format!("{ROUTE_FIELD}.hostnames")),
@@ -70,50 +75,55 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
     };
 
     // Rules.
-    let rules: Vec<RouteRule> = match &route.rules {
-        Some(rules) if !rules.is_empty() => rules.clone(),
+    let rules: Cow<[RouteRule]> = match &route.rules {
+        Some(rules) if !rules.is_empty() => Cow::Borrowed(rules.as_slice()),
         _ if !user_hostnames.is_empty() => {
             // Path-based routing: /<pathTemplate>, seen by the function as `/`.
             let path = format!("/{}", gw.render(&gw.path_template, name, namespace).trim_start_matches('/'));
-            vec![RouteRule {
+            Cow::Owned(vec![RouteRule {
                 matches: Some(vec![RouteMatch {
                     path: Some(PathMatch { kind: Some("PathPrefix".into()), value: Some(path) }),
                     ..RouteMatch::default()
                 }]),
                 ..RouteRule::default()
-            }]
+            }])
         }
-        _ => vec![RouteRule::default()],
+        _ => Cow::Owned(vec![RouteRule::default()]),
     };
     let path_based_rewrite = route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
 
     let function_ref = FunctionRef { namespace: namespace.to_owned(), name: name.to_owned() };
+    let created: Option<Arc<str>> = f.metadata.creation_timestamp.as_deref().map(Arc::from);
+    let (ns_arc, name_arc): (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));
     for (ri, rule) in rules.iter().enumerate() {
-        let field = format!("{ROUTE_FIELD}.rules[{ri}]");
+        let rules_field = route_field.key("rules");
+        let field = rules_field.index(ri);
         let errors_before = diags.iter().filter(|d| d.is_error()).count();
-        let matches: Vec<RouteMatch> = match &rule.matches {
-            Some(m) if !m.is_empty() => m.clone(),
-            _ => vec![RouteMatch::default()],
+        let matches: Cow<[RouteMatch]> = match &rule.matches {
+            Some(m) if !m.is_empty() => Cow::Borrowed(m.as_slice()),
+            _ => Cow::Owned(vec![RouteMatch::default()]),
         };
         let mut compiled_matches = Vec::new();
         for (mi, m) in matches.iter().enumerate() {
-            let mfield = format!("{field}.matches[{mi}]");
+            let matches_field = field.key("matches");
+            let mfield = matches_field.index(mi);
             if let Some(c) = compile_match(m, &mfield, &mut diags) {
                 compiled_matches.push((mi, c));
             }
         }
         let paths: Vec<PathCondition> = compiled_matches.iter().map(|(_, (p, _))| p.clone()).collect();
-        let mut actions = compile_filters(rule.filters.as_deref().unwrap_or(&[]), &paths, namespace, &format!("{field}.filters"), &mut diags);
+        let mut actions = compile_filters(rule.filters.as_deref().unwrap_or(&[]), &paths, namespace, &field.key("filters"), &mut diags);
         if path_based_rewrite && actions.rewrite.is_none() && actions.redirect.is_none() {
             actions.rewrite = Some(Rewrite { hostname: None, path: Some(PathRewrite::Prefix("/".into())) });
         }
-        let timeouts = compile_timeouts(rule.timeouts.as_ref(), &format!("{field}.timeouts"), &mut diags);
+        let timeouts = compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
         let backends: Vec<WeightedBackend> = match &rule.backend_refs {
             Some(refs) if !refs.is_empty() => refs
                 .iter()
                 .enumerate()
                 .filter_map(|(bi, b)| {
-                    let bfield = format!("{field}.backendRefs[{bi}]");
+                    let refs_field = field.key("backendRefs");
+                    let bfield = refs_field.index(bi);
                     let weight = b.weight.unwrap_or(1);
                     if !(0..=1_000_000).contains(&weight) {
                         diags.push(Diagnostic::error(format!("weight {weight} must be from 0 to 1000000")).at_field(format!("{bfield}.weight")));
@@ -154,9 +164,9 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                 conditions,
                 rule: rule_arc.clone(),
                 order: RouteOrder {
-                    created: f.metadata.creation_timestamp.clone(),
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    created: created.clone(),
+                    namespace: ns_arc.clone(),
+                    name: name_arc.clone(),
                     rule_index: ri,
                     match_index: mi,
                 },
@@ -166,7 +176,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
     CompiledRoutes { entries, diagnostics: diags }
 }
 
-fn compile_match(m: &RouteMatch, field: &str, diags: &mut Vec<Diagnostic>) -> Option<(PathCondition, MatchConditions)> {
+fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> Option<(PathCondition, Arc<MatchConditions>)> {
     let before = diags.len();
     let path = match &m.path {
         None => PathCondition::Prefix("/".into()),
@@ -208,14 +218,18 @@ fn compile_match(m: &RouteMatch, field: &str, diags: &mut Vec<Diagnostic>) -> Op
             None
         }
     };
-    let headers = conditions(m.headers.as_deref().unwrap_or(&[]), true, &format!("{field}.headers"), diags);
-    let query = conditions(m.query_params.as_deref().unwrap_or(&[]), false, &format!("{field}.queryParams"), diags);
-    (diags.len() == before).then_some((path, MatchConditions { method, headers, query, path_regex: None }))
+    let headers = conditions(m.headers.as_deref().unwrap_or(&[]), true, &field.key("headers"), diags);
+    let query = conditions(m.query_params.as_deref().unwrap_or(&[]), false, &field.key("queryParams"), diags);
+    let path_regex = match &path {
+        PathCondition::Regex(re) => regex::Regex::new(&format!("^(?:{re})$")).ok(),
+        _ => None,
+    };
+    (diags.len() == before).then(|| (path, Arc::new(MatchConditions { method, headers, query, path_regex })))
 }
 
 /// Header or query conditions. Gateway API: of entries with equal names only the first
 /// counts (header names compare case-insensitively, query names exactly).
-fn conditions(list: &[HeaderMatch], headers: bool, field: &str, diags: &mut Vec<Diagnostic>) -> Vec<HeaderCondition> {
+fn conditions(list: &[HeaderMatch], headers: bool, field: &Field, diags: &mut Vec<Diagnostic>) -> Vec<HeaderCondition> {
     let mut out: Vec<HeaderCondition> = Vec::new();
     for (i, h) in list.iter().enumerate() {
         let name = if headers { h.name.to_ascii_lowercase() } else { h.name.clone() };

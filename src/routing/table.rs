@@ -4,16 +4,16 @@ use super::RequestView;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 /// Tie-breaks after path, per Gateway API: oldest object, then namespace/name, then order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct RouteOrder {
     /// RFC 3339 timestamps sort as text; objects without one count as newest.
-    pub created: Option<String>,
-    pub namespace: String,
-    pub name: String,
+    pub created: Option<Arc<str>>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub rule_index: usize,
     pub match_index: usize,
 }
@@ -21,10 +21,11 @@ pub struct RouteOrder {
 /// One match of one rule, as input to the builder.
 #[derive(Clone, Debug)]
 pub struct RouteEntry {
-    /// Lower-case; `*.suffix` for wildcards; empty = any host.
-    pub hostnames: Vec<String>,
+    /// Lower-case; `*.suffix` for wildcards; empty = any host. Shared by a function's entries.
+    pub hostnames: Arc<[String]>,
     pub path: PathCondition,
-    pub conditions: MatchConditions,
+    /// For a regex path, `conditions.path_regex` holds the compiled, anchored pattern.
+    pub conditions: Arc<MatchConditions>,
     pub rule: Arc<Rule>,
     pub order: RouteOrder,
 }
@@ -143,18 +144,42 @@ pub struct RouteSummary {
     pub redirect: bool,
 }
 
+impl RouteEntry {
+    pub fn summary(&self) -> RouteSummary {
+        let rule = &self.rule;
+        RouteSummary {
+            function: format!("{}/{}", rule.function.namespace, rule.function.name),
+            rule: rule.rule_index,
+            hostnames: self.hostnames.to_vec(),
+            path: self.path.describe(),
+            method: self.conditions.method.clone(),
+            headers: self.conditions.headers.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
+            query: self.conditions.query.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
+            backends: rule
+                .backends
+                .iter()
+                .map(|b| {
+                    let port = b.target.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
+                    format!("{}/{}:{}*{}", b.target.namespace, b.target.service, port, b.weight)
+                })
+                .collect(),
+            redirect: rule.redirect.is_some(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct RouteTable {
-    exact_hosts: HashMap<Box<str>, HostBucket>,
+    exact_hosts: HashMap<Box<str>, Arc<HostBucket>>,
     /// Keyed by the suffix with its leading dot: `*.example.com` -> `.example.com`.
-    wildcard_hosts: HashMap<Box<str>, HostBucket>,
+    wildcard_hosts: HashMap<Box<str>, Arc<HostBucket>>,
     any_host: HostBucket,
-    summaries: Vec<RouteSummary>,
+    len: usize,
 }
 
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteTable").field("routes", &self.summaries.len()).finish()
+        f.debug_struct("RouteTable").field("routes", &self.len).finish()
     }
 }
 
@@ -184,16 +209,13 @@ impl RouteTable {
         self.any_host.find(path, req)
     }
 
-    pub fn summaries(&self) -> &[RouteSummary] {
-        &self.summaries
-    }
-
+    /// Number of route matches (entries) in the table.
     pub fn len(&self) -> usize {
-        self.summaries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.summaries.is_empty()
+        self.len == 0
     }
 }
 
@@ -203,88 +225,89 @@ struct BucketBuild {
     regex: Vec<(usize, Candidate)>,
 }
 
+impl BucketBuild {
+    fn place(&mut self, path: &PathCondition, candidate: &Candidate) {
+        match path {
+            PathCondition::Exact(p) => self.nodes.entry(p.clone()).or_default().exact.push(candidate.clone()),
+            PathCondition::Prefix(p) => self.nodes.entry(p.clone()).or_default().prefix.push(candidate.clone()),
+            PathCondition::Regex(p) => self.regex.push((p.len(), candidate.clone())),
+        }
+    }
+
+    fn finish(self) -> HostBucket {
+        let mut paths = matchit::Router::new();
+        for (path, mut node) in self.nodes {
+            node.exact.sort_by(Candidate::cmp_rank);
+            node.prefix.sort_by(Candidate::cmp_rank);
+            let escaped = path.replace('{', "{{").replace('}', "}}");
+            if let Err(e) = paths.insert(escaped, node) {
+                tracing::error!(path, error = %e, "path index rejected a path");
+            }
+        }
+        let mut regex = self.regex;
+        regex.sort_by(|(la, a), (lb, b)| lb.cmp(la).then_with(|| a.cmp_rank(b)));
+        HostBucket { paths, regex: regex.into_iter().map(|(_, c)| c).collect() }
+    }
+}
+
+/// Entries grouped by the exact list of hostnames they serve: a Function's entries share
+/// one list, so its hostnames share one bucket instead of one bucket each.
 #[derive(Default)]
 pub struct RouteTableBuilder {
-    exact: HashMap<String, BucketBuild>,
-    wildcard: HashMap<String, BucketBuild>,
-    any: BucketBuild,
-    summaries: Vec<RouteSummary>,
+    groups: HashMap<Arc<[String]>, Vec<(PathCondition, Candidate)>>,
+    len: usize,
 }
 
 impl RouteTableBuilder {
     pub fn add(&mut self, entry: RouteEntry) {
-        let RouteEntry { hostnames, path, mut conditions, rule, order } = entry;
-        self.summaries.push(RouteSummary {
-            function: format!("{}/{}", rule.function.namespace, rule.function.name),
-            rule: rule.rule_index,
-            hostnames: hostnames.clone(),
-            path: path.describe(),
-            method: conditions.method.clone(),
-            headers: conditions.headers.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
-            query: conditions.query.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
-            backends: rule
-                .backends
-                .iter()
-                .map(|b| format!("{}/{}:{}*{}", b.target.namespace, b.target.service, b.target.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into()), b.weight))
-                .collect(),
-            redirect: rule.redirect.is_some(),
-        });
-        if let PathCondition::Regex(re) = &path {
-            match regex::Regex::new(&format!("^(?:{re})$")) {
-                Ok(re) => conditions.path_regex = Some(re),
-                Err(_) => return, // compile validated it; unreachable in practice
-            }
-        }
-        let rank = Arc::new((
-            conditions.method.is_some(),
-            conditions.headers.len(),
-            conditions.query.len(),
-            order,
-        ));
-        let conditions = Arc::new(conditions);
+        let RouteEntry { hostnames, path, conditions, rule, order } = entry;
+        let rank = Arc::new((conditions.method.is_some(), conditions.headers.len(), conditions.query.len(), order));
         let prefix: Option<Arc<str>> = match &path {
             PathCondition::Prefix(p) => Some(Arc::from(p.as_str())),
             _ => None,
         };
         let candidate = Candidate { conditions, rule, prefix, rank };
-        let place = |b: &mut BucketBuild| match &path {
-            PathCondition::Exact(p) => b.nodes.entry(p.clone()).or_default().exact.push(candidate.clone()),
-            PathCondition::Prefix(p) => b.nodes.entry(p.clone()).or_default().prefix.push(candidate.clone()),
-            PathCondition::Regex(p) => b.regex.push((p.len(), candidate.clone())),
-        };
-        if hostnames.is_empty() {
-            place(&mut self.any);
-        }
-        let mut seen = std::collections::HashSet::new();
-        for h in hostnames.iter().filter(|h| seen.insert(h.as_str())) {
-            let bucket = match h.strip_prefix('*') {
-                Some(suffix) => self.wildcard.entry(suffix.to_owned()).or_default(),
-                None => self.exact.entry(h.clone()).or_default(),
-            };
-            place(bucket);
-        }
+        self.groups.entry(hostnames).or_default().push((path, candidate));
+        self.len += 1;
     }
 
     pub fn build(self) -> RouteTable {
-        fn finish(b: BucketBuild) -> HostBucket {
-            let mut paths = matchit::Router::new();
-            for (path, mut node) in b.nodes {
-                node.exact.sort_by(Candidate::cmp_rank);
-                node.prefix.sort_by(Candidate::cmp_rank);
-                let escaped = path.replace('{', "{{").replace('}', "}}");
-                if let Err(e) = paths.insert(escaped, node) {
-                    tracing::error!(path, error = %e, "path index rejected a path");
+        // hostname -> the groups serving it; hostnames served by the same groups share a bucket.
+        let mut any = BucketBuild::default();
+        let mut by_host: HashMap<&str, Vec<usize>> = HashMap::new();
+        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Candidate)>)> = self.groups.iter().collect();
+        for (gi, (hostnames, entries)) in groups.iter().enumerate() {
+            if hostnames.is_empty() {
+                for (path, c) in entries.iter() {
+                    any.place(path, c);
                 }
             }
-            let mut regex = b.regex;
-            regex.sort_by(|(la, a), (lb, b)| lb.cmp(la).then_with(|| a.cmp_rank(b)));
-            HostBucket { paths, regex: regex.into_iter().map(|(_, c)| c).collect() }
+            let mut seen = ahash::AHashSet::new();
+            for h in hostnames.iter().filter(|h| seen.insert(h.as_str())) {
+                by_host.entry(h.as_str()).or_default().push(gi);
+            }
         }
-        RouteTable {
-            exact_hosts: self.exact.into_iter().map(|(k, b)| (k.into_boxed_str(), finish(b))).collect(),
-            wildcard_hosts: self.wildcard.into_iter().map(|(k, b)| (k.into_boxed_str(), finish(b))).collect(),
-            any_host: finish(self.any),
-            summaries: self.summaries,
+        let mut shared: HashMap<Vec<usize>, Arc<HostBucket>> = HashMap::new();
+        let mut exact_hosts = HashMap::new();
+        let mut wildcard_hosts = HashMap::new();
+        for (host, group_ids) in by_host {
+            let bucket = shared
+                .entry(group_ids.clone())
+                .or_insert_with(|| {
+                    let mut b = BucketBuild::default();
+                    for gi in &group_ids {
+                        for (path, c) in groups[*gi].1 {
+                            b.place(path, c);
+                        }
+                    }
+                    Arc::new(b.finish())
+                })
+                .clone();
+            match host.strip_prefix('*') {
+                Some(suffix) => wildcard_hosts.insert(Box::from(suffix), bucket),
+                None => exact_hosts.insert(Box::from(host), bucket),
+            };
         }
+        RouteTable { exact_hosts, wildcard_hosts, any_host: any.finish(), len: self.len }
     }
 }

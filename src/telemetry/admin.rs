@@ -25,7 +25,7 @@ impl AdminApp {
                 let body = json!({
                     "revision": plan.revision,
                     "content_hash": plan.content_hash,
-                    "routes": plan.routes.summaries(),
+                    "routes": plan.route_summaries(),
                 });
                 (200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
             }

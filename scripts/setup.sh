@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing fngate needs on a fresh Debian machine:
+# cmake, a C toolchain, perl and OpenSSL headers for pingora; curl and openssl for the
+# TLS test; nginx and wrk for the proxy benchmark. Skips apt when all are present.
+set -euo pipefail
+
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  echo "setup: installed ${missing[*]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
