@@ -42,7 +42,7 @@ fn a_function_without_route_gets_openfunction_default_hostnames_and_prefix_slash
     assert_eq!(route(&plan, "HELLO.default.OFN.io", "/", get()), "default/hello#0");
     assert_eq!(route(&plan, "other.default.ofn.io", "/", get()), "404");
     let rule = plan.routes.find("hello.default.ofn.io", "/", &get()).unwrap().rule.clone();
-    assert_eq!(rule.backends[0].target.service, "hello");
+    assert_eq!(&*rule.backends[0].target.service, "hello");
     assert_eq!(rule.backends[0].target.port, Some(8080));
 }
 
@@ -57,7 +57,7 @@ fn hostnames_without_rules_route_by_the_path_template_and_strip_it() {
     // The in-cluster name is always added, with the same path rule.
     assert_eq!(route(&plan, "fn1.default.svc.cluster.local", "/default/fn1", get()), "default/fn1#0");
     let m = plan.routes.find("sample.ofn.io", "/default/fn1/x", &get()).unwrap();
-    let rw = m.rule.rewrite.as_ref().unwrap().path.as_ref().unwrap();
+    let rw = m.rule.rewrite().unwrap().path.as_ref().unwrap();
     assert_eq!(rw, &PathRewrite::Prefix("/".into()));
     assert_eq!(rw.apply("/default/fn1/x", m.matched_prefix), "/x");
 }
@@ -137,21 +137,21 @@ fn filters_compile_to_their_actions() {
     let plan = plan_of(&[("f.yaml", &f)]);
     assert!(plan.diagnostics.is_empty(), "{:?}", plan.diagnostics);
     let redirect = plan.routes.find("f.default.ofn.io", "/old/page", &get()).unwrap();
-    let r = redirect.rule.redirect.as_ref().unwrap();
+    let r = redirect.rule.redirect().unwrap();
     assert_eq!(r.status, 301);
     assert_eq!(r.location("http", "f.default.ofn.io", None, "/old/page", Some("a=1"), redirect.matched_prefix), "https://f.default.ofn.io/new/page?a=1");
     let api = plan.routes.find("f.default.ofn.io", "/api", &get()).unwrap().rule.clone();
-    let rw = api.rewrite.as_ref().unwrap();
+    let rw = api.rewrite().unwrap();
     assert_eq!(rw.hostname.as_deref(), Some("internal"));
     assert_eq!(rw.path, Some(PathRewrite::Full("/v2".into())));
-    let edits = api.request_headers.as_ref().unwrap();
+    let edits = api.request_headers().unwrap();
     assert_eq!(edits.set, vec![("x-a".to_string(), "a".to_string())]);
     assert_eq!(edits.remove, vec!["x-c".to_string()]);
-    assert_eq!(api.response_headers.as_ref().unwrap().set[0].0, "x-r");
-    assert_eq!(api.mirrors[0].service, "shadow");
+    assert_eq!(api.response_headers().unwrap().set[0].0, "x-r");
+    assert_eq!(&*api.mirrors()[0].service, "shadow");
     assert_eq!(api.total_weight(), 100);
-    assert_eq!(api.pick_backend(0).unwrap().service, "v1");
-    assert_eq!(api.pick_backend(95).unwrap().namespace, "other");
+    assert_eq!(&*api.pick_backend(0).unwrap().service, "v1");
+    assert_eq!(&*api.pick_backend(95).unwrap().namespace, "other");
     assert_eq!(api.timeouts.request, Some(std::time::Duration::from_secs(10)));
     assert_eq!(api.timeouts.backend_request, Some(std::time::Duration::from_secs(2)));
 }

@@ -34,7 +34,7 @@ impl DirCatalog {
 
     /// Reads the directory and returns the snapshot of everything in it.
     pub fn scan(&mut self) -> Snapshot {
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut dir_problem = None;
         match list_yaml_files(&self.dir) {
             Ok(paths) => {
@@ -47,7 +47,7 @@ impl DirCatalog {
                         reparse(state, &path, &bytes);
                         state.digest = digest;
                     }
-                    seen.push(path);
+                    seen.insert(path);
                 }
             }
             Err(e) => {

@@ -3,6 +3,7 @@
 use crate::api::{BackendRef, Diagnostic, Filter, HeaderModifier, PathModifier, RuleTimeouts as ApiTimeouts};
 use crate::routing::{BackendTarget, HeaderEdits, PathCondition, PathRewrite, Redirect, Rewrite, RuleTimeouts};
 use super::field::Field;
+use std::sync::Arc;
 use crate::api::parse_duration;
 
 #[derive(Default)]
@@ -180,8 +181,8 @@ pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &Field, dia
         return None;
     }
     Some(BackendTarget {
-        namespace: b.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| namespace.to_owned()),
-        service: b.name.clone(),
+        namespace: Arc::from(b.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace)),
+        service: Arc::from(b.name.as_str()),
         port: b.port,
     })
 }

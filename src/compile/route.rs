@@ -7,7 +7,7 @@ use super::field::Field;
 use super::gateway::GatewayDefaults;
 use crate::api::{Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec};
 use crate::routing::{
-    FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry, Rule,
+    FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry, Rule, RuleFilters,
     StringMatch, WeightedBackend,
 };
 use crate::routing::RouteOrder;
@@ -18,6 +18,9 @@ pub(super) struct CompiledRoutes {
     pub entries: Vec<RouteEntry>,
     pub diagnostics: Vec<Diagnostic>,
 }
+
+/// Most matches test only the path; they all share this one value.
+static NO_CONDITIONS: std::sync::LazyLock<Arc<MatchConditions>> = std::sync::LazyLock::new(|| Arc::new(MatchConditions::default()));
 
 const ROUTE_FIELD: &str = "spec.serving.triggers.http.route";
 const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
@@ -92,9 +95,17 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
     };
     let path_based_rewrite = route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
 
-    let function_ref = FunctionRef { namespace: namespace.to_owned(), name: name.to_owned() };
     let created: Option<Arc<str>> = f.metadata.creation_timestamp.as_deref().map(Arc::from);
     let (ns_arc, name_arc): (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));
+    let function_ref = FunctionRef { namespace: ns_arc.clone(), name: name_arc.clone() };
+    let own_service: Arc<[WeightedBackend]> = Arc::new([WeightedBackend {
+        target: crate::routing::BackendTarget {
+            namespace: ns_arc.clone(),
+            service: Arc::from(f.service_name()),
+            port,
+        },
+        weight: 1,
+    }]);
     for (ri, rule) in rules.iter().enumerate() {
         let rules_field = route_field.key("rules");
         let field = rules_field.index(ri);
@@ -117,7 +128,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             actions.rewrite = Some(Rewrite { hostname: None, path: Some(PathRewrite::Prefix("/".into())) });
         }
         let timeouts = compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
-        let backends: Vec<WeightedBackend> = match &rule.backend_refs {
+        let backends: Arc<[WeightedBackend]> = match &rule.backend_refs {
             Some(refs) if !refs.is_empty() => refs
                 .iter()
                 .enumerate()
@@ -133,14 +144,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                     Some(WeightedBackend { target, weight: weight as u32 })
                 })
                 .collect(),
-            _ => vec![WeightedBackend {
-                target: crate::routing::BackendTarget {
-                    namespace: namespace.to_owned(),
-                    service: f.service_name().to_owned(),
-                    port,
-                },
-                weight: 1,
-            }],
+            _ => own_service.clone(),
         };
         if diags.iter().filter(|d| d.is_error()).count() > errors_before {
             continue;
@@ -148,12 +152,17 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         let rule_arc = Arc::new(Rule {
             function: function_ref.clone(),
             rule_index: ri,
-            rule_name: rule.name.clone(),
-            request_headers: actions.request_headers,
-            response_headers: actions.response_headers,
-            redirect: actions.redirect,
-            rewrite: actions.rewrite,
-            mirrors: actions.mirrors,
+            rule_name: rule.name.as_deref().map(Box::from),
+            filters: {
+                let filters = RuleFilters {
+                    request_headers: actions.request_headers,
+                    response_headers: actions.response_headers,
+                    redirect: actions.redirect,
+                    rewrite: actions.rewrite,
+                    mirrors: actions.mirrors,
+                };
+                (!filters.is_empty()).then(|| Box::new(filters))
+            },
             backends,
             timeouts,
         });
@@ -224,7 +233,12 @@ fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> 
         PathCondition::Regex(re) => regex::Regex::new(&format!("^(?:{re})$")).ok(),
         _ => None,
     };
-    (diags.len() == before).then(|| (path, Arc::new(MatchConditions { method, headers, query, path_regex })))
+    if diags.len() != before {
+        return None;
+    }
+    let plain = method.is_none() && headers.is_empty() && query.is_empty() && path_regex.is_none();
+    let conditions = if plain { NO_CONDITIONS.clone() } else { Arc::new(MatchConditions { method, headers, query, path_regex }) };
+    Some((path, conditions))
 }
 
 /// Header or query conditions. Gateway API: of entries with equal names only the first

@@ -109,7 +109,7 @@ impl FunctionProxy {
         ctx.matched_prefix = hit.matched_prefix.map(Arc::from);
         ctx.rule = Some(rule.clone());
 
-        if let Some(redirect) = &rule.redirect {
+        if let Some(redirect) = rule.redirect() {
             let scheme = if ctx.tls { "https" } else { "http" };
             let location = redirect.location(
                 scheme,
@@ -148,15 +148,15 @@ impl FunctionProxy {
     }
 
     fn mirror(&self, session: &Session, ctx: &RequestCtx, rule: &Rule) {
-        if rule.mirrors.is_empty() {
+        if rule.mirrors().is_empty() {
             return;
         }
         let mut copy = session.req_header().clone();
-        if let Some(edits) = &rule.request_headers {
+        if let Some(edits) = rule.request_headers() {
             let _ = headers::apply_request_edits(&mut copy, edits);
         }
         let host = request_host(session.req_header()).to_owned();
-        for target in &rule.mirrors {
+        for target in rule.mirrors() {
             if let Some(addr) = ctx.plan.endpoints.for_target(target).and_then(|e| e.pick(0, target.port)) {
                 mirror::send(addr, &copy, &host);
             }
@@ -233,7 +233,7 @@ impl ProxyHttp for FunctionProxy {
         let host = request_host(session.req_header()).to_owned();
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
         headers::set_forwarded(upstream, client_ip, ctx.tls, &host)?;
-        if let Some(rewrite) = &rule.rewrite {
+        if let Some(rewrite) = rule.rewrite() {
             if let Some(path_rw) = &rewrite.path {
                 let new_path = path_rw.apply(upstream.uri.path(), ctx.matched_prefix.as_deref());
                 let uri = match upstream.uri.query() {
@@ -247,7 +247,7 @@ impl ProxyHttp for FunctionProxy {
                 upstream.insert_header("host", h.as_str())?;
             }
         }
-        if let Some(edits) = &rule.request_headers {
+        if let Some(edits) = rule.request_headers() {
             headers::apply_request_edits(upstream, edits)?;
         }
         Ok(())
@@ -255,7 +255,7 @@ impl ProxyHttp for FunctionProxy {
 
     async fn response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream);
-        if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+        if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers()) {
             headers::apply_response_edits(upstream, edits)?;
         }
         Ok(())
@@ -278,6 +278,12 @@ impl ProxyHttp for FunctionProxy {
             let _ = session.respond_error(code).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// A client that hangs up mid-request is its own business, not an error of ours.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        error.esource() == &ErrorSource::Downstream
+            && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -11,7 +11,7 @@ mod table;
 
 pub use conditions::{HeaderCondition, MatchConditions, PathCondition, StringMatch};
 pub use rule::{
-    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleTimeouts,
+    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleFilters, RuleTimeouts,
     WeightedBackend,
 };
 pub use table::{normalize_host, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable, RouteTableBuilder};

@@ -1,20 +1,21 @@
 //! What a matched rule does: filters, backends, timeouts — compiled, validated values.
 
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The Function a rule came from; its namespace and name are the metrics labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FunctionRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// A Service port to send to. `port: None` means "the slice's port".
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct BackendTarget {
-    pub namespace: String,
-    pub service: String,
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
     pub port: Option<u16>,
 }
 
@@ -125,26 +126,56 @@ pub struct RuleTimeouts {
     pub backend_request: Option<Duration>,
 }
 
-/// One compiled HTTPRoute rule of one Function.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Rule {
-    pub function: FunctionRef,
-    pub rule_index: usize,
-    pub rule_name: Option<String>,
+/// A rule's filters. Most rules have none, so they live behind one optional box and a
+/// plain rule stays small (10,000 Functions hold tens of thousands of rules).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RuleFilters {
     pub request_headers: Option<HeaderEdits>,
     pub response_headers: Option<HeaderEdits>,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
     pub mirrors: Vec<BackendTarget>,
-    pub backends: Vec<WeightedBackend>,
+}
+
+impl RuleFilters {
+    pub fn is_empty(&self) -> bool {
+        self == &RuleFilters::default()
+    }
+}
+
+/// One compiled HTTPRoute rule of one Function.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rule {
+    pub function: FunctionRef,
+    pub rule_index: usize,
+    pub rule_name: Option<Box<str>>,
+    pub filters: Option<Box<RuleFilters>>,
+    /// Shared by every rule of a Function that uses the Function's own Service.
+    pub backends: Arc<[WeightedBackend]>,
     pub timeouts: RuleTimeouts,
 }
 
 impl Rule {
+    pub fn request_headers(&self) -> Option<&HeaderEdits> {
+        self.filters.as_ref()?.request_headers.as_ref()
+    }
+    pub fn response_headers(&self) -> Option<&HeaderEdits> {
+        self.filters.as_ref()?.response_headers.as_ref()
+    }
+    pub fn redirect(&self) -> Option<&Redirect> {
+        self.filters.as_ref()?.redirect.as_ref()
+    }
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        self.filters.as_ref()?.rewrite.as_ref()
+    }
+    pub fn mirrors(&self) -> &[BackendTarget] {
+        self.filters.as_ref().map(|f| f.mirrors.as_slice()).unwrap_or(&[])
+    }
+
     /// A weighted pick among backends; `roll` is uniform in `0..total_weight`.
     pub fn pick_backend(&self, roll: u32) -> Option<&BackendTarget> {
         let mut acc = 0u32;
-        for b in &self.backends {
+        for b in self.backends.iter() {
             acc += b.weight;
             if roll < acc {
                 return Some(&b.target);

@@ -43,10 +43,19 @@ struct Candidate {
     conditions: Arc<MatchConditions>,
     rule: Arc<Rule>,
     prefix: Option<Arc<str>>,
-    rank: Arc<(bool, usize, usize, RouteOrder)>,
 }
 
-impl Candidate {
+/// Precedence after path: method, header count, query count, then `RouteOrder`. Only
+/// needed while building; the built lists are already in this order.
+type Rank = (bool, usize, usize, RouteOrder);
+
+#[derive(Clone, Debug)]
+struct Ranked {
+    rank: Arc<Rank>,
+    candidate: Candidate,
+}
+
+impl Ranked {
     fn cmp_rank(&self, other: &Self) -> Ordering {
         let (am, ah, aq, ao) = &*self.rank;
         let (bm, bh, bq, bo) = &*other.rank;
@@ -66,15 +75,21 @@ impl Candidate {
 
 #[derive(Default)]
 struct PathNode {
-    exact: Vec<Candidate>,
-    prefix: Vec<Candidate>,
+    exact: Box<[Candidate]>,
+    prefix: Box<[Candidate]>,
+}
+
+#[derive(Default)]
+struct PathNodeBuild {
+    exact: Vec<Ranked>,
+    prefix: Vec<Ranked>,
 }
 
 #[derive(Default)]
 struct HostBucket {
     paths: matchit::Router<PathNode>,
     /// Regex paths, longest pattern first, then by rank.
-    regex: Vec<Candidate>,
+    regex: Box<[Candidate]>,
 }
 
 fn first_match<'a>(
@@ -163,7 +178,7 @@ impl RouteEntry {
                     format!("{}/{}:{}*{}", b.target.namespace, b.target.service, port, b.weight)
                 })
                 .collect(),
-            redirect: rule.redirect.is_some(),
+            redirect: rule.redirect().is_some(),
         }
     }
 }
@@ -221,32 +236,35 @@ impl RouteTable {
 
 #[derive(Default)]
 struct BucketBuild {
-    nodes: HashMap<String, PathNode>,
-    regex: Vec<(usize, Candidate)>,
+    nodes: HashMap<Arc<str>, PathNodeBuild>,
+    regex: Vec<(usize, Ranked)>,
 }
 
 impl BucketBuild {
-    fn place(&mut self, path: &PathCondition, candidate: &Candidate) {
+    fn place(&mut self, path: &PathCondition, key: &Arc<str>, ranked: &Ranked) {
         match path {
-            PathCondition::Exact(p) => self.nodes.entry(p.clone()).or_default().exact.push(candidate.clone()),
-            PathCondition::Prefix(p) => self.nodes.entry(p.clone()).or_default().prefix.push(candidate.clone()),
-            PathCondition::Regex(p) => self.regex.push((p.len(), candidate.clone())),
+            PathCondition::Exact(_) => self.nodes.entry(key.clone()).or_default().exact.push(ranked.clone()),
+            PathCondition::Prefix(_) => self.nodes.entry(key.clone()).or_default().prefix.push(ranked.clone()),
+            PathCondition::Regex(p) => self.regex.push((p.len(), ranked.clone())),
         }
     }
 
     fn finish(self) -> HostBucket {
+        fn sorted(mut v: Vec<Ranked>) -> Box<[Candidate]> {
+            v.sort_by(Ranked::cmp_rank);
+            v.into_iter().map(|r| r.candidate).collect()
+        }
         let mut paths = matchit::Router::new();
-        for (path, mut node) in self.nodes {
-            node.exact.sort_by(Candidate::cmp_rank);
-            node.prefix.sort_by(Candidate::cmp_rank);
+        for (path, node) in self.nodes {
             let escaped = path.replace('{', "{{").replace('}', "}}");
+            let node = PathNode { exact: sorted(node.exact), prefix: sorted(node.prefix) };
             if let Err(e) = paths.insert(escaped, node) {
-                tracing::error!(path, error = %e, "path index rejected a path");
+                tracing::error!(path = &*path, error = %e, "path index rejected a path");
             }
         }
         let mut regex = self.regex;
         regex.sort_by(|(la, a), (lb, b)| lb.cmp(la).then_with(|| a.cmp_rank(b)));
-        HostBucket { paths, regex: regex.into_iter().map(|(_, c)| c).collect() }
+        HostBucket { paths, regex: regex.into_iter().map(|(_, r)| r.candidate).collect() }
     }
 }
 
@@ -254,7 +272,7 @@ impl BucketBuild {
 /// one list, so its hostnames share one bucket instead of one bucket each.
 #[derive(Default)]
 pub struct RouteTableBuilder {
-    groups: HashMap<Arc<[String]>, Vec<(PathCondition, Candidate)>>,
+    groups: HashMap<Arc<[String]>, Vec<(PathCondition, Arc<str>, Ranked)>>,
     len: usize,
 }
 
@@ -266,8 +284,11 @@ impl RouteTableBuilder {
             PathCondition::Prefix(p) => Some(Arc::from(p.as_str())),
             _ => None,
         };
-        let candidate = Candidate { conditions, rule, prefix, rank };
-        self.groups.entry(hostnames).or_default().push((path, candidate));
+        let key: Arc<str> = match &path {
+            PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => Arc::from(p.as_str()),
+        };
+        let ranked = Ranked { rank, candidate: Candidate { conditions, rule, prefix } };
+        self.groups.entry(hostnames).or_default().push((path, key, ranked));
         self.len += 1;
     }
 
@@ -275,11 +296,11 @@ impl RouteTableBuilder {
         // hostname -> the groups serving it; hostnames served by the same groups share a bucket.
         let mut any = BucketBuild::default();
         let mut by_host: HashMap<&str, Vec<usize>> = HashMap::new();
-        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Candidate)>)> = self.groups.iter().collect();
+        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Arc<str>, Ranked)>)> = self.groups.iter().collect();
         for (gi, (hostnames, entries)) in groups.iter().enumerate() {
             if hostnames.is_empty() {
-                for (path, c) in entries.iter() {
-                    any.place(path, c);
+                for (path, key, r) in entries.iter() {
+                    any.place(path, key, r);
                 }
             }
             let mut seen = ahash::AHashSet::new();
@@ -296,8 +317,8 @@ impl RouteTableBuilder {
                 .or_insert_with(|| {
                     let mut b = BucketBuild::default();
                     for gi in &group_ids {
-                        for (path, c) in groups[*gi].1 {
-                            b.place(path, c);
+                        for (path, key, r) in groups[*gi].1 {
+                            b.place(path, key, r);
                         }
                     }
                     Arc::new(b.finish())

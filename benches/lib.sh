@@ -1,0 +1,89 @@
+# Shared helpers for the benchmark scripts (sourced, not run).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d /tmp/fngate-bench.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+build() {
+  "$ROOT/scripts/setup.sh"
+  (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo >/dev/null 2>&1)
+  FNGATE="$ROOT/target/release/fngate"
+  ECHO="$ROOT/target/release/examples/echo"
+}
+
+# start_backend PORT [extra args]: the example function, answering a fixed body.
+start_backend() {
+  local port=$1; shift
+  "$ECHO" --listen "127.0.0.1:$port" --service bench "$@" >/dev/null &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/"
+}
+
+wait_http() {
+  for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+# start_fngate DIR THREADS HTTP_PORT ADMIN_PORT: fngate serving catalog DIR.
+start_fngate() {
+  local dir=$1 threads=$2 http=$3 admin=$4
+  cat > "$WORK/fngate-$http.yaml" <<YAML
+listen:
+  http: 127.0.0.1:$http
+  admin: 127.0.0.1:$admin
+catalog:
+  dir: $dir
+threads: $threads
+YAML
+  RUST_LOG=error "$FNGATE" run --config "$WORK/fngate-$http.yaml" &
+  PIDS+=($!)
+  FNGATE_PID=$!
+  for _ in $(seq 1 600); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && return 0; sleep 0.05; done
+  echo "fngate did not become ready" >&2; return 1
+}
+
+# bench_catalog DIR BACKEND_PORT: one function `bench` whose endpoint is the backend.
+bench_catalog() {
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  cat > "$dir/bench.yaml" <<YAML
+apiVersion: core.openfunction.io/v1beta2
+kind: Function
+metadata: {name: bench, namespace: default}
+spec:
+  serving:
+    triggers:
+      http: {port: $port}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: bench
+  namespace: default
+  labels: {kubernetes.io/service-name: bench}
+endpoints: [{addresses: [127.0.0.1], conditions: {ready: true}}]
+ports: [{port: $port}]
+YAML
+}
+
+# run_wrk URL CONNS SECONDS: prints "req_per_sec p99_ms errors".
+run_wrk() {
+  local out
+  out=$(wrk -t1 -c"$2" -d"$3"s --latency -H 'Host: bench.default.ofn.io' "$1")
+  local rps p99 p99ms errs non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  case "$p99" in
+    *us) p99ms=$(awk -v v="${p99%us}" 'BEGIN{printf "%.3f", v/1000}') ;;
+    *ms) p99ms=${p99%ms} ;;
+    *s) p99ms=$(awk -v v="${p99%s}" 'BEGIN{printf "%.3f", v*1000}') ;;
+    *) p99ms=NaN ;;
+  esac
+  errs=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  echo "${rps:-0} ${p99ms} $(( ${errs:-0} + ${non2xx:-0} ))"
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Proxy throughput and tail latency: fngate vs nginx (Debian's, proxy_pass to an upstream
+# keep-alive pool) in front of the same backend, driven by the same wrk, at 1 and 2
+# worker threads; the direct-to-backend figure is the ceiling.
+# Usage: benches/proxy_load.sh [seconds per run, default 10] [connections, default 64]
+source "$(dirname "$0")/lib.sh"
+SECS=${1:-10}
+CONNS=${2:-64}
+build
+
+BACKEND=$(free_port)
+start_backend "$BACKEND" --fixed --threads 1
+bench_catalog "$WORK/catalog" "$BACKEND"
+
+start_nginx() {
+  local workers=$1 port=$2
+  mkdir -p "$WORK/nginx-$port"
+  cat > "$WORK/nginx-$port/nginx.conf" <<CONF
+worker_processes $workers;
+pid $WORK/nginx-$port/nginx.pid;
+error_log $WORK/nginx-$port/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-$port;
+  proxy_temp_path $WORK/nginx-$port;
+  fastcgi_temp_path $WORK/nginx-$port;
+  uwsgi_temp_path $WORK/nginx-$port;
+  scgi_temp_path $WORK/nginx-$port;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  nginx -c "$WORK/nginx-$port/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+  NGINX_PID=$!
+  wait_http "http://127.0.0.1:$port/"
+}
+
+printf "%-8s %-8s %12s %10s %8s\n" threads target "req/s" "p99(ms)" errors
+read -r d_rps d_p99 d_err < <(run_wrk "http://127.0.0.1:$BACKEND/" "$CONNS" "$SECS")
+printf "%-8s %-8s %12s %10s %8s\n" - direct "$d_rps" "$d_p99" "$d_err"
+declare -A RESULT
+for threads in 1 2; do
+  NPORT=$(free_port)
+  start_nginx "$threads" "$NPORT"
+  run_wrk "http://127.0.0.1:$NPORT/" "$CONNS" 2 >/dev/null # warm the keep-alive pool
+  read -r n_rps n_p99 n_err < <(run_wrk "http://127.0.0.1:$NPORT/" "$CONNS" "$SECS")
+  kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true
+  FPORT=$(free_port); APORT=$(free_port)
+  start_fngate "$WORK/catalog" "$threads" "$FPORT" "$APORT"
+  run_wrk "http://127.0.0.1:$FPORT/" "$CONNS" 2 >/dev/null
+  read -r f_rps f_p99 f_err < <(run_wrk "http://127.0.0.1:$FPORT/" "$CONNS" "$SECS")
+  kill "$FNGATE_PID"; wait "$FNGATE_PID" 2>/dev/null || true
+  printf "%-8s %-8s %12s %10s %8s\n" "$threads" nginx "$n_rps" "$n_p99" "$n_err"
+  printf "%-8s %-8s %12s %10s %8s\n" "$threads" fngate "$f_rps" "$f_p99" "$f_err"
+  RESULT[$threads]="$(awk -v f="$f_rps" -v n="$n_rps" -v fp="$f_p99" -v np="$n_p99" -v d="$d_rps" \
+    'BEGIN{printf "fngate/nginx req/s %.2f  p99 %.2f  fngate/direct req/s %.2f", f/n, fp/np, f/d}')"
+done
+echo
+for threads in 1 2; do echo "threads=$threads: ${RESULT[$threads]}"; done
