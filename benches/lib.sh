@@ -38,6 +38,7 @@ listen:
 catalog:
   dir: $dir
 threads: $threads
+${FNGATE_EXTRA:-}
 YAML
   RUST_LOG=error "$FNGATE" run --config "$WORK/fngate-$http.yaml" &
   PIDS+=($!)

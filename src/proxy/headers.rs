@@ -33,7 +33,16 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// Whether any hop-by-hop header is present; the common request has none but
+/// `Connection: keep-alive`, and skipping the strip saves allocations per request.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    HOP_BY_HOP.iter().any(|h| headers.contains_key(*h))
+}
+
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
+    if !has_hop_by_hop(&req.headers) {
+        return;
+    }
     let keep = is_upgrade(&req.headers);
     for name in hop_by_hop_names(&req.headers, keep) {
         req.remove_header(&name);
@@ -41,6 +50,9 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
 }
 
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if !has_hop_by_hop(&resp.headers) {
+        return;
+    }
     let keep = resp.status.as_u16() == 101;
     for name in hop_by_hop_names(&resp.headers, keep) {
         resp.remove_header(&name);
