@@ -59,30 +59,48 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-/// Gateway API semantics: set overwrites, add appends (joined with `,` on the wire by
-/// the backend's view), remove deletes.
-pub fn apply_request_edits(req: &mut RequestHeader, edits: &HeaderEdits) -> pingora::Result<()> {
-    for (name, value) in &edits.set {
-        req.insert_header(name.clone(), value.as_str())?;
-    }
-    for (name, value) in &edits.add {
-        req.append_header(name.clone(), value.as_str())?;
-    }
-    for name in &edits.remove {
-        req.remove_header(name);
-    }
-    Ok(())
+/// The three header operations of a Gateway API header modifier; pingora's request and
+/// response heads both have them, without a common trait.
+pub trait HeaderOps {
+    fn set(&mut self, name: String, value: &str) -> pingora::Result<()>;
+    fn append(&mut self, name: String, value: &str) -> pingora::Result<()>;
+    fn remove(&mut self, name: &str);
 }
 
-pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &HeaderEdits) -> pingora::Result<()> {
+impl HeaderOps for RequestHeader {
+    fn set(&mut self, name: String, value: &str) -> pingora::Result<()> {
+        self.insert_header(name, value).map(|_| ())
+    }
+    fn append(&mut self, name: String, value: &str) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+impl HeaderOps for ResponseHeader {
+    fn set(&mut self, name: String, value: &str) -> pingora::Result<()> {
+        self.insert_header(name, value).map(|_| ())
+    }
+    fn append(&mut self, name: String, value: &str) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+/// Gateway API semantics: set overwrites, add appends, remove deletes.
+pub fn apply_edits(head: &mut impl HeaderOps, edits: &HeaderEdits) -> pingora::Result<()> {
     for (name, value) in &edits.set {
-        resp.insert_header(name.clone(), value.as_str())?;
+        head.set(name.clone(), value)?;
     }
     for (name, value) in &edits.add {
-        resp.append_header(name.clone(), value.as_str())?;
+        head.append(name.clone(), value)?;
     }
     for name in &edits.remove {
-        resp.remove_header(name);
+        head.remove(name);
     }
     Ok(())
 }

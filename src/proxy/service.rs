@@ -153,7 +153,7 @@ impl FunctionProxy {
         }
         let mut copy = session.req_header().clone();
         if let Some(edits) = rule.request_headers() {
-            let _ = headers::apply_request_edits(&mut copy, edits);
+            let _ = headers::apply_edits(&mut copy, edits);
         }
         let host = request_host(session.req_header()).to_owned();
         for target in rule.mirrors() {
@@ -248,7 +248,7 @@ impl ProxyHttp for FunctionProxy {
             }
         }
         if let Some(edits) = rule.request_headers() {
-            headers::apply_request_edits(upstream, edits)?;
+            headers::apply_edits(upstream, edits)?;
         }
         Ok(())
     }
@@ -256,7 +256,7 @@ impl ProxyHttp for FunctionProxy {
     async fn response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream);
         if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers()) {
-            headers::apply_response_edits(upstream, edits)?;
+            headers::apply_edits(upstream, edits)?;
         }
         Ok(())
     }
