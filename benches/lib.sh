@@ -10,9 +10,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 build() {
   "$ROOT/scripts/setup.sh"
-  (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo >/dev/null 2>&1)
+  (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo --example bare_pingora >/dev/null 2>&1)
   FNGATE="$ROOT/target/release/fngate"
   ECHO="$ROOT/target/release/examples/echo"
+  BARE="$ROOT/target/release/examples/bare_pingora"
 }
 
 # start_backend PORT [extra args]: the example function, answering a fixed body.

@@ -1,0 +1,32 @@
+//! A pingora proxy with no logic at all: every request goes to one fixed upstream.
+//! The benchmark peer that shows what pingora itself costs, so fngate's own overhead
+//! (routing, filters, metrics) can be read off against it.
+//!
+//! Usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR THREADS
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::server::configuration::{Opt, ServerConf};
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+struct Bare(std::net::SocketAddr);
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.0, false, String::new())))
+    }
+}
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let conf = ServerConf { threads: args[3].parse().unwrap(), upstream_keepalive_pool_size: 1024, ..ServerConf::default() };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare(args[2].parse().unwrap()));
+    svc.add_tcp(&args[1]);
+    server.add_service(svc);
+    server.run_forever();
+}
