@@ -16,7 +16,8 @@ pub struct ObjectMeta {
     /// RFC 3339; used only for the "oldest route wins" tie-break.
     #[serde(default)]
     pub creation_timestamp: Option<String>,
-    #[serde(default)]
+    /// Not serialised: content hashes must not change when only the version does.
+    #[serde(default, skip_serializing)]
     pub resource_version: Option<String>,
     #[serde(default)]
     pub generation: Option<i64>,

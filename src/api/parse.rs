@@ -24,28 +24,27 @@ impl ParsedObject {
         ObjectKey::new(kind, meta.namespace_or_default(), &meta.name)
     }
 
-    /// Hash of the object's content without `metadata.resourceVersion`, so an event that
-    /// rewrites an object unchanged is recognised as "no change".
+    /// Hash of the object's content without `metadata.resourceVersion` (never
+    /// serialised), so an event that rewrites an object unchanged is recognised as "no
+    /// change". Streams the JSON into the hasher: no copy of the object, no buffer.
     pub fn content_hash(&self) -> u64 {
-        let json = match self {
-            ParsedObject::Function(f) => {
-                let mut f = (**f).clone();
-                f.metadata.resource_version = None;
-                serde_json::to_vec(&f)
+        struct HashWriter(Sha256);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
             }
-            ParsedObject::Gateway(g) => {
-                let mut g = (**g).clone();
-                g.metadata.resource_version = None;
-                serde_json::to_vec(&g)
-            }
-            ParsedObject::EndpointSlice(s) => {
-                let mut s = (**s).clone();
-                s.metadata.resource_version = None;
-                serde_json::to_vec(&s)
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
             }
         }
-        .unwrap_or_default();
-        let digest = Sha256::digest(&json);
+        let mut w = HashWriter(Sha256::new());
+        let _ = match self {
+            ParsedObject::Function(f) => serde_json::to_writer(&mut w, &**f),
+            ParsedObject::Gateway(g) => serde_json::to_writer(&mut w, &**g),
+            ParsedObject::EndpointSlice(s) => serde_json::to_writer(&mut w, &**s),
+        };
+        let digest = w.0.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
     }
 }
@@ -98,7 +97,7 @@ pub fn parse_documents(text: &str, file: Option<&str>) -> Result<Vec<ParsedDocum
 }
 
 fn parse_value(index: usize, value: serde_yaml::Value, file: Option<&str>) -> Option<ParsedDocument> {
-    let header: TypeHeader = match serde_yaml::from_value(value.clone()) {
+    let header = match TypeHeader::deserialize(&value) {
         Ok(h) => h,
         Err(e) => {
             return Some(ParsedDocument {
