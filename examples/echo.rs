@@ -7,6 +7,7 @@
 //! `x-echo-set-response-headers: Name:Value,Name2:Value2` makes it set those response
 //! headers. `x-echo-body: stream` echoes the request body back chunk by chunk as it arrives.
 //! `Connection: upgrade` is accepted with 101 and the upgraded bytes are echoed back.
+//! `--log` prints `REQ <method> <path> [bytes=<body length>]` per request.
 //!
 //! Usage: echo [--listen ADDR] [--service NAME] [--namespace NS] [--fixed]
 //! Prints `listening on ADDR` on stdout once ready. `--fixed` answers a fixed 13-byte
@@ -67,15 +68,21 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
     if id.fixed {
         return Ok(Response::new(full("hello, world\n")));
     }
-    if id.log {
-        println!("REQ {} {}", req.method(), req.uri());
-        std::io::stdout().flush().ok();
-    }
+    let log = |method: &str, uri: &str, bytes: Option<usize>| {
+        if id.log {
+            match bytes {
+                Some(n) => println!("REQ {method} {uri} bytes={n}"),
+                None => println!("REQ {method} {uri}"),
+            }
+            std::io::stdout().flush().ok();
+        }
+    };
     if let Some(delay) = req.uri().query().and_then(parse_delay) {
         tokio::time::sleep(delay).await;
     }
     let wants_upgrade = req.headers().get("upgrade").is_some();
     if wants_upgrade {
+        log(req.method().as_str(), &req.uri().to_string(), None);
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
@@ -107,6 +114,7 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
         .unwrap_or_default();
     let mut resp = if req.headers().get("x-echo-body").is_some_and(|v| v == "stream") {
         // Echo each body frame as it arrives, so a test can see streaming end to end.
+        log(req.method().as_str(), &req.uri().to_string(), None);
         let (mut tx, out) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
         let mut body = req.into_body();
         tokio::spawn(async move {
@@ -140,6 +148,7 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
         let method = req.method().as_str().to_owned();
         let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        log(&method, &path, Some(body_len));
         let json = format!(
             "{{\"path\":\"{}\",\"host\":\"{}\",\"method\":\"{}\",\"body_bytes\":{},\"namespace\":\"{}\",\"pod\":\"{}\",\"service\":\"{}\",\"headers\":{{{}}}}}\n",
             json_escape(&path),

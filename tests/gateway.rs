@@ -250,3 +250,35 @@ fn tls_is_terminated_on_the_https_listener() {
     assert_eq!(body["headers"]["x-forwarded-proto"][0], "https");
     drop(gate);
 }
+
+#[test]
+fn mirrored_requests_carry_the_body_and_do_not_change_the_answer() {
+    let main = Echo::start("main", "default");
+    let shadow = Echo::start("shadow", "default");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        function_yaml(
+            "default",
+            "m",
+            "        route:\n          rules:\n          - filters:\n            - type: RequestMirror\n              requestMirror: {backendRef: {name: shadow, port: 8080}}\n            backendRefs: [{name: main, port: 8080}]\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("main.yaml"), endpoint_slice("default", "main", &[main.addr], true)).unwrap();
+    std::fs::write(dir.path().join("shadow.yaml"), endpoint_slice("default", "shadow", &[shadow.addr], true)).unwrap();
+    let gate = Fngate::start(dir.path());
+    let r = request(gate.http, "POST", "m.default.ofn.io", "/orders", &[], b"hello world").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["service"], "main");
+    assert_eq!(r.json()["body_bytes"], 11);
+    let seen = |want: &str| {
+        let lines = shadow.requests_seen();
+        assert!(lines.len() < 50, "{lines:?}");
+        lines.iter().any(|l| l == want)
+    };
+    gate.wait_until(|| seen("REQ POST /orders bytes=11"), "the mirror to get the body");
+    let r = request(gate.http, "GET", "m.default.ofn.io", "/list", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    gate.wait_until(|| seen("REQ GET /list bytes=0"), "the mirror to get the GET");
+}

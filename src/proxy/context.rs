@@ -16,6 +16,8 @@ pub struct RequestCtx {
     pub failed_attempts: usize,
     pub body_bytes: u64,
     pub tls: bool,
+    /// Mirror copies still receiving the request body.
+    pub mirrors: Vec<super::mirror::MirrorBody>,
 }
 
 impl RequestCtx {
@@ -29,6 +31,7 @@ impl RequestCtx {
             failed_attempts: 0,
             body_bytes: 0,
             tls: false,
+            mirrors: Vec::new(),
         }
     }
 

@@ -147,10 +147,13 @@ impl FunctionProxy {
         }
     }
 
-    fn mirror(&self, session: &Session, ctx: &RequestCtx, rule: &Rule) {
+    fn mirror(&self, session: &Session, ctx: &mut RequestCtx, rule: &Rule) {
         if rule.mirrors().is_empty() {
             return;
         }
+        let req = session.req_header();
+        let has_body = req.headers.get("transfer-encoding").is_some()
+            || req.headers.get("content-length").and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0");
         let mut copy = session.req_header().clone();
         if let Some(edits) = rule.request_headers() {
             let _ = headers::apply_edits(&mut copy, edits);
@@ -158,7 +161,7 @@ impl FunctionProxy {
         let host = request_host(session.req_header()).to_owned();
         for target in rule.mirrors() {
             if let Some(addr) = ctx.plan.endpoints.for_target(target).and_then(|e| e.pick(0, target.port)) {
-                mirror::send(addr, &copy, &host);
+                ctx.mirrors.push(mirror::send(addr, &copy, &host, has_body));
             }
         }
     }
@@ -187,6 +190,9 @@ impl ProxyHttp for FunctionProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for m in &mut ctx.mirrors {
+            m.tee(body.as_ref().unwrap_or(&Bytes::new()), _end_of_stream);
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.limits.max_body_bytes {
