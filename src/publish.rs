@@ -86,22 +86,35 @@ impl PlanPublisher {
     }
 
     /// Follows a directory until the process ends: one scan and publish per burst of
-    /// file events, after `debounce` of quiet.
+    /// file events, after `debounce` of quiet. A full rescan also runs every
+    /// `RESYNC_EVERY`, so a lost event (inotify queue overflow, a folder that did not
+    /// exist yet when watching started) cannot leave a stale plan for long.
     pub async fn follow_dir(mut self, mut catalog: DirCatalog, debounce: Duration) {
+        const RESYNC_EVERY: Duration = Duration::from_secs(10);
         let signal = Arc::new(Notify::new());
-        let _watch = match catalog.watch(signal.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory; changes will not be picked up");
-                None
-            }
-        };
+        let mut watch = None;
         let snapshot = catalog.scan();
         self.publish(&snapshot);
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.tick().await;
         loop {
-            signal.notified().await;
-            // Coalesce: wait until events stop arriving for `debounce`.
-            while tokio::time::timeout(debounce, signal.notified()).await.is_ok() {}
+            if watch.is_none() {
+                match catalog.watch(signal.clone()) {
+                    Ok(w) => {
+                        watch = Some(w);
+                        // Changes made before the watch existed.
+                        signal.notify_one();
+                    }
+                    Err(e) => tracing::warn!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory yet; rescanning every 10s"),
+                }
+            }
+            tokio::select! {
+                _ = signal.notified() => {
+                    // Coalesce: wait until events stop arriving for `debounce`.
+                    while tokio::time::timeout(debounce, signal.notified()).await.is_ok() {}
+                }
+                _ = resync.tick() => {}
+            }
             let snapshot = catalog.scan();
             self.publish(&snapshot);
         }

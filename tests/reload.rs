@@ -158,3 +158,23 @@ fn requests_on_unchanged_routes_never_fail_while_plans_are_swapped() {
     assert!(ok.load(Ordering::Relaxed) > 0);
     assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads ({} succeeded)", ok.load(Ordering::Relaxed));
 }
+
+#[test]
+fn a_catalog_folder_created_after_start_is_picked_up() {
+    let echo = Echo::start("late", "default");
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("not-yet");
+    let gate = Fngate::start(&dir);
+    assert_eq!(gate.get("late.default.ofn.io", "/").status, 404);
+    let diags = String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(diags.contains("cannot read catalog directory"), "{diags}");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("slice.yaml"), endpoint_slice("default", "late", &[echo.addr], true)).unwrap();
+    std::fs::write(dir.join("late.yaml"), function_yaml("default", "late", "")).unwrap();
+    gate.wait_until(|| routed(&gate, "late.default.ofn.io"), "the late folder to be served");
+    // From then on it is watched like any other.
+    let r = gate.revision();
+    std::fs::remove_file(dir.join("late.yaml")).unwrap();
+    gate.wait_for_revision_after(r);
+    assert_eq!(gate.get("late.default.ofn.io", "/").status, 404);
+}

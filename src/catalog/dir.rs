@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 struct FileState {
+    /// (modified time, length) when last read; unchanged metadata skips the read.
+    stamp: Option<(std::time::SystemTime, u64)>,
     digest: [u8; 32],
     objects: BTreeMap<ObjectKey, CatalogEntry>,
     diagnostics: Vec<Diagnostic>,
@@ -40,12 +42,17 @@ impl DirCatalog {
             Ok(paths) => {
                 for path in paths {
                     // A file that vanished between listing and reading is simply gone.
-                    let Ok(bytes) = std::fs::read(&path) else { continue };
-                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                    let Ok(meta) = std::fs::metadata(&path) else { continue };
+                    let stamp = meta.modified().ok().map(|m| (m, meta.len()));
                     let state = self.files.entry(path.clone()).or_default();
-                    if state.digest != digest || (state.objects.is_empty() && state.diagnostics.is_empty()) {
-                        reparse(state, &path, &bytes);
-                        state.digest = digest;
+                    if stamp.is_none() || state.stamp != stamp {
+                        let Ok(bytes) = std::fs::read(&path) else { continue };
+                        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                        if state.digest != digest || state.stamp.is_none() {
+                            reparse(state, &path, &bytes);
+                            state.digest = digest;
+                        }
+                        state.stamp = stamp;
                     }
                     seen.insert(path);
                 }
