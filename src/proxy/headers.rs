@@ -67,29 +67,23 @@ pub trait HeaderOps {
     fn remove(&mut self, name: &str);
 }
 
-impl HeaderOps for RequestHeader {
-    fn set(&mut self, name: String, value: &str) -> pingora::Result<()> {
-        self.insert_header(name, value).map(|_| ())
-    }
-    fn append(&mut self, name: String, value: &str) -> pingora::Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &str) {
-        self.remove_header(name);
-    }
+macro_rules! impl_header_ops {
+    ($head:ty) => {
+        impl HeaderOps for $head {
+            fn set(&mut self, name: String, value: &str) -> pingora::Result<()> {
+                self.insert_header(name, value).map(|_| ())
+            }
+            fn append(&mut self, name: String, value: &str) -> pingora::Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &str) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
-
-impl HeaderOps for ResponseHeader {
-    fn set(&mut self, name: String, value: &str) -> pingora::Result<()> {
-        self.insert_header(name, value).map(|_| ())
-    }
-    fn append(&mut self, name: String, value: &str) -> pingora::Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &str) {
-        self.remove_header(name);
-    }
-}
+impl_header_ops!(RequestHeader);
+impl_header_ops!(ResponseHeader);
 
 /// Gateway API semantics: set overwrites, add appends, remove deletes.
 pub fn apply_edits(head: &mut impl HeaderOps, edits: &HeaderEdits) -> pingora::Result<()> {

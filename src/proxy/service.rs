@@ -187,11 +187,11 @@ impl ProxyHttp for FunctionProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         for m in &mut ctx.mirrors {
-            m.tee(body.as_ref().unwrap_or(&Bytes::new()), _end_of_stream);
+            m.tee(body.as_ref().unwrap_or(&Bytes::new()), end_of_stream);
         }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
