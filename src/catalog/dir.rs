@@ -91,16 +91,30 @@ impl DirCatalog {
         snapshot
     }
 
-    /// Starts watching the directory; every change (create, write, rename, delete)
-    /// notifies `signal`. Keep the returned value alive to keep watching.
+    /// Starts watching the directory; every completed change (create, rename, delete,
+    /// a writer closing a file) notifies `signal`. Keep the returned value alive.
     pub fn watch(&self, signal: Arc<Notify>) -> notify::Result<DirWatch> {
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if res.is_ok_and(|e| signals_complete_change(&e.kind)) {
                 signal.notify_one();
             }
         })?;
         watcher.watch(&self.dir, RecursiveMode::Recursive)?;
         Ok(DirWatch { _watcher: Box::new(watcher) })
+    }
+}
+
+/// A plain `write()` is not a completed change: a file rewritten in place passes through
+/// truncated and partial states, and scanning then would drop its objects for a moment.
+/// Its writer closing it is the signal (editors' and ConfigMaps' renames signal too).
+fn signals_complete_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,7 +96,21 @@ impl Fngate {
     }
 
     /// `listen_extra` goes inside the `listen:` block, `extra` after everything.
+    ///
+    /// Ports are picked free and released before fngate binds them, so another process
+    /// can take one in between; a start whose HTTP listener is not fngate's is retried
+    /// on new ports.
     pub fn start_full(catalog: &Path, listen_extra: &str, extra: &str) -> Fngate {
+        for _ in 0..5 {
+            let gate = Fngate::spawn(catalog, listen_extra, extra);
+            if listens_on(gate.child.id(), gate.http.port()) {
+                return gate;
+            }
+        }
+        panic!("fngate did not get its HTTP port in 5 tries");
+    }
+
+    fn spawn(catalog: &Path, listen_extra: &str, extra: &str) -> Fngate {
         let settings_dir = tempfile::tempdir().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -168,6 +182,26 @@ impl Drop for Fngate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` holds the listening socket of 127.0.0.1:`port` (Linux /proc).
+/// Checked without sending a request, so no test metric is disturbed.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A")).then(|| cols.get(9).map(|s| s.to_string()))?
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let t = target.to_string_lossy();
+        inodes.iter().any(|i| t == format!("socket:[{i}]"))
+    })
 }
 
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
