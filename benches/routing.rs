@@ -29,7 +29,10 @@ pub fn catalog(n: usize) -> Vec<(String, String)> {
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     let mut summary = Vec::new();
     for n in [10usize, 1_000, 10_000] {
         let files = catalog(n);
@@ -50,18 +53,27 @@ fn main() {
         let i = n / 2;
         let host = format!("fn-{i}.ns-{}.ofn.io", i % 50);
         let path = "/api/v1/items/other";
-        let req = PlainRequest { method: "GET".into(), headers: vec![("x-canary".into(), "true".into())], query: None };
+        let req = PlainRequest {
+            method: "GET".into(),
+            headers: vec![("x-canary".into(), "true".into())],
+            query: None,
+        };
         assert!(plan.routes.find(&host, path, &req).is_some());
 
         let mut raw = matchit::Router::new();
         for j in 0..n {
-            raw.insert(format!("/fn-{j}/api/v1/items/{{id}}"), j).unwrap();
+            raw.insert(format!("/fn-{j}/api/v1/items/{{id}}"), j)
+                .unwrap();
         }
         let raw_path = format!("/fn-{i}/api/v1/items/other");
 
         let name = format!("match/{n}_functions");
-        c.bench_function(&name, |b| b.iter(|| black_box(plan.routes.find(black_box(&host), black_box(path), &req))));
-        c.bench_function(&format!("raw_matchit/{n}_routes"), |b| b.iter(|| black_box(raw.at(black_box(&raw_path)).ok())));
+        c.bench_function(&name, |b| {
+            b.iter(|| black_box(plan.routes.find(black_box(&host), black_box(path), &req)))
+        });
+        c.bench_function(&format!("raw_matchit/{n}_routes"), |b| {
+            b.iter(|| black_box(raw.at(black_box(&raw_path)).ok()))
+        });
         let per_match = time_per_iter(|| {
             black_box(plan.routes.find(black_box(&host), black_box(path), &req));
         });
@@ -73,7 +85,11 @@ fn main() {
     c.final_summary();
     println!("\nfunctions  match(ns)  raw matchit(ns)  ratio  compile median of 5 (ms)");
     for (n, m, r, ct) in summary {
-        println!("{n:>9}  {m:>9.1}  {r:>15.1}  {:>5.2}  {:>11.1}", m / r, ct.as_secs_f64() * 1000.0);
+        println!(
+            "{n:>9}  {m:>9.1}  {r:>15.1}  {:>5.2}  {:>11.1}",
+            m / r,
+            ct.as_secs_f64() * 1000.0
+        );
     }
 }
 

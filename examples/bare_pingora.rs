@@ -7,8 +7,8 @@
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::upstreams::peer::HttpPeer;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Bare(std::net::SocketAddr);
@@ -22,10 +22,15 @@ impl ProxyHttp for Bare {
 }
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let conf = ServerConf { threads: args[3].parse().unwrap(), upstream_keepalive_pool_size: 1024, ..ServerConf::default() };
+    let conf = ServerConf {
+        threads: args[3].parse().unwrap(),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
     let mut server = pingora::server::Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare(args[2].parse().unwrap()));
+    let mut svc =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare(args[2].parse().unwrap()));
     svc.add_tcp(&args[1]);
     server.add_service(svc);
     server.run_forever();

@@ -64,7 +64,10 @@ fn json_escape(s: &str) -> String {
     out
 }
 
-async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    id: Arc<Identity>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     if id.fixed {
         return Ok(Response::new(full("hello, world\n")));
     }
@@ -97,8 +100,10 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
         });
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
-        resp.headers_mut().insert("upgrade", req.headers()["upgrade"].clone());
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("upgrade", req.headers()["upgrade"].clone());
         return Ok(resp);
     }
     let set_headers: Vec<(String, String)> = req
@@ -112,7 +117,11 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
                 .collect()
         })
         .unwrap_or_default();
-    let mut resp = if req.headers().get("x-echo-body").is_some_and(|v| v == "stream") {
+    let mut resp = if req
+        .headers()
+        .get("x-echo-body")
+        .is_some_and(|v| v == "stream")
+    {
         // Echo each body frame as it arrives, so a test can see streaming end to end.
         log(req.method().as_str(), &req.uri().to_string(), None);
         let (mut tx, out) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
@@ -137,17 +146,37 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
                 .headers()
                 .get_all(*name)
                 .iter()
-                .map(|v| format!("\"{}\"", json_escape(&String::from_utf8_lossy(v.as_bytes()))))
+                .map(|v| {
+                    format!(
+                        "\"{}\"",
+                        json_escape(&String::from_utf8_lossy(v.as_bytes()))
+                    )
+                })
                 .collect();
             if i > 0 {
                 headers.push(',');
             }
             headers.push_str(&format!("\"{}\":[{}]", json_escape(name), values.join(",")));
         }
-        let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
         let method = req.method().as_str().to_owned();
-        let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let body_len = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         log(&method, &path, Some(body_len));
         let json = format!(
             "{{\"path\":\"{}\",\"host\":\"{}\",\"method\":\"{}\",\"body_bytes\":{},\"namespace\":\"{}\",\"pod\":\"{}\",\"service\":\"{}\",\"headers\":{{{}}}}}\n",
@@ -161,7 +190,8 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
             headers
         );
         let mut r = Response::new(full(json));
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         r
     };
     for (k, v) in set_headers {
@@ -174,7 +204,12 @@ async fn handle(id: Arc<Identity>, mut req: Request<Incoming>) -> Result<Respons
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:18081".into());
     let service = arg("--service").unwrap_or_else(|| "hello".into());
     let id = Arc::new(Identity {
@@ -185,13 +220,19 @@ fn main() {
         log: args.iter().any(|a| a == "--log"),
     });
     let threads: usize = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
         println!("listening on {}", listener.local_addr().unwrap());
         std::io::stdout().flush().ok();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let id = id.clone();
             tokio::spawn(async move {

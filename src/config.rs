@@ -9,9 +9,16 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("settings file {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("settings file {file}: field {field}: {message}")]
-    Invalid { file: String, field: String, message: String },
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -89,58 +96,121 @@ impl Settings {
 
     pub fn load(file: &Path) -> Result<Settings, ConfigError> {
         let name = file.display().to_string();
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: name.clone(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: name.clone(),
+            source,
+        })?;
         let raw: RawSettings = if text.trim().is_empty() {
             RawSettings::default()
         } else {
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text)).map_err(|e| {
-                ConfigError::Invalid { file: name.clone(), field: e.path().to_string(), message: e.into_inner().to_string() }
-            })?
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text)).map_err(
+                |e| ConfigError::Invalid {
+                    file: name.clone(),
+                    field: e.path().to_string(),
+                    message: e.into_inner().to_string(),
+                },
+            )?
         };
-        let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Settings::resolve(raw, base, &name)
     }
 
     fn resolve(raw: RawSettings, base: &Path, file: &str) -> Result<Settings, ConfigError> {
-        let invalid = |field: &str, message: String| ConfigError::Invalid { file: file.to_owned(), field: field.to_owned(), message };
-        let addr = |field: &str, v: Option<&str>, default: Option<&str>| -> Result<Option<SocketAddr>, ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        let addr = |field: &str,
+                    v: Option<&str>,
+                    default: Option<&str>|
+         -> Result<Option<SocketAddr>, ConfigError> {
             match v.or(default) {
                 None | Some("") => Ok(None),
-                Some(s) => s.parse().map(Some).map_err(|_| invalid(field, format!("{s:?} is not an address like 0.0.0.0:8080"))),
+                Some(s) => s.parse().map(Some).map_err(|_| {
+                    invalid(field, format!("{s:?} is not an address like 0.0.0.0:8080"))
+                }),
             }
         };
         let path = |p: &str| {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
         };
-        let dur = |field: &str, v: &Option<String>, default: &str| -> Result<Option<Duration>, ConfigError> {
+        let dur = |field: &str,
+                   v: &Option<String>,
+                   default: &str|
+         -> Result<Option<Duration>, ConfigError> {
             parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| invalid(field, e))
         };
         let listen_https = addr("listen.https", raw.listen.https.as_deref(), None)?;
         let (tls_cert, tls_key) = match (&raw.tls, listen_https) {
             (Some(t), _) => (Some(path(&t.cert)), Some(path(&t.key))),
-            (None, Some(_)) => return Err(invalid("tls", "listen.https needs tls.cert and tls.key".into())),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls",
+                    "listen.https needs tls.cert and tls.key".into(),
+                ))
+            }
             (None, None) => (None, None),
         };
-        let gateway = raw.gateway.unwrap_or_else(|| crate::compile::DEFAULT_GATEWAY.into());
+        let gateway = raw
+            .gateway
+            .unwrap_or_else(|| crate::compile::DEFAULT_GATEWAY.into());
         if !gateway.contains('/') {
-            return Err(invalid("gateway", format!("{gateway:?} must be namespace/name")));
+            return Err(invalid(
+                "gateway",
+                format!("{gateway:?} must be namespace/name"),
+            ));
         }
         Ok(Settings {
-            listen_http: addr("listen.http", raw.listen.http.as_deref(), Some("0.0.0.0:8080"))?,
+            listen_http: addr(
+                "listen.http",
+                raw.listen.http.as_deref(),
+                Some("0.0.0.0:8080"),
+            )?,
             listen_https,
             tls_cert,
             tls_key,
-            listen_admin: addr("listen.admin", raw.listen.admin.as_deref(), Some("127.0.0.1:9090"))?
-                .ok_or_else(|| invalid("listen.admin", "the admin listener cannot be disabled".into()))?,
+            listen_admin: addr(
+                "listen.admin",
+                raw.listen.admin.as_deref(),
+                Some("127.0.0.1:9090"),
+            )?
+            .ok_or_else(|| {
+                invalid(
+                    "listen.admin",
+                    "the admin listener cannot be disabled".into(),
+                )
+            })?,
             catalog_dir: path(raw.catalog.dir.as_deref().unwrap_or("functions")),
             gateway,
             max_header_bytes: raw.limits.max_header_bytes.unwrap_or(64 * 1024),
             max_body_bytes: raw.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
-            connect_timeout: dur("timeouts.connect", &raw.timeouts.connect, "2s")?.unwrap_or(Duration::from_secs(2)),
-            upstream_read_timeout: dur("timeouts.upstream_read", &raw.timeouts.upstream_read, "300s")?,
-            reload_debounce: dur("timeouts.reload_debounce", &raw.timeouts.reload_debounce, "50ms")?.unwrap_or_default(),
-            threads: raw.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            connect_timeout: dur("timeouts.connect", &raw.timeouts.connect, "2s")?
+                .unwrap_or(Duration::from_secs(2)),
+            upstream_read_timeout: dur(
+                "timeouts.upstream_read",
+                &raw.timeouts.upstream_read,
+                "300s",
+            )?,
+            reload_debounce: dur(
+                "timeouts.reload_debounce",
+                &raw.timeouts.reload_debounce,
+                "50ms",
+            )?
+            .unwrap_or_default(),
+            threads: raw.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
         })
     }
 }
@@ -153,7 +223,11 @@ mod tests {
     fn relative_paths_resolve_against_the_settings_folder_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("fngate.yaml");
-        std::fs::write(&file, "listen:\n  http: 127.0.0.1:1234\ncatalog:\n  dir: fns\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen:\n  http: 127.0.0.1:1234\ncatalog:\n  dir: fns\n",
+        )
+        .unwrap();
         let s = Settings::load(&file).unwrap();
         assert_eq!(s.listen_http, Some("127.0.0.1:1234".parse().unwrap()));
         assert_eq!(s.catalog_dir, dir.path().join("fns"));

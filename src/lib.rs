@@ -1,12 +1,12 @@
 //! fngate: the data plane of an OpenFunction-style FaaS platform.
 
 pub mod api;
-pub mod routing;
-pub mod compile;
-pub mod plan;
-pub mod config;
 pub mod catalog;
-pub mod publish;
-pub mod telemetry;
+pub mod compile;
+pub mod config;
+pub mod plan;
 pub mod proxy;
+pub mod publish;
+pub mod routing;
 pub mod server;
+pub mod telemetry;

@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fngate", version, about = "Event gateway and HTTP ingress for OpenFunction-style functions")]
+#[command(
+    name = "fngate",
+    version,
+    about = "Event gateway and HTTP ingress for OpenFunction-style functions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,pingora=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,12 +85,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = load_settings(&config)?;
             let mut catalog = fngate::catalog::DirCatalog::new(settings.catalog_dir.clone());
             let snapshot = catalog.scan();
-            let plan = compile(&snapshot, &CompileSettings { gateway: settings.gateway }, None);
+            let plan = compile(
+                &snapshot,
+                &CompileSettings {
+                    gateway: settings.gateway,
+                },
+                None,
+            );
             print_diagnostics(&plan.diagnostics);
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan.route_summaries())?);
             } else {
-                println!("{:<32} {:<4} {:<40} {:<28} BACKENDS", "FUNCTION", "RULE", "HOSTNAMES", "PATH");
+                println!(
+                    "{:<32} {:<4} {:<40} {:<28} BACKENDS",
+                    "FUNCTION", "RULE", "HOSTNAMES", "PATH"
+                );
                 for r in plan.route_summaries() {
                     let mut path = r.path.clone();
                     if let Some(m) = &r.method {
@@ -94,8 +108,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for h in r.headers.iter().chain(&r.query) {
                         path.push_str(&format!(" [{h}]"));
                     }
-                    let backends = if r.redirect { "(redirect)".to_owned() } else { r.backends.join(",") };
-                    println!("{:<32} {:<4} {:<40} {:<28} {}", r.function, r.rule, r.hostnames.join(","), path, backends);
+                    let backends = if r.redirect {
+                        "(redirect)".to_owned()
+                    } else {
+                        r.backends.join(",")
+                    };
+                    println!(
+                        "{:<32} {:<4} {:<40} {:<28} {}",
+                        r.function,
+                        r.rule,
+                        r.hostnames.join(","),
+                        path,
+                        backends
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -120,7 +145,8 @@ fn check(paths: &[PathBuf], gateway: String) -> anyhow::Result<ExitCode> {
     files.sort();
     let mut texts = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         texts.push((f.display().to_string(), text));
     }
     let snapshot = snapshot_from_texts(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())));
@@ -136,7 +162,11 @@ fn check(paths: &[PathBuf], gateway: String) -> anyhow::Result<ExitCode> {
         errors,
         plan.diagnostics.len() - errors
     );
-    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {

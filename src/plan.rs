@@ -31,7 +31,10 @@ pub struct CompiledFunction {
 impl Plan {
     /// Every route entry, flattened for `/routes` and `fngate routes`.
     pub fn route_summaries(&self) -> Vec<crate::routing::RouteSummary> {
-        self.functions.values().flat_map(|f| f.entries.iter().map(|e| e.summary())).collect()
+        self.functions
+            .values()
+            .flat_map(|f| f.entries.iter().map(|e| e.summary()))
+            .collect()
     }
 
     pub fn error_count(&self) -> usize {
@@ -63,7 +66,11 @@ pub struct ServiceEndpoints {
 
 impl ServiceEndpoints {
     pub fn new(ready: Vec<EndpointAddress>, not_ready: usize) -> Self {
-        ServiceEndpoints { ready, not_ready, next: AtomicUsize::new(0) }
+        ServiceEndpoints {
+            ready,
+            not_ready,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Round-robin start index; `attempt` moves to the next endpoint after a failure.
@@ -108,7 +115,10 @@ impl Endpoints {
         self.get(&target.namespace, &target.service)
     }
     pub fn insert(&mut self, key: ServiceKey, endpoints: ServiceEndpoints) {
-        self.services.entry(key.namespace).or_default().insert(key.name, Arc::new(endpoints));
+        self.services
+            .entry(key.namespace)
+            .or_default()
+            .insert(key.name, Arc::new(endpoints));
     }
     pub fn service_count(&self) -> usize {
         self.services.values().map(HashMap::len).sum()

@@ -58,7 +58,11 @@ impl PlanPublisher {
             return false;
         }
         let current = self.plan.load_full();
-        let mut next = compile(snapshot, &self.settings, (current.revision > 0).then_some(&*current));
+        let mut next = compile(
+            snapshot,
+            &self.settings,
+            (current.revision > 0).then_some(&*current),
+        );
         next.revision = current.revision + 1;
         for d in &next.diagnostics {
             match d.severity {
@@ -66,7 +70,11 @@ impl PlanPublisher {
                 Severity::Warning => tracing::warn!(diagnostic = %d, "catalog"),
             }
         }
-        let outcome = if next.error_count() > 0 { "partial" } else { "success" };
+        let outcome = if next.error_count() > 0 {
+            "partial"
+        } else {
+            "success"
+        };
         self.metrics.observe_plan(&next, outcome, started.elapsed());
         tracing::info!(
             revision = next.revision,
@@ -105,7 +113,9 @@ impl PlanPublisher {
                         // Changes made before the watch existed.
                         signal.notify_one();
                     }
-                    Err(e) => tracing::warn!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory yet; rescanning every 10s"),
+                    Err(e) => {
+                        tracing::warn!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory yet; rescanning every 10s")
+                    }
                 }
             }
             tokio::select! {

@@ -28,7 +28,10 @@ struct CatalogFollower {
 #[async_trait]
 impl BackgroundService for CatalogFollower {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some((publisher, catalog, debounce)) = self.job.lock().expect("not poisoned").take() else { return };
+        let Some((publisher, catalog, debounce)) = self.job.lock().expect("not poisoned").take()
+        else {
+            return;
+        };
         tokio::select! {
             _ = publisher.follow_dir(catalog, debounce) => {}
             _ = shutdown.changed() => {}
@@ -39,7 +42,12 @@ impl BackgroundService for CatalogFollower {
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let publisher = PlanPublisher::new(CompileSettings { gateway: settings.gateway.clone() }, metrics.clone());
+    let publisher = PlanPublisher::new(
+        CompileSettings {
+            gateway: settings.gateway.clone(),
+        },
+        metrics.clone(),
+    );
     let plan = publisher.plan();
 
     let conf = ServerConf {
@@ -62,20 +70,33 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             upstream_read_timeout: settings.upstream_read_timeout,
         },
     };
-    let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "fngate http");
+    let mut proxy_service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "fngate http");
     if let Some(addr) = settings.listen_http {
         proxy_service.add_tcp(&addr.to_string());
         tracing::info!(%addr, "HTTP listener");
     }
-    if let (Some(addr), Some(cert), Some(key)) = (settings.listen_https, &settings.tls_cert, &settings.tls_key) {
+    if let (Some(addr), Some(cert), Some(key)) =
+        (settings.listen_https, &settings.tls_cert, &settings.tls_key)
+    {
         for f in [cert, key] {
             if !f.is_file() {
-                return Err(ServerError::Tls { addr: addr.to_string(), message: format!("{} is not a readable file", f.display()) });
+                return Err(ServerError::Tls {
+                    addr: addr.to_string(),
+                    message: format!("{} is not a readable file", f.display()),
+                });
             }
         }
         proxy_service
-            .add_tls(&addr.to_string(), &cert.display().to_string(), &key.display().to_string())
-            .map_err(|e| ServerError::Tls { addr: addr.to_string(), message: e.to_string() })?;
+            .add_tls(
+                &addr.to_string(),
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            )
+            .map_err(|e| ServerError::Tls {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
         tracing::info!(%addr, "HTTPS listener");
     }
 
@@ -88,7 +109,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     tracing::info!(dir = %settings.catalog_dir.display(), "catalog directory");
     let follower = background_service(
         "catalog",
-        CatalogFollower { job: Mutex::new(Some((publisher, catalog, settings.reload_debounce))) },
+        CatalogFollower {
+            job: Mutex::new(Some((publisher, catalog, settings.reload_debounce))),
+        },
     );
 
     server.add_service(proxy_service);

@@ -30,7 +30,8 @@ fn excluded(suite: &str, case: &Value) -> Option<&'static str> {
 }
 
 fn data_file() -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/gateway-api-httproute.json");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/conformance/gateway-api-httproute.json");
     p.exists().then_some(p)
 }
 
@@ -83,22 +84,43 @@ fn check_case(gate: &Fngate, echoes: &BTreeMap<String, Echo>, case: &Value) -> R
     let path = req["path"].as_str().unwrap();
     let method = req["method"].as_str().unwrap_or("GET");
     let expect = &case["expect"];
-    let mut headers: Vec<(String, String)> =
-        req["headers"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned())).collect()).unwrap_or_default();
+    let mut headers: Vec<(String, String)> = req["headers"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(set) = expect["backend_sets_response_headers"].as_object() {
-        let spec: Vec<String> = set.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or(""))).collect();
+        let spec: Vec<String> = set
+            .iter()
+            .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or("")))
+            .collect();
         headers.push(("x-echo-set-response-headers".into(), spec.join(",")));
     }
-    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mirror_before: BTreeMap<String, usize> = echoes.iter().map(|(k, e)| (k.clone(), e.requests_seen().len())).collect();
-    let resp = common::request(gate.http, method, &host, path, &header_refs, b"").map_err(|e| format!("request failed: {e}"))?;
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mirror_before: BTreeMap<String, usize> = echoes
+        .iter()
+        .map(|(k, e)| (k.clone(), e.requests_seen().len()))
+        .collect();
+    let resp = common::request(gate.http, method, &host, path, &header_refs, b"")
+        .map_err(|e| format!("request failed: {e}"))?;
 
     let statuses: Vec<u64> = match &expect["status"] {
         Value::Array(a) => a.iter().filter_map(Value::as_u64).collect(),
         v => vec![v.as_u64().unwrap_or(200)],
     };
     if !statuses.contains(&(resp.status as u64)) {
-        return Err(format!("status {} (want {:?}); body {}", resp.status, statuses, String::from_utf8_lossy(&resp.body)));
+        return Err(format!(
+            "status {} (want {:?}); body {}",
+            resp.status,
+            statuses,
+            String::from_utf8_lossy(&resp.body)
+        ));
     }
     if let Some(backend) = expect["backend"].as_str() {
         let seen = resp.json();
@@ -113,12 +135,18 @@ fn check_case(gate: &Fngate, echoes: &BTreeMap<String, Echo>, case: &Value) -> R
     }
     if let Some(p) = expect["path"].as_str() {
         if expect["backend"].is_string() && resp.json()["path"] != p {
-            return Err(format!("backend saw path {} (want {p})", resp.json()["path"]));
+            return Err(format!(
+                "backend saw path {} (want {p})",
+                resp.json()["path"]
+            ));
         }
     }
     if let Some(h) = expect["upstream_host"].as_str() {
         if resp.json()["host"] != h {
-            return Err(format!("backend saw host {} (want {h})", resp.json()["host"]));
+            return Err(format!(
+                "backend saw host {} (want {h})",
+                resp.json()["host"]
+            ));
         }
     }
     if let Some(want) = expect["headers"].as_object() {
@@ -143,7 +171,11 @@ fn check_case(gate: &Fngate, echoes: &BTreeMap<String, Echo>, case: &Value) -> R
             }
         }
     }
-    for name in expect["response_absent_headers"].as_array().into_iter().flatten() {
+    for name in expect["response_absent_headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let name = name.as_str().unwrap().to_ascii_lowercase();
         if resp.header(&name).is_some() {
             return Err(format!("response has {name} (want absent)"));
@@ -151,8 +183,13 @@ fn check_case(gate: &Fngate, echoes: &BTreeMap<String, Echo>, case: &Value) -> R
     }
     if let Some(want) = expect["redirect"].as_object() {
         let loc = resp.header("location").ok_or("no Location")?;
-        let (scheme, rest) = loc.split_once("://").ok_or_else(|| format!("Location {loc:?} is not absolute"))?;
-        let (authority, lpath) = rest.find('/').map(|i| (&rest[..i], &rest[i..])).unwrap_or((rest, "/"));
+        let (scheme, rest) = loc
+            .split_once("://")
+            .ok_or_else(|| format!("Location {loc:?} is not absolute"))?;
+        let (authority, lpath) = rest
+            .find('/')
+            .map(|i| (&rest[..i], &rest[i..]))
+            .unwrap_or((rest, "/"));
         let (lhost, lport) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
@@ -190,15 +227,20 @@ fn check_distribution(gate: &Fngate, check: &Value) -> Result<(), String> {
     let n = 600;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..n {
-        let r = common::request(gate.http, "GET", "127.0.0.1", path, &[], b"").map_err(|e| e.to_string())?;
-        *counts.entry(r.json()["service"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        let r = common::request(gate.http, "GET", "127.0.0.1", path, &[], b"")
+            .map_err(|e| e.to_string())?;
+        *counts
+            .entry(r.json()["service"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
     }
     for (backend, weight) in check["expected_weights"].as_object().unwrap() {
         let got = *counts.get(backend).unwrap_or(&0) as f64 / n as f64;
         let want = weight.as_f64().unwrap();
         // The conformance suite's tolerance for weighted splits.
         if (got - want).abs() > 0.05 {
-            return Err(format!("{backend} got {got:.3} of requests (want {want:.2} ± 0.05): {counts:?}"));
+            return Err(format!(
+                "{backend} got {got:.3} of requests (want {want:.2} ± 0.05): {counts:?}"
+            ));
         }
     }
     Ok(())
@@ -212,25 +254,49 @@ fn gateway_api_httproute_conformance() {
     };
     let data: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let echoes: BTreeMap<String, Echo> =
-        ["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"].iter().map(|s| (s.to_string(), Echo::start(s, NS))).collect();
+        ["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"]
+            .iter()
+            .map(|s| (s.to_string(), Echo::start(s, NS)))
+            .collect();
 
     let mut results: Vec<(String, Outcome)> = Vec::new();
     for suite in data["suites"].as_array().unwrap() {
         let name = suite["name"].as_str().unwrap().to_owned();
         let dir = tempfile::tempdir().unwrap();
         for (svc, echo) in &echoes {
-            std::fs::write(dir.path().join(format!("{svc}.yaml")), endpoint_slice(NS, svc, &[echo.addr], true)).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{svc}.yaml")),
+                endpoint_slice(NS, svc, &[echo.addr], true),
+            )
+            .unwrap();
         }
         for (i, gw) in suite["gateways"].as_array().unwrap().iter().enumerate() {
-            std::fs::write(dir.path().join(format!("gateway-{i}.yaml")), gateway_yaml(gw)).unwrap();
+            std::fs::write(
+                dir.path().join(format!("gateway-{i}.yaml")),
+                gateway_yaml(gw),
+            )
+            .unwrap();
         }
         for (i, route) in suite["routes"].as_array().unwrap().iter().enumerate() {
-            std::fs::write(dir.path().join(format!("route-{i}.yaml")), function_yaml(route)).unwrap();
+            std::fs::write(
+                dir.path().join(format!("route-{i}.yaml")),
+                function_yaml(route),
+            )
+            .unwrap();
         }
         let gate = Fngate::start(dir.path());
-        let mut outcome = Outcome { passed: 0, failed: Vec::new(), excluded: Vec::new() };
+        let mut outcome = Outcome {
+            passed: 0,
+            failed: Vec::new(),
+            excluded: Vec::new(),
+        };
         for case in suite["cases"].as_array().unwrap() {
-            let label = format!("{} {} (line {})", case["request"]["method"].as_str().unwrap_or("GET"), case["request"]["path"].as_str().unwrap_or(""), case["source_line"]);
+            let label = format!(
+                "{} {} (line {})",
+                case["request"]["method"].as_str().unwrap_or("GET"),
+                case["request"]["path"].as_str().unwrap_or(""),
+                case["source_line"]
+            );
             if let Some(why) = excluded(&name, case) {
                 outcome.excluded.push(format!("{label}: {why}"));
                 continue;
@@ -242,7 +308,9 @@ fn gateway_api_httproute_conformance() {
             };
             match result {
                 Ok(()) => outcome.passed += 1,
-                Err(e) => outcome.failed.push(format!("{label} host={}: {e}", case["request"]["host"])),
+                Err(e) => outcome
+                    .failed
+                    .push(format!("{label} host={}: {e}", case["request"]["host"])),
             }
         }
         results.push((name, outcome));
@@ -251,7 +319,12 @@ fn gateway_api_httproute_conformance() {
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     println!("Gateway API HTTPRoute conformance through fngate:");
     for (name, o) in &results {
-        println!("  {name:<40} passed {:>3}  failed {:>3}  excluded {:>3}", o.passed, o.failed.len(), o.excluded.len());
+        println!(
+            "  {name:<40} passed {:>3}  failed {:>3}  excluded {:>3}",
+            o.passed,
+            o.failed.len(),
+            o.excluded.len()
+        );
         for f in &o.failed {
             println!("      FAILED {f}");
         }

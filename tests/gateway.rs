@@ -10,8 +10,16 @@ use std::time::Duration;
 
 fn catalog_with_hello(echo: &Echo) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hello.yaml"), function_yaml("default", "hello", "")).unwrap();
-    std::fs::write(dir.path().join("hello-slice.yaml"), endpoint_slice("default", "hello", &[echo.addr], true)).unwrap();
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        function_yaml("default", "hello", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hello-slice.yaml"),
+        endpoint_slice("default", "hello", &[echo.addr], true),
+    )
+    .unwrap();
     dir
 }
 
@@ -26,19 +34,38 @@ fn proxies_by_host_sets_forwarded_headers_and_strips_hop_by_hop() {
         "GET",
         "hello.default.ofn.io:8080",
         "/some/path?x=1",
-        &[("X-Forwarded-For", "10.1.1.1"), ("Connection", "close, X-Secret"), ("X-Secret", "s"), ("Keep-Alive", "timeout=5"), ("X-Kept", "k")],
+        &[
+            ("X-Forwarded-For", "10.1.1.1"),
+            ("Connection", "close, X-Secret"),
+            ("X-Secret", "s"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Kept", "k"),
+        ],
         b"",
     )
     .unwrap();
     assert_eq!(r.status, 200);
     let seen = r.json();
     assert_eq!(seen["path"], "/some/path?x=1");
-    assert_eq!(seen["host"], "hello.default.ofn.io:8080", "Host passes through unchanged");
-    assert_eq!(r.seen_header("x-forwarded-for").unwrap(), "10.1.1.1, 127.0.0.1");
+    assert_eq!(
+        seen["host"], "hello.default.ofn.io:8080",
+        "Host passes through unchanged"
+    );
+    assert_eq!(
+        r.seen_header("x-forwarded-for").unwrap(),
+        "10.1.1.1, 127.0.0.1"
+    );
     assert_eq!(r.seen_header("x-forwarded-proto").unwrap(), "http");
-    assert_eq!(r.seen_header("x-forwarded-host").unwrap(), "hello.default.ofn.io:8080");
+    assert_eq!(
+        r.seen_header("x-forwarded-host").unwrap(),
+        "hello.default.ofn.io:8080"
+    );
     assert_eq!(r.seen_header("x-kept").unwrap(), "k");
-    assert_eq!(r.seen_header("x-secret"), None, "headers named in Connection are hop-by-hop");
+    assert_eq!(
+        r.seen_header("x-secret"),
+        None,
+        "headers named in Connection are hop-by-hop"
+    );
     assert_eq!(r.seen_header("keep-alive"), None);
 
     assert_eq!(gate.get("hello.default.svc.cluster.local", "/").status, 200);
@@ -56,30 +83,53 @@ fn missing_service_is_500_and_no_ready_endpoint_is_503_with_retry_after() {
         function_yaml("default", "ghost", "        route:\n          rules:\n          - backendRefs: [{name: no-such-service, port: 80}]\n"),
     )
     .unwrap();
-    std::fs::write(dir.path().join("cold.yaml"), function_yaml("default", "cold", "")).unwrap();
-    std::fs::write(dir.path().join("cold-slice.yaml"), endpoint_slice("default", "cold", &[echo.addr], false)).unwrap();
+    std::fs::write(
+        dir.path().join("cold.yaml"),
+        function_yaml("default", "cold", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cold-slice.yaml"),
+        endpoint_slice("default", "cold", &[echo.addr], false),
+    )
+    .unwrap();
     let gate = Fngate::start(dir.path());
     assert_eq!(gate.get("ghost.default.ofn.io", "/").status, 500);
     let cold = gate.get("cold.default.ofn.io", "/");
     assert_eq!(cold.status, 503);
     assert_eq!(cold.header("retry-after"), Some("1"));
-    assert_eq!(gate.get("hello.default.ofn.io", "/").status, 200, "other functions are unaffected");
+    assert_eq!(
+        gate.get("hello.default.ofn.io", "/").status,
+        200,
+        "other functions are unaffected"
+    );
 }
 
 #[test]
 fn a_refused_endpoint_is_skipped_for_the_next_one() {
     let echo = Echo::start("hello", "default");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hello.yaml"), function_yaml("default", "hello", "")).unwrap();
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        function_yaml("default", "hello", ""),
+    )
+    .unwrap();
     // 127.0.0.2 is loopback too, but nothing listens there on the echo's port.
     let dead: std::net::SocketAddr = format!("127.0.0.2:{}", echo.addr.port()).parse().unwrap();
-    std::fs::write(dir.path().join("slice.yaml"), endpoint_slice("default", "hello", &[dead, echo.addr], true)).unwrap();
+    std::fs::write(
+        dir.path().join("slice.yaml"),
+        endpoint_slice("default", "hello", &[dead, echo.addr], true),
+    )
+    .unwrap();
     let gate = Fngate::start(dir.path());
     for _ in 0..10 {
         assert_eq!(gate.get("hello.default.ofn.io", "/").status, 200);
     }
     let metrics = gate.metrics();
-    let line = metrics.lines().find(|l| l.starts_with("fngate_upstream_connect_errors_total{")).expect("connect errors counted");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("fngate_upstream_connect_errors_total{"))
+        .expect("connect errors counted");
     assert!(line.contains("function=\"hello\""), "{line}");
 }
 
@@ -129,11 +179,30 @@ fn bodies_stream_both_ways_without_buffering() {
 fn oversized_headers_get_431_and_oversized_bodies_413() {
     let echo = Echo::start("hello", "default");
     let dir = catalog_with_hello(&echo);
-    let gate = Fngate::start_with(dir.path(), "limits:\n  max_header_bytes: 2048\n  max_body_bytes: 1000\n");
+    let gate = Fngate::start_with(
+        dir.path(),
+        "limits:\n  max_header_bytes: 2048\n  max_body_bytes: 1000\n",
+    );
     let big = "x".repeat(4096);
-    let r = request(gate.http, "GET", "hello.default.ofn.io", "/", &[("X-Big", &big)], b"").unwrap();
+    let r = request(
+        gate.http,
+        "GET",
+        "hello.default.ofn.io",
+        "/",
+        &[("X-Big", &big)],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 431);
-    let r = request(gate.http, "POST", "hello.default.ofn.io", "/", &[], &[b'a'; 2000]).unwrap();
+    let r = request(
+        gate.http,
+        "POST",
+        "hello.default.ofn.io",
+        "/",
+        &[],
+        &[b'a'; 2000],
+    )
+    .unwrap();
     assert_eq!(r.status, 413);
     // Chunked bodies have no length up front; they are cut off when they pass the limit.
     let mut s = TcpStream::connect(gate.http).unwrap();
@@ -145,7 +214,15 @@ fn oversized_headers_get_431_and_oversized_bodies_413() {
     let _ = s.write_all(b"0\r\n\r\n");
     let r = common::read_response(&mut BufReader::new(s), false).unwrap();
     assert_eq!(r.status, 413);
-    let ok = request(gate.http, "POST", "hello.default.ofn.io", "/", &[], &[b'a'; 900]).unwrap();
+    let ok = request(
+        gate.http,
+        "POST",
+        "hello.default.ofn.io",
+        "/",
+        &[],
+        &[b'a'; 900],
+    )
+    .unwrap();
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json()["body_bytes"], 900);
 }
@@ -186,10 +263,18 @@ fn route_timeout_answers_504_when_the_function_is_slower() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("slow.yaml"),
-        function_yaml("default", "slow", "        route:\n          rules:\n          - timeouts: {request: 300ms}\n"),
+        function_yaml(
+            "default",
+            "slow",
+            "        route:\n          rules:\n          - timeouts: {request: 300ms}\n",
+        ),
     )
     .unwrap();
-    std::fs::write(dir.path().join("slice.yaml"), endpoint_slice("default", "slow", &[echo.addr], true)).unwrap();
+    std::fs::write(
+        dir.path().join("slice.yaml"),
+        endpoint_slice("default", "slow", &[echo.addr], true),
+    )
+    .unwrap();
     let gate = Fngate::start(dir.path());
     assert_eq!(gate.get("slow.default.ofn.io", "/?delay=3s").status, 504);
     assert_eq!(gate.get("slow.default.ofn.io", "/").status, 200);
@@ -201,7 +286,10 @@ fn metrics_count_requests_by_function_and_status_class() {
     let dir = catalog_with_hello(&echo);
     let gate = Fngate::start(dir.path());
     let value = |m: &str, series: &str| -> u64 {
-        m.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        m.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     };
     let no_route = "fngate_requests_total{code=\"4xx\",function=\"\",namespace=\"\"}";
     let no_route_before = value(&gate.metrics(), no_route);
@@ -213,16 +301,27 @@ fn metrics_count_requests_by_function_and_status_class() {
     // A request is counted in its logging phase, which may run just after the client has
     // its response; wait for the count rather than racing it.
     let counted = |m: &str| {
-        value(m, "fngate_requests_total{code=\"2xx\",function=\"hello\",namespace=\"default\"}") == 5
+        value(
+            m,
+            "fngate_requests_total{code=\"2xx\",function=\"hello\",namespace=\"default\"}",
+        ) == 5
             && value(m, no_route) == no_route_before + 1
     };
     gate.wait_until(|| counted(&gate.metrics()), "requests counted in /metrics");
     let m = gate.metrics();
-    assert!(m.contains("fngate_request_duration_seconds_count{function=\"hello\",namespace=\"default\"} 5"), "{m}");
+    assert!(
+        m.contains(
+            "fngate_request_duration_seconds_count{function=\"hello\",namespace=\"default\"} 5"
+        ),
+        "{m}"
+    );
     assert!(m.contains("fngate_functions 1"), "{m}");
     assert!(m.contains("fngate_config_revision 1"), "{m}");
     assert!(m.contains("fngate_build_info{version="), "{m}");
-    assert!(m.contains("fngate_reloads_total{outcome=\"success\"} 1"), "{m}");
+    assert!(
+        m.contains("fngate_reloads_total{outcome=\"success\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -232,25 +331,49 @@ fn tls_is_terminated_on_the_https_listener() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hello.default.ofn.io", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hello.default.ofn.io",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("openssl is installed by scripts/setup.sh");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let https_port = common::free_port();
     let gate = Fngate::start_full(
         dir.path(),
         &format!("  https: 127.0.0.1:{https_port}\n"),
-        &format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display()),
+        &format!(
+            "tls:\n  cert: {}\n  key: {}\n",
+            cert.display(),
+            key.display()
+        ),
     );
     let out = std::process::Command::new("curl")
-        .args(["-sk", "--resolve", &format!("hello.default.ofn.io:{https_port}:127.0.0.1")])
+        .args([
+            "-sk",
+            "--resolve",
+            &format!("hello.default.ofn.io:{https_port}:127.0.0.1"),
+        ])
         .arg(format!("https://hello.default.ofn.io:{https_port}/secure"))
         .output()
         .expect("curl is installed by scripts/setup.sh");
-    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(body["path"], "/secure");
     assert_eq!(body["headers"]["x-forwarded-proto"][0], "https");
     drop(gate);
@@ -270,10 +393,26 @@ fn mirrored_requests_carry_the_body_and_do_not_change_the_answer() {
         ),
     )
     .unwrap();
-    std::fs::write(dir.path().join("main.yaml"), endpoint_slice("default", "main", &[main.addr], true)).unwrap();
-    std::fs::write(dir.path().join("shadow.yaml"), endpoint_slice("default", "shadow", &[shadow.addr], true)).unwrap();
+    std::fs::write(
+        dir.path().join("main.yaml"),
+        endpoint_slice("default", "main", &[main.addr], true),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("shadow.yaml"),
+        endpoint_slice("default", "shadow", &[shadow.addr], true),
+    )
+    .unwrap();
     let gate = Fngate::start(dir.path());
-    let r = request(gate.http, "POST", "m.default.ofn.io", "/orders", &[], b"hello world").unwrap();
+    let r = request(
+        gate.http,
+        "POST",
+        "m.default.ofn.io",
+        "/orders",
+        &[],
+        b"hello world",
+    )
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["service"], "main");
     assert_eq!(r.json()["body_bytes"], 11);
@@ -282,8 +421,14 @@ fn mirrored_requests_carry_the_body_and_do_not_change_the_answer() {
         assert!(lines.len() < 50, "{lines:?}");
         lines.iter().any(|l| l == want)
     };
-    gate.wait_until(|| seen("REQ POST /orders bytes=11"), "the mirror to get the body");
+    gate.wait_until(
+        || seen("REQ POST /orders bytes=11"),
+        "the mirror to get the body",
+    );
     let r = request(gate.http, "GET", "m.default.ofn.io", "/list", &[], b"").unwrap();
     assert_eq!(r.status, 200);
-    gate.wait_until(|| seen("REQ GET /list bytes=0"), "the mirror to get the GET");
+    gate.wait_until(
+        || seen("REQ GET /list bytes=0"),
+        "the mirror to get the GET",
+    );
 }

@@ -32,7 +32,10 @@ impl Diagnostic {
         }
     }
     pub fn warning(message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(message)
+        }
     }
     pub fn in_file(mut self, file: Option<&str>) -> Self {
         if self.file.is_none() {

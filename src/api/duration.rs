@@ -40,7 +40,10 @@ mod tests {
 
     #[test]
     fn durations_follow_gateway_api_format() {
-        assert_eq!(parse_duration("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(Some(Duration::from_millis(500)))
+        );
         assert_eq!(parse_duration("1h30m"), Ok(Some(Duration::from_secs(5400))));
         assert_eq!(parse_duration("0s"), Ok(None));
         assert!(parse_duration("1.5s").is_err());

@@ -18,7 +18,10 @@ impl EndpointSlice {
     pub const SERVICE_NAME_LABEL: &'static str = "kubernetes.io/service-name";
 
     pub fn service_name(&self) -> Option<&str> {
-        self.metadata.labels.get(Self::SERVICE_NAME_LABEL).map(String::as_str)
+        self.metadata
+            .labels
+            .get(Self::SERVICE_NAME_LABEL)
+            .map(String::as_str)
     }
 }
 

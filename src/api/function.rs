@@ -271,7 +271,11 @@ impl FunctionV1beta1 {
                 version: self.spec.version,
                 image: self.spec.image,
                 serving: Some(ServingSpec {
-                    triggers: Some(Triggers { http, dapr, inputs: None }),
+                    triggers: Some(Triggers {
+                        http,
+                        dapr,
+                        inputs: None,
+                    }),
                     annotations: serving.annotations.clone(),
                     labels: serving.labels.clone(),
                     scale_options: serving.scale_options.clone(),

@@ -47,6 +47,10 @@ pub struct GatewayListener {
 
 impl Gateway {
     pub fn listeners(&self) -> &[GatewayListener] {
-        self.spec.gateway_spec.as_ref().map(|s| s.listeners.as_slice()).unwrap_or(&[])
+        self.spec
+            .gateway_spec
+            .as_ref()
+            .map(|s| s.listeners.as_slice())
+            .unwrap_or(&[])
     }
 }

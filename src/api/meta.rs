@@ -59,7 +59,11 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
-        ObjectKey { kind, namespace: namespace.to_owned(), name: name.to_owned() }
+        ObjectKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use function::{
-    DaprComponentSpec, DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec,
-    FunctionStatus, HttpTrigger, ServingSpec, ServingStatus, TriggerInput, Triggers,
+    DaprComponentSpec, DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec, FunctionStatus,
+    HttpTrigger, ServingSpec, ServingStatus, TriggerInput, Triggers,
 };
 pub use gateway::{Gateway, GatewayListener, GatewayListeners, GatewaySpec};
 pub use httproute::{

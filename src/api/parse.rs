@@ -96,15 +96,22 @@ pub fn parse_documents(text: &str, file: Option<&str>) -> Result<Vec<ParsedDocum
     Ok(docs)
 }
 
-fn parse_value(index: usize, value: serde_yaml::Value, file: Option<&str>) -> Option<ParsedDocument> {
+fn parse_value(
+    index: usize,
+    value: serde_yaml::Value,
+    file: Option<&str>,
+) -> Option<ParsedDocument> {
     let header = match TypeHeader::deserialize(&value) {
         Ok(h) => h,
         Err(e) => {
             return Some(ParsedDocument {
                 index,
                 key: None,
-                result: Err(Diagnostic::error(format!("document {}: not a Kubernetes object: {e}", index + 1))
-                    .in_file(file)),
+                result: Err(Diagnostic::error(format!(
+                    "document {}: not a Kubernetes object: {e}",
+                    index + 1
+                ))
+                .in_file(file)),
             })
         }
     };
@@ -116,12 +123,23 @@ fn parse_value(index: usize, value: serde_yaml::Value, file: Option<&str>) -> Op
         ("networking.openfunction.io", "Gateway") => ObjectKind::Gateway,
         ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
         _ => {
-            tracing::debug!(file, api_version, kind = kind_name, "skipping object of a kind fngate does not read");
+            tracing::debug!(
+                file,
+                api_version,
+                kind = kind_name,
+                "skipping object of a kind fngate does not read"
+            );
             return None;
         }
     };
-    let meta = header.metadata.unwrap_or(HeaderMeta { name: None, namespace: None });
-    let namespace = meta.namespace.filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+    let meta = header.metadata.unwrap_or(HeaderMeta {
+        name: None,
+        namespace: None,
+    });
+    let namespace = meta
+        .namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
     let name = meta.name.unwrap_or_default();
     let key = ObjectKey::new(kind, &namespace, &name);
     let label = key.to_string();
@@ -130,7 +148,11 @@ fn parse_value(index: usize, value: serde_yaml::Value, file: Option<&str>) -> Op
             .in_file(file)
             .on_object(format!("{kind} (document {})", index + 1))
             .at_field("metadata.name");
-        return Some(ParsedDocument { index, key: None, result: Err(d) });
+        return Some(ParsedDocument {
+            index,
+            key: None,
+            result: Err(d),
+        });
     }
     let typed = match kind {
         ObjectKind::Function => match api_version.as_str() {
@@ -148,9 +170,16 @@ fn parse_value(index: usize, value: serde_yaml::Value, file: Option<&str>) -> Op
         }
     };
     let result = typed.map_err(|(field, message)| {
-        Diagnostic::error(message).in_file(file).on_object(label).at_field(field)
+        Diagnostic::error(message)
+            .in_file(file)
+            .on_object(label)
+            .at_field(field)
     });
-    Some(ParsedDocument { index, key: Some(key), result })
+    Some(ParsedDocument {
+        index,
+        key: Some(key),
+        result,
+    })
 }
 
 /// Deserialises with the path of the failing field, so the diagnostic can name it.

@@ -27,7 +27,10 @@ pub struct DirCatalog {
 
 impl DirCatalog {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DirCatalog { dir: dir.into(), files: HashMap::new() }
+        DirCatalog {
+            dir: dir.into(),
+            files: HashMap::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -42,11 +45,15 @@ impl DirCatalog {
             Ok(paths) => {
                 for path in paths {
                     // A file that vanished between listing and reading is simply gone.
-                    let Ok(meta) = std::fs::metadata(&path) else { continue };
+                    let Ok(meta) = std::fs::metadata(&path) else {
+                        continue;
+                    };
                     let stamp = meta.modified().ok().map(|m| (m, meta.len()));
                     let state = self.files.entry(path.clone()).or_default();
                     if stamp.is_none() || state.stamp != stamp {
-                        let Ok(bytes) = std::fs::read(&path) else { continue };
+                        let Ok(bytes) = std::fs::read(&path) else {
+                            continue;
+                        };
                         let digest: [u8; 32] = Sha256::digest(&bytes).into();
                         if state.digest != digest || state.stamp.is_none() {
                             reparse(state, &path, &bytes);
@@ -59,7 +66,8 @@ impl DirCatalog {
             }
             Err(e) => {
                 dir_problem = Some(
-                    Diagnostic::error(format!("cannot read catalog directory: {e}")).in_file(Some(&self.dir.display().to_string())),
+                    Diagnostic::error(format!("cannot read catalog directory: {e}"))
+                        .in_file(Some(&self.dir.display().to_string())),
                 );
             }
         }
@@ -72,7 +80,9 @@ impl DirCatalog {
         paths.sort();
         for path in paths {
             let state = &self.files[path];
-            snapshot.diagnostics.extend(state.diagnostics.iter().cloned());
+            snapshot
+                .diagnostics
+                .extend(state.diagnostics.iter().cloned());
             for (key, entry) in &state.objects {
                 if let Some(first) = snapshot.objects.get(key) {
                     snapshot.diagnostics.push(
@@ -94,13 +104,16 @@ impl DirCatalog {
     /// Starts watching the directory; every completed change (create, rename, delete,
     /// a writer closing a file) notifies `signal`. Keep the returned value alive.
     pub fn watch(&self, signal: Arc<Notify>) -> notify::Result<DirWatch> {
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| signals_complete_change(&e.kind)) {
-                signal.notify_one();
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok_and(|e| signals_complete_change(&e.kind)) {
+                    signal.notify_one();
+                }
+            })?;
         watcher.watch(&self.dir, RecursiveMode::Recursive)?;
-        Ok(DirWatch { _watcher: Box::new(watcher) })
+        Ok(DirWatch {
+            _watcher: Box::new(watcher),
+        })
     }
 }
 
@@ -153,7 +166,9 @@ fn reparse(state: &mut FileState, path: &Path, bytes: &[u8]) {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            state.diagnostics.push(Diagnostic::error(format!("not UTF-8 text: {e}")).in_file(Some(&file)));
+            state
+                .diagnostics
+                .push(Diagnostic::error(format!("not UTF-8 text: {e}")).in_file(Some(&file)));
             keep_last_good_note(state, &file);
             return;
         }
@@ -180,16 +195,25 @@ fn reparse(state: &mut FileState, path: &Path, bytes: &[u8]) {
                     );
                     continue;
                 }
-                objects.insert(key, CatalogEntry { object, file: Some(file.clone()), version });
+                objects.insert(
+                    key,
+                    CatalogEntry {
+                        object,
+                        file: Some(file.clone()),
+                        version,
+                    },
+                );
             }
             Err(d) => {
                 state.diagnostics.push(d);
                 if let Some(key) = doc.key {
                     if let Some(last_good) = state.objects.get(&key) {
                         state.diagnostics.push(
-                            Diagnostic::warning("still serving the last good version of this object")
-                                .in_file(Some(&file))
-                                .on_object(key.to_string()),
+                            Diagnostic::warning(
+                                "still serving the last good version of this object",
+                            )
+                            .in_file(Some(&file))
+                            .on_object(key.to_string()),
                         );
                         objects.insert(key, last_good.clone());
                     }
@@ -203,8 +227,11 @@ fn reparse(state: &mut FileState, path: &Path, bytes: &[u8]) {
 fn keep_last_good_note(state: &mut FileState, file: &str) {
     if !state.objects.is_empty() {
         state.diagnostics.push(
-            Diagnostic::warning(format!("file unreadable; still serving its {} last good objects", state.objects.len()))
-                .in_file(Some(file)),
+            Diagnostic::warning(format!(
+                "file unreadable; still serving its {} last good objects",
+                state.objects.len()
+            ))
+            .in_file(Some(file)),
         );
     }
 }

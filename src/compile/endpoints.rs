@@ -14,21 +14,29 @@ pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> E
         if key.kind != ObjectKind::EndpointSlice {
             break;
         }
-        let ParsedObject::EndpointSlice(slice) = &entry.object else { continue };
+        let ParsedObject::EndpointSlice(slice) = &entry.object else {
+            continue;
+        };
         let label = key.to_string();
         let file = entry.file.as_deref();
         let Some(service) = slice.service_name() else {
             diagnostics.push(
-                Diagnostic::warning("EndpointSlice has no kubernetes.io/service-name label; ignored")
-                    .on_object(label)
-                    .in_file(file)
-                    .at_field("metadata.labels"),
+                Diagnostic::warning(
+                    "EndpointSlice has no kubernetes.io/service-name label; ignored",
+                )
+                .on_object(label)
+                .in_file(file)
+                .at_field("metadata.labels"),
             );
             continue;
         };
         let mut ports = Vec::new();
         for (i, p) in slice.ports.iter().flatten().enumerate() {
-            match p.port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+            match p
+                .port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+            {
                 Some(n) => ports.push((p.name.clone(), n)),
                 None => diagnostics.push(
                     Diagnostic::error("port must be a number from 1 to 65535")
@@ -40,14 +48,20 @@ pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> E
         }
         let ports: Arc<[(Option<String>, u16)]> = ports.into();
         let bucket = merged
-            .entry(ServiceKey { namespace: key.namespace.clone(), name: service.to_owned() })
+            .entry(ServiceKey {
+                namespace: key.namespace.clone(),
+                name: service.to_owned(),
+            })
             .or_default();
         for (i, ep) in slice.endpoints.iter().enumerate() {
             // Kubernetes: an unset `ready` means ready.
             let ready = ep.conditions.ready.unwrap_or(true);
             for (j, addr) in ep.addresses.iter().enumerate() {
                 match addr.parse::<IpAddr>() {
-                    Ok(ip) if ready => bucket.0.push(EndpointAddress { ip, ports: ports.clone() }),
+                    Ok(ip) if ready => bucket.0.push(EndpointAddress {
+                        ip,
+                        ports: ports.clone(),
+                    }),
                     Ok(_) => bucket.1 += 1,
                     Err(_) => diagnostics.push(
                         Diagnostic::error(format!("{addr:?} is not an IP address"))

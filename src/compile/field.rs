@@ -18,13 +18,22 @@ pub(super) struct Field<'a> {
 
 impl<'a> Field<'a> {
     pub(super) fn root(path: &'a str) -> Self {
-        Field { parent: None, seg: Seg::Key(path) }
+        Field {
+            parent: None,
+            seg: Seg::Key(path),
+        }
     }
     pub(super) fn key(&'a self, key: &'a str) -> Field<'a> {
-        Field { parent: Some(self), seg: Seg::Key(key) }
+        Field {
+            parent: Some(self),
+            seg: Seg::Key(key),
+        }
     }
     pub(super) fn index(&'a self, i: usize) -> Field<'a> {
-        Field { parent: Some(self), seg: Seg::Index(i) }
+        Field {
+            parent: Some(self),
+            seg: Seg::Index(i),
+        }
     }
 }
 

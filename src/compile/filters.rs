@@ -1,10 +1,14 @@
 //! HTTPRoute filters and timeouts -> validated rule actions.
 
-use crate::api::{BackendRef, Diagnostic, Filter, HeaderModifier, PathModifier, RuleTimeouts as ApiTimeouts};
-use crate::routing::{BackendTarget, HeaderEdits, PathCondition, PathRewrite, Redirect, Rewrite, RuleTimeouts};
 use super::field::Field;
-use std::sync::Arc;
 use crate::api::parse_duration;
+use crate::api::{
+    BackendRef, Diagnostic, Filter, HeaderModifier, PathModifier, RuleTimeouts as ApiTimeouts,
+};
+use crate::routing::{
+    BackendTarget, HeaderEdits, PathCondition, PathRewrite, Redirect, Rewrite, RuleTimeouts,
+};
+use std::sync::Arc;
 
 #[derive(Default)]
 pub(super) struct RuleActions {
@@ -95,24 +99,31 @@ pub(super) fn compile_filters(
     }
     if actions.redirect.is_some() && actions.rewrite.is_some() {
         diags.push(
-            Diagnostic::error("RequestRedirect and URLRewrite cannot be used in the same rule").at_field(filters_field.to_string()),
+            Diagnostic::error("RequestRedirect and URLRewrite cannot be used in the same rule")
+                .at_field(filters_field.to_string()),
         );
     }
     actions
 }
 
 fn missing(field: &Field, key: &str) -> Diagnostic {
-    Diagnostic::error(format!("{key} is required for this filter type")).at_field(format!("{field}.{key}"))
+    Diagnostic::error(format!("{key} is required for this filter type"))
+        .at_field(format!("{field}.{key}"))
 }
 
 fn header_edits(m: &HeaderModifier, field: &Field, diags: &mut Vec<Diagnostic>) -> HeaderEdits {
     let mut check = |name: &str, value: Option<&str>, f: String| {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            diags.push(Diagnostic::error(format!("{name:?} is not a valid header name")).at_field(f.clone()));
+            diags.push(
+                Diagnostic::error(format!("{name:?} is not a valid header name"))
+                    .at_field(f.clone()),
+            );
         }
         if let Some(v) = value {
             if http::HeaderValue::from_str(v).is_err() {
-                diags.push(Diagnostic::error(format!("{v:?} is not a valid header value")).at_field(f));
+                diags.push(
+                    Diagnostic::error(format!("{v:?} is not a valid header value")).at_field(f),
+                );
             }
         }
     };
@@ -126,26 +137,44 @@ fn header_edits(m: &HeaderModifier, field: &Field, diags: &mut Vec<Diagnostic>) 
         check(h, None, format!("{field}.remove[{i}]"));
     }
     HeaderEdits {
-        set: m.set.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect(),
-        add: m.add.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect(),
+        set: m
+            .set
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect(),
         remove: m.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
     }
 }
 
-fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &Field, diags: &mut Vec<Diagnostic>) -> Option<PathRewrite> {
+fn path_rewrite(
+    p: &PathModifier,
+    paths: &[PathCondition],
+    field: &Field,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PathRewrite> {
     match p.kind.as_str() {
         "ReplaceFullPath" => match &p.replace_full_path {
             Some(v) if v.starts_with('/') => Some(PathRewrite::Full(v.clone())),
             _ => {
-                diags.push(Diagnostic::error("replaceFullPath must be set and start with '/'").at_field(format!("{field}.replaceFullPath")));
+                diags.push(
+                    Diagnostic::error("replaceFullPath must be set and start with '/'")
+                        .at_field(format!("{field}.replaceFullPath")),
+                );
                 None
             }
         },
         "ReplacePrefixMatch" => {
             if paths.iter().any(|c| !matches!(c, PathCondition::Prefix(_))) {
                 diags.push(
-                    Diagnostic::error("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match")
-                        .at_field(format!("{field}.type")),
+                    Diagnostic::error(
+                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                    )
+                    .at_field(format!("{field}.type")),
                 );
                 return None;
             }
@@ -162,18 +191,29 @@ fn path_rewrite(p: &PathModifier, paths: &[PathCondition], field: &Field, diags:
         }
         other => {
             diags.push(
-                Diagnostic::error(format!("path modifier type {other:?}; expected ReplaceFullPath or ReplacePrefixMatch"))
-                    .at_field(format!("{field}.type")),
+                Diagnostic::error(format!(
+                    "path modifier type {other:?}; expected ReplaceFullPath or ReplacePrefixMatch"
+                ))
+                .at_field(format!("{field}.type")),
             );
             None
         }
     }
 }
 
-pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &Field, diags: &mut Vec<Diagnostic>) -> Option<BackendTarget> {
-    let kind_ok = b.kind.as_deref().map_or(true, |k| k == "Service") && b.group.as_deref().map_or(true, str::is_empty);
+pub(super) fn backend_target(
+    b: &BackendRef,
+    namespace: &str,
+    field: &Field,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<BackendTarget> {
+    let kind_ok = b.kind.as_deref().map_or(true, |k| k == "Service")
+        && b.group.as_deref().map_or(true, str::is_empty);
     if !kind_ok {
-        diags.push(Diagnostic::error("only core Services can be backends (kind Service, group \"\")").at_field(format!("{field}.kind")));
+        diags.push(
+            Diagnostic::error("only core Services can be backends (kind Service, group \"\")")
+                .at_field(format!("{field}.kind")),
+        );
         return None;
     }
     if b.name.is_empty() {
@@ -181,14 +221,25 @@ pub(super) fn backend_target(b: &BackendRef, namespace: &str, field: &Field, dia
         return None;
     }
     Some(BackendTarget {
-        namespace: Arc::from(b.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace)),
+        namespace: Arc::from(
+            b.namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(namespace),
+        ),
         service: Arc::from(b.name.as_str()),
         port: b.port,
     })
 }
 
-pub(super) fn compile_timeouts(t: Option<&ApiTimeouts>, field: &Field, diags: &mut Vec<Diagnostic>) -> RuleTimeouts {
-    let Some(t) = t else { return RuleTimeouts::default() };
+pub(super) fn compile_timeouts(
+    t: Option<&ApiTimeouts>,
+    field: &Field,
+    diags: &mut Vec<Diagnostic>,
+) -> RuleTimeouts {
+    let Some(t) = t else {
+        return RuleTimeouts::default();
+    };
     let mut one = |v: &Option<String>, key: &str| match v.as_deref().map(parse_duration) {
         None => None,
         Some(Ok(d)) => d,
@@ -201,9 +252,14 @@ pub(super) fn compile_timeouts(t: Option<&ApiTimeouts>, field: &Field, diags: &m
     let backend_request = one(&t.backend_request, "backendRequest");
     if let (Some(r), Some(b)) = (request, backend_request) {
         if b > r {
-            diags.push(Diagnostic::error("backendRequest must not be longer than request").at_field(format!("{field}.backendRequest")));
+            diags.push(
+                Diagnostic::error("backendRequest must not be longer than request")
+                    .at_field(format!("{field}.backendRequest")),
+            );
         }
     }
-    RuleTimeouts { request, backend_request }
+    RuleTimeouts {
+        request,
+        backend_request,
+    }
 }
-

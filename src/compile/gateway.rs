@@ -51,7 +51,15 @@ impl GatewayDefaults {
             listeners: gw
                 .listeners()
                 .iter()
-                .map(|l| (l.name.clone(), l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase())))
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        l.hostname
+                            .clone()
+                            .filter(|h| !h.is_empty())
+                            .map(|h| h.to_ascii_lowercase()),
+                    )
+                })
                 .collect(),
         }
     }
@@ -149,10 +157,16 @@ impl GatewayIndex {
                 break;
             }
             if let ParsedObject::Gateway(gw) = &entry.object {
-                named.insert((key.namespace.clone(), key.name.clone()), Arc::new(GatewayDefaults::from_gateway(gw)));
+                named.insert(
+                    (key.namespace.clone(), key.name.clone()),
+                    Arc::new(GatewayDefaults::from_gateway(gw)),
+                );
             }
         }
-        let (ns, name) = settings.gateway.split_once('/').unwrap_or(("openfunction", settings.gateway.as_str()));
+        let (ns, name) = settings
+            .gateway
+            .split_once('/')
+            .unwrap_or(("openfunction", settings.gateway.as_str()));
         let default = named
             .get(&(ns.to_owned(), name.to_owned()))
             .cloned()
@@ -164,11 +178,16 @@ impl GatewayIndex {
     /// else OpenFunction's defaults.
     pub(super) fn for_function(&self, f: &Function) -> Arc<GatewayDefaults> {
         let route = f.http_trigger().and_then(|t| t.route.as_ref());
-        let gw_ref = route
-            .and_then(|r| r.gateway_ref.as_ref())
-            .or_else(|| route.and_then(|r| r.parent_refs.as_ref()).and_then(|p| p.first()));
+        let gw_ref = route.and_then(|r| r.gateway_ref.as_ref()).or_else(|| {
+            route
+                .and_then(|r| r.parent_refs.as_ref())
+                .and_then(|p| p.first())
+        });
         if let Some(r) = gw_ref {
-            let ns = r.namespace.clone().unwrap_or_else(|| f.metadata.namespace_or_default().to_owned());
+            let ns = r
+                .namespace
+                .clone()
+                .unwrap_or_else(|| f.metadata.namespace_or_default().to_owned());
             if let Some(gw) = self.named.get(&(ns, r.name.clone())) {
                 return gw.clone();
             }
@@ -184,7 +203,10 @@ mod tests {
     #[test]
     fn templates_render_go_style_fields() {
         let d = GatewayDefaults::default();
-        assert_eq!(d.render(d.host_template.as_deref().unwrap(), "fn", "ns"), "fn.ns.ofn.io");
+        assert_eq!(
+            d.render(d.host_template.as_deref().unwrap(), "fn", "ns"),
+            "fn.ns.ofn.io"
+        );
         assert_eq!(d.render("{{ .Namespace }}/{{.Name}}", "fn", "ns"), "ns/fn");
         assert_eq!(d.render("{{.Unknown}}-x", "fn", "ns"), "{{.Unknown}}-x");
     }
@@ -199,11 +221,26 @@ mod tests {
             ..GatewayDefaults::default()
         };
         assert_eq!(d.attach(&["non.matching.com".into()], &[]), None);
-        assert_eq!(d.attach(&["foo.wildcard.io".into(), "wildcard.io".into()], &[]), Some(vec!["foo.wildcard.io".into()]));
-        assert_eq!(d.attach(&["*.specific.com".into()], &[]), Some(vec!["very.specific.com".into()]));
-        assert_eq!(d.attach(&["*.io".into()], &[]), Some(vec!["*.wildcard.io".into()]));
-        assert_eq!(d.attach(&[], &[]), Some(vec!["very.specific.com".into(), "*.wildcard.io".into()]));
-        assert_eq!(d.attach(&[], &["l2".into()]), Some(vec!["*.wildcard.io".into()]));
+        assert_eq!(
+            d.attach(&["foo.wildcard.io".into(), "wildcard.io".into()], &[]),
+            Some(vec!["foo.wildcard.io".into()])
+        );
+        assert_eq!(
+            d.attach(&["*.specific.com".into()], &[]),
+            Some(vec!["very.specific.com".into()])
+        );
+        assert_eq!(
+            d.attach(&["*.io".into()], &[]),
+            Some(vec!["*.wildcard.io".into()])
+        );
+        assert_eq!(
+            d.attach(&[], &[]),
+            Some(vec!["very.specific.com".into(), "*.wildcard.io".into()])
+        );
+        assert_eq!(
+            d.attach(&[], &["l2".into()]),
+            Some(vec!["*.wildcard.io".into()])
+        );
         assert_eq!(d.attach(&[], &["nope".into()]), None);
     }
 }

@@ -40,7 +40,9 @@ pub struct CompileSettings {
 
 impl Default for CompileSettings {
     fn default() -> Self {
-        CompileSettings { gateway: "openfunction/openfunction".into() }
+        CompileSettings {
+            gateway: "openfunction/openfunction".into(),
+        }
     }
 }
 
@@ -53,12 +55,19 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
     let mut builder = RouteTable::builder();
     let mut functions = BTreeMap::new();
 
-    for (key, entry) in snapshot.objects.range(ObjectKey::new(ObjectKind::Function, "", "")..) {
+    for (key, entry) in snapshot
+        .objects
+        .range(ObjectKey::new(ObjectKind::Function, "", "")..)
+    {
         if key.kind != ObjectKind::Function {
             break;
         }
-        let ParsedObject::Function(function) = &entry.object else { continue };
-        let Some(_) = function.http_trigger() else { continue };
+        let ParsedObject::Function(function) = &entry.object else {
+            continue;
+        };
+        let Some(_) = function.http_trigger() else {
+            continue;
+        };
         let gw = gateways.for_function(function);
         let compiled = route::compile_function(function, &gw);
         let label = key.to_string();
@@ -82,7 +91,10 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
                 None => None,
             }
         } else {
-            Some(CompiledFunction { version: entry.version, entries: compiled.entries })
+            Some(CompiledFunction {
+                version: entry.version,
+                entries: compiled.entries,
+            })
         };
         diagnostics.extend(problems);
         if let Some(cf) = chosen {
@@ -143,7 +155,14 @@ pub fn snapshot_from_texts<'a>(files: impl IntoIterator<Item = (&'a str, &'a str
                                 );
                                 continue;
                             }
-                            snapshot.objects.insert(key, CatalogEntry { object, file: Some(file.to_owned()), version });
+                            snapshot.objects.insert(
+                                key,
+                                CatalogEntry {
+                                    object,
+                                    file: Some(file.to_owned()),
+                                    version,
+                                },
+                            );
                         }
                         Err(d) => snapshot.diagnostics.push(d),
                     }

@@ -2,15 +2,17 @@
 //! HTTPRoute: default hostnames from the Gateway templates plus the in-cluster name,
 //! a default rule, and the Function's own Service as backend unless backendRefs are given.
 
-use super::filters::{backend_target, compile_filters, compile_timeouts};
 use super::field::Field;
+use super::filters::{backend_target, compile_filters, compile_timeouts};
 use super::gateway::GatewayDefaults;
-use crate::api::{Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec};
-use crate::routing::{
-    FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry, Rule, RuleFilters,
-    StringMatch, WeightedBackend,
+use crate::api::{
+    Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec,
 };
 use crate::routing::RouteOrder;
+use crate::routing::{
+    FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry,
+    Rule, RuleFilters, StringMatch, WeightedBackend,
+};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -20,10 +22,13 @@ pub(super) struct CompiledRoutes {
 }
 
 /// Most matches test only the path; they all share this one value.
-static NO_CONDITIONS: std::sync::LazyLock<Arc<MatchConditions>> = std::sync::LazyLock::new(|| Arc::new(MatchConditions::default()));
+static NO_CONDITIONS: std::sync::LazyLock<Arc<MatchConditions>> =
+    std::sync::LazyLock::new(|| Arc::new(MatchConditions::default()));
 
 const ROUTE_FIELD: &str = "spec.serving.triggers.http.route";
-const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRoutes {
     let mut diags = Vec::new();
@@ -40,7 +45,10 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         Some(p) => match u16::try_from(p) {
             Ok(p) if p > 0 => Some(p),
             _ => {
-                diags.push(Diagnostic::error(format!("port {p} must be from 1 to 65535")).at_field("spec.serving.triggers.http.port"));
+                diags.push(
+                    Diagnostic::error(format!("port {p} must be from 1 to 65535"))
+                        .at_field("spec.serving.triggers.http.port"),
+                );
                 None
             }
         },
@@ -54,14 +62,20 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         }
     }
     let mut hostnames: Vec<String> = if user_hostnames.is_empty() {
-        gw.host_template.iter().map(|t| gw.render(t, name, namespace)).collect()
+        gw.host_template
+            .iter()
+            .map(|t| gw.render(t, name, namespace))
+            .collect()
     } else {
         user_hostnames.to_vec()
     };
     if let Some(cluster_domain) = &gw.cluster_domain {
         hostnames.push(format!("{name}.{namespace}.svc.{cluster_domain}"));
     }
-    let hostnames: Vec<String> = hostnames.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    let hostnames: Vec<String> = hostnames
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
     let sections: Vec<String> = route
         .parent_refs
         .iter()
@@ -74,7 +88,10 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             Diagnostic::warning("no hostname of this route matches a listener hostname of its Gateway; route not attached")
                 .at_field(format!("{ROUTE_FIELD}.hostnames")),
         );
-        return CompiledRoutes { entries, diagnostics: diags };
+        return CompiledRoutes {
+            entries,
+            diagnostics: diags,
+        };
     };
 
     // Rules.
@@ -82,10 +99,17 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         Some(rules) if !rules.is_empty() => Cow::Borrowed(rules.as_slice()),
         _ if !user_hostnames.is_empty() => {
             // Path-based routing: /<pathTemplate>, seen by the function as `/`.
-            let path = format!("/{}", gw.render(&gw.path_template, name, namespace).trim_start_matches('/'));
+            let path = format!(
+                "/{}",
+                gw.render(&gw.path_template, name, namespace)
+                    .trim_start_matches('/')
+            );
             Cow::Owned(vec![RouteRule {
                 matches: Some(vec![RouteMatch {
-                    path: Some(PathMatch { kind: Some("PathPrefix".into()), value: Some(path) }),
+                    path: Some(PathMatch {
+                        kind: Some("PathPrefix".into()),
+                        value: Some(path),
+                    }),
                     ..RouteMatch::default()
                 }]),
                 ..RouteRule::default()
@@ -93,11 +117,15 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         }
         _ => Cow::Owned(vec![RouteRule::default()]),
     };
-    let path_based_rewrite = route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
+    let path_based_rewrite =
+        route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
 
     let created: Option<Arc<str>> = f.metadata.creation_timestamp.as_deref().map(Arc::from);
     let (ns_arc, name_arc): (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));
-    let function_ref = FunctionRef { namespace: ns_arc.clone(), name: name_arc.clone() };
+    let function_ref = FunctionRef {
+        namespace: ns_arc.clone(),
+        name: name_arc.clone(),
+    };
     let own_service: Arc<[WeightedBackend]> = Arc::new([WeightedBackend {
         target: crate::routing::BackendTarget {
             namespace: ns_arc.clone(),
@@ -122,10 +150,22 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                 compiled_matches.push((mi, c));
             }
         }
-        let paths: Vec<PathCondition> = compiled_matches.iter().map(|(_, (p, _))| p.clone()).collect();
-        let mut actions = compile_filters(rule.filters.as_deref().unwrap_or(&[]), &paths, namespace, &field.key("filters"), &mut diags);
+        let paths: Vec<PathCondition> = compiled_matches
+            .iter()
+            .map(|(_, (p, _))| p.clone())
+            .collect();
+        let mut actions = compile_filters(
+            rule.filters.as_deref().unwrap_or(&[]),
+            &paths,
+            namespace,
+            &field.key("filters"),
+            &mut diags,
+        );
         if path_based_rewrite && actions.rewrite.is_none() && actions.redirect.is_none() {
-            actions.rewrite = Some(Rewrite { hostname: None, path: Some(PathRewrite::Prefix("/".into())) });
+            actions.rewrite = Some(Rewrite {
+                hostname: None,
+                path: Some(PathRewrite::Prefix("/".into())),
+            });
         }
         let timeouts = compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
         let backends: Arc<[WeightedBackend]> = match &rule.backend_refs {
@@ -137,11 +177,17 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                     let bfield = refs_field.index(bi);
                     let weight = b.weight.unwrap_or(1);
                     if !(0..=1_000_000).contains(&weight) {
-                        diags.push(Diagnostic::error(format!("weight {weight} must be from 0 to 1000000")).at_field(format!("{bfield}.weight")));
+                        diags.push(
+                            Diagnostic::error(format!("weight {weight} must be from 0 to 1000000"))
+                                .at_field(format!("{bfield}.weight")),
+                        );
                         return None;
                     }
                     let target = backend_target(b, namespace, &bfield, &mut diags)?;
-                    Some(WeightedBackend { target, weight: weight as u32 })
+                    Some(WeightedBackend {
+                        target,
+                        weight: weight as u32,
+                    })
                 })
                 .collect(),
             _ => own_service.clone(),
@@ -182,10 +228,17 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             });
         }
     }
-    CompiledRoutes { entries, diagnostics: diags }
+    CompiledRoutes {
+        entries,
+        diagnostics: diags,
+    }
 }
 
-fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> Option<(PathCondition, Arc<MatchConditions>)> {
+fn compile_match(
+    m: &RouteMatch,
+    field: &Field,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(PathCondition, Arc<MatchConditions>)> {
     let before = diags.len();
     let path = match &m.path {
         None => PathCondition::Prefix("/".into()),
@@ -193,24 +246,36 @@ fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> 
             let value = p.value.clone().unwrap_or_else(|| "/".into());
             match p.kind.as_deref().unwrap_or("PathPrefix") {
                 "Exact" | "PathPrefix" if !value.starts_with('/') => {
-                    diags.push(Diagnostic::error(format!("path {value:?} must start with '/'")).at_field(format!("{field}.path.value")));
+                    diags.push(
+                        Diagnostic::error(format!("path {value:?} must start with '/'"))
+                            .at_field(format!("{field}.path.value")),
+                    );
                     PathCondition::Exact(value)
                 }
                 "Exact" => PathCondition::Exact(value),
                 "PathPrefix" => {
                     let trimmed = value.trim_end_matches('/');
-                    PathCondition::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.to_owned() })
+                    PathCondition::Prefix(if trimmed.is_empty() {
+                        "/".into()
+                    } else {
+                        trimmed.to_owned()
+                    })
                 }
                 "RegularExpression" => {
                     if let Err(e) = regex::Regex::new(&value) {
-                        diags.push(Diagnostic::error(format!("invalid regular expression: {e}")).at_field(format!("{field}.path.value")));
+                        diags.push(
+                            Diagnostic::error(format!("invalid regular expression: {e}"))
+                                .at_field(format!("{field}.path.value")),
+                        );
                     }
                     PathCondition::Regex(value)
                 }
                 other => {
                     diags.push(
-                        Diagnostic::error(format!("path type {other:?}; expected Exact, PathPrefix or RegularExpression"))
-                            .at_field(format!("{field}.path.type")),
+                        Diagnostic::error(format!(
+                            "path type {other:?}; expected Exact, PathPrefix or RegularExpression"
+                        ))
+                        .at_field(format!("{field}.path.type")),
                     );
                     PathCondition::Prefix("/".into())
                 }
@@ -222,13 +287,27 @@ fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> 
         Some(method) if METHODS.contains(&method.as_str()) => Some(method.clone()),
         Some(method) => {
             diags.push(
-                Diagnostic::error(format!("method {method:?} is not one of {}", METHODS.join(", "))).at_field(format!("{field}.method")),
+                Diagnostic::error(format!(
+                    "method {method:?} is not one of {}",
+                    METHODS.join(", ")
+                ))
+                .at_field(format!("{field}.method")),
             );
             None
         }
     };
-    let headers = conditions(m.headers.as_deref().unwrap_or(&[]), true, &field.key("headers"), diags);
-    let query = conditions(m.query_params.as_deref().unwrap_or(&[]), false, &field.key("queryParams"), diags);
+    let headers = conditions(
+        m.headers.as_deref().unwrap_or(&[]),
+        true,
+        &field.key("headers"),
+        diags,
+    );
+    let query = conditions(
+        m.query_params.as_deref().unwrap_or(&[]),
+        false,
+        &field.key("queryParams"),
+        diags,
+    );
     let path_regex = match &path {
         PathCondition::Regex(re) => regex::Regex::new(&format!("^(?:{re})$")).ok(),
         _ => None,
@@ -237,18 +316,37 @@ fn compile_match(m: &RouteMatch, field: &Field, diags: &mut Vec<Diagnostic>) -> 
         return None;
     }
     let plain = method.is_none() && headers.is_empty() && query.is_empty() && path_regex.is_none();
-    let conditions = if plain { NO_CONDITIONS.clone() } else { Arc::new(MatchConditions { method, headers, query, path_regex }) };
+    let conditions = if plain {
+        NO_CONDITIONS.clone()
+    } else {
+        Arc::new(MatchConditions {
+            method,
+            headers,
+            query,
+            path_regex,
+        })
+    };
     Some((path, conditions))
 }
 
 /// Header or query conditions. Gateway API: of entries with equal names only the first
 /// counts (header names compare case-insensitively, query names exactly).
-fn conditions(list: &[HeaderMatch], headers: bool, field: &Field, diags: &mut Vec<Diagnostic>) -> Vec<HeaderCondition> {
+fn conditions(
+    list: &[HeaderMatch],
+    headers: bool,
+    field: &Field,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<HeaderCondition> {
     let mut out: Vec<HeaderCondition> = Vec::new();
     for (i, h) in list.iter().enumerate() {
-        let name = if headers { h.name.to_ascii_lowercase() } else { h.name.clone() };
+        let name = if headers {
+            h.name.to_ascii_lowercase()
+        } else {
+            h.name.clone()
+        };
         if name.is_empty() {
-            diags.push(Diagnostic::error("name is required").at_field(format!("{field}[{i}].name")));
+            diags
+                .push(Diagnostic::error("name is required").at_field(format!("{field}[{i}].name")));
             continue;
         }
         if out.iter().any(|c| c.name == name) {
@@ -259,13 +357,19 @@ fn conditions(list: &[HeaderMatch], headers: bool, field: &Field, diags: &mut Ve
             "RegularExpression" => match regex::Regex::new(&format!("^(?:{})$", h.value)) {
                 Ok(re) => StringMatch::Regex(re),
                 Err(e) => {
-                    diags.push(Diagnostic::error(format!("invalid regular expression: {e}")).at_field(format!("{field}[{i}].value")));
+                    diags.push(
+                        Diagnostic::error(format!("invalid regular expression: {e}"))
+                            .at_field(format!("{field}[{i}].value")),
+                    );
                     continue;
                 }
             },
             other => {
                 diags.push(
-                    Diagnostic::error(format!("match type {other:?}; expected Exact or RegularExpression")).at_field(format!("{field}[{i}].type")),
+                    Diagnostic::error(format!(
+                        "match type {other:?}; expected Exact or RegularExpression"
+                    ))
+                    .at_field(format!("{field}[{i}].type")),
                 );
                 continue;
             }
@@ -281,11 +385,15 @@ fn validate_hostname(h: &str) -> Result<(), String> {
         && h.len() <= 253
         && !h.contains(':')
         && body.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
     } else {
-        Err(format!("{h:?} is not a valid hostname (DNS name, optionally prefixed by '*.'; no IP, no port)"))
+        Err(format!(
+            "{h:?} is not a valid hostname (DNS name, optionally prefixed by '*.'; no IP, no port)"
+        ))
     }
 }

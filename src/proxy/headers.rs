@@ -5,14 +5,26 @@ use crate::routing::HeaderEdits;
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authenticate"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
 
 /// Names of hop-by-hop headers present, including those listed in `Connection`.
 fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for v in headers.get_all("connection") {
         if let Ok(v) = v.to_str() {
-            names.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()));
+            names.extend(
+                v.split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty()),
+            );
         }
     }
     names.extend(HOP_BY_HOP.iter().map(|s| s.to_string()));
@@ -30,7 +42,10 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all("connection")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Whether any hop-by-hop header is present; the common request has none but
@@ -100,9 +115,18 @@ pub fn apply_edits(head: &mut impl HeaderOps, edits: &HeaderEdits) -> pingora::R
 }
 
 /// X-Forwarded-For (appended), -Proto and -Host (set when absent).
-pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<String>, tls: bool, host: &str) -> pingora::Result<()> {
+pub fn set_forwarded(
+    req: &mut RequestHeader,
+    client_ip: Option<String>,
+    tls: bool,
+    host: &str,
+) -> pingora::Result<()> {
     if let Some(ip) = client_ip {
-        let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let value = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip,
         };
@@ -119,5 +143,8 @@ pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<String>, tls: bo
 
 /// Total size of the request head's header lines, as the client sent them.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
 }

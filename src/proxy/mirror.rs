@@ -36,18 +36,37 @@ impl MirrorBody {
 /// Starts the mirror request. `has_body`: the request announces a body, which will be
 /// fed through the returned `MirrorBody`.
 pub fn send(addr: SocketAddr, req: &RequestHeader, host: &str, has_body: bool) -> MirrorBody {
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\n",
+        req.method,
+        req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
-        if matches!(n, "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade" | "expect") {
+        if matches!(
+            n,
+            "host"
+                | "connection"
+                | "content-length"
+                | "transfer-encoding"
+                | "keep-alive"
+                | "upgrade"
+                | "expect"
+        ) {
             continue;
         }
         if let Ok(v) = value.to_str() {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
     }
-    let framing = if has_body { "transfer-encoding: chunked" } else { "content-length: 0" };
-    head.push_str(&format!("host: {host}\r\n{framing}\r\nconnection: close\r\n\r\n"));
+    let framing = if has_body {
+        "transfer-encoding: chunked"
+    } else {
+        "content-length: 0"
+    };
+    head.push_str(&format!(
+        "host: {host}\r\n{framing}\r\nconnection: close\r\n\r\n"
+    ));
     let (tx, mut rx) = mpsc::channel::<BodyChunk>(16);
     tokio::spawn(async move {
         let attempt = async {
@@ -57,7 +76,9 @@ pub fn send(addr: SocketAddr, req: &RequestHeader, host: &str, has_body: bool) -
                 loop {
                     match rx.recv().await {
                         Some(BodyChunk::Data(d)) => {
-                            stream.write_all(format!("{:x}\r\n", d.len()).as_bytes()).await?;
+                            stream
+                                .write_all(format!("{:x}\r\n", d.len()).as_bytes())
+                                .await?;
                             stream.write_all(&d).await?;
                             stream.write_all(b"\r\n").await?;
                         }
@@ -65,7 +86,11 @@ pub fn send(addr: SocketAddr, req: &RequestHeader, host: &str, has_body: bool) -
                             stream.write_all(b"0\r\n\r\n").await?;
                             break;
                         }
-                        None => return Err(std::io::Error::other("mirror abandoned: it could not keep up")),
+                        None => {
+                            return Err(std::io::Error::other(
+                                "mirror abandoned: it could not keep up",
+                            ))
+                        }
                     }
                 }
             }
@@ -79,5 +104,7 @@ pub fn send(addr: SocketAddr, req: &RequestHeader, host: &str, has_body: bool) -
             Err(_) => tracing::debug!(%addr, "mirror request timed out"),
         }
     });
-    MirrorBody { tx: has_body.then_some(tx) }
+    MirrorBody {
+        tx: has_body.then_some(tx),
+    }
 }

@@ -67,7 +67,12 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
-async fn respond(session: &mut Session, status: u16, extra: &[(&str, String)], body: &'static str) -> Result<bool> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&str, String)],
+    body: &'static str,
+) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -75,9 +80,13 @@ async fn respond(session: &mut Session, status: u16, extra: &[(&str, String)], b
         resp.insert_header(name.to_string(), value.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
     if !head_only && !body.is_empty() {
-        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
     }
     Ok(true)
 }
@@ -87,11 +96,19 @@ impl FunctionProxy {
     async fn check_limits(&self, session: &mut Session) -> Result<Option<bool>> {
         let req = session.req_header();
         if headers::header_bytes(&req.headers) > self.limits.max_header_bytes {
-            return respond(session, 431, &[], "request header fields too large\n").await.map(Some);
+            return respond(session, 431, &[], "request header fields too large\n")
+                .await
+                .map(Some);
         }
-        let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
-            return respond(session, 413, &[], "request body too large\n").await.map(Some);
+            return respond(session, 413, &[], "request body too large\n")
+                .await
+                .map(Some);
         }
         Ok(None)
     }
@@ -124,13 +141,28 @@ impl FunctionProxy {
 
         let total = rule.total_weight();
         if total == 0 {
-            return respond(session, 500, &[], "route has no backend with a non-zero weight\n").await;
+            return respond(
+                session,
+                500,
+                &[],
+                "route has no backend with a non-zero weight\n",
+            )
+            .await;
         }
-        let roll = if rule.backends.len() == 1 { 0 } else { rand::random_range(0..total) };
-        let Some(index) = rule.backends.iter().scan(0u32, |acc, b| {
-            *acc += b.weight;
-            Some(*acc)
-        }).position(|acc| roll < acc) else {
+        let roll = if rule.backends.len() == 1 {
+            0
+        } else {
+            rand::random_range(0..total)
+        };
+        let Some(index) = rule
+            .backends
+            .iter()
+            .scan(0u32, |acc, b| {
+                *acc += b.weight;
+                Some(*acc)
+            })
+            .position(|acc| roll < acc)
+        else {
             return respond(session, 500, &[], "no backend\n").await;
         };
         ctx.backend = index;
@@ -138,7 +170,13 @@ impl FunctionProxy {
         match plan.endpoints.for_target(target) {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
             Some(eps) if eps.ready.is_empty() => {
-                respond(session, 503, &[("retry-after", "1".into())], "function has no ready endpoint\n").await
+                respond(
+                    session,
+                    503,
+                    &[("retry-after", "1".into())],
+                    "function has no ready endpoint\n",
+                )
+                .await
             }
             Some(_) => {
                 self.mirror(session, ctx, &rule);
@@ -153,14 +191,23 @@ impl FunctionProxy {
         }
         let req = session.req_header();
         let has_body = req.headers.get("transfer-encoding").is_some()
-            || req.headers.get("content-length").and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0");
+            || req
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v != "0");
         let mut copy = session.req_header().clone();
         if let Some(edits) = rule.request_headers() {
             let _ = headers::apply_edits(&mut copy, edits);
         }
         let host = request_host(session.req_header()).to_owned();
         for target in rule.mirrors() {
-            if let Some(addr) = ctx.plan.endpoints.for_target(target).and_then(|e| e.pick(0, target.port)) {
+            if let Some(addr) = ctx
+                .plan
+                .endpoints
+                .for_target(target)
+                .and_then(|e| e.pick(0, target.port))
+            {
                 ctx.mirrors.push(mirror::send(addr, &copy, &host, has_body));
             }
         }
@@ -176,7 +223,10 @@ impl ProxyHttp for FunctionProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.tls = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
+        ctx.tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
         if let Some(done) = self.check_limits(session).await? {
             return Ok(done);
         }
@@ -196,21 +246,33 @@ impl ProxyHttp for FunctionProxy {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.limits.max_body_bytes {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than limits.max_body_bytes");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than limits.max_body_bytes",
+                );
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let rule = ctx.rule.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no rule"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let rule = ctx
+            .rule
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no rule"))?;
         let target = &rule.backends[ctx.backend].target;
         let addr = ctx
             .plan
             .endpoints
             .for_target(target)
             .and_then(|e| e.pick(ctx.failed_attempts, target.port))
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "function has no ready endpoint"))?;
+            .ok_or_else(|| {
+                Error::explain(ErrorType::HTTPStatus(503), "function has no ready endpoint")
+            })?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.limits.connect_timeout);
         // Time to wait on the function between reads: the route's timeouts, else ours.
@@ -222,22 +284,45 @@ impl ProxyHttp for FunctionProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let (ns, function) = ctx.function_labels();
-        self.metrics.upstream_connect_errors.with_label_values(&[ns, function]).inc();
+        self.metrics
+            .upstream_connect_errors
+            .with_label_values(&[ns, function])
+            .inc();
         ctx.failed_attempts += 1;
-        let endpoints = ctx.rule.as_ref().and_then(|r| ctx.plan.endpoints.for_target(&r.backends[ctx.backend].target));
+        let endpoints = ctx.rule.as_ref().and_then(|r| {
+            ctx.plan
+                .endpoints
+                .for_target(&r.backends[ctx.backend].target)
+        });
         if endpoints.is_some_and(|eps| ctx.failed_attempts < eps.ready.len()) {
             e.set_retry(true);
         }
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(rule) = ctx.rule.clone() else { return Ok(()) };
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(rule) = ctx.rule.clone() else {
+            return Ok(());
+        };
         headers::strip_request_hop_by_hop(upstream);
         let host = request_host(session.req_header()).to_owned();
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
         headers::set_forwarded(upstream, client_ip, ctx.tls, &host)?;
         if let Some(rewrite) = rule.rewrite() {
             if let Some(path_rw) = &rewrite.path {
@@ -246,7 +331,12 @@ impl ProxyHttp for FunctionProxy {
                     Some(q) => format!("{new_path}?{q}"),
                     None => new_path,
                 };
-                let uri: http::Uri = uri.parse().map_err(|_| Error::explain(ErrorType::InternalError, "rewritten path is not a valid URI"))?;
+                let uri: http::Uri = uri.parse().map_err(|_| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        "rewritten path is not a valid URI",
+                    )
+                })?;
                 upstream.set_uri(uri);
             }
             if let Some(h) = &rewrite.hostname {
@@ -259,7 +349,12 @@ impl ProxyHttp for FunctionProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream);
         if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers()) {
             headers::apply_edits(upstream, edits)?;
@@ -267,7 +362,12 @@ impl ProxyHttp for FunctionProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
@@ -283,19 +383,31 @@ impl ProxyHttp for FunctionProxy {
         if code > 0 && session.response_written().is_none() {
             let _ = session.respond_error(code).await;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// A client that hangs up mid-request is its own business, not an error of ours.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         error.esource() == &ErrorSource::Downstream
-            && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let (ns, function) = ctx.function_labels();
-        self.metrics.requests.with_label_values(&[ns, function, status_class(status)]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[ns, function, status_class(status)])
+            .inc();
         self.metrics
             .request_duration
             .with_label_values(&[ns, function])

@@ -107,7 +107,9 @@ pub(crate) fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -141,7 +143,10 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c"), "a b c");
         assert_eq!(percent_decode("50%"), "50%");
         assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(first_query_value("a=1&b=x%3Dy&a=2", "b").as_deref(), Some("x=y"));
+        assert_eq!(
+            first_query_value("a=1&b=x%3Dy&a=2", "b").as_deref(),
+            Some("x=y")
+        );
         assert_eq!(first_query_value("a=1&a=2", "a").as_deref(), Some("1"));
         assert_eq!(first_query_value("A=1", "a"), None);
     }

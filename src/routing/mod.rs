@@ -11,10 +11,12 @@ mod table;
 
 pub use conditions::{HeaderCondition, MatchConditions, PathCondition, StringMatch};
 pub use rule::{
-    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleFilters, RuleTimeouts,
-    WeightedBackend,
+    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleFilters,
+    RuleTimeouts, WeightedBackend,
 };
-pub use table::{normalize_host, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable, RouteTableBuilder};
+pub use table::{
+    normalize_host, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable, RouteTableBuilder,
+};
 
 /// The request facts matching looks at, borrowed from the request.
 pub trait RequestView {
@@ -37,7 +39,10 @@ impl RequestView for PlainRequest {
         &self.method
     }
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     fn query(&self) -> Option<&str> {
         self.query.as_deref()

@@ -47,7 +47,11 @@ impl PathRewrite {
             PathRewrite::Full(p) => p.clone(),
             PathRewrite::Prefix(replacement) => {
                 let prefix = matched_prefix.unwrap_or("/");
-                let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+                let rest = if prefix == "/" {
+                    path
+                } else {
+                    path.get(prefix.len()..).unwrap_or("")
+                };
                 let head = replacement.trim_end_matches('/');
                 let joined = if rest.is_empty() || rest.starts_with('/') {
                     format!("{head}{rest}")
@@ -169,7 +173,10 @@ impl Rule {
         self.filters.as_ref()?.rewrite.as_ref()
     }
     pub fn mirrors(&self) -> &[BackendTarget] {
-        self.filters.as_ref().map(|f| f.mirrors.as_slice()).unwrap_or(&[])
+        self.filters
+            .as_ref()
+            .map(|f| f.mirrors.as_slice())
+            .unwrap_or(&[])
     }
 
     /// A weighted pick among backends; `roll` is uniform in `0..total_weight`.
@@ -198,19 +205,55 @@ mod tests {
         assert_eq!(rw.apply("/prefix/one/two", Some("/prefix/one")), "/one/two");
         assert_eq!(rw.apply("/prefix/one", Some("/prefix/one")), "/one");
         let root = PathRewrite::Prefix("/".into());
-        assert_eq!(root.apply("/strip-prefix/three", Some("/strip-prefix")), "/three");
+        assert_eq!(
+            root.apply("/strip-prefix/three", Some("/strip-prefix")),
+            "/three"
+        );
         assert_eq!(root.apply("/strip-prefix", Some("/strip-prefix")), "/");
-        assert_eq!(PathRewrite::Full("/x".into()).apply("/a/b", Some("/a")), "/x");
+        assert_eq!(
+            PathRewrite::Full("/x".into()).apply("/a/b", Some("/a")),
+            "/x"
+        );
     }
 
     #[test]
     fn redirect_location_fills_in_from_the_request() {
-        let r = Redirect { scheme: Some("https".into()), hostname: None, port: None, path: None, status: 302 };
-        assert_eq!(r.location("http", "example.org", Some(8080), "/a", Some("q=1"), None), "https://example.org/a?q=1");
-        let r = Redirect { scheme: None, hostname: Some("x.org".into()), port: Some(8443), path: None, status: 301 };
-        assert_eq!(r.location("http", "example.org", None, "/a", None, None), "http://x.org:8443/a");
-        let r = Redirect { scheme: None, hostname: None, port: None, path: None, status: 302 };
-        assert_eq!(r.location("http", "example.org", Some(8080), "/", None, None), "http://example.org:8080/");
-        assert_eq!(r.location("http", "example.org", Some(80), "/", None, None), "http://example.org/");
+        let r = Redirect {
+            scheme: Some("https".into()),
+            hostname: None,
+            port: None,
+            path: None,
+            status: 302,
+        };
+        assert_eq!(
+            r.location("http", "example.org", Some(8080), "/a", Some("q=1"), None),
+            "https://example.org/a?q=1"
+        );
+        let r = Redirect {
+            scheme: None,
+            hostname: Some("x.org".into()),
+            port: Some(8443),
+            path: None,
+            status: 301,
+        };
+        assert_eq!(
+            r.location("http", "example.org", None, "/a", None, None),
+            "http://x.org:8443/a"
+        );
+        let r = Redirect {
+            scheme: None,
+            hostname: None,
+            port: None,
+            path: None,
+            status: 302,
+        };
+        assert_eq!(
+            r.location("http", "example.org", Some(8080), "/", None, None),
+            "http://example.org:8080/"
+        );
+        assert_eq!(
+            r.location("http", "example.org", Some(80), "/", None, None),
+            "http://example.org/"
+        );
     }
 }

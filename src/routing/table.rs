@@ -1,10 +1,10 @@
 use super::conditions::{MatchConditions, PathCondition};
 use super::rule::Rule;
 use super::RequestView;
+use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 /// Tie-breaks after path, per Gateway API: oldest object, then namespace/name, then order.
@@ -68,8 +68,14 @@ impl Ranked {
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
             })
-            .then_with(|| (&ao.namespace, &ao.name, ao.rule_index, ao.match_index)
-                .cmp(&(&bo.namespace, &bo.name, bo.rule_index, bo.match_index)))
+            .then_with(|| {
+                (&ao.namespace, &ao.name, ao.rule_index, ao.match_index).cmp(&(
+                    &bo.namespace,
+                    &bo.name,
+                    bo.rule_index,
+                    bo.match_index,
+                ))
+            })
     }
 }
 
@@ -97,17 +103,21 @@ fn first_match<'a>(
     path: &str,
     req: &impl RequestView,
 ) -> Option<RouteMatch<'a>> {
-    list.iter().find(|c| c.conditions.matches(path, req)).map(|c| RouteMatch {
-        rule: &c.rule,
-        matched_prefix: c.prefix.as_deref(),
-    })
+    list.iter()
+        .find(|c| c.conditions.matches(path, req))
+        .map(|c| RouteMatch {
+            rule: &c.rule,
+            matched_prefix: c.prefix.as_deref(),
+        })
 }
 
 impl HostBucket {
     fn find<'a>(&'a self, path: &str, req: &impl RequestView) -> Option<RouteMatch<'a>> {
         if let Ok(m) = self.paths.at(path) {
             let node = m.value;
-            if let Some(hit) = first_match(&node.exact, path, req).or_else(|| first_match(&node.prefix, path, req)) {
+            if let Some(hit) =
+                first_match(&node.exact, path, req).or_else(|| first_match(&node.prefix, path, req))
+            {
                 return Some(hit);
             }
         }
@@ -168,14 +178,31 @@ impl RouteEntry {
             hostnames: self.hostnames.to_vec(),
             path: self.path.describe(),
             method: self.conditions.method.clone(),
-            headers: self.conditions.headers.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
-            query: self.conditions.query.iter().map(|h| format!("{}{}", h.name, h.value.describe())).collect(),
+            headers: self
+                .conditions
+                .headers
+                .iter()
+                .map(|h| format!("{}{}", h.name, h.value.describe()))
+                .collect(),
+            query: self
+                .conditions
+                .query
+                .iter()
+                .map(|h| format!("{}{}", h.name, h.value.describe()))
+                .collect(),
             backends: rule
                 .backends
                 .iter()
                 .map(|b| {
-                    let port = b.target.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
-                    format!("{}/{}:{}*{}", b.target.namespace, b.target.service, port, b.weight)
+                    let port = b
+                        .target
+                        .port
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "*".into());
+                    format!(
+                        "{}/{}:{}*{}",
+                        b.target.namespace, b.target.service, port, b.weight
+                    )
                 })
                 .collect(),
             redirect: rule.redirect().is_some(),
@@ -194,7 +221,9 @@ pub struct RouteTable {
 
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteTable").field("routes", &self.len).finish()
+        f.debug_struct("RouteTable")
+            .field("routes", &self.len)
+            .finish()
     }
 }
 
@@ -204,7 +233,12 @@ impl RouteTable {
     }
 
     /// Finds the rule for a request. `path` excludes the query string.
-    pub fn find<'a>(&'a self, host: &str, path: &str, req: &impl RequestView) -> Option<RouteMatch<'a>> {
+    pub fn find<'a>(
+        &'a self,
+        host: &str,
+        path: &str,
+        req: &impl RequestView,
+    ) -> Option<RouteMatch<'a>> {
         let host = normalize_host(host);
         let path = if path.is_empty() { "/" } else { path };
         if let Some(b) = self.exact_hosts.get(host.as_ref()) {
@@ -243,8 +277,18 @@ struct BucketBuild {
 impl BucketBuild {
     fn place(&mut self, path: &PathCondition, key: &Arc<str>, ranked: &Ranked) {
         match path {
-            PathCondition::Exact(_) => self.nodes.entry(key.clone()).or_default().exact.push(ranked.clone()),
-            PathCondition::Prefix(_) => self.nodes.entry(key.clone()).or_default().prefix.push(ranked.clone()),
+            PathCondition::Exact(_) => self
+                .nodes
+                .entry(key.clone())
+                .or_default()
+                .exact
+                .push(ranked.clone()),
+            PathCondition::Prefix(_) => self
+                .nodes
+                .entry(key.clone())
+                .or_default()
+                .prefix
+                .push(ranked.clone()),
             PathCondition::Regex(p) => self.regex.push((p.len(), ranked.clone())),
         }
     }
@@ -257,14 +301,20 @@ impl BucketBuild {
         let mut paths = matchit::Router::new();
         for (path, node) in self.nodes {
             let escaped = path.replace('{', "{{").replace('}', "}}");
-            let node = PathNode { exact: sorted(node.exact), prefix: sorted(node.prefix) };
+            let node = PathNode {
+                exact: sorted(node.exact),
+                prefix: sorted(node.prefix),
+            };
             if let Err(e) = paths.insert(escaped, node) {
                 tracing::error!(path = &*path, error = %e, "path index rejected a path");
             }
         }
         let mut regex = self.regex;
         regex.sort_by(|(la, a), (lb, b)| lb.cmp(la).then_with(|| a.cmp_rank(b)));
-        HostBucket { paths, regex: regex.into_iter().map(|(_, r)| r.candidate).collect() }
+        HostBucket {
+            paths,
+            regex: regex.into_iter().map(|(_, r)| r.candidate).collect(),
+        }
     }
 }
 
@@ -278,17 +328,40 @@ pub struct RouteTableBuilder {
 
 impl RouteTableBuilder {
     pub fn add(&mut self, entry: RouteEntry) {
-        let RouteEntry { hostnames, path, conditions, rule, order } = entry;
-        let rank = Arc::new((conditions.method.is_some(), conditions.headers.len(), conditions.query.len(), order));
+        let RouteEntry {
+            hostnames,
+            path,
+            conditions,
+            rule,
+            order,
+        } = entry;
+        let rank = Arc::new((
+            conditions.method.is_some(),
+            conditions.headers.len(),
+            conditions.query.len(),
+            order,
+        ));
         let prefix: Option<Arc<str>> = match &path {
             PathCondition::Prefix(p) => Some(Arc::from(p.as_str())),
             _ => None,
         };
         let key: Arc<str> = match &path {
-            PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => Arc::from(p.as_str()),
+            PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => {
+                Arc::from(p.as_str())
+            }
         };
-        let ranked = Ranked { rank, candidate: Candidate { conditions, rule, prefix } };
-        self.groups.entry(hostnames).or_default().push((path, key, ranked));
+        let ranked = Ranked {
+            rank,
+            candidate: Candidate {
+                conditions,
+                rule,
+                prefix,
+            },
+        };
+        self.groups
+            .entry(hostnames)
+            .or_default()
+            .push((path, key, ranked));
         self.len += 1;
     }
 
@@ -296,7 +369,8 @@ impl RouteTableBuilder {
         // hostname -> the groups serving it; hostnames served by the same groups share a bucket.
         let mut any = BucketBuild::default();
         let mut by_host: HashMap<&str, Vec<usize>> = HashMap::new();
-        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Arc<str>, Ranked)>)> = self.groups.iter().collect();
+        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Arc<str>, Ranked)>)> =
+            self.groups.iter().collect();
         for (gi, (hostnames, entries)) in groups.iter().enumerate() {
             if hostnames.is_empty() {
                 for (path, key, r) in entries.iter() {
@@ -329,6 +403,11 @@ impl RouteTableBuilder {
                 None => exact_hosts.insert(Box::from(host), bucket),
             };
         }
-        RouteTable { exact_hosts, wildcard_hosts, any_host: any.finish(), len: self.len }
+        RouteTable {
+            exact_hosts,
+            wildcard_hosts,
+            any_host: any.finish(),
+            len: self.len,
+        }
     }
 }

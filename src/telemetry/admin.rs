@@ -20,20 +20,36 @@ impl AdminApp {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
             "/readyz" if plan.revision > 0 => (200, "text/plain", b"ready\n".to_vec()),
-            "/readyz" => (503, "text/plain", b"not ready: no plan compiled yet\n".to_vec()),
+            "/readyz" => (
+                503,
+                "text/plain",
+                b"not ready: no plan compiled yet\n".to_vec(),
+            ),
             "/routes" => {
                 let body = json!({
                     "revision": plan.revision,
                     "content_hash": plan.content_hash,
                     "routes": plan.route_summaries(),
                 });
-                (200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+                (
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
             }
             "/diagnostics" => {
                 let body = json!({ "revision": plan.revision, "diagnostics": plan.diagnostics });
-                (200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+                (
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
             }
-            _ => (404, "text/plain", b"not found; try /metrics /healthz /readyz /routes /diagnostics\n".to_vec()),
+            _ => (
+                404,
+                "text/plain",
+                b"not found; try /metrics /healthz /readyz /routes /diagnostics\n".to_vec(),
+            ),
         }
     }
 }

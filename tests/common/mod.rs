@@ -11,11 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_fngate")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_fngate"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `echo` example, a real HTTP function process.
@@ -32,15 +39,31 @@ impl Echo {
 
     pub fn start_on(service: &str, namespace: &str, listen: &str) -> Echo {
         let bin = target_dir().join("examples").join("echo");
-        assert!(bin.exists(), "{} is missing: `cargo test` builds examples; run it through cargo", bin.display());
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo test` builds examples; run it through cargo",
+            bin.display()
+        );
         let mut child = Command::new(bin)
-            .args(["--listen", listen, "--service", service, "--namespace", namespace, "--log"])
+            .args([
+                "--listen",
+                listen,
+                "--service",
+                service,
+                "--namespace",
+                namespace,
+                "--log",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("start echo");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("echo printed nothing").unwrap();
-        let addr = first.strip_prefix("listening on ").expect("echo's first line").parse().unwrap();
+        let addr = first
+            .strip_prefix("listening on ")
+            .expect("echo's first line")
+            .parse()
+            .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
@@ -69,7 +92,10 @@ pub fn endpoint_slice(namespace: &str, service: &str, addrs: &[SocketAddr], read
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-slice\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nendpoints:\n"
     );
     for a in addrs {
-        s.push_str(&format!("  - addresses: [\"{}\"]\n    conditions:\n      ready: {ready}\n", a.ip()));
+        s.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    conditions:\n      ready: {ready}\n",
+            a.ip()
+        ));
     }
     let port = addrs.first().map(|a| a.port()).unwrap_or(8080);
     s.push_str(&format!("ports:\n  - name: http\n    port: {port}\n"));
@@ -126,11 +152,27 @@ impl Fngate {
         let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
             .args(["run", "--config"])
             .arg(&settings)
-            .env("RUST_LOG", std::env::var("FNGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FNGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()
             .expect("start fngate");
-        let gate = Fngate { child, http, admin, dir: catalog.to_path_buf(), _settings_dir: settings_dir };
-        gate.wait_until(|| admin_get(admin, "/readyz").map(|r| r.status == 200).unwrap_or(false), "fngate ready");
+        let gate = Fngate {
+            child,
+            http,
+            admin,
+            dir: catalog.to_path_buf(),
+            _settings_dir: settings_dir,
+        };
+        gate.wait_until(
+            || {
+                admin_get(admin, "/readyz")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            },
+            "fngate ready",
+        );
         gate
     }
 
@@ -187,21 +229,28 @@ impl Drop for Fngate {
 /// Whether process `pid` holds the listening socket of 127.0.0.1:`port` (Linux /proc).
 /// Checked without sending a request, so no test metric is disturbed.
 fn listens_on(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
     let local = format!("0100007F:{port:04X}");
     let inodes: Vec<String> = table
         .lines()
         .skip(1)
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A")).then(|| cols.get(9).map(|s| s.to_string()))?
+            (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+                .then(|| cols.get(9).map(|s| s.to_string()))?
         })
         .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
-        let t = target.to_string_lossy();
-        inodes.iter().any(|i| t == format!("socket:[{i}]"))
-    })
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
 }
 
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
@@ -218,24 +267,48 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     /// From the echo function's JSON: the values the backend saw for a header, joined by `,`.
     pub fn seen_header(&self, name: &str) -> Option<String> {
         let v = self.json();
         let arr = v["headers"][name.to_ascii_lowercase()].as_array()?.clone();
-        Some(arr.iter().map(|x| x.as_str().unwrap_or("").to_owned()).collect::<Vec<_>>().join(","))
+        Some(
+            arr.iter()
+                .map(|x| x.as_str().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
@@ -281,7 +354,8 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Res
         loop {
             let mut size = String::new();
             reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).map_err(std::io::Error::other)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(std::io::Error::other)?;
             let mut chunk = vec![0; n + 2];
             reader.read_exact(&mut chunk)?;
             if n == 0 {
@@ -295,7 +369,11 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Res
     } else {
         reader.read_to_end(&mut body)?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Writes `name` in the catalog atomically (write + rename), as editors and ConfigMaps do.
@@ -329,7 +407,9 @@ impl KeepAliveClient {
         let s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_nodelay(true)?;
-        Ok(KeepAliveClient { reader: BufReader::new(s) })
+        Ok(KeepAliveClient {
+            reader: BufReader::new(s),
+        })
     }
 
     pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<Response> {
