@@ -108,7 +108,7 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
     diagnostics.dedup();
     Plan {
         revision: 0,
-        content_hash: content_hash(snapshot),
+        content_hash: snapshot.content_hash(),
         routes: builder.build(),
         endpoints,
         functions,
@@ -119,18 +119,14 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
 impl Snapshot {
     /// Hash of every object's identity and version (hex); equal means same content.
     pub fn content_hash(&self) -> String {
-        content_hash(self)
+        let mut h = Sha256::new();
+        for (key, entry) in &self.objects {
+            h.update(key.to_string().as_bytes());
+            h.update(entry.version.to_be_bytes());
+        }
+        let d = h.finalize();
+        d[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
-}
-
-fn content_hash(snapshot: &Snapshot) -> String {
-    let mut h = Sha256::new();
-    for (key, entry) in &snapshot.objects {
-        h.update(key.to_string().as_bytes());
-        h.update(entry.version.to_be_bytes());
-    }
-    let d = h.finalize();
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads objects from text, as `fngate check` and the file catalog do.

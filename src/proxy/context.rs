@@ -1,4 +1,4 @@
-use crate::plan::Plan;
+use crate::plan::{Plan, ServiceEndpoints};
 use crate::routing::Rule;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,8 @@ pub struct RequestCtx {
     pub matched_prefix: Option<Arc<str>>,
     /// Index into `rule.backends` of the chosen backend.
     pub backend: usize,
+    /// Its Service's endpoints, looked up once when the backend is chosen.
+    pub endpoints: Option<Arc<ServiceEndpoints>>,
     /// Connection attempts that failed so far.
     pub failed_attempts: usize,
     pub body_bytes: u64,
@@ -28,6 +30,7 @@ impl RequestCtx {
             rule: None,
             matched_prefix: None,
             backend: 0,
+            endpoints: None,
             failed_attempts: 0,
             body_bytes: 0,
             tls: false,

@@ -154,20 +154,13 @@ impl FunctionProxy {
         } else {
             rand::random_range(0..total)
         };
-        let Some(index) = rule
-            .backends
-            .iter()
-            .scan(0u32, |acc, b| {
-                *acc += b.weight;
-                Some(*acc)
-            })
-            .position(|acc| roll < acc)
-        else {
+        let Some(index) = rule.pick_backend_index(roll) else {
             return respond(session, 500, &[], "no backend\n").await;
         };
         ctx.backend = index;
         let target = &rule.backends[index].target;
-        match plan.endpoints.for_target(target) {
+        ctx.endpoints = plan.endpoints.for_target(target).cloned();
+        match &ctx.endpoints {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
             Some(eps) if eps.ready.is_empty() => {
                 respond(
@@ -266,9 +259,8 @@ impl ProxyHttp for FunctionProxy {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no rule"))?;
         let target = &rule.backends[ctx.backend].target;
         let addr = ctx
-            .plan
             .endpoints
-            .for_target(target)
+            .as_ref()
             .and_then(|e| e.pick(ctx.failed_attempts, target.port))
             .ok_or_else(|| {
                 Error::explain(ErrorType::HTTPStatus(503), "function has no ready endpoint")
@@ -297,12 +289,11 @@ impl ProxyHttp for FunctionProxy {
             .with_label_values(&[ns, function])
             .inc();
         ctx.failed_attempts += 1;
-        let endpoints = ctx.rule.as_ref().and_then(|r| {
-            ctx.plan
-                .endpoints
-                .for_target(&r.backends[ctx.backend].target)
-        });
-        if endpoints.is_some_and(|eps| ctx.failed_attempts < eps.ready.len()) {
+        if ctx
+            .endpoints
+            .as_ref()
+            .is_some_and(|eps| ctx.failed_attempts < eps.ready.len())
+        {
             e.set_retry(true);
         }
         e

@@ -179,16 +179,17 @@ impl Rule {
             .unwrap_or(&[])
     }
 
-    /// A weighted pick among backends; `roll` is uniform in `0..total_weight`.
-    pub fn pick_backend(&self, roll: u32) -> Option<&BackendTarget> {
+    /// Index of the weighted pick among backends; `roll` is uniform in `0..total_weight`.
+    pub fn pick_backend_index(&self, roll: u32) -> Option<usize> {
         let mut acc = 0u32;
-        for b in self.backends.iter() {
+        self.backends.iter().position(|b| {
             acc += b.weight;
-            if roll < acc {
-                return Some(&b.target);
-            }
-        }
-        None
+            roll < acc
+        })
+    }
+    pub fn pick_backend(&self, roll: u32) -> Option<&BackendTarget> {
+        self.pick_backend_index(roll)
+            .map(|i| &self.backends[i].target)
     }
     pub fn total_weight(&self) -> u32 {
         self.backends.iter().map(|b| b.weight).sum()

@@ -341,15 +341,12 @@ impl RouteTableBuilder {
             conditions.query.len(),
             order,
         ));
-        let prefix: Option<Arc<str>> = match &path {
-            PathCondition::Prefix(p) => Some(Arc::from(p.as_str())),
-            _ => None,
-        };
         let key: Arc<str> = match &path {
             PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => {
                 Arc::from(p.as_str())
             }
         };
+        let prefix = matches!(path, PathCondition::Prefix(_)).then(|| key.clone());
         let ranked = Ranked {
             rank,
             candidate: Candidate {
