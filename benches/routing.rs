@@ -10,7 +10,8 @@ use criterion::{black_box, Criterion};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use fngate::compile::{compile, snapshot_from_texts, CompileSettings};
+use fngate::catalog::snapshot_from_texts;
+use fngate::compile::{compile, CompileSettings};
 use fngate::routing::PlainRequest;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,8 @@
 //! conversion, diagnostics, last-good behaviour. No processes, no sockets.
 
 use fngate::api::Severity;
-use fngate::compile::{compile, snapshot_from_texts, CompileSettings};
+use fngate::catalog::snapshot_from_texts;
+use fngate::compile::{compile, CompileSettings};
 use fngate::plan::Plan;
 use fngate::routing::{PathRewrite, PlainRequest};
 

@@ -1,7 +1,8 @@
 //! Every manifest in ../shared/samples/openfunction: the well-formed ones load and compile,
 //! the five broken upstream ones are reported naming file, object and field.
 
-use fngate::compile::{compile, snapshot_from_texts, CompileSettings};
+use fngate::catalog::snapshot_from_texts;
+use fngate::compile::{compile, CompileSettings};
 use std::path::Path;
 
 const BROKEN: [(&str, &str); 5] = [

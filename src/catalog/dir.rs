@@ -74,8 +74,14 @@ impl DirCatalog {
         if dir_problem.is_none() {
             self.files.retain(|p, _| seen.contains(p));
         }
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = self.snapshot();
         snapshot.diagnostics.extend(dir_problem);
+        snapshot
+    }
+
+    /// Everything the files hold; an object defined in two files: the first path wins.
+    fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
         let mut paths: Vec<&PathBuf> = self.files.keys().collect();
         paths.sort();
         for path in paths {
@@ -129,6 +135,18 @@ fn signals_complete_change(kind: &notify::EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// A snapshot of named texts read the way the directory catalog reads files, for
+/// `fngate check`, tests and benchmarks.
+pub fn snapshot_from_texts<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Snapshot {
+    let mut catalog = DirCatalog::new("");
+    for (name, text) in files {
+        let path = PathBuf::from(name);
+        let state = catalog.files.entry(path.clone()).or_default();
+        reparse(state, &path, text.as_bytes());
+    }
+    catalog.snapshot()
 }
 
 pub struct DirWatch {

@@ -3,4 +3,4 @@
 
 mod dir;
 
-pub use dir::{DirCatalog, DirWatch};
+pub use dir::{snapshot_from_texts, DirCatalog, DirWatch};
