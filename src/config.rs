@@ -31,6 +31,15 @@ struct RawSettings {
     limits: RawLimits,
     timeouts: RawTimeouts,
     threads: Option<usize>,
+    events: RawEvents,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawEvents {
+    retry_initial: Option<String>,
+    retry_max: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -86,9 +95,18 @@ pub struct Settings {
     pub upstream_read_timeout: Option<Duration>,
     pub reload_debounce: Duration,
     pub threads: usize,
+    /// Event delivery defaults: backoff between attempts, attempts before dead-lettering.
+    pub events: crate::compile::EventDefaults,
 }
 
 impl Settings {
+    pub fn compile_settings(&self) -> crate::compile::CompileSettings {
+        crate::compile::CompileSettings {
+            gateway: self.gateway.clone(),
+            events: self.events.clone(),
+        }
+    }
+
     /// Defaults as if read from an empty file in `base`.
     pub fn defaults_in(base: &Path) -> Settings {
         Settings::resolve(RawSettings::default(), base, "<defaults>").expect("defaults are valid")
@@ -169,7 +187,20 @@ impl Settings {
                 format!("{gateway:?} must be namespace/name"),
             ));
         }
+        let event_defaults = crate::compile::EventDefaults::default();
+        let events = crate::compile::EventDefaults {
+            retry_initial: dur("events.retry_initial", &raw.events.retry_initial, "100ms")?
+                .unwrap_or(event_defaults.retry_initial),
+            retry_max: dur("events.retry_max", &raw.events.retry_max, "10s")?
+                .unwrap_or(event_defaults.retry_max),
+            max_attempts: match raw.events.max_attempts {
+                Some(0) => return Err(invalid("events.max_attempts", "must be at least 1".into())),
+                Some(n) => n,
+                None => event_defaults.max_attempts,
+            },
+        };
         Ok(Settings {
+            events,
             listen_http: addr(
                 "listen.http",
                 raw.listen.http.as_deref(),

@@ -86,13 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = load_settings(&config)?;
             let mut catalog = fngate::catalog::DirCatalog::new(settings.catalog_dir.clone());
             let snapshot = catalog.scan();
-            let plan = compile(
-                &snapshot,
-                &CompileSettings {
-                    gateway: settings.gateway,
-                },
-                None,
-            );
+            let plan = compile(&snapshot, &settings.compile_settings(), None);
             print_diagnostics(&plan.diagnostics);
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan.route_summaries())?);
@@ -151,7 +145,14 @@ fn check(paths: &[PathBuf], gateway: String) -> anyhow::Result<ExitCode> {
         texts.push((f.display().to_string(), text));
     }
     let snapshot = snapshot_from_texts(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())));
-    let plan = compile(&snapshot, &CompileSettings { gateway }, None);
+    let plan = compile(
+        &snapshot,
+        &CompileSettings {
+            gateway,
+            ..CompileSettings::default()
+        },
+        None,
+    );
     print_diagnostics(&plan.diagnostics);
     let errors = plan.error_count();
     println!(

@@ -2,7 +2,6 @@
 //! as pingora services.
 
 use crate::catalog::DirCatalog;
-use crate::compile::CompileSettings;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
 use crate::publish::PlanPublisher;
@@ -42,12 +41,7 @@ impl BackgroundService for CatalogFollower {
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let publisher = PlanPublisher::new(
-        CompileSettings {
-            gateway: settings.gateway.clone(),
-        },
-        metrics.clone(),
-    );
+    let publisher = PlanPublisher::new(settings.compile_settings(), metrics.clone());
     let plan = publisher.plan();
 
     let conf = ServerConf {

@@ -2,7 +2,7 @@
 //! OpenFunction v1.1.0's conversion webhook does (runtime knative -> HTTP trigger,
 //! runtime async + inputs -> Dapr triggers).
 
-use super::{ObjectMeta, RouteSpec};
+use super::{ComponentSpec, ObjectMeta, RouteSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -41,9 +41,9 @@ pub struct ServingSpec {
     #[serde(default)]
     pub scale_options: Option<Yaml>,
     #[serde(default)]
-    pub bindings: Option<BTreeMap<String, DaprComponentSpec>>,
+    pub bindings: Option<BTreeMap<String, ComponentSpec>>,
     #[serde(default)]
-    pub pubsub: Option<BTreeMap<String, DaprComponentSpec>>,
+    pub pubsub: Option<BTreeMap<String, ComponentSpec>>,
     #[serde(default)]
     pub states: Option<BTreeMap<String, Yaml>>,
     #[serde(default)]
@@ -111,17 +111,6 @@ pub struct DaprIo {
     pub operation: Option<String>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DaprComponentSpec {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub metadata: Vec<Yaml>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -198,9 +187,9 @@ pub(crate) struct ServingV1beta1 {
     #[serde(default)]
     pub outputs: Option<Vec<IoV1beta1>>,
     #[serde(default)]
-    pub bindings: Option<BTreeMap<String, DaprComponentSpec>>,
+    pub bindings: Option<BTreeMap<String, ComponentSpec>>,
     #[serde(default)]
-    pub pubsub: Option<BTreeMap<String, DaprComponentSpec>>,
+    pub pubsub: Option<BTreeMap<String, ComponentSpec>>,
     #[serde(default)]
     pub states: Option<BTreeMap<String, Yaml>>,
     /// KEDA triggers in v1beta1 (a list): read so the object loads; not fngate's concern.

@@ -37,6 +37,8 @@ pub enum ObjectKind {
     Function,
     Gateway,
     EndpointSlice,
+    Component,
+    Secret,
 }
 
 impl fmt::Display for ObjectKind {
@@ -45,6 +47,8 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Function => "Function",
             ObjectKind::Gateway => "Gateway",
             ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Component => "Component",
+            ObjectKind::Secret => "Secret",
         })
     }
 }

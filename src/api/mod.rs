@@ -1,8 +1,9 @@
 //! The object kinds fngate reads, exactly as they appear in Kubernetes: OpenFunction
-//! `Function` (v1beta2, with v1beta1 converted), OpenFunction `Gateway` and
-//! `discovery.k8s.io/v1` `EndpointSlice`. Parsing here is structural only; defaults and
+//! `Function` (v1beta2, with v1beta1 converted), OpenFunction `Gateway`,
+//! `discovery.k8s.io/v1` `EndpointSlice`, Dapr `Component` and `v1` `Secret`. Parsing here is structural only; defaults and
 //! validation belong to `compile`.
 
+mod component;
 mod diagnostic;
 mod duration;
 mod endpointslice;
@@ -12,12 +13,13 @@ mod httproute;
 mod meta;
 mod parse;
 
+pub use component::{Component, ComponentSpec, MetadataItem, Secret, SecretKeyRef};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use function::{
-    DaprComponentSpec, DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec, FunctionStatus,
-    HttpTrigger, ServingSpec, ServingStatus, TriggerInput, Triggers,
+    DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec, FunctionStatus, HttpTrigger,
+    ServingSpec, ServingStatus, TriggerInput, Triggers,
 };
 pub use gateway::{Gateway, GatewayListener, GatewayListeners, GatewaySpec};
 pub use httproute::{

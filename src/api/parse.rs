@@ -1,7 +1,9 @@
 //! YAML text -> typed objects. One file may hold many documents and kinds we ignore.
 
 use super::function::FunctionV1beta1;
-use super::{Diagnostic, EndpointSlice, Function, Gateway, ObjectKey, ObjectKind};
+use super::{
+    Component, Diagnostic, EndpointSlice, Function, Gateway, ObjectKey, ObjectKind, Secret,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -12,6 +14,8 @@ pub enum ParsedObject {
     Function(Arc<Function>),
     Gateway(Arc<Gateway>),
     EndpointSlice(Arc<EndpointSlice>),
+    Component(Arc<Component>),
+    Secret(Arc<Secret>),
 }
 
 impl ParsedObject {
@@ -20,6 +24,8 @@ impl ParsedObject {
             ParsedObject::Function(f) => (ObjectKind::Function, &f.metadata),
             ParsedObject::Gateway(g) => (ObjectKind::Gateway, &g.metadata),
             ParsedObject::EndpointSlice(s) => (ObjectKind::EndpointSlice, &s.metadata),
+            ParsedObject::Component(c) => (ObjectKind::Component, &c.metadata),
+            ParsedObject::Secret(s) => (ObjectKind::Secret, &s.metadata),
         };
         ObjectKey::new(kind, meta.namespace_or_default(), &meta.name)
     }
@@ -43,6 +49,8 @@ impl ParsedObject {
             ParsedObject::Function(f) => serde_json::to_writer(&mut w, &**f),
             ParsedObject::Gateway(g) => serde_json::to_writer(&mut w, &**g),
             ParsedObject::EndpointSlice(s) => serde_json::to_writer(&mut w, &**s),
+            ParsedObject::Component(c) => serde_json::to_writer(&mut w, &**c),
+            ParsedObject::Secret(s) => serde_json::to_writer(&mut w, &**s),
         };
         let digest = w.0.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
@@ -122,6 +130,8 @@ fn parse_value(
         ("core.openfunction.io", "Function") => ObjectKind::Function,
         ("networking.openfunction.io", "Gateway") => ObjectKind::Gateway,
         ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
+        ("dapr.io", "Component") => ObjectKind::Component,
+        ("", "Secret") if api_version == "v1" => ObjectKind::Secret,
         _ => {
             tracing::debug!(
                 file,
@@ -168,6 +178,10 @@ fn parse_value(
         ObjectKind::EndpointSlice => {
             typed::<EndpointSlice>(value).map(|s| ParsedObject::EndpointSlice(Arc::new(s)))
         }
+        ObjectKind::Component => {
+            typed::<Component>(value).map(|c| ParsedObject::Component(Arc::new(c)))
+        }
+        ObjectKind::Secret => typed::<Secret>(value).map(|s| ParsedObject::Secret(Arc::new(s))),
     };
     let result = typed.map_err(|(field, message)| {
         Diagnostic::error(message)

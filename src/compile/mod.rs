@@ -7,8 +7,10 @@ mod field;
 mod filters;
 mod gateway;
 mod route;
+mod triggers;
 
 pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};
+pub use triggers::{EventDefaults, CONCURRENCY_ANNOTATION, MAX_ATTEMPTS_ANNOTATION};
 
 use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};
 use crate::plan::{CompiledFunction, Plan};
@@ -36,12 +38,14 @@ pub struct Snapshot {
 pub struct CompileSettings {
     /// `namespace/name` of the Gateway used when a Function names none.
     pub gateway: String,
+    pub events: EventDefaults,
 }
 
 impl Default for CompileSettings {
     fn default() -> Self {
         CompileSettings {
             gateway: "openfunction/openfunction".into(),
+            events: EventDefaults::default(),
         }
     }
 }
@@ -52,6 +56,12 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
     let mut diagnostics = snapshot.diagnostics.clone();
     let gateways = gateway::GatewayIndex::new(snapshot, settings);
     let endpoints = endpoints::build(snapshot, &mut diagnostics);
+    let triggers = triggers::build(
+        snapshot,
+        settings,
+        previous.map(|p| &p.triggers),
+        &mut diagnostics,
+    );
     let mut builder = RouteTable::builder();
     let mut functions = BTreeMap::new();
 
@@ -112,6 +122,7 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
         routes: builder.build(),
         endpoints,
         functions,
+        triggers,
         diagnostics,
     }
 }

@@ -1,5 +1,13 @@
 //! The immutable result of a compile, swapped atomically into the data plane.
 
+mod triggers;
+
+pub use triggers::{
+    AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
+    KafkaAuth, KafkaSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
+    TriggerSpec,
+};
+
 use crate::api::{Diagnostic, ObjectKey};
 use crate::routing::{BackendTarget, RouteEntry, RouteTable};
 use serde::Serialize;
@@ -19,6 +27,8 @@ pub struct Plan {
     /// The route entries each Function contributed, kept so a later compile can keep
     /// serving the last good version of a Function that became invalid.
     pub functions: BTreeMap<ObjectKey, CompiledFunction>,
+    /// Event triggers of Dapr-triggered Functions.
+    pub triggers: TriggerSet,
     pub diagnostics: Vec<Diagnostic>,
 }
 

@@ -1,0 +1,789 @@
+//! Dapr-triggered Functions -> `TriggerSet`: the component each trigger names (inline, or a
+//! Component object in the Function's namespace), its scopes, its metadata with secrets
+//! resolved, and the delivery target. Every problem names the object and the key.
+
+use super::{CompileSettings, Snapshot};
+use crate::api::{
+    Component, ComponentSpec, Diagnostic, Function, MetadataItem, ObjectKey, ObjectKind,
+    ParsedObject, Secret,
+};
+use crate::plan::{
+    AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
+    KafkaAuth, KafkaSource, ServiceKey, SourceSpec, TriggerKey, TriggerKind, TriggerSet,
+    TriggerSpec,
+};
+use base64::Engine as _;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Function annotation: events in flight per partition/consumer (1 keeps order).
+pub const CONCURRENCY_ANNOTATION: &str = "fngate.io/concurrency";
+/// Function annotation: delivery attempts before an event goes to the dead-letter topic.
+pub const MAX_ATTEMPTS_ANNOTATION: &str = "fngate.io/max-attempts";
+const APP_PROTOCOL_ANNOTATION: &str = "dapr.io/app-protocol";
+const APP_PORT_ANNOTATION: &str = "dapr.io/app-port";
+/// Events in flight per consumer when JetStream's `concurrency: parallel` asks for more.
+const PARALLEL_CONCURRENCY: usize = 64;
+
+/// Defaults for event delivery, from fngate's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDefaults {
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for EventDefaults {
+    fn default() -> Self {
+        EventDefaults {
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Where the problems of one trigger are reported.
+struct Report<'a> {
+    diagnostics: &'a mut Vec<Diagnostic>,
+    function_label: String,
+    function_file: Option<&'a str>,
+    failed: bool,
+}
+
+impl Report<'_> {
+    fn on_function(&mut self, d: Diagnostic) {
+        self.failed |= d.is_error();
+        self.diagnostics.push(
+            d.on_object(self.function_label.clone())
+                .in_file(self.function_file),
+        );
+    }
+    fn on(&mut self, origin: &Origin, d: Diagnostic) {
+        self.failed |= d.is_error();
+        self.diagnostics.push(
+            d.on_object(origin.label.clone())
+                .in_file(origin.file.as_deref()),
+        );
+    }
+}
+
+/// The object a component came from, for diagnostics.
+struct Origin {
+    label: String,
+    file: Option<String>,
+    /// Field path of the component spec's `metadata` list inside that object.
+    metadata_field: String,
+}
+
+pub(super) fn build(
+    snapshot: &Snapshot,
+    settings: &CompileSettings,
+    previous: Option<&TriggerSet>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> TriggerSet {
+    let mut set = TriggerSet::default();
+    let start = ObjectKey::new(ObjectKind::Function, "", "");
+    for (key, entry) in snapshot.objects.range(start..) {
+        if key.kind != ObjectKind::Function {
+            break;
+        }
+        let ParsedObject::Function(function) = &entry.object else {
+            continue;
+        };
+        let Some(triggers) = function
+            .spec
+            .serving
+            .as_ref()
+            .and_then(|s| s.triggers.as_ref())
+            .and_then(|t| t.dapr.as_ref())
+        else {
+            continue;
+        };
+        let mut report = Report {
+            diagnostics: &mut *diagnostics,
+            function_label: key.to_string(),
+            function_file: entry.file.as_deref(),
+            failed: false,
+        };
+        let delivery = delivery_spec(function, &mut report);
+        let policy = delivery_policy(function, &settings.events, &mut report);
+        for (i, trigger) in triggers.iter().enumerate() {
+            report.failed = false;
+            let compiled = match (&delivery, &policy) {
+                (Some(d), Some(p)) => compile_trigger(snapshot, function, i, d, p, &mut report),
+                _ => Vec::new(),
+            };
+            if report.failed || delivery.is_none() || policy.is_none() {
+                keep_last_good(previous, key, &trigger.name, &mut set, &mut report);
+            } else {
+                for (k, spec) in compiled {
+                    set.triggers.insert(k, Arc::new(spec));
+                }
+            }
+        }
+    }
+    set
+}
+
+fn keep_last_good(
+    previous: Option<&TriggerSet>,
+    function: &ObjectKey,
+    component: &str,
+    set: &mut TriggerSet,
+    report: &mut Report<'_>,
+) {
+    let Some(previous) = previous else { return };
+    let mut kept = false;
+    for (k, spec) in &previous.triggers {
+        if k.namespace == function.namespace
+            && k.function == function.name
+            && k.component == component
+        {
+            set.triggers.insert(k.clone(), spec.clone());
+            kept = true;
+        }
+    }
+    if kept {
+        report.on_function(Diagnostic::warning(format!(
+            "trigger {component:?} rejected; still running its last good version"
+        )));
+    }
+}
+
+fn delivery_spec(function: &Function, report: &mut Report<'_>) -> Option<DeliverySpec> {
+    let annotations = function.spec.serving.as_ref().map(|s| &s.annotations);
+    let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
+    let protocol = match get(APP_PROTOCOL_ANNOTATION).unwrap_or("grpc") {
+        "grpc" => AppProtocol::Grpc,
+        "http" => AppProtocol::Http,
+        other => {
+            report.on_function(
+                Diagnostic::error(format!(
+                    "app protocol {other:?} is not supported; expected grpc or http"
+                ))
+                .at_field(format!(
+                    "spec.serving.annotations[{APP_PROTOCOL_ANNOTATION}]"
+                )),
+            );
+            return None;
+        }
+    };
+    let port = match get(APP_PORT_ANNOTATION) {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                report.on_function(
+                    Diagnostic::error(format!("app port {p:?} is not a number from 1 to 65535"))
+                        .at_field(format!("spec.serving.annotations[{APP_PORT_ANNOTATION}]")),
+                );
+                return None;
+            }
+        },
+        None => function
+            .http_trigger()
+            .and_then(|h| h.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .unwrap_or(8080),
+    };
+    Some(DeliverySpec {
+        protocol,
+        port,
+        service: ServiceKey {
+            namespace: function.metadata.namespace_or_default().to_owned(),
+            name: function.service_name().to_owned(),
+        },
+    })
+}
+
+fn delivery_policy(
+    function: &Function,
+    defaults: &EventDefaults,
+    report: &mut Report<'_>,
+) -> Option<DeliveryPolicy> {
+    let annotations = &function.metadata.annotations;
+    let number = |key: &str, report: &mut Report<'_>| -> Result<Option<u32>, ()> {
+        match annotations.get(key) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => {
+                    report.on_function(
+                        Diagnostic::error(format!("{v:?} is not a positive whole number"))
+                            .at_field(format!("metadata.annotations[{key}]")),
+                    );
+                    Err(())
+                }
+            },
+        }
+    };
+    let concurrency = number(CONCURRENCY_ANNOTATION, report).ok()?;
+    let max_attempts = number(MAX_ATTEMPTS_ANNOTATION, report).ok()?;
+    Some(DeliveryPolicy {
+        concurrency: concurrency.unwrap_or(1) as usize,
+        retry_initial: defaults.retry_initial,
+        retry_max: defaults.retry_max,
+        max_attempts: Some(max_attempts.unwrap_or(defaults.max_attempts)),
+        dead_letter_topic: None,
+    })
+}
+
+/// The component a trigger names: inline in the Function first, then a Component object.
+fn find_component<'a>(
+    snapshot: &'a Snapshot,
+    function: &'a Function,
+    name: &str,
+) -> Option<(&'a ComponentSpec, Origin, Option<&'a Component>)> {
+    let serving = function.spec.serving.as_ref()?;
+    let label = || {
+        format!(
+            "Function {}/{}",
+            function.metadata.namespace_or_default(),
+            function.metadata.name
+        )
+    };
+    for (field, map) in [("bindings", &serving.bindings), ("pubsub", &serving.pubsub)] {
+        if let Some(spec) = map.as_ref().and_then(|m| m.get(name)) {
+            let origin = Origin {
+                label: label(),
+                file: None,
+                metadata_field: format!("spec.serving.{field}.{name}.metadata"),
+            };
+            return Some((spec, origin, None));
+        }
+    }
+    let key = ObjectKey::new(
+        ObjectKind::Component,
+        function.metadata.namespace_or_default(),
+        name,
+    );
+    let entry = snapshot.objects.get(&key)?;
+    let ParsedObject::Component(component) = &entry.object else {
+        return None;
+    };
+    let origin = Origin {
+        label: key.to_string(),
+        file: entry.file.clone(),
+        metadata_field: "spec.metadata".into(),
+    };
+    Some((&component.spec, origin, Some(component)))
+}
+
+fn compile_trigger(
+    snapshot: &Snapshot,
+    function: &Function,
+    index: usize,
+    delivery: &DeliverySpec,
+    policy: &DeliveryPolicy,
+    report: &mut Report<'_>,
+) -> Vec<(TriggerKey, TriggerSpec)> {
+    let trigger = &function
+        .spec
+        .serving
+        .as_ref()
+        .expect("has triggers")
+        .triggers
+        .as_ref()
+        .expect("has triggers")
+        .dapr
+        .as_ref()
+        .expect("has dapr triggers")[index];
+    let field = format!("spec.serving.triggers.dapr[{index}]");
+    let namespace = function.metadata.namespace_or_default();
+    let app_id = format!("{}-{}", function.metadata.name, namespace);
+    let Some((spec, mut origin, object)) = find_component(snapshot, function, &trigger.name) else {
+        report.on_function(
+            Diagnostic::error(format!(
+                "no component named {:?}: neither in spec.serving.bindings/pubsub nor a Component in namespace {namespace}",
+                trigger.name
+            ))
+            .at_field(format!("{field}.name")),
+        );
+        return Vec::new();
+    };
+    if origin.file.is_none() {
+        origin.file = report.function_file.map(str::to_owned);
+    }
+    if let Some(component) = object {
+        if !component.scopes.is_empty() && !component.scopes.iter().any(|s| *s == app_id) {
+            report.on_function(
+                Diagnostic::error(format!(
+                    "component {:?} is scoped to {:?}; app-id {app_id:?} may not use it",
+                    trigger.name, component.scopes
+                ))
+                .at_field(format!("{field}.name")),
+            );
+            return Vec::new();
+        }
+    }
+    let kind_name = match trigger.kind.as_deref().filter(|k| !k.is_empty()) {
+        Some(t) if t != spec.kind => {
+            report.on_function(
+                Diagnostic::error(format!(
+                    "trigger type {t:?} differs from the component's type {:?}",
+                    spec.kind
+                ))
+                .at_field(format!("{field}.type")),
+            );
+            return Vec::new();
+        }
+        _ => spec.kind.as_str(),
+    };
+    let metadata = resolve_metadata(snapshot, namespace, &spec.metadata, &origin, report);
+    if report.failed {
+        return Vec::new();
+    }
+    let mut meta = Metadata {
+        values: metadata,
+        used: Default::default(),
+        origin: &origin,
+    };
+    let mut policy = policy.clone();
+    let topic = trigger.topic.clone().filter(|t| !t.is_empty());
+    let result = match kind_name {
+        "bindings.kafka" => kafka(&mut meta, &app_id, TriggerKind::Binding, report).map(|k| {
+            let topic = k.topics.join(",");
+            (TriggerKind::Binding, SourceSpec::Kafka(k), topic)
+        }),
+        "pubsub.kafka" | "pubsub.jetstream" => {
+            let Some(topic) = topic else {
+                report.on_function(
+                    Diagnostic::error("a pub/sub trigger needs a topic")
+                        .at_field(format!("{field}.topic")),
+                );
+                return Vec::new();
+            };
+            if kind_name == "pubsub.kafka" {
+                kafka(&mut meta, &app_id, TriggerKind::PubSub, report).map(|mut k| {
+                    k.topics = vec![topic.clone()];
+                    (TriggerKind::PubSub, SourceSpec::Kafka(k), topic)
+                })
+            } else {
+                jetstream(&mut meta, &app_id, &topic, &mut policy, report)
+                    .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
+            }
+        }
+        other => {
+            report.on(
+                &origin,
+                Diagnostic::error(format!(
+                    "component type {other:?} is not supported for triggers; fngate reads bindings.kafka, pubsub.kafka and pubsub.jetstream"
+                ))
+                .at_field(if object.is_some() { "spec.type".to_owned() } else { origin.metadata_field.replace(".metadata", ".type") }),
+            );
+            None
+        }
+    };
+    policy.dead_letter_topic = meta.take("deadLetterTopic");
+    meta.warn_unused(report);
+    let Some((kind, source, topic)) = result else {
+        return Vec::new();
+    };
+    if report.failed {
+        return Vec::new();
+    }
+    let key = TriggerKey {
+        namespace: namespace.to_owned(),
+        function: function.metadata.name.clone(),
+        component: trigger.name.clone(),
+        topic,
+    };
+    vec![(
+        key,
+        TriggerSpec {
+            app_id,
+            component: trigger.name.clone(),
+            kind,
+            source,
+            delivery: delivery.clone(),
+            policy,
+        },
+    )]
+}
+
+/// Resolved metadata of one component, tracking which keys were read.
+struct Metadata<'a> {
+    values: BTreeMap<String, (usize, String)>,
+    used: std::collections::BTreeSet<String>,
+    origin: &'a Origin,
+}
+
+impl Metadata<'_> {
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.used.insert(key.to_owned());
+        self.values
+            .get(key)
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+    fn field(&self, key: &str) -> String {
+        match self.values.get(key) {
+            Some((i, _)) => format!("{}[{i}] ({key})", self.origin.metadata_field),
+            None => format!("{} ({key})", self.origin.metadata_field),
+        }
+    }
+    fn error(&self, key: &str, message: String, report: &mut Report<'_>) {
+        report.on(
+            self.origin,
+            Diagnostic::error(message).at_field(self.field(key)),
+        );
+    }
+    fn parse<T: std::str::FromStr>(
+        &mut self,
+        key: &str,
+        what: &str,
+        report: &mut Report<'_>,
+    ) -> Option<T> {
+        let v = self.take(key)?;
+        match v.parse::<T>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(key, format!("{v:?} is not {what}"), report);
+                None
+            }
+        }
+    }
+    fn duration(&mut self, key: &str, report: &mut Report<'_>) -> Option<Duration> {
+        let v = self.take(key)?;
+        match crate::api::parse_duration(&v) {
+            Ok(d) => d,
+            Err(_) => {
+                self.error(
+                    key,
+                    format!("{v:?} is not a duration such as 30s or 500ms"),
+                    report,
+                );
+                None
+            }
+        }
+    }
+    fn warn_unused(&self, report: &mut Report<'_>) {
+        for key in self.values.keys() {
+            if !self.used.contains(key) {
+                report.on(
+                    self.origin,
+                    Diagnostic::warning("metadata key not used by fngate")
+                        .at_field(self.field(key)),
+                );
+            }
+        }
+    }
+}
+
+fn resolve_metadata(
+    snapshot: &Snapshot,
+    namespace: &str,
+    items: &[MetadataItem],
+    origin: &Origin,
+    report: &mut Report<'_>,
+) -> BTreeMap<String, (usize, String)> {
+    let mut out = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("{}[{i}]", origin.metadata_field);
+        let value = match (&item.value, &item.secret_key_ref) {
+            (_, Some(r)) => {
+                let key = r
+                    .key
+                    .as_deref()
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or(&r.name);
+                match secret_value(snapshot, namespace, &r.name, key) {
+                    Ok(v) => v,
+                    Err(message) => {
+                        report.on(
+                            origin,
+                            Diagnostic::error(message).at_field(format!("{field}.secretKeyRef")),
+                        );
+                        continue;
+                    }
+                }
+            }
+            (Some(v), None) => match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Null => String::new(),
+                _ => {
+                    report.on(
+                        origin,
+                        Diagnostic::error(format!(
+                            "value of {:?} must be a string, number or boolean",
+                            item.name
+                        ))
+                        .at_field(format!("{field}.value")),
+                    );
+                    continue;
+                }
+            },
+            (None, None) => String::new(),
+        };
+        out.insert(item.name.clone(), (i, value));
+    }
+    out
+}
+
+fn secret_value(
+    snapshot: &Snapshot,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, String> {
+    let entry = snapshot
+        .objects
+        .get(&ObjectKey::new(ObjectKind::Secret, namespace, name))
+        .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+    let ParsedObject::Secret(secret) = &entry.object else {
+        return Err(format!("Secret {namespace}/{name} not found"));
+    };
+    secret_key(secret, key)
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?
+}
+
+fn secret_key(secret: &Secret, key: &str) -> Option<Result<String, String>> {
+    if let Some(v) = secret.string_data.get(key) {
+        return Some(Ok(v.clone()));
+    }
+    let encoded = secret.data.get(key)?;
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                format!(
+                    "key {key:?} of Secret {} is not base64-encoded UTF-8",
+                    secret.metadata.name
+                )
+            }),
+    )
+}
+
+fn kafka(
+    meta: &mut Metadata<'_>,
+    app_id: &str,
+    kind: TriggerKind,
+    report: &mut Report<'_>,
+) -> Option<KafkaSource> {
+    let brokers = meta.take("brokers");
+    if brokers.is_none() {
+        meta.error(
+            "brokers",
+            "brokers is required (host:port, comma-separated)".into(),
+            report,
+        );
+    }
+    let topics: Vec<String> = match kind {
+        TriggerKind::Binding => {
+            let t: Vec<String> = meta
+                .take("topics")
+                .map(|t| {
+                    t.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if t.is_empty() {
+                meta.error(
+                    "topics",
+                    "topics is required for an input binding (comma-separated)".into(),
+                    report,
+                );
+            }
+            t
+        }
+        TriggerKind::PubSub => Vec::new(),
+    };
+    let consumer_group = match (meta.take("consumerGroup"), meta.take("consumerID"), kind) {
+        (Some(g), _, _) | (None, Some(g), _) => g,
+        (None, None, TriggerKind::PubSub) => app_id.to_owned(),
+        (None, None, TriggerKind::Binding) => {
+            meta.error(
+                "consumerGroup",
+                "consumerGroup is required for an input binding".into(),
+                report,
+            );
+            String::new()
+        }
+    };
+    let initial_offset = match meta.take("initialOffset").as_deref() {
+        None | Some("newest") => InitialOffset::Newest,
+        Some("oldest") => InitialOffset::Oldest,
+        Some(other) => {
+            meta.error(
+                "initialOffset",
+                format!("{other:?} is not newest or oldest"),
+                report,
+            );
+            InitialOffset::Newest
+        }
+    };
+    let auth_required = meta.parse::<bool>("authRequired", "true or false", report);
+    let auth_type = meta.take("authType");
+    let auth = match (auth_type.as_deref(), auth_required) {
+        (Some("none"), _) | (None, None | Some(false)) => KafkaAuth::None,
+        (Some("password"), _) | (None, Some(true)) => {
+            let mechanism = match meta.take("saslMechanism").as_deref() {
+                None | Some("PLAINTEXT") | Some("PLAIN") => "PLAIN",
+                Some("SHA-256") | Some("SCRAM-SHA-256") => "SCRAM-SHA-256",
+                Some("SHA-512") | Some("SCRAM-SHA-512") => "SCRAM-SHA-512",
+                Some(other) => {
+                    meta.error(
+                        "saslMechanism",
+                        format!("{other:?} is not PLAINTEXT, SHA-256 or SHA-512"),
+                        report,
+                    );
+                    "PLAIN"
+                }
+            };
+            let username = meta.take("saslUsername");
+            let password = meta.take("saslPassword");
+            if username.is_none() {
+                meta.error(
+                    "saslUsername",
+                    "SASL authentication needs saslUsername".into(),
+                    report,
+                );
+            }
+            if password.is_none() {
+                meta.error(
+                    "saslPassword",
+                    "SASL authentication needs saslPassword".into(),
+                    report,
+                );
+            }
+            KafkaAuth::Sasl {
+                mechanism: mechanism.into(),
+                username: username.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+            }
+        }
+        (Some(other), _) => {
+            meta.error(
+                "authType",
+                format!(
+                    "authType {other:?} is not supported by fngate; use none or password (SASL)"
+                ),
+                report,
+            );
+            KafkaAuth::None
+        }
+    };
+    let max_message_bytes = meta.parse::<u32>("maxMessageBytes", "a byte count", report);
+    let client_id = meta.take("clientID").or_else(|| meta.take("clientId"));
+    // Keys Dapr reads for output bindings or tuning that do not change consumption.
+    for k in [
+        "publishTopic",
+        "direction",
+        "version",
+        "consumeRetryInterval",
+        "consumeRetryEnabled",
+    ] {
+        meta.take(k);
+    }
+    Some(KafkaSource {
+        brokers: brokers?,
+        topics,
+        consumer_group,
+        initial_offset,
+        auth,
+        max_message_bytes,
+        client_id,
+    })
+}
+
+fn jetstream(
+    meta: &mut Metadata<'_>,
+    app_id: &str,
+    subject: &str,
+    policy: &mut DeliveryPolicy,
+    report: &mut Report<'_>,
+) -> Option<JetstreamSource> {
+    let nats_url = meta.take("natsURL");
+    if nats_url.is_none() {
+        meta.error(
+            "natsURL",
+            "natsURL is required (nats://host:port)".into(),
+            report,
+        );
+    }
+    let deliver_policy = match meta.take("deliverPolicy").as_deref() {
+        None | Some("all") => DeliverPolicy::All,
+        Some("last") => DeliverPolicy::Last,
+        Some("new") => DeliverPolicy::New,
+        Some("sequence") => match meta.parse::<u64>("startSequence", "a sequence number", report) {
+            Some(n) => DeliverPolicy::Sequence(n),
+            None => {
+                meta.error(
+                    "startSequence",
+                    "deliverPolicy sequence needs startSequence".into(),
+                    report,
+                );
+                DeliverPolicy::All
+            }
+        },
+        Some("time") => match meta.take("startTime") {
+            Some(t) => DeliverPolicy::Time(t),
+            None => {
+                meta.error(
+                    "startTime",
+                    "deliverPolicy time needs startTime (RFC 3339)".into(),
+                    report,
+                );
+                DeliverPolicy::All
+            }
+        },
+        Some(other) => {
+            meta.error(
+                "deliverPolicy",
+                format!("{other:?} is not all, last, new, sequence or time"),
+                report,
+            );
+            DeliverPolicy::All
+        }
+    };
+    meta.take("startSequence");
+    meta.take("startTime");
+    match meta.take("concurrency").as_deref() {
+        None | Some("single") => {}
+        Some("parallel") => policy.concurrency = policy.concurrency.max(PARALLEL_CONCURRENCY),
+        Some(other) => meta.error(
+            "concurrency",
+            format!("{other:?} is not single or parallel"),
+            report,
+        ),
+    }
+    let ack_wait = meta.duration("ackWait", report);
+    let max_deliver = meta.parse::<i64>("maxDeliver", "a whole number", report);
+    let queue_group = meta.take("queueGroupName");
+    // A durable consumer per subject: replicas share it, restarts resume it. A named
+    // durable or queue group is used as given (that is how Dapr users share consumers).
+    let durable_name = meta
+        .take("durableName")
+        .or(queue_group)
+        .unwrap_or_else(|| sanitize_consumer_name(&format!("{app_id}-{subject}")));
+    for k in ["name"] {
+        meta.take(k);
+    }
+    Some(JetstreamSource {
+        nats_url: nats_url?,
+        stream_name: meta.take("streamName"),
+        subject: subject.to_owned(),
+        durable_name,
+        deliver_policy,
+        ack_wait,
+        max_deliver,
+    })
+}
+
+/// JetStream consumer names may not contain `.`, `*`, `>` or whitespace.
+fn sanitize_consumer_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' | '/' | '\\' => '_',
+            c => c,
+        })
+        .collect()
+}

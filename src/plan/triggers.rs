@@ -1,0 +1,221 @@
+//! The compiled event triggers: what to consume, from where, and how to deliver it. Pure
+//! data, compared with `PartialEq` so the supervisor restarts only what changed.
+
+use super::ServiceKey;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Identity of one running consumer: a Function's trigger on one topic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TriggerKey {
+    pub namespace: String,
+    pub function: String,
+    /// The trigger's component name, as the function sees it.
+    pub component: String,
+    /// Topic or subject; for a binding with several topics, all of them comma-joined.
+    pub topic: String,
+}
+
+impl fmt::Display for TriggerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} {} {}",
+            self.namespace, self.function, self.component, self.topic
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TriggerSpec {
+    /// Dapr app-id of the function: `<function>-<namespace>`.
+    pub app_id: String,
+    /// The component name the app is told (binding name, or pubsub name).
+    pub component: String,
+    pub kind: TriggerKind,
+    pub source: SourceSpec,
+    pub delivery: DeliverySpec,
+    pub policy: DeliveryPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    /// Input binding: OnBindingEvent / `POST /<name>`.
+    Binding,
+    /// Pub/sub subscription: OnTopicEvent / CloudEvent POST.
+    PubSub,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "broker", rename_all = "lowercase")]
+pub enum SourceSpec {
+    Kafka(KafkaSource),
+    Jetstream(JetstreamSource),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSource {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub consumer_group: String,
+    pub initial_offset: InitialOffset,
+    pub auth: KafkaAuth,
+    pub max_message_bytes: Option<u32>,
+    pub client_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialOffset {
+    Newest,
+    Oldest,
+}
+
+#[derive(Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum KafkaAuth {
+    None,
+    Sasl {
+        /// librdkafka's name: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+        mechanism: String,
+        username: String,
+        #[serde(skip)]
+        password: String,
+    },
+}
+
+impl fmt::Debug for KafkaAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KafkaAuth::None => f.write_str("None"),
+            KafkaAuth::Sasl {
+                mechanism,
+                username,
+                ..
+            } => write!(f, "Sasl({mechanism}, {username})"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JetstreamSource {
+    pub nats_url: String,
+    /// The stream holding the subject; found by subject when not named.
+    pub stream_name: Option<String>,
+    pub subject: String,
+    /// Durable consumer shared by every fngate replica, so a restart resumes.
+    pub durable_name: String,
+    pub deliver_policy: DeliverPolicy,
+    #[serde(with = "opt_secs")]
+    pub ack_wait: Option<Duration>,
+    pub max_deliver: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "policy", content = "start", rename_all = "lowercase")]
+pub enum DeliverPolicy {
+    All,
+    Last,
+    New,
+    Sequence(u64),
+    /// RFC 3339 start time.
+    Time(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    pub protocol: AppProtocol,
+    pub port: u16,
+    /// The Service whose ready endpoints receive the events.
+    pub service: ServiceKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryPolicy {
+    /// Events in flight per partition (Kafka) or per consumer (JetStream); 1 keeps order.
+    pub concurrency: usize,
+    #[serde(with = "secs")]
+    pub retry_initial: Duration,
+    #[serde(with = "secs")]
+    pub retry_max: Duration,
+    /// Attempts before the dead-letter topic; `None`: retry until it succeeds.
+    pub max_attempts: Option<u32>,
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Every trigger of a plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TriggerSet {
+    pub triggers: BTreeMap<TriggerKey, Arc<TriggerSpec>>,
+}
+
+/// What changed between two trigger sets.
+#[derive(Debug, Default, PartialEq)]
+pub struct TriggerDiff {
+    pub add: Vec<TriggerKey>,
+    pub change: Vec<TriggerKey>,
+    pub remove: Vec<TriggerKey>,
+}
+
+impl TriggerSet {
+    pub fn diff(&self, next: &TriggerSet) -> TriggerDiff {
+        let mut d = TriggerDiff::default();
+        for (key, spec) in &next.triggers {
+            match self.triggers.get(key) {
+                None => d.add.push(key.clone()),
+                Some(old) if old != spec => d.change.push(key.clone()),
+                Some(_) => {}
+            }
+        }
+        for key in self.triggers.keys() {
+            if !next.triggers.contains_key(key) {
+                d.remove.push(key.clone());
+            }
+        }
+        d
+    }
+
+    pub fn len(&self) -> usize {
+        self.triggers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty()
+    }
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod opt_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
