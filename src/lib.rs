@@ -10,3 +10,4 @@ pub mod publish;
 pub mod routing;
 pub mod server;
 pub mod telemetry;
+pub mod triggers;

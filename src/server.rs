@@ -1,11 +1,12 @@
-//! Assembles the process: the proxy listeners, the admin listener and the catalog follower
-//! as pingora services.
+//! Assembles the process: the proxy listeners, the admin listener, the catalog follower
+//! and the event-trigger supervisor as pingora services.
 
 use crate::catalog::DirCatalog;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
 use crate::publish::PlanPublisher;
 use crate::telemetry::{AdminApp, Metrics};
+use crate::triggers::TriggerSupervisor;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -38,11 +39,32 @@ impl BackgroundService for CatalogFollower {
     }
 }
 
+/// Runs the event triggers' supervisor; on shutdown it stops every consumer, which
+/// settles or releases its in-flight events and commits.
+struct TriggerFollower {
+    supervisor: Mutex<Option<TriggerSupervisor>>,
+}
+
+#[async_trait]
+impl BackgroundService for TriggerFollower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(supervisor) = self.supervisor.lock().expect("not poisoned").take() else {
+            return;
+        };
+        supervisor
+            .run(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+    }
+}
+
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let publisher = PlanPublisher::new(settings.compile_settings(), metrics.clone());
     let plan = publisher.plan();
+    let revisions = publisher.revisions();
 
     let conf = ServerConf {
         threads: settings.threads.max(1),
@@ -94,6 +116,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::info!(%addr, "HTTPS listener");
     }
 
+    let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
     let mut admin = Service::new("fngate admin".to_owned(), AdminApp { plan, metrics });
     admin.add_tcp(&settings.listen_admin.to_string());
     admin.threads = Some(1);
@@ -108,7 +131,19 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         },
     );
 
+    let triggers = background_service(
+        "triggers",
+        TriggerFollower {
+            supervisor: Mutex::new(Some(TriggerSupervisor::new(
+                plan_for_triggers,
+                revisions,
+                metrics_for_triggers,
+            ))),
+        },
+    );
+
     server.add_service(proxy_service);
+    server.add_service(triggers);
     server.add_service(admin);
     server.add_service(follower);
     server.run_forever()

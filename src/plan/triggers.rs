@@ -219,3 +219,13 @@ mod opt_secs {
         }
     }
 }
+
+impl TriggerSpec {
+    /// JetStream's `maxDeliver`, when it limits redeliveries.
+    pub fn source_max_deliver(&self) -> Option<i64> {
+        match &self.source {
+            SourceSpec::Jetstream(j) => j.max_deliver.filter(|m| *m > 0),
+            SourceSpec::Kafka(_) => None,
+        }
+    }
+}

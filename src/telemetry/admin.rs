@@ -37,6 +37,20 @@ impl AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
+            "/triggers" => {
+                let triggers: Vec<_> = plan
+                    .triggers
+                    .triggers
+                    .iter()
+                    .map(|(key, spec)| json!({ "key": key, "spec": spec }))
+                    .collect();
+                let body = json!({ "revision": plan.revision, "triggers": triggers });
+                (
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
+            }
             "/diagnostics" => {
                 let body = json!({ "revision": plan.revision, "diagnostics": plan.diagnostics });
                 (
@@ -48,7 +62,7 @@ impl AdminApp {
             _ => (
                 404,
                 "text/plain",
-                b"not found; try /metrics /healthz /readyz /routes /diagnostics\n".to_vec(),
+                b"not found; try /metrics /healthz /readyz /routes /triggers /diagnostics\n".to_vec(),
             ),
         }
     }

@@ -20,6 +20,29 @@ pub struct Metrics {
     pub reload_duration: Histogram,
     pub diagnostics: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub triggers: IntGauge,
+    /// Labels: namespace, function, trigger (component), outcome.
+    pub events: IntCounterVec,
+    pub event_delivery_duration: HistogramVec,
+    pub events_in_flight: IntGaugeVec,
+    /// Labels: namespace, function, trigger, topic, partition (bounded by the topic's partitions).
+    pub consumer_lag: IntGaugeVec,
+    /// 1 while the trigger's broker connection is up; label `broker` is kafka or jetstream.
+    pub broker_connected: IntGaugeVec,
+}
+
+/// Outcomes of one event, for `fngate_events_total{outcome}`.
+pub mod event_outcome {
+    /// The function accepted it.
+    pub const SUCCESS: &str = "success";
+    /// One failed attempt that will be retried.
+    pub const RETRY: &str = "retry";
+    /// The function dropped it (DROP, gRPC UNIMPLEMENTED, HTTP 404) and no dead-letter topic is set.
+    pub const DROP: &str = "drop";
+    /// Published to the dead-letter topic.
+    pub const DEAD_LETTER: &str = "dead_letter";
+    /// The function did not subscribe to this binding/topic.
+    pub const NOT_SUBSCRIBED: &str = "not_subscribed";
 }
 
 /// `2xx`, `4xx`... for the `code` label.
@@ -102,8 +125,53 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let triggers = IntGauge::new("fngate_triggers", "Event triggers in the serving plan").unwrap();
+        let trigger_labels = &["namespace", "function", "trigger"];
+        let events = IntCounterVec::new(
+            Opts::new(
+                "fngate_events_total",
+                "Event delivery results by trigger and outcome (success, retry, drop, dead_letter, not_subscribed)",
+            ),
+            &["namespace", "function", "trigger", "outcome"],
+        )
+        .unwrap();
+        let event_delivery_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fngate_event_delivery_duration_seconds",
+                "Time from an event being received from the broker to the function's final answer",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+            ]),
+            trigger_labels,
+        )
+        .unwrap();
+        let events_in_flight = IntGaugeVec::new(
+            Opts::new("fngate_events_in_flight", "Events received and not yet settled"),
+            trigger_labels,
+        )
+        .unwrap();
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "fngate_consumer_lag",
+                "Messages behind the end of the partition (Kafka) or pending for the consumer (JetStream)",
+            ),
+            &["namespace", "function", "trigger", "topic", "partition"],
+        )
+        .unwrap();
+        let broker_connected = IntGaugeVec::new(
+            Opts::new("fngate_broker_connected", "1 while the trigger's broker connection is up"),
+            &["namespace", "function", "trigger", "broker"],
+        )
+        .unwrap();
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(triggers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events.clone()),
+            Box::new(event_delivery_duration.clone()),
+            Box::new(events_in_flight.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(broker_connected.clone()),
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_connect_errors.clone()),
             Box::new(routes.clone()),
@@ -128,6 +196,12 @@ impl Metrics {
             reload_duration,
             diagnostics,
             build_info,
+            triggers,
+            events,
+            event_delivery_duration,
+            events_in_flight,
+            consumer_lag,
+            broker_connected,
         }
     }
 
@@ -136,6 +210,7 @@ impl Metrics {
         self.reload_duration.observe(took.as_secs_f64());
         self.routes.set(plan.routes.len() as i64);
         self.functions.set(plan.functions.len() as i64);
+        self.triggers.set(plan.triggers.len() as i64);
         self.config_revision.set(plan.revision as i64);
         let errors = plan
             .diagnostics

@@ -1,0 +1,171 @@
+//! Delivery over Dapr's HTTP app protocol: `OPTIONS` probe and `POST /<binding>` for
+//! bindings; `GET /dapr/subscribe` and CloudEvent `POST`s for pub/sub.
+
+use super::app::{Answer, Subscriptions};
+use super::event::Event;
+use crate::plan::{TriggerKind, TriggerSpec};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct HttpApp {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeEntry {
+    #[serde(alias = "pubsubName", default)]
+    pubsubname: String,
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    route: Option<String>,
+    #[serde(default)]
+    routes: Option<SubscribeRoutes>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeRoutes {
+    #[serde(default)]
+    default: Option<String>,
+}
+
+impl HttpApp {
+    pub fn new() -> HttpApp {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        HttpApp {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+        }
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+        let response = self.client.request(request).await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg = format!("{msg}: {s}");
+                source = s.source();
+            }
+            msg
+        })?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// Bindings: Dapr's `OPTIONS /<name>` probe (404 = not listening). Pub/sub:
+    /// `GET /dapr/subscribe` (404 = no subscriptions).
+    pub async fn subscriptions(&self, addr: SocketAddr, spec: &TriggerSpec) -> Result<Subscriptions, String> {
+        let mut subs = Subscriptions::default();
+        match spec.kind {
+            TriggerKind::Binding => {
+                let request = Request::builder()
+                    .method(Method::OPTIONS)
+                    .uri(format!("http://{addr}/{}", spec.component))
+                    .body(Full::default())
+                    .map_err(|e| e.to_string())?;
+                let (status, _) = self.send(request).await?;
+                if status != StatusCode::NOT_FOUND {
+                    subs.bindings.insert(spec.component.clone());
+                }
+            }
+            TriggerKind::PubSub => {
+                let request = Request::get(format!("http://{addr}/dapr/subscribe"))
+                    .body(Full::default())
+                    .map_err(|e| e.to_string())?;
+                let (status, body) = self.send(request).await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Ok(subs);
+                }
+                if !status.is_success() {
+                    return Err(format!("GET /dapr/subscribe answered {status}"));
+                }
+                let entries: Vec<SubscribeEntry> = serde_json::from_slice(&body)
+                    .map_err(|e| format!("GET /dapr/subscribe: not a subscription list: {e}"))?;
+                for e in entries {
+                    let path = e
+                        .route
+                        .or_else(|| e.routes.and_then(|r| r.default))
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| e.topic.clone());
+                    subs.topics.insert((e.pubsubname, e.topic), path);
+                }
+            }
+        }
+        Ok(subs)
+    }
+
+    pub async fn deliver(&self, addr: SocketAddr, spec: &TriggerSpec, event: &Event, path: &str) -> Answer {
+        let path = path.trim_start_matches('/');
+        let mut builder = Request::post(format!("http://{addr}/{path}"));
+        for (k, v) in &event.metadata {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                builder = builder.header(name, value);
+            }
+        }
+        let body = match spec.kind {
+            TriggerKind::Binding => {
+                let json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
+                builder = builder.header(
+                    http::header::CONTENT_TYPE,
+                    if json { "application/json" } else { "application/octet-stream" },
+                );
+                event.data.clone()
+            }
+            TriggerKind::PubSub => {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
+                Bytes::from(serde_json::to_vec(&event.cloud_event(spec).json).unwrap_or_default())
+            }
+        };
+        let request = match builder.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => return Answer::Retry(format!("building the request: {e}")),
+        };
+        match self.send(request).await {
+            Err(e) => Answer::Retry(e),
+            Ok((StatusCode::NOT_FOUND, _)) => Answer::Drop(format!("POST /{path} answered 404")),
+            Ok((status, body)) if status.is_success() => status_answer(&body),
+            Ok((status, _)) => Answer::Retry(format!("POST /{path} answered {status}")),
+        }
+    }
+}
+
+impl Default for HttpApp {
+    fn default() -> Self {
+        HttpApp::new()
+    }
+}
+
+/// A 2xx body may carry Dapr's `{"status": "SUCCESS" | "RETRY" | "DROP"}`.
+fn status_answer(body: &[u8]) -> Answer {
+    #[derive(Deserialize)]
+    struct Status {
+        status: Option<String>,
+    }
+    match serde_json::from_slice::<Status>(body).ok().and_then(|s| s.status) {
+        None => Answer::Success,
+        Some(s) => match s.to_ascii_uppercase().as_str() {
+            "SUCCESS" | "" => Answer::Success,
+            "RETRY" => Answer::Retry("app answered RETRY".into()),
+            "DROP" => Answer::Drop("app answered DROP".into()),
+            other => Answer::Retry(format!("app answered unknown status {other:?}")),
+        },
+    }
+}

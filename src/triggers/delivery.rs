@@ -1,0 +1,305 @@
+//! Delivery policy shared by every broker: find a ready endpoint that subscribes, deliver,
+//! and turn the app's answer into ack / retry with backoff / dead letter. Waiting for an
+//! endpoint is not an attempt: a function at zero pauses its consumer, it fails nothing.
+
+use super::app::{Answer, App, Route};
+use super::event::Event;
+use crate::plan::{TriggerKey, TriggerSpec};
+use crate::publish::SharedPlan;
+use crate::telemetry::{event_outcome, Metrics};
+use async_trait::async_trait;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How an event ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    /// Dropped by the app with no dead-letter topic configured.
+    Dropped,
+    DeadLettered,
+    /// The trigger stopped first; the event is left unacknowledged for redelivery.
+    Released,
+}
+
+/// What to do after one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Ack(Settled),
+    DeadLetter,
+    RetryAfter(Duration),
+}
+
+/// Publishes an event to the trigger's dead-letter topic on its own broker.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), String>;
+}
+
+/// Everything one running trigger needs to deliver its events.
+pub struct TriggerRuntime {
+    pub key: TriggerKey,
+    pub spec: Arc<TriggerSpec>,
+    plan: SharedPlan,
+    revisions: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    app: App,
+    pub metrics: Arc<Metrics>,
+    labels: [String; 3],
+    last_warning: AtomicU64,
+    started: Instant,
+}
+
+impl TriggerRuntime {
+    pub fn new(
+        key: TriggerKey,
+        spec: Arc<TriggerSpec>,
+        plan: SharedPlan,
+        revisions: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+    ) -> TriggerRuntime {
+        let labels = [key.namespace.clone(), key.function.clone(), key.component.clone()];
+        TriggerRuntime {
+            app: App::new(spec.delivery.protocol),
+            key,
+            spec,
+            plan,
+            revisions,
+            stop,
+            metrics,
+            labels,
+            last_warning: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when the trigger is told to stop.
+    pub async fn stopping(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    pub fn labels(&self) -> [&str; 3] {
+        [&self.labels[0], &self.labels[1], &self.labels[2]]
+    }
+
+    pub fn count(&self, outcome: &str) {
+        let [ns, f, t] = self.labels();
+        self.metrics.events.with_label_values(&[ns, f, t, outcome]).inc();
+    }
+
+    fn endpoint(&self, attempt: u32) -> Option<SocketAddr> {
+        let plan = self.plan.load();
+        let service = &self.spec.delivery.service;
+        let port = self.spec.delivery.port;
+        let addr = plan
+            .endpoints
+            .get(&service.namespace, &service.name)?
+            .pick(attempt as usize, Some(port))?;
+        Some(SocketAddr::new(addr.ip(), port))
+    }
+
+    /// Waits for a new plan, at most `limit`; returns false when the trigger stops.
+    async fn wait_for_change(&self, limit: Duration) -> bool {
+        let mut revisions = self.revisions.clone();
+        tokio::select! {
+            _ = revisions.changed() => {}
+            _ = tokio::time::sleep(limit) => {}
+            _ = self.stopping() => {}
+        }
+        !self.stopped()
+    }
+
+    /// At most one warning per 10 s per trigger, so a long pause does not flood the log.
+    fn warn_rarely(&self, message: &str, detail: &str) {
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if last == 0 || now >= last + 10 {
+            self.last_warning.store(now.max(1), Ordering::Relaxed);
+            tracing::warn!(trigger = %self.key, detail, "{message}");
+        }
+    }
+
+    /// One delivery attempt. While the function has no ready endpoint, or its endpoint does
+    /// not subscribe to this trigger, it waits (that is not an attempt). `None`: stopped.
+    pub async fn attempt(&self, event: &Event, attempt: u32) -> Option<Answer> {
+        loop {
+            if self.stopped() {
+                return None;
+            }
+            let Some(addr) = self.endpoint(attempt) else {
+                let svc = &self.spec.delivery.service;
+                self.warn_rarely(
+                    "function has no ready endpoint; consumer paused until one is ready",
+                    &format!("{}/{}", svc.namespace, svc.name),
+                );
+                if !self.wait_for_change(Duration::from_secs(1)).await {
+                    return None;
+                }
+                continue;
+            };
+            match self.app.route(addr, &self.spec, &event.topic).await {
+                Ok(Route::Path(path)) => {
+                    let answer = self.app.deliver(addr, &self.spec, event, &path).await;
+                    if matches!(answer, Answer::Retry(_)) {
+                        self.app.forget(addr);
+                    }
+                    return Some(answer);
+                }
+                Ok(Route::NotSubscribed) => {
+                    self.count(event_outcome::NOT_SUBSCRIBED);
+                    self.warn_rarely(
+                        "the function does not subscribe to this trigger; consumer paused until it does",
+                        &addr.to_string(),
+                    );
+                    self.app.forget(addr);
+                    if !self.wait_for_change(Duration::from_secs(2)).await {
+                        return None;
+                    }
+                }
+                Err(e) => return Some(Answer::Retry(format!("{addr}: {e}"))),
+            }
+        }
+    }
+
+    /// Backoff before attempt `attempt + 1`: doubling from `retry_initial`, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let p = &self.spec.policy;
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        p.retry_initial.saturating_mul(factor).min(p.retry_max)
+    }
+
+    /// Turns attempt number `attempt` (1-based) and its answer into the next step.
+    pub fn decide(&self, answer: &Answer, attempt: u32) -> Decision {
+        let p = &self.spec.policy;
+        let dead_letter = p.dead_letter_topic.is_some();
+        match answer {
+            Answer::Success => Decision::Ack(Settled::Delivered),
+            Answer::Drop(_) if dead_letter => Decision::DeadLetter,
+            Answer::Drop(_) => Decision::Ack(Settled::Dropped),
+            Answer::Retry(_) if dead_letter && p.max_attempts.is_some_and(|m| attempt >= m) => {
+                Decision::DeadLetter
+            }
+            Answer::Retry(_) => Decision::RetryAfter(self.backoff(attempt)),
+        }
+    }
+
+    /// Records an event's end: outcome counter and delivery latency.
+    pub fn record(&self, event: &Event, settled: Settled) {
+        let outcome = match settled {
+            Settled::Delivered => event_outcome::SUCCESS,
+            Settled::Dropped => event_outcome::DROP,
+            Settled::DeadLettered => event_outcome::DEAD_LETTER,
+            Settled::Released => return,
+        };
+        self.count(outcome);
+        let [ns, f, t] = self.labels();
+        self.metrics
+            .event_delivery_duration
+            .with_label_values(&[ns, f, t])
+            .observe(event.received.elapsed().as_secs_f64());
+    }
+
+    /// Delivers until the event is settled, retrying in-process with backoff.
+    pub async fn settle(&self, event: &Event, dead_letter: Option<&dyn DeadLetterSink>) -> Settled {
+        let _in_flight = InFlight::new(self);
+        let mut attempt = 1;
+        let settled = loop {
+            let Some(answer) = self.attempt(event, attempt).await else {
+                break Settled::Released;
+            };
+            match self.decide(&answer, attempt) {
+                Decision::Ack(s) => {
+                    if let (Settled::Dropped, Answer::Drop(why)) = (s, &answer) {
+                        tracing::warn!(trigger = %self.key, position = %event.position, reason = %why, "event dropped by the function");
+                    }
+                    break s;
+                }
+                Decision::DeadLetter => match self.dead_letter(event, dead_letter, &answer).await {
+                    true => break Settled::DeadLettered,
+                    false => break Settled::Released,
+                },
+                Decision::RetryAfter(delay) => {
+                    self.count(event_outcome::RETRY);
+                    if let Answer::Retry(why) = &answer {
+                        tracing::debug!(trigger = %self.key, position = %event.position, attempt, reason = %why, "delivery failed; retrying");
+                        if attempt == 1 || attempt % 10 == 0 {
+                            self.warn_rarely("delivery failed; retrying with backoff", why);
+                        }
+                    }
+                    if !self.sleep(delay).await {
+                        break Settled::Released;
+                    }
+                    attempt += 1;
+                }
+            }
+        };
+        self.record(event, settled);
+        settled
+    }
+
+    /// Publishes to the dead-letter topic, retrying the publish itself until it succeeds
+    /// (false: stopped first).
+    pub async fn dead_letter(
+        &self,
+        event: &Event,
+        sink: Option<&dyn DeadLetterSink>,
+        answer: &Answer,
+    ) -> bool {
+        let (Some(sink), Some(topic)) = (sink, self.spec.policy.dead_letter_topic.as_deref()) else {
+            return false;
+        };
+        let mut attempt = 1;
+        loop {
+            match sink.publish(topic, event).await {
+                Ok(()) => {
+                    tracing::warn!(trigger = %self.key, position = %event.position, topic, answer = ?answer, "event sent to the dead-letter topic");
+                    return true;
+                }
+                Err(e) => {
+                    self.warn_rarely("dead-letter publish failed; retrying", &e);
+                    if !self.sleep(self.backoff(attempt)).await {
+                        return false;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless the trigger stops first (then false).
+    pub async fn sleep(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.stopping() => false,
+        }
+    }
+}
+
+/// Counts an event in `fngate_events_in_flight` while it lives.
+pub struct InFlight<'a>(&'a TriggerRuntime);
+
+impl<'a> InFlight<'a> {
+    pub fn new(rt: &'a TriggerRuntime) -> Self {
+        rt.metrics.events_in_flight.with_label_values(&rt.labels()).inc();
+        InFlight(rt)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .events_in_flight
+            .with_label_values(&self.0.labels())
+            .dec();
+    }
+}

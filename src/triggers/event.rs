@@ -1,0 +1,223 @@
+//! One message from a broker, as the delivery side sees it, and its CloudEvent form.
+
+use crate::plan::TriggerSpec;
+use base64::Engine as _;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+
+/// A message taken from Kafka or JetStream, not yet settled.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub data: Bytes,
+    /// What Dapr passes on: Kafka's `__key`, `__offset`, `__partition`, `__topic`,
+    /// `__timestamp` and record headers; JetStream's `Topic` and message headers.
+    pub metadata: Vec<(String, String)>,
+    pub topic: String,
+    /// Where the message sits in its broker (`topic/partition/offset`, `stream/sequence`):
+    /// the seed of the CloudEvent id of a wrapped message, so a redelivery keeps its id.
+    pub position: String,
+    pub received: Instant,
+}
+
+/// The CloudEvent fields of OnTopicEvent / the HTTP `application/cloudevents+json` body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudEvent {
+    pub id: String,
+    pub source: String,
+    pub kind: String,
+    pub spec_version: String,
+    pub data_content_type: String,
+    pub data: Vec<u8>,
+    /// Every other top-level attribute of the event (for gRPC: `extensions`).
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// The event as JSON, for HTTP delivery.
+    pub json: serde_json::Value,
+}
+
+/// Attributes that are fields of TopicEventRequest rather than extensions.
+const CORE_FIELDS: &[&str] = &[
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "datacontenttype",
+    "data",
+    "data_base64",
+];
+
+impl Event {
+    /// A message that already is a CloudEvent (JSON with `specversion`) is unpacked;
+    /// anything else is wrapped the way Dapr wraps a raw payload: `data_base64`,
+    /// `application/octet-stream`, source `Dapr`, type `com.dapr.event.sent`.
+    pub fn cloud_event(&self, spec: &TriggerSpec) -> CloudEvent {
+        if let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&self.data) {
+            if obj.contains_key("specversion") {
+                obj.entry("topic")
+                    .or_insert_with(|| self.topic.clone().into());
+                obj.entry("pubsubname")
+                    .or_insert_with(|| spec.component.clone().into());
+                return unpack(obj);
+            }
+        }
+        let mut obj = serde_json::Map::new();
+        obj.insert("id".into(), stable_id(&self.position).into());
+        obj.insert("specversion".into(), "1.0".into());
+        obj.insert("datacontenttype".into(), "application/octet-stream".into());
+        obj.insert("source".into(), "Dapr".into());
+        obj.insert("type".into(), "com.dapr.event.sent".into());
+        obj.insert("topic".into(), self.topic.clone().into());
+        obj.insert("pubsubname".into(), spec.component.clone().into());
+        obj.insert(
+            "data_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&self.data)
+                .into(),
+        );
+        unpack(obj)
+    }
+}
+
+fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
+    let text = |k: &str| match obj.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) if !v.is_null() => v.to_string(),
+        _ => String::new(),
+    };
+    let mut data_content_type = text("datacontenttype");
+    let data = if let Some(serde_json::Value::String(b64)) = obj.get("data_base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|_| b64.as_bytes().to_vec())
+    } else {
+        match obj.get("data") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            // A string is the payload itself unless the content type says JSON.
+            Some(serde_json::Value::String(s)) if !data_content_type.contains("json") => {
+                s.as_bytes().to_vec()
+            }
+            Some(v) => {
+                if data_content_type.is_empty() {
+                    data_content_type = "application/json".into();
+                }
+                serde_json::to_vec(v).unwrap_or_default()
+            }
+        }
+    };
+    let extensions = obj
+        .iter()
+        .filter(|(k, _)| !CORE_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    CloudEvent {
+        id: text("id"),
+        source: text("source"),
+        kind: text("type"),
+        spec_version: text("specversion"),
+        data_content_type,
+        data,
+        extensions,
+        json: serde_json::Value::Object(obj),
+    }
+}
+
+/// A UUID-shaped id derived from the message's broker position.
+fn stable_id(position: &str) -> String {
+    let d = Sha256::digest(position.as_bytes());
+    let h: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::*;
+    use std::time::Duration;
+
+    fn spec() -> TriggerSpec {
+        TriggerSpec {
+            app_id: "f-default".into(),
+            component: "ps".into(),
+            kind: TriggerKind::PubSub,
+            source: SourceSpec::Jetstream(JetstreamSource {
+                nats_url: "nats://x".into(),
+                stream_name: None,
+                subject: "t".into(),
+                durable_name: "d".into(),
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: None,
+                max_deliver: None,
+            }),
+            delivery: DeliverySpec {
+                protocol: AppProtocol::Grpc,
+                port: 1,
+                service: ServiceKey {
+                    namespace: "default".into(),
+                    name: "f".into(),
+                },
+            },
+            policy: DeliveryPolicy {
+                concurrency: 1,
+                retry_initial: Duration::from_millis(1),
+                retry_max: Duration::from_millis(1),
+                max_attempts: None,
+                dead_letter_topic: None,
+            },
+        }
+    }
+
+    fn event(data: &[u8]) -> Event {
+        Event {
+            data: Bytes::copy_from_slice(data),
+            metadata: vec![],
+            topic: "orders".into(),
+            position: "orders/0/7".into(),
+            received: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_raw_message_is_wrapped_as_dapr_wraps_a_raw_payload_with_an_id_stable_across_redelivery() {
+        let ce = event(b"\x00\x01hello").cloud_event(&spec());
+        assert_eq!(ce.data, b"\x00\x01hello");
+        assert_eq!(ce.data_content_type, "application/octet-stream");
+        assert_eq!(ce.kind, "com.dapr.event.sent");
+        assert_eq!(ce.source, "Dapr");
+        assert_eq!(ce.spec_version, "1.0");
+        assert_eq!(ce.json["data_base64"], "AAFoZWxsbw==");
+        assert_eq!(ce.extensions["topic"], "orders");
+        assert_eq!(ce.extensions["pubsubname"], "ps");
+        assert_eq!(ce.id, event(b"other").cloud_event(&spec()).id);
+        assert_eq!(ce.id.len(), 36);
+    }
+
+    #[test]
+    fn a_cloud_event_is_unpacked_with_its_own_fields_and_extensions() {
+        let ce = event(
+            br#"{"specversion":"1.0","id":"abc","source":"shop","type":"order.created","datacontenttype":"application/json","data":{"n":1},"traceparent":"00-x","myext":"v"}"#,
+        )
+        .cloud_event(&spec());
+        assert_eq!(ce.id, "abc");
+        assert_eq!(ce.source, "shop");
+        assert_eq!(ce.kind, "order.created");
+        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert_eq!(ce.extensions["myext"], "v");
+        assert_eq!(ce.extensions["traceparent"], "00-x");
+        assert_eq!(ce.extensions["topic"], "orders");
+        assert!(!ce.extensions.contains_key("data"));
+    }
+
+    #[test]
+    fn plain_json_that_is_not_a_cloud_event_is_wrapped() {
+        let ce = event(br#"{"n":1}"#).cloud_event(&spec());
+        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert_eq!(ce.kind, "com.dapr.event.sent");
+    }
+}

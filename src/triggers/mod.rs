@@ -1,0 +1,18 @@
+//! Event triggers: Kafka and NATS JetStream consumers that deliver every event to a
+//! function exactly as a Dapr sidecar would (AppCallback gRPC or Dapr's HTTP protocol),
+//! at least once. The supervisor follows the plan's `TriggerSet` by diff.
+
+mod app;
+mod dapr_grpc;
+mod dapr_http;
+mod delivery;
+mod event;
+mod jetstream;
+mod kafka;
+mod supervisor;
+
+pub use app::Answer;
+pub use delivery::{Decision, Settled};
+pub use event::{CloudEvent, Event};
+pub use kafka::OffsetTracker;
+pub use supervisor::TriggerSupervisor;

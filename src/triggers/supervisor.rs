@@ -1,0 +1,111 @@
+//! Follows the plan's `TriggerSet`: on every new revision, diffs it against what runs and
+//! starts, restarts or stops only the triggers that changed. A restarted trigger's old
+//! consumer finishes (settles or releases its in-flight events, commits) before the new
+//! one starts.
+
+use super::delivery::TriggerRuntime;
+use super::{jetstream, kafka};
+use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
+use crate::publish::SharedPlan;
+use crate::telemetry::Metrics;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct Running {
+    spec: Arc<TriggerSpec>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub struct TriggerSupervisor {
+    plan: SharedPlan,
+    revisions: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+    running: HashMap<TriggerKey, Running>,
+}
+
+impl TriggerSupervisor {
+    pub fn new(plan: SharedPlan, revisions: watch::Receiver<u64>, metrics: Arc<Metrics>) -> Self {
+        TriggerSupervisor {
+            plan,
+            revisions,
+            metrics,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves; then stops every trigger and waits for them.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let current = self.plan.load_full();
+            self.apply(&current.triggers);
+            tokio::select! {
+                changed = self.revisions.changed() => if changed.is_err() { break },
+                _ = &mut shutdown => break,
+            }
+        }
+        let stopping: Vec<_> = self.running.drain().map(|(_, r)| r).collect();
+        for r in &stopping {
+            let _ = r.stop.send(true);
+        }
+        for r in stopping {
+            let _ = r.task.await;
+        }
+    }
+
+    fn apply(&mut self, next: &TriggerSet) {
+        let current = TriggerSet {
+            triggers: self
+                .running
+                .iter()
+                .map(|(k, r)| (k.clone(), r.spec.clone()))
+                .collect(),
+        };
+        let diff = current.diff(next);
+        for key in &diff.remove {
+            if let Some(old) = self.running.remove(key) {
+                tracing::info!(trigger = %key, "trigger removed; stopping its consumer");
+                let _ = old.stop.send(true);
+            }
+        }
+        for key in diff.change.iter().chain(&diff.add) {
+            let spec = next.triggers[key].clone();
+            let previous = self.running.remove(key);
+            if previous.is_some() {
+                tracing::info!(trigger = %key, "trigger changed; restarting its consumer");
+            } else {
+                tracing::info!(trigger = %key, "trigger added; starting its consumer");
+            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let rt = Arc::new(TriggerRuntime::new(
+                key.clone(),
+                spec.clone(),
+                self.plan.clone(),
+                self.revisions.clone(),
+                stop_rx,
+                self.metrics.clone(),
+            ));
+            let task = tokio::spawn(async move {
+                if let Some(old) = previous {
+                    let _ = old.stop.send(true);
+                    let _ = old.task.await;
+                }
+                match rt.spec.source.clone() {
+                    SourceSpec::Kafka(k) => kafka::run(rt, k).await,
+                    SourceSpec::Jetstream(j) => jetstream::run(rt, j).await,
+                }
+            });
+            self.running.insert(
+                key.clone(),
+                Running {
+                    spec,
+                    stop: stop_tx,
+                    task,
+                },
+            );
+        }
+    }
+}
