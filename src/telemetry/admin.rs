@@ -62,7 +62,8 @@ impl AdminApp {
             _ => (
                 404,
                 "text/plain",
-                b"not found; try /metrics /healthz /readyz /routes /triggers /diagnostics\n".to_vec(),
+                b"not found; try /metrics /healthz /readyz /routes /triggers /diagnostics\n"
+                    .to_vec(),
             ),
         }
     }

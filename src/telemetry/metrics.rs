@@ -125,7 +125,8 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let triggers = IntGauge::new("fngate_triggers", "Event triggers in the serving plan").unwrap();
+        let triggers =
+            IntGauge::new("fngate_triggers", "Event triggers in the serving plan").unwrap();
         let trigger_labels = &["namespace", "function", "trigger"];
         let events = IntCounterVec::new(
             Opts::new(
@@ -147,7 +148,10 @@ impl Metrics {
         )
         .unwrap();
         let events_in_flight = IntGaugeVec::new(
-            Opts::new("fngate_events_in_flight", "Events received and not yet settled"),
+            Opts::new(
+                "fngate_events_in_flight",
+                "Events received and not yet settled",
+            ),
             trigger_labels,
         )
         .unwrap();
@@ -160,7 +164,10 @@ impl Metrics {
         )
         .unwrap();
         let broker_connected = IntGaugeVec::new(
-            Opts::new("fngate_broker_connected", "1 while the trigger's broker connection is up"),
+            Opts::new(
+                "fngate_broker_connected",
+                "1 while the trigger's broker connection is up",
+            ),
             &["namespace", "function", "trigger", "broker"],
         )
         .unwrap();

@@ -60,7 +60,12 @@ impl App {
     }
 
     /// Whether (and where) the app at `addr` takes this trigger's events.
-    pub async fn route(&self, addr: SocketAddr, spec: &TriggerSpec, topic: &str) -> Result<Route, String> {
+    pub async fn route(
+        &self,
+        addr: SocketAddr,
+        spec: &TriggerSpec,
+        topic: &str,
+    ) -> Result<Route, String> {
         let cached = self
             .subscriptions
             .lock()
@@ -86,20 +91,31 @@ impl App {
             TriggerKind::Binding if subs.bindings.contains(&spec.component) => {
                 Route::Path(spec.component.clone())
             }
-            TriggerKind::PubSub => match subs.topics.get(&(spec.component.clone(), topic.to_owned())) {
-                Some(path) => Route::Path(path.clone()),
-                None => Route::NotSubscribed,
-            },
+            TriggerKind::PubSub => {
+                match subs.topics.get(&(spec.component.clone(), topic.to_owned())) {
+                    Some(path) => Route::Path(path.clone()),
+                    None => Route::NotSubscribed,
+                }
+            }
             _ => Route::NotSubscribed,
         })
     }
 
     /// Forgets what an endpoint subscribed to, so it is asked again.
     pub fn forget(&self, addr: SocketAddr) {
-        self.subscriptions.lock().expect("not poisoned").remove(&addr);
+        self.subscriptions
+            .lock()
+            .expect("not poisoned")
+            .remove(&addr);
     }
 
-    pub async fn deliver(&self, addr: SocketAddr, spec: &TriggerSpec, event: &Event, path: &str) -> Answer {
+    pub async fn deliver(
+        &self,
+        addr: SocketAddr,
+        spec: &TriggerSpec,
+        event: &Event,
+        path: &str,
+    ) -> Answer {
         match &self.client {
             AppClient::Grpc(g) => g.deliver(addr, spec, event, path).await,
             AppClient::Http(h) => h.deliver(addr, spec, event, path).await,

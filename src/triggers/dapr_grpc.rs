@@ -82,7 +82,10 @@ impl GrpcApp {
                     data: event.data.to_vec(),
                     metadata: event.metadata.iter().cloned().collect(),
                 };
-                client.on_binding_event(request).await.map(|_| Answer::Success)
+                client
+                    .on_binding_event(request)
+                    .await
+                    .map(|_| Answer::Success)
             }
             TriggerKind::PubSub => {
                 let ce = event.cloud_event(spec);
@@ -110,14 +113,21 @@ impl GrpcApp {
                     } else if let Ok(name) = format!("{key}-bin")
                         .parse::<tonic::metadata::MetadataKey<tonic::metadata::Binary>>()
                     {
-                        md.append_bin(name, tonic::metadata::MetadataValue::from_bytes(v.as_bytes()));
+                        md.append_bin(
+                            name,
+                            tonic::metadata::MetadataValue::from_bytes(v.as_bytes()),
+                        );
                     }
                 }
                 client.on_topic_event(request).await.map(|r| {
                     match TopicEventResponseStatus::try_from(r.into_inner().status) {
                         Ok(TopicEventResponseStatus::Success) => Answer::Success,
-                        Ok(TopicEventResponseStatus::Retry) => Answer::Retry("app answered RETRY".into()),
-                        Ok(TopicEventResponseStatus::Drop) => Answer::Drop("app answered DROP".into()),
+                        Ok(TopicEventResponseStatus::Retry) => {
+                            Answer::Retry("app answered RETRY".into())
+                        }
+                        Ok(TopicEventResponseStatus::Drop) => {
+                            Answer::Drop("app answered DROP".into())
+                        }
                         Err(_) => Answer::Retry("app answered an unknown status".into()),
                     }
                 })

@@ -69,7 +69,11 @@ impl HttpApp {
 
     /// Bindings: Dapr's `OPTIONS /<name>` probe (404 = not listening). Pub/sub:
     /// `GET /dapr/subscribe` (404 = no subscriptions).
-    pub async fn subscriptions(&self, addr: SocketAddr, spec: &TriggerSpec) -> Result<Subscriptions, String> {
+    pub async fn subscriptions(
+        &self,
+        addr: SocketAddr,
+        spec: &TriggerSpec,
+    ) -> Result<Subscriptions, String> {
         let mut subs = Subscriptions::default();
         match spec.kind {
             TriggerKind::Binding => {
@@ -109,7 +113,13 @@ impl HttpApp {
         Ok(subs)
     }
 
-    pub async fn deliver(&self, addr: SocketAddr, spec: &TriggerSpec, event: &Event, path: &str) -> Answer {
+    pub async fn deliver(
+        &self,
+        addr: SocketAddr,
+        spec: &TriggerSpec,
+        event: &Event,
+        path: &str,
+    ) -> Answer {
         let path = path.trim_start_matches('/');
         let mut builder = Request::post(format!("http://{addr}/{path}"));
         for (k, v) in &event.metadata {
@@ -125,12 +135,17 @@ impl HttpApp {
                 let json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
                 builder = builder.header(
                     http::header::CONTENT_TYPE,
-                    if json { "application/json" } else { "application/octet-stream" },
+                    if json {
+                        "application/json"
+                    } else {
+                        "application/octet-stream"
+                    },
                 );
                 event.data.clone()
             }
             TriggerKind::PubSub => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
+                builder =
+                    builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
                 Bytes::from(serde_json::to_vec(&event.cloud_event(spec).json).unwrap_or_default())
             }
         };
@@ -159,7 +174,10 @@ fn status_answer(body: &[u8]) -> Answer {
     struct Status {
         status: Option<String>,
     }
-    match serde_json::from_slice::<Status>(body).ok().and_then(|s| s.status) {
+    match serde_json::from_slice::<Status>(body)
+        .ok()
+        .and_then(|s| s.status)
+    {
         None => Answer::Success,
         Some(s) => match s.to_ascii_uppercase().as_str() {
             "SUCCESS" | "" => Answer::Success,

@@ -62,7 +62,11 @@ impl TriggerRuntime {
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> TriggerRuntime {
-        let labels = [key.namespace.clone(), key.function.clone(), key.component.clone()];
+        let labels = [
+            key.namespace.clone(),
+            key.function.clone(),
+            key.component.clone(),
+        ];
         TriggerRuntime {
             app: App::new(spec.delivery.protocol),
             key,
@@ -93,7 +97,10 @@ impl TriggerRuntime {
 
     pub fn count(&self, outcome: &str) {
         let [ns, f, t] = self.labels();
-        self.metrics.events.with_label_values(&[ns, f, t, outcome]).inc();
+        self.metrics
+            .events
+            .with_label_values(&[ns, f, t, outcome])
+            .inc();
     }
 
     fn endpoint(&self, attempt: u32) -> Option<SocketAddr> {
@@ -173,7 +180,9 @@ impl TriggerRuntime {
     /// Backoff before attempt `attempt + 1`: doubling from `retry_initial`, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let p = &self.spec.policy;
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX);
         p.retry_initial.saturating_mul(factor).min(p.retry_max)
     }
 
@@ -254,7 +263,8 @@ impl TriggerRuntime {
         sink: Option<&dyn DeadLetterSink>,
         answer: &Answer,
     ) -> bool {
-        let (Some(sink), Some(topic)) = (sink, self.spec.policy.dead_letter_topic.as_deref()) else {
+        let (Some(sink), Some(topic)) = (sink, self.spec.policy.dead_letter_topic.as_deref())
+        else {
             return false;
         };
         let mut attempt = 1;
@@ -289,7 +299,10 @@ pub struct InFlight<'a>(&'a TriggerRuntime);
 
 impl<'a> InFlight<'a> {
     pub fn new(rt: &'a TriggerRuntime) -> Self {
-        rt.metrics.events_in_flight.with_label_values(&rt.labels()).inc();
+        rt.metrics
+            .events_in_flight
+            .with_label_values(&rt.labels())
+            .inc();
         InFlight(rt)
     }
 }

@@ -44,12 +44,13 @@ fn consumer_config(source: &JetstreamSource, concurrency: usize) -> Result<pull:
         DeliverPolicy::All => Nats::All,
         DeliverPolicy::Last => Nats::Last,
         DeliverPolicy::New => Nats::New,
-        DeliverPolicy::Sequence(n) => Nats::ByStartSequence {
-            start_sequence: *n,
-        },
+        DeliverPolicy::Sequence(n) => Nats::ByStartSequence { start_sequence: *n },
         DeliverPolicy::Time(t) => Nats::ByStartTime {
-            start_time: time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| format!("startTime {t:?}: {e}"))?,
+            start_time: time::OffsetDateTime::parse(
+                t,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|e| format!("startTime {t:?}: {e}"))?,
         },
     };
     Ok(pull::Config {
@@ -112,7 +113,10 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(trigger = %rt.key, error = %e, "cannot bind the JetStream consumer; retrying");
-                if !rt.sleep(rt.backoff(setup_attempt).max(Duration::from_millis(500))).await {
+                if !rt
+                    .sleep(rt.backoff(setup_attempt).max(Duration::from_millis(500)))
+                    .await
+                {
                     break;
                 }
                 setup_attempt += 1;
@@ -254,8 +258,12 @@ async fn handle_message(
                 s
             }
             Decision::DeadLetter => {
-                let sent =
-                    with_progress(&message, ack_wait, rt.dead_letter(&event, Some(dead_letter), &answer)).await;
+                let sent = with_progress(
+                    &message,
+                    ack_wait,
+                    rt.dead_letter(&event, Some(dead_letter), &answer),
+                )
+                .await;
                 if !sent {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;

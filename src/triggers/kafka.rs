@@ -187,15 +187,16 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     if let Some(max) = source.max_message_bytes {
         config.set("fetch.message.max.bytes", max.max(1000).to_string());
     }
-    let consumer: Arc<StreamConsumer<KafkaContext>> =
-        match config.create_with_context(KafkaContext { rt: rt.clone() }) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::error!(trigger = %rt.key, error = %e, "cannot create the Kafka consumer; trigger idle until its configuration changes");
-                rt.stopping().await;
-                return;
-            }
-        };
+    let consumer: Arc<StreamConsumer<KafkaContext>> = match config
+        .create_with_context(KafkaContext { rt: rt.clone() })
+    {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(trigger = %rt.key, error = %e, "cannot create the Kafka consumer; trigger idle until its configuration changes");
+            rt.stopping().await;
+            return;
+        }
+    };
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topics) {
         tracing::error!(trigger = %rt.key, error = %e, "cannot subscribe; trigger idle until its configuration changes");

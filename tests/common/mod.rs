@@ -418,3 +418,156 @@ impl KeepAliveClient {
         read_response(&mut self.reader, false)
     }
 }
+
+/// The `dapr_app` example: a real Dapr app (AppCallback gRPC or Dapr HTTP) that records
+/// every event it receives.
+pub struct DaprApp {
+    child: Child,
+    pub addr: SocketAddr,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl DaprApp {
+    /// `topics`: `pubsub:topic[:route]`, comma-separated.
+    pub fn start(protocol: &str, bindings: &str, topics: &str) -> DaprApp {
+        DaprApp::start_on(protocol, "127.0.0.1:0", bindings, topics)
+    }
+
+    pub fn start_on(protocol: &str, listen: &str, bindings: &str, topics: &str) -> DaprApp {
+        let bin = target_dir().join("examples").join("dapr_app");
+        assert!(
+            bin.exists(),
+            "{} is missing: run the tests through cargo",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .args([
+                "--protocol",
+                protocol,
+                "--listen",
+                listen,
+                "--bindings",
+                bindings,
+                "--topics",
+                topics,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dapr_app");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("dapr_app printed nothing").unwrap();
+        let addr = first
+            .strip_prefix("listening on ")
+            .expect("dapr_app's first line")
+            .parse()
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(json) = line.strip_prefix("EVENT ") {
+                    sink.lock()
+                        .unwrap()
+                        .push(serde_json::from_str(json).expect("EVENT line is JSON"));
+                }
+            }
+        });
+        DaprApp {
+            child,
+            addr,
+            events,
+        }
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) until `cond` holds for the events received so far.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        mut cond: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.events();
+            if cond(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; received {} events: {:#?}",
+                events.len(),
+                events.iter().rev().take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaprApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The data of every event the app accepted (answer SUCCESS), in arrival order.
+pub fn accepted_data(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["answer"] == "SUCCESS")
+        .map(|e| e["data"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A Function whose only trigger is the Dapr component `component` (on `topic`, when set),
+/// delivered to `app_port` with `protocol`; `inline` is appended under `spec.serving`.
+pub fn dapr_function_yaml(
+    name: &str,
+    component: &str,
+    topic: Option<&str>,
+    protocol: &str,
+    app_port: u16,
+    inline: &str,
+) -> String {
+    let topic = topic
+        .map(|t| format!(", topic: \"{t}\""))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  serving:\n    annotations:\n      dapr.io/app-protocol: {protocol}\n      dapr.io/app-port: \"{app_port}\"\n    triggers:\n      dapr:\n        - {{name: {component}{topic}}}\n{inline}"
+    )
+}
+
+/// A unique suffix for broker names, so test runs never share streams, topics or groups.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}x{nanos}", std::process::id())
+}
+
+impl Fngate {
+    /// SIGKILL: no graceful stop, no final commit.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn triggers(&self) -> serde_json::Value {
+        let r = admin_get(self.admin, "/triggers").expect("GET /triggers");
+        serde_json::from_slice(&r.body).expect("/triggers is JSON")
+    }
+
+    /// The value of the first metric line starting with `prefix` (name and labels), or 0.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}

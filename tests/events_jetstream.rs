@@ -1,0 +1,327 @@
+//! Event triggers from NATS JetStream (the server on 127.0.0.1:4222) into real Dapr apps:
+//! the `dapr_app` example over AppCallback gRPC and over Dapr's HTTP protocol.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::time::Duration;
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+struct Broker {
+    rt: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    stream: String,
+}
+
+impl Drop for Broker {
+    /// Leaves nothing behind on the shared server.
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(self.js.delete_stream(&self.stream));
+    }
+}
+
+impl Broker {
+    /// Connects and creates a stream holding `<prefix>.>`.
+    fn with_stream(stream: &str, prefix: &str) -> Broker {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let js = rt.block_on(async {
+            let client = async_nats::connect(NATS)
+                .await
+                .expect("NATS with JetStream must run on 127.0.0.1:4222 (see README)");
+            let js = jetstream::new(client);
+            js.create_stream(jetstream::stream::Config {
+                name: stream.into(),
+                subjects: vec![format!("{prefix}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("create stream");
+            js
+        });
+        Broker {
+            rt,
+            js,
+            stream: stream.to_owned(),
+        }
+    }
+
+    fn publish(&self, subject: &str, payload: &str, headers: &[(&str, &str)]) {
+        self.rt.block_on(async {
+            let mut h = async_nats::HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, *v);
+            }
+            self.js
+                .publish_with_headers(subject.to_owned(), h, payload.to_owned().into())
+                .await
+                .unwrap()
+                .await
+                .expect("publish acknowledged");
+        });
+    }
+
+    /// Every payload stored under `subject` (read with an ephemeral consumer).
+    fn stored(&self, stream: &str, subject: &str) -> Vec<String> {
+        use futures::StreamExt;
+        self.rt.block_on(async {
+            let s = self.js.get_stream(stream).await.unwrap();
+            let c = s
+                .create_consumer(jetstream::consumer::pull::Config {
+                    filter_subject: subject.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let mut batch = c
+                .fetch()
+                .max_messages(100)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            out
+        })
+    }
+}
+
+fn component(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n    - name: natsURL\n      value: {NATS}\n{extra}"
+    )
+}
+
+#[test]
+fn grpc_app_gets_cloud_events_in_order_with_metadata_retries_and_dead_letters() {
+    let id = unique("g");
+    let stream = format!("FNG_{id}");
+    let subject = format!("{id}.orders");
+    let dead = format!("{id}.dead");
+    let broker = Broker::with_stream(&stream, &id);
+    let app = DaprApp::start("grpc", "", &format!("ps:{subject}:/orders"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "ps",
+                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
+            ),
+            dapr_function_yaml("orders", "ps", Some(&subject), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "orders", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    gate.wait_until(
+        || {
+            gate.triggers()["triggers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 1)
+        },
+        "the trigger",
+    );
+
+    broker.publish(&subject, "m1 plain", &[]);
+    broker.publish(
+        &subject,
+        r#"{"specversion":"1.0","id":"ce-1","source":"shop","type":"order.created","datacontenttype":"application/json","data":{"n":2},"myext":"x"}"#,
+        &[],
+    );
+    broker.publish(&subject, "m3 retry-once", &[]);
+    broker.publish(&subject, "m4 drop-me", &[]);
+    broker.publish(&subject, "m5", &[("X-Trace", "abc")]);
+
+    let events = app.wait_for("five events settled", |e| {
+        accepted_data(e).len() == 4 && e.iter().any(|x| x["answer"] == "DROP")
+    });
+    // One in flight per subject: publish order, the retried event before everything after it.
+    assert_eq!(
+        accepted_data(&events),
+        ["m1 plain", r#"{"n":2}"#, "m3 retry-once", "m5"]
+    );
+    let answers: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["data"].as_str().unwrap(), e["answer"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("m1 plain", "SUCCESS"),
+            (r#"{"n":2}"#, "SUCCESS"),
+            ("m3 retry-once", "RETRY"),
+            ("m3 retry-once", "SUCCESS"),
+            ("m4 drop-me", "DROP"),
+            ("m5", "SUCCESS")
+        ]
+    );
+    // A raw message is wrapped as Dapr wraps a raw payload.
+    let raw = &events[0];
+    assert_eq!(raw["type"], "com.dapr.event.sent");
+    assert_eq!(raw["source"], "Dapr");
+    assert_eq!(raw["specversion"], "1.0");
+    assert_eq!(raw["datacontenttype"], "application/octet-stream");
+    assert_eq!(raw["topic"], subject.as_str());
+    assert_eq!(raw["pubsub"], "ps");
+    assert_eq!(raw["path"], "/orders");
+    assert_eq!(
+        raw["metadata"]["topic"],
+        subject.as_str(),
+        "JetStream's Topic metadata"
+    );
+    // A CloudEvent is unpacked with its own id, source, type and extensions.
+    let ce = &events[1];
+    assert_eq!(ce["id"], "ce-1");
+    assert_eq!(ce["source"], "shop");
+    assert_eq!(ce["type"], "order.created");
+    assert_eq!(ce["datacontenttype"], "application/json");
+    assert_eq!(ce["extensions"]["myext"], "x");
+    // A redelivery keeps the event's id; NATS headers travel as metadata.
+    assert_eq!(events[2]["id"], events[3]["id"]);
+    assert_eq!(events[5]["metadata"]["x-trace"], "abc");
+
+    // DROP went to the dead-letter subject, payload intact.
+    gate.wait_until(
+        || broker.stored(&stream, &dead) == ["m4 drop-me"],
+        "the dead-lettered event",
+    );
+    gate.wait_until(
+        || gate.metric("fngate_events_total{function=\"orders\",namespace=\"default\",outcome=\"success\",trigger=\"ps\"}") == 4.0,
+        "4 successes counted",
+    );
+    assert_eq!(gate.metric("fngate_events_total{function=\"orders\",namespace=\"default\",outcome=\"dead_letter\",trigger=\"ps\"}"), 1.0);
+    assert!(gate.metric("fngate_events_total{function=\"orders\",namespace=\"default\",outcome=\"retry\",trigger=\"ps\"}") >= 1.0);
+}
+
+#[test]
+fn http_app_at_zero_gets_its_backlog_once_an_endpoint_is_ready_and_a_removed_trigger_resumes_where_it_stopped(
+) {
+    let id = unique("h");
+    let stream = format!("FNG_{id}");
+    let subject = format!("{id}.jobs");
+    let broker = Broker::with_stream(&stream, &id);
+    let dir = tempfile::tempdir().unwrap();
+    // The function's endpoint is listed but not ready: fngate must hold the events.
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let function = dapr_function_yaml("jobs", "ps", Some(&subject), "http", port, "");
+    write_atomically(dir.path(), "component.yaml", &component("ps", ""));
+    write_atomically(dir.path(), "fn.yaml", &function);
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "jobs", &[addr], false),
+    );
+    let gate = Fngate::start(dir.path());
+    gate.wait_until(
+        || {
+            gate.triggers()["triggers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 1)
+        },
+        "the trigger",
+    );
+    for i in 1..=3 {
+        broker.publish(&subject, &format!("job {i}"), &[]);
+    }
+    let app = DaprApp::start_on(
+        "http",
+        &addr.to_string(),
+        "",
+        &format!("ps:{subject}:/work"),
+    );
+    let before = gate.revision();
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "jobs", &[addr], true),
+    );
+    gate.wait_for_revision_after(before);
+    let events = app.wait_for("the backlog", |e| accepted_data(e).len() == 3);
+    assert_eq!(accepted_data(&events), ["job 1", "job 2", "job 3"]);
+    let first = &events[0];
+    assert_eq!(first["path"], "work", "route from GET /dapr/subscribe");
+    assert_eq!(
+        first["metadata"]["content-type"],
+        "application/cloudevents+json"
+    );
+    assert_eq!(first["cloudevent"]["data_base64"], "am9iIDE=");
+    assert_eq!(first["cloudevent"]["pubsubname"], "ps");
+
+    // Removing the trigger stops its consumer; events published meanwhile wait in the
+    // durable consumer and arrive once the trigger is back.
+    let before = gate.revision();
+    std::fs::remove_file(dir.path().join("fn.yaml")).unwrap();
+    gate.wait_for_revision_after(before);
+    gate.wait_until(
+        || {
+            gate.triggers()["triggers"]
+                .as_array()
+                .is_some_and(|t| t.is_empty())
+        },
+        "no trigger",
+    );
+    gate.wait_until(
+        || gate.metric("fngate_broker_connected{broker=\"jetstream\",function=\"jobs\"") == 0.0,
+        "the consumer stopped",
+    );
+    broker.publish(&subject, "job 4", &[]);
+    write_atomically(dir.path(), "fn.yaml", &function);
+    let events = app.wait_for("the event published while the trigger was removed", |e| {
+        accepted_data(e).len() == 4
+    });
+    assert_eq!(accepted_data(&events)[3], "job 4");
+}
+
+#[test]
+fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
+    let id = unique("k");
+    let stream = format!("FNG_{id}");
+    let subject = format!("{id}.feed");
+    let broker = Broker::with_stream(&stream, &id);
+    let app = DaprApp::start("grpc", "", &format!("ps:{subject}"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component("ps", ""),
+            dapr_function_yaml("feed", "ps", Some(&subject), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "feed", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let total = 300;
+    for i in 0..total {
+        broker.publish(&subject, &format!("e{i}"), &[]);
+    }
+    let gate = Fngate::start(dir.path());
+    app.wait_for("some events", |e| e.len() >= 20);
+    gate.kill_hard();
+    let seen_at_kill = app.events().len();
+    assert!(
+        seen_at_kill < total,
+        "killed before the end ({seen_at_kill} of {total})"
+    );
+    let _gate = Fngate::start(dir.path());
+    let events = app.wait_for("every event", |e| {
+        let distinct: std::collections::HashSet<_> = accepted_data(e).into_iter().collect();
+        distinct.len() == total
+    });
+    // Order holds across the restart: first deliveries come in publish order.
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in accepted_data(&events) {
+        if seen.insert(d.clone()) {
+            firsts.push(d);
+        }
+    }
+    let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    assert_eq!(firsts, expected);
+}
