@@ -37,6 +37,7 @@ fn openfunction_samples_load_and_the_broken_ones_are_reported() {
         files.len()
     );
     let mut good_functions = 0;
+    let mut triggers = Vec::new();
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -74,9 +75,21 @@ fn openfunction_samples_load_and_the_broken_ones_are_reported() {
                     "{name}: nothing loaded"
                 );
                 good_functions += plan.functions.len();
+                triggers.extend(
+                    plan.triggers
+                        .triggers
+                        .keys()
+                        .map(|k| format!("{name}: {k}")),
+                );
             }
         }
     }
+    eprintln!("event triggers compiled from samples: {triggers:#?}");
+    // The Kafka input samples (v1beta2 and v1beta1) and the Kafka pub/sub subscribers.
+    assert!(
+        triggers.iter().filter(|t| t.contains("kafka")).count() >= 2,
+        "Kafka triggers from samples: {triggers:#?}"
+    );
     assert!(
         good_functions >= 10,
         "HTTP functions compiled from samples: {good_functions}"

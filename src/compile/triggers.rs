@@ -294,9 +294,10 @@ fn compile_trigger(
     let namespace = function.metadata.namespace_or_default();
     let app_id = format!("{}-{}", function.metadata.name, namespace);
     let Some((spec, mut origin, object)) = find_component(snapshot, function, &trigger.name) else {
+        // Not an error in the Function: the Component may simply not have arrived yet.
         report.on_function(
-            Diagnostic::error(format!(
-                "no component named {:?}: neither in spec.serving.bindings/pubsub nor a Component in namespace {namespace}",
+            Diagnostic::warning(format!(
+                "no component named {:?} (neither in spec.serving.bindings/pubsub nor a Component in namespace {namespace}); trigger not started",
                 trigger.name
             ))
             .at_field(format!("{field}.name")),
@@ -320,14 +321,15 @@ fn compile_trigger(
     }
     let kind_name = match trigger.kind.as_deref().filter(|k| !k.is_empty()) {
         Some(t) if t != spec.kind => {
+            // Dapr runs the component's type; OpenFunction uses the trigger's only for KEDA.
             report.on_function(
-                Diagnostic::error(format!(
-                    "trigger type {t:?} differs from the component's type {:?}",
+                Diagnostic::warning(format!(
+                    "trigger type {t:?} differs from the component's type {:?}; using the component's",
                     spec.kind
                 ))
                 .at_field(format!("{field}.type")),
             );
-            return Vec::new();
+            spec.kind.as_str()
         }
         _ => spec.kind.as_str(),
     };
@@ -366,10 +368,12 @@ fn compile_trigger(
             }
         }
         other => {
+            // A valid Dapr component fngate does not consume (cron, MQTT...): reported,
+            // not an error, so the rest of the Function still serves.
             report.on(
                 &origin,
-                Diagnostic::error(format!(
-                    "component type {other:?} is not supported for triggers; fngate reads bindings.kafka, pubsub.kafka and pubsub.jetstream"
+                Diagnostic::warning(format!(
+                    "component type {other:?} is not run by fngate; it reads bindings.kafka, pubsub.kafka and pubsub.jetstream"
                 ))
                 .at_field(if object.is_some() { "spec.type".to_owned() } else { origin.metadata_field.replace(".metadata", ".type") }),
             );

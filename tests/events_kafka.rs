@@ -1,0 +1,275 @@
+//! Event triggers from Kafka into real Dapr apps. The broker is tansu, an
+//! Apache-Kafka-compatible broker (`scripts/install-tansu.sh`), started here on a free port.
+
+mod common;
+
+use common::*;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Kafka {
+    child: Child,
+    brokers: String,
+    rt: tokio::runtime::Runtime,
+    producer: FutureProducer,
+}
+
+fn tansu_bin() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = format!("{home}/.cargo/bin/tansu");
+    if std::path::Path::new(&installed).exists() {
+        installed
+    } else {
+        "tansu".into()
+    }
+}
+
+impl Kafka {
+    fn start() -> Kafka {
+        let port = free_port();
+        let brokers = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{brokers}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu must be installed: scripts/install-tansu.sh");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&brokers).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {brokers}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let producer = rt.block_on(async {
+            ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("message.timeout.ms", "30000")
+                .create::<FutureProducer>()
+                .unwrap()
+        });
+        Kafka {
+            child,
+            brokers,
+            rt,
+            producer,
+        }
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &format!("tcp://{}", self.brokers),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create");
+        assert!(status.success(), "creating topic {name}");
+    }
+
+    fn produce(&self, topic: &str, key: &str, payload: &str, headers: &[(&str, &str)]) {
+        self.rt.block_on(async {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                });
+            }
+            self.producer
+                .send(
+                    FutureRecord::to(topic).key(key).payload(payload).headers(h),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+        });
+    }
+
+    /// Payloads in `topic`, read from the start by a fresh consumer group.
+    fn read_all(&self, topic: &str, expected: usize) -> Vec<String> {
+        self.rt.block_on(async {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .set("group.id", unique("reader"))
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[topic]).unwrap();
+            let mut out = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while out.len() < expected {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => out.push(
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    ),
+                    Ok(Err(_)) => {}
+                    Err(_) => break,
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn component(name: &str, kind: &str, brokers: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: {kind}\n  version: v1\n  metadata:\n    - name: brokers\n      value: \"{brokers}\"\n    - name: initialOffset\n      value: oldest\n{extra}"
+    )
+}
+
+#[test]
+fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() {
+    let kafka = Kafka::start();
+    let topic = unique("in");
+    kafka.create_topic(&topic, 3);
+    let app = DaprApp::start("grpc", "kin", "");
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("g");
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "kin",
+                "bindings.kafka",
+                &kafka.brokers,
+                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {group}\n"),
+            ),
+            dapr_function_yaml("ingest", "kin", None, "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "ingest", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    let total = 30;
+    for i in 0..total {
+        let payload = if i % 7 == 3 {
+            format!("p{i} retry-once")
+        } else {
+            format!("p{i}")
+        };
+        kafka.produce(
+            &topic,
+            &format!("k{}", i % 3),
+            &payload,
+            &[("source", "test")],
+        );
+    }
+    let events = app.wait_for("every record", |e| accepted_data(e).len() == total);
+    let first = &events[0];
+    assert_eq!(first["kind"], "binding");
+    assert_eq!(first["name"], "kin");
+    let md = &first["metadata"];
+    assert_eq!(md["__topic"], topic.as_str());
+    assert!(md["__key"].as_str().unwrap().starts_with('k'));
+    assert_eq!(md["source"], "test", "record headers travel as metadata");
+    for k in ["__offset", "__partition", "__timestamp"] {
+        assert!(md[k].as_str().unwrap().parse::<i64>().is_ok(), "{k}: {md}");
+    }
+    // Per partition: offsets arrive in order, a retried record before everything after it.
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in &events {
+        let p = e["metadata"]["__partition"].as_str().unwrap().to_owned();
+        let o: i64 = e["metadata"]["__offset"].as_str().unwrap().parse().unwrap();
+        let prev = last.insert(p.clone(), o);
+        match e["answer"].as_str().unwrap() {
+            "RETRY" => assert!(
+                prev.is_none_or(|x| x < o),
+                "partition {p}: {prev:?} then {o}"
+            ),
+            _ => assert!(
+                prev.is_none_or(|x| x < o || (x == o)),
+                "partition {p}: {prev:?} then {o}"
+            ),
+        }
+    }
+    let retried = events.iter().filter(|e| e["answer"] == "RETRY").count();
+    assert_eq!(retried, 4, "p3, p10, p17, p24 each answered RETRY once");
+    gate.wait_until(
+        || gate.metric("fngate_events_total{function=\"ingest\",namespace=\"default\",outcome=\"success\",trigger=\"kin\"}") == total as f64,
+        "successes counted",
+    );
+}
+
+#[test]
+fn pubsub_over_http_dead_letters_a_drop_and_survives_sigkill_without_losing_an_event() {
+    let kafka = Kafka::start();
+    let topic = unique("orders");
+    let dead = unique("dead");
+    kafka.create_topic(&topic, 3);
+    kafka.create_topic(&dead, 1);
+    let app = DaprApp::start("http", "", &format!("kps:{topic}:/orders"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "kps",
+                "pubsub.kafka",
+                &kafka.brokers,
+                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
+            ),
+            dapr_function_yaml("orders", "kps", Some(&topic), "http", app.addr.port(), ""),
+            endpoint_slice("default", "orders", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let total = 300;
+    for i in 0..total {
+        let payload = if i == 5 {
+            "o5 drop-me".to_owned()
+        } else {
+            format!("o{i}")
+        };
+        kafka.produce(&topic, &format!("c{}", i % 10), &payload, &[]);
+    }
+    let gate = Fngate::start(dir.path());
+    app.wait_for("some events", |e| e.len() >= 30);
+    gate.kill_hard();
+    let _gate = Fngate::start(dir.path());
+    let events = app.wait_for("every event", |e| {
+        accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total - 1
+    });
+    let first = &events[0];
+    assert_eq!(
+        first["metadata"]["content-type"],
+        "application/cloudevents+json"
+    );
+    assert_eq!(first["pubsub"], "kps");
+    assert_eq!(
+        first["metadata"]["pubsubname"], "kps",
+        "pub/sub adds pubsubName"
+    );
+    assert_eq!(kafka.read_all(&dead, 1), ["o5 drop-me"]);
+}
