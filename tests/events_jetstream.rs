@@ -325,3 +325,134 @@ fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
     let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
     assert_eq!(firsts, expected);
 }
+
+/// A NATS server of the test's own (port and store), so it can be restarted.
+struct OwnNats {
+    child: Option<std::process::Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl OwnNats {
+    fn start() -> OwnNats {
+        let mut n = OwnNats {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+        };
+        n.restart();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server) must be installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_broker_restart_loses_nothing() {
+    let mut nats = OwnNats::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let publish = |url: String, from: usize, to: usize| {
+        rt.block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = jetstream::new(client);
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: "RESTART".into(),
+                subjects: vec!["restart.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            for i in from..to {
+                js.publish("restart.events", format!("r{i}").into())
+                    .await
+                    .unwrap()
+                    .await
+                    .expect("stored");
+            }
+        })
+    };
+    publish(nats.url(), 0, 100);
+    let app = DaprApp::start("grpc", "", "ps:restart.events");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - name: natsURL\n      value: {}\n",
+                nats.url()
+            ),
+            dapr_function_yaml("restart", "ps", Some("restart.events"), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "restart", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    app.wait_for("the first batch", |e| accepted_data(e).len() >= 100);
+    nats.restart();
+    gate.wait_until(
+        || gate.metric("fngate_broker_connected{broker=\"jetstream\",function=\"restart\"") == 1.0,
+        "fngate reconnected",
+    );
+    publish(nats.url(), 100, 200);
+    let events = app.wait_for("the second batch", |e| {
+        accepted_data(e)
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 200
+    });
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in accepted_data(&events) {
+        if seen.insert(d.clone()) {
+            firsts.push(d);
+        }
+    }
+    assert_eq!(
+        firsts,
+        (0..200).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+}

@@ -177,6 +177,9 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("statistics.interval.ms", "5000")
+        // A replica that died hands its partitions over after 10 s, not librdkafka's 45 s.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
         .set(
             "auto.offset.reset",
             match source.initial_offset {
