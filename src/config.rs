@@ -40,6 +40,7 @@ struct RawEvents {
     retry_initial: Option<String>,
     retry_max: Option<String>,
     max_attempts: Option<u32>,
+    kafka_fetch_wait: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -198,6 +199,12 @@ impl Settings {
                 Some(n) => n,
                 None => event_defaults.max_attempts,
             },
+            kafka_fetch_wait: dur(
+                "events.kafka_fetch_wait",
+                &raw.events.kafka_fetch_wait,
+                "100ms",
+            )?
+            .unwrap_or(event_defaults.kafka_fetch_wait),
         };
         Ok(Settings {
             events,

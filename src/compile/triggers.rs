@@ -32,6 +32,8 @@ pub struct EventDefaults {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub max_attempts: u32,
+    /// Kafka fetch.wait.max.ms: how long a broker may hold a fetch when no data is there.
+    pub kafka_fetch_wait: Duration,
 }
 
 impl Default for EventDefaults {
@@ -40,6 +42,7 @@ impl Default for EventDefaults {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             max_attempts: 5,
+            kafka_fetch_wait: Duration::from_millis(100),
         }
     }
 }
@@ -112,7 +115,9 @@ pub(super) fn build(
         for (i, trigger) in triggers.iter().enumerate() {
             report.failed = false;
             let compiled = match (&delivery, &policy) {
-                (Some(d), Some(p)) => compile_trigger(snapshot, function, i, d, p, &mut report),
+                (Some(d), Some(p)) => {
+                    compile_trigger(snapshot, function, i, d, p, &settings.events, &mut report)
+                }
                 _ => Vec::new(),
             };
             if report.failed || delivery.is_none() || policy.is_none() {
@@ -277,6 +282,7 @@ fn compile_trigger(
     index: usize,
     delivery: &DeliverySpec,
     policy: &DeliveryPolicy,
+    defaults: &EventDefaults,
     report: &mut Report<'_>,
 ) -> Vec<(TriggerKey, TriggerSpec)> {
     let trigger = &function
@@ -345,10 +351,12 @@ fn compile_trigger(
     let mut policy = policy.clone();
     let topic = trigger.topic.clone().filter(|t| !t.is_empty());
     let result = match kind_name {
-        "bindings.kafka" => kafka(&mut meta, &app_id, TriggerKind::Binding, report).map(|k| {
-            let topic = k.topics.join(",");
-            (TriggerKind::Binding, SourceSpec::Kafka(k), topic)
-        }),
+        "bindings.kafka" => {
+            kafka(&mut meta, &app_id, TriggerKind::Binding, report, defaults).map(|k| {
+                let topic = k.topics.join(",");
+                (TriggerKind::Binding, SourceSpec::Kafka(k), topic)
+            })
+        }
         "pubsub.kafka" | "pubsub.jetstream" => {
             let Some(topic) = topic else {
                 report.on_function(
@@ -358,7 +366,7 @@ fn compile_trigger(
                 return Vec::new();
             };
             if kind_name == "pubsub.kafka" {
-                kafka(&mut meta, &app_id, TriggerKind::PubSub, report).map(|mut k| {
+                kafka(&mut meta, &app_id, TriggerKind::PubSub, report, defaults).map(|mut k| {
                     k.topics = vec![topic.clone()];
                     (TriggerKind::PubSub, SourceSpec::Kafka(k), topic)
                 })
@@ -569,6 +577,7 @@ fn kafka(
     app_id: &str,
     kind: TriggerKind,
     report: &mut Report<'_>,
+    defaults: &EventDefaults,
 ) -> Option<KafkaSource> {
     let brokers = meta.take("brokers");
     if brokers.is_none() {
@@ -695,6 +704,7 @@ fn kafka(
         auth,
         max_message_bytes,
         client_id,
+        fetch_wait: defaults.kafka_fetch_wait,
     })
 }
 

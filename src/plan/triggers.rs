@@ -67,6 +67,9 @@ pub struct KafkaSource {
     pub auth: KafkaAuth,
     pub max_message_bytes: Option<u32>,
     pub client_id: Option<String>,
+    /// fngate's `events.kafka_fetch_wait` setting (librdkafka `fetch.wait.max.ms`).
+    #[serde(with = "secs")]
+    pub fetch_wait: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@ use super::event::Event;
 use crate::plan::{AppProtocol, TriggerKind, TriggerSpec};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The app's answer to one delivery attempt.
@@ -38,7 +38,7 @@ pub enum AppClient {
 pub struct App {
     client: AppClient,
     /// Asked when an endpoint is first used; refreshed after `SUBSCRIPTIONS_TTL`.
-    subscriptions: Mutex<HashMap<SocketAddr, (Instant, Subscriptions)>>,
+    subscriptions: Mutex<HashMap<SocketAddr, (Instant, Arc<Subscriptions>)>>,
 }
 
 /// Where an event goes on one endpoint, or why it cannot go there.
@@ -72,14 +72,14 @@ impl App {
             .expect("not poisoned")
             .get(&addr)
             .filter(|(at, _)| at.elapsed() < SUBSCRIPTIONS_TTL)
-            .map(|(_, s)| s.clone());
+            .map(|(_, s)| Arc::clone(s));
         let subs = match cached {
             Some(s) => s,
             None => {
-                let fetched = match &self.client {
+                let fetched = Arc::new(match &self.client {
                     AppClient::Grpc(g) => g.subscriptions(addr).await?,
                     AppClient::Http(h) => h.subscriptions(addr, spec).await?,
-                };
+                });
                 self.subscriptions
                     .lock()
                     .expect("not poisoned")

@@ -146,7 +146,9 @@ impl HttpApp {
             TriggerKind::PubSub => {
                 builder =
                     builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
-                Bytes::from(serde_json::to_vec(&event.cloud_event(spec).json).unwrap_or_default())
+                Bytes::from(
+                    serde_json::to_vec(&event.cloud_event(spec).to_json()).unwrap_or_default(),
+                )
             }
         };
         let request = match builder.body(Full::new(body)) {

@@ -49,6 +49,7 @@ pub struct TriggerRuntime {
     app: App,
     pub metrics: Arc<Metrics>,
     labels: [String; 3],
+    counters: OutcomeCounters,
     last_warning: AtomicU64,
     started: Instant,
 }
@@ -67,7 +68,9 @@ impl TriggerRuntime {
             key.function.clone(),
             key.component.clone(),
         ];
+        let counters = OutcomeCounters::new(&metrics, &labels);
         TriggerRuntime {
+            counters,
             app: App::new(spec.delivery.protocol),
             key,
             spec,
@@ -96,11 +99,19 @@ impl TriggerRuntime {
     }
 
     pub fn count(&self, outcome: &str) {
-        let [ns, f, t] = self.labels();
-        self.metrics
-            .events
-            .with_label_values(&[ns, f, t, outcome])
-            .inc();
+        match outcome {
+            event_outcome::SUCCESS => self.counters.success.inc(),
+            event_outcome::RETRY => self.counters.retry.inc(),
+            event_outcome::DROP => self.counters.drop.inc(),
+            event_outcome::DEAD_LETTER => self.counters.dead_letter.inc(),
+            other => {
+                let [ns, f, t] = self.labels();
+                self.metrics
+                    .events
+                    .with_label_values(&[ns, f, t, other])
+                    .inc()
+            }
+        }
     }
 
     fn endpoint(&self, attempt: u32) -> Option<SocketAddr> {
@@ -210,10 +221,8 @@ impl TriggerRuntime {
             Settled::Released => return,
         };
         self.count(outcome);
-        let [ns, f, t] = self.labels();
-        self.metrics
-            .event_delivery_duration
-            .with_label_values(&[ns, f, t])
+        self.counters
+            .duration
             .observe(event.received.elapsed().as_secs_f64());
     }
 
@@ -294,25 +303,44 @@ impl TriggerRuntime {
     }
 }
 
+/// This trigger's metric children, looked up once instead of per event.
+struct OutcomeCounters {
+    success: prometheus::IntCounter,
+    retry: prometheus::IntCounter,
+    drop: prometheus::IntCounter,
+    dead_letter: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    in_flight: prometheus::IntGauge,
+}
+
+impl OutcomeCounters {
+    fn new(metrics: &Metrics, [ns, f, t]: &[String; 3]) -> Self {
+        let counter = |o: &str| metrics.events.with_label_values(&[ns, f, t, o]);
+        OutcomeCounters {
+            success: counter(event_outcome::SUCCESS),
+            retry: counter(event_outcome::RETRY),
+            drop: counter(event_outcome::DROP),
+            dead_letter: counter(event_outcome::DEAD_LETTER),
+            duration: metrics
+                .event_delivery_duration
+                .with_label_values(&[ns, f, t]),
+            in_flight: metrics.events_in_flight.with_label_values(&[ns, f, t]),
+        }
+    }
+}
+
 /// Counts an event in `fngate_events_in_flight` while it lives.
 pub struct InFlight<'a>(&'a TriggerRuntime);
 
 impl<'a> InFlight<'a> {
     pub fn new(rt: &'a TriggerRuntime) -> Self {
-        rt.metrics
-            .events_in_flight
-            .with_label_values(&rt.labels())
-            .inc();
+        rt.counters.in_flight.inc();
         InFlight(rt)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0
-            .metrics
-            .events_in_flight
-            .with_label_values(&self.0.labels())
-            .dec();
+        self.0.counters.in_flight.dec();
     }
 }

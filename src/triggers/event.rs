@@ -31,8 +31,8 @@ pub struct CloudEvent {
     pub data: Vec<u8>,
     /// Every other top-level attribute of the event (for gRPC: `extensions`).
     pub extensions: serde_json::Map<String, serde_json::Value>,
-    /// The event as JSON, for HTTP delivery.
-    pub json: serde_json::Value,
+    /// The message as it arrived, when it was a CloudEvent already.
+    original: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Attributes that are fields of TopicEventRequest rather than extensions.
@@ -51,30 +51,57 @@ impl Event {
     /// anything else is wrapped the way Dapr wraps a raw payload: `data_base64`,
     /// `application/octet-stream`, source `Dapr`, type `com.dapr.event.sent`.
     pub fn cloud_event(&self, spec: &TriggerSpec) -> CloudEvent {
-        if let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&self.data) {
-            if obj.contains_key("specversion") {
-                obj.entry("topic")
-                    .or_insert_with(|| self.topic.clone().into());
-                obj.entry("pubsubname")
-                    .or_insert_with(|| spec.component.clone().into());
-                return unpack(obj);
+        // Only a JSON object can be a CloudEvent: skip the parse for anything else.
+        if self.data.trim_ascii_start().first() == Some(&b'{') {
+            if let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&self.data) {
+                if obj.contains_key("specversion") {
+                    obj.entry("topic")
+                        .or_insert_with(|| self.topic.clone().into());
+                    obj.entry("pubsubname")
+                        .or_insert_with(|| spec.component.clone().into());
+                    return unpack(obj);
+                }
             }
         }
-        let mut obj = serde_json::Map::new();
-        obj.insert("id".into(), stable_id(&self.position).into());
-        obj.insert("specversion".into(), "1.0".into());
-        obj.insert("datacontenttype".into(), "application/octet-stream".into());
-        obj.insert("source".into(), "Dapr".into());
-        obj.insert("type".into(), "com.dapr.event.sent".into());
-        obj.insert("topic".into(), self.topic.clone().into());
-        obj.insert("pubsubname".into(), spec.component.clone().into());
+        let mut extensions = serde_json::Map::new();
+        extensions.insert("topic".into(), self.topic.clone().into());
+        extensions.insert("pubsubname".into(), spec.component.clone().into());
+        CloudEvent {
+            id: stable_id(&self.position),
+            source: "Dapr".into(),
+            kind: "com.dapr.event.sent".into(),
+            spec_version: "1.0".into(),
+            data_content_type: "application/octet-stream".into(),
+            data: self.data.to_vec(),
+            extensions,
+            original: None,
+        }
+    }
+}
+
+impl CloudEvent {
+    /// The JSON form Dapr posts to HTTP apps: the original event, or the raw-payload
+    /// wrapper with `data_base64`.
+    pub fn to_json(&self) -> serde_json::Value {
+        if let Some(original) = &self.original {
+            return serde_json::Value::Object(original.clone());
+        }
+        let mut obj = self.extensions.clone();
+        obj.insert("id".into(), self.id.clone().into());
+        obj.insert("specversion".into(), self.spec_version.clone().into());
+        obj.insert(
+            "datacontenttype".into(),
+            self.data_content_type.clone().into(),
+        );
+        obj.insert("source".into(), self.source.clone().into());
+        obj.insert("type".into(), self.kind.clone().into());
         obj.insert(
             "data_base64".into(),
             base64::engine::general_purpose::STANDARD
                 .encode(&self.data)
                 .into(),
         );
-        unpack(obj)
+        serde_json::Value::Object(obj)
     }
 }
 
@@ -117,7 +144,7 @@ fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
         data_content_type,
         data,
         extensions,
-        json: serde_json::Value::Object(obj),
+        original: Some(obj),
     }
 }
 
@@ -191,7 +218,7 @@ mod tests {
         assert_eq!(ce.kind, "com.dapr.event.sent");
         assert_eq!(ce.source, "Dapr");
         assert_eq!(ce.spec_version, "1.0");
-        assert_eq!(ce.json["data_base64"], "AAFoZWxsbw==");
+        assert_eq!(ce.to_json()["data_base64"], "AAFoZWxsbw==");
         assert_eq!(ce.extensions["topic"], "orders");
         assert_eq!(ce.extensions["pubsubname"], "ps");
         assert_eq!(ce.id, event(b"other").cloud_event(&spec()).id);

@@ -177,6 +177,10 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("statistics.interval.ms", "5000")
+        .set(
+            "fetch.wait.max.ms",
+            source.fetch_wait.as_millis().clamp(1, 300_000).to_string(),
+        )
         // A replica that died hands its partitions over after 10 s, not librdkafka's 45 s.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
@@ -187,6 +191,14 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
                 InitialOffset::Oldest => "earliest",
             },
         );
+    // Experiment hook: extra librdkafka properties (k=v,k=v).
+    if let Ok(extra) = std::env::var("FNGATE_KAFKA_EXTRA") {
+        for kv in extra.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                config.set(k, v);
+            }
+        }
+    }
     if let Some(max) = source.max_message_bytes {
         config.set("fetch.message.max.bytes", max.max(1000).to_string());
     }

@@ -1,0 +1,716 @@
+//! Event delivery throughput and latency, against the raw client library as the ceiling.
+//!
+//! `cargo bench --bench events [-- N]` (default N = 100,000 messages of 1 KiB):
+//! - Kafka (tansu on loopback) and NATS JetStream (127.0.0.1:4222): produce N messages,
+//!   then measure (a) the raw consume rate of the client alone (rdkafka consumer storing
+//!   offsets; async-nats pull consumer acking each message) and (b) fngate delivering them
+//!   into a trivial Dapr app over AppCallback gRPC and over Dapr HTTP, ordering relaxed
+//!   (`fngate.io/concurrency: 64`). Prints events/s and the ratio to the ceiling.
+//! - End-to-end latency at 1,000 events/s (ordered, the default): publish → app receives.
+//!
+//! Both apps run in this process (real gRPC and HTTP servers on loopback); fngate is the
+//! release binary, so everything shares the machine's cores.
+
+use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
+use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
+use dapr::dapr::proto::runtime::v1::*;
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::{Request, Response, Status};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What the trivial app saw: a count, first/last arrival, and latencies of stamped events.
+#[derive(Default)]
+struct Sink {
+    count: AtomicU64,
+    window: Mutex<Option<(Instant, Instant)>>,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Sink {
+    fn hit(&self, data: &[u8]) {
+        let now = Instant::now();
+        {
+            let mut w = self.window.lock().unwrap();
+            *w = Some(match *w {
+                None => (now, now),
+                Some((first, _)) => (first, now),
+            });
+        }
+        if let Some(stamp) = data
+            .strip_prefix(b"ts=")
+            .and_then(|d| std::str::from_utf8(&d[..19.min(d.len())]).ok())
+            .and_then(|s| s.parse::<u128>().ok())
+        {
+            let sent = stamp;
+            let recv = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            self.latencies_us
+                .lock()
+                .unwrap()
+                .push((recv.saturating_sub(sent) / 1000) as u64);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+    fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        *self.window.lock().unwrap() = None;
+        self.latencies_us.lock().unwrap().clear();
+    }
+    async fn wait_for(&self, n: u64, limit: Duration) -> Option<f64> {
+        let deadline = Instant::now() + limit;
+        while self.count.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "timed out with {} of {n}",
+                    self.count.load(Ordering::Relaxed)
+                );
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (first, last) = self.window.lock().unwrap().expect("events arrived");
+        Some(n as f64 / (last - first).as_secs_f64().max(1e-9))
+    }
+}
+
+struct GrpcApp(Arc<Sink>, String);
+
+#[tonic::async_trait]
+impl AppCallback for GrpcApp {
+    async fn on_invoke(
+        &self,
+        _: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(ListTopicSubscriptionsResponse {
+            subscriptions: vec![TopicSubscription {
+                pubsub_name: "ps".into(),
+                topic: self.1.clone(),
+                ..Default::default()
+            }],
+        }))
+    }
+    async fn on_topic_event(
+        &self,
+        r: Request<TopicEventRequest>,
+    ) -> Result<Response<TopicEventResponse>, Status> {
+        self.0.hit(&r.get_ref().data);
+        Ok(Response::new(TopicEventResponse { status: 0 }))
+    }
+    async fn list_input_bindings(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<ListInputBindingsResponse>, Status> {
+        Ok(Response::new(ListInputBindingsResponse {
+            bindings: vec!["kin".into()],
+        }))
+    }
+    async fn on_binding_event(
+        &self,
+        r: Request<BindingEventRequest>,
+    ) -> Result<Response<BindingEventResponse>, Status> {
+        self.0.hit(&r.get_ref().data);
+        Ok(Response::new(BindingEventResponse::default()))
+    }
+    async fn on_bulk_topic_event(
+        &self,
+        _: Request<TopicEventBulkRequest>,
+    ) -> Result<Response<TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn on_job_event(
+        &self,
+        _: Request<JobEventRequest>,
+    ) -> Result<Response<JobEventResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+async fn serve_grpc(sink: Arc<Sink>, topic: String) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AppCallbackServer::new(GrpcApp(sink, topic)))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+async fn serve_http(sink: Arc<Sink>, topic: String) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            let (sink, topic) = (sink.clone(), topic.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (sink, topic) = (sink.clone(), topic.clone());
+                        async move {
+                            let get = req.method() == hyper::Method::GET;
+                            let options = req.method() == hyper::Method::OPTIONS;
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let out = if get {
+                                format!(
+                                    r#"[{{"pubsubname":"ps","topic":"{topic}","route":"/in"}}]"#
+                                )
+                            } else {
+                                if !options {
+                                    // Pub/sub bodies are CloudEvents: the payload is in data_base64.
+                                    match serde_json::from_slice::<serde_json::Value>(&body)
+                                        .ok()
+                                        .and_then(|v| v["data_base64"].as_str().map(str::to_owned))
+                                    {
+                                        Some(b64) => {
+                                            use base64::Engine as _;
+                                            sink.hit(
+                                                &base64::engine::general_purpose::STANDARD
+                                                    .decode(b64)
+                                                    .unwrap_or_default(),
+                                            );
+                                        }
+                                        None => sink.hit(&body),
+                                    }
+                                }
+                                String::new()
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(out),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// librdkafka `fetch.wait.max.ms` for fngate and the raw client alike: tansu holds every
+/// fetch for at least half of it (Apache Kafka answers as soon as data is there).
+const FETCH_WAIT_MS: u64 = 1;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Fngate(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Fngate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_fngate(objects: &str) -> Fngate {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fns")).unwrap();
+    std::fs::write(dir.path().join("fns/f.yaml"), objects).unwrap();
+    let settings = dir.path().join("fngate.yaml");
+    std::fs::write(&settings, format!("listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\ncatalog:\n  dir: fns\nthreads: 2\nevents:\n  kafka_fetch_wait: {FETCH_WAIT_MS}ms\n", free_port(), free_port())).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
+        .args(["run", "--config"])
+        .arg(&settings)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_FNGATE_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .spawn()
+        .expect("fngate");
+    Fngate(child, dir)
+}
+
+fn function(
+    component: &str,
+    kind_meta: &str,
+    topic: Option<&str>,
+    protocol: &str,
+    app: SocketAddr,
+    concurrency: u32,
+) -> String {
+    let topic = topic.map(|t| format!(", topic: {t}")).unwrap_or_default();
+    format!(
+        "{kind_meta}---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: bench\n  annotations:\n    fngate.io/concurrency: \"{concurrency}\"\nspec:\n  serving:\n    annotations:\n      dapr.io/app-protocol: {protocol}\n      dapr.io/app-port: \"{}\"\n    triggers:\n      dapr:\n        - {{name: {component}{topic}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: bench\n  labels: {{kubernetes.io/service-name: bench}}\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n",
+        app.port()
+    )
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = format!("msg {i} ").into_bytes();
+    p.resize(1024, b'x');
+    p
+}
+
+fn stamped() -> Vec<u8> {
+    let mut p = format!(
+        "ts={:019}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+    .into_bytes();
+    p.resize(1024, b'x');
+    p
+}
+
+fn p(lat: &mut [u64], q: f64) -> f64 {
+    lat.sort_unstable();
+    if lat.is_empty() {
+        return f64::NAN;
+    }
+    lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0
+}
+
+struct Row(String, f64, Option<f64>);
+
+async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let bin = if std::path::Path::new(&format!("{home}/.cargo/bin/tansu")).exists() {
+        format!("{home}/.cargo/bin/tansu")
+    } else {
+        "tansu".into()
+    };
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let brokers = format!("127.0.0.1:{port}");
+    let mut tansu = match Command::new(&bin)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kafka skipped: tansu not found ({e}); scripts/install-tansu.sh installs it");
+            return;
+        }
+    };
+    while std::net::TcpStream::connect(&brokers).is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each latency run gets its own topic: tansu's in-memory store slows down as a
+    // partition accumulates batches, so a shared topic would penalise whoever runs second.
+    for (t, parts) in [("bench", "3"), ("lat", "1"), ("lat-fngate", "1")] {
+        Command::new(&bin)
+            .args([
+                "topic",
+                "create",
+                t,
+                "--broker",
+                &url,
+                "--partitions",
+                parts,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let sends: Vec<_> = (0..n)
+        .map(|i| {
+            let p = producer.clone();
+            async move {
+                let data = payload(i);
+                let key = format!("k{}", i % 64);
+                p.send(
+                    FutureRecord::to("bench").key(&key).payload(&data),
+                    Duration::from_secs(60),
+                )
+                .await
+                .expect("produce");
+            }
+        })
+        .collect();
+    futures::stream::iter(sends)
+        .buffer_unordered(1000)
+        .collect::<Vec<_>>()
+        .await;
+    eprintln!(
+        "kafka: produced {n} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Ceiling: the client alone, storing offsets as fngate does.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "raw")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["bench"]).unwrap();
+    let mut got = 0;
+    let mut first = None;
+    while got < n {
+        let m = consumer.recv().await.unwrap();
+        first.get_or_insert_with(Instant::now);
+        consumer.store_offset_from_message(&m).unwrap();
+        got += 1;
+    }
+    let ceiling = n as f64 / first.unwrap().elapsed().as_secs_f64();
+    drop(consumer);
+    rows.push(Row(
+        "kafka  rdkafka consumer alone (ceiling)".into(),
+        ceiling,
+        None,
+    ));
+
+    for protocol in ["grpc", "http"] {
+        let sink = Arc::new(Sink::default());
+        let addr = if protocol == "grpc" {
+            serve_grpc(sink.clone(), "bench".into()).await
+        } else {
+            serve_http(sink.clone(), "bench".into()).await
+        };
+        let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kin\nspec:\n  type: bindings.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: topics, value: bench}}\n    - {{name: consumerGroup, value: fngate-{protocol}}}\n    - {{name: initialOffset, value: oldest}}\n");
+        let _gate = start_fngate(&function("kin", &component, None, protocol, addr, 64));
+        if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
+            rows.push(Row(
+                format!("kafka  fngate -> {protocol} app (concurrency 64)"),
+                rate,
+                Some(rate / ceiling),
+            ));
+        }
+    }
+
+    // Latency at 1,000 events/s: first the raw client as the peer, then fngate, ordered
+    // (one in flight per partition).
+    let lat_producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    {
+        let raw_sink = Arc::new(Sink::default());
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "rawlat")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+            .set("auto.offset.reset", "latest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["lat"]).unwrap();
+        let consumer = Arc::new(consumer);
+        let (c, rs) = (consumer.clone(), raw_sink.clone());
+        let reader = tokio::spawn(async move {
+            loop {
+                if let Ok(m) = c.recv().await {
+                    use rdkafka::Message;
+                    rs.hit(m.payload().unwrap_or_default());
+                }
+            }
+        });
+        while raw_sink.count.load(Ordering::Relaxed) == 0 {
+            let _ = lat_producer
+                .send(
+                    FutureRecord::<(), _>::to("lat").payload(&payload(0)),
+                    Duration::from_secs(5),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        raw_sink.reset();
+        let total = rate_run(1000, 5, |data| {
+            let p = lat_producer.clone();
+            async move {
+                let _ = p
+                    .send(
+                        FutureRecord::<(), _>::to("lat").payload(&data),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+            }
+        })
+        .await;
+        raw_sink.wait_for(total, Duration::from_secs(60)).await;
+        reader.abort();
+        let mut l = raw_sink.latencies_us.lock().unwrap().clone();
+        latency.push(format!(
+            "kafka  rdkafka consumer alone, 1,000/s for 5 s: p50 {:.2} ms  p99 {:.2} ms  (n={})",
+            p(&mut l, 0.5),
+            p(&mut l, 0.99),
+            l.len()
+        ));
+    }
+    let sink = Arc::new(Sink::default());
+    let addr = serve_grpc(sink.clone(), "lat-fngate".into()).await;
+    let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kin\nspec:\n  type: bindings.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: topics, value: lat-fngate}}\n    - {{name: consumerGroup, value: fngate-lat}}\n");
+    let _gate = start_fngate(&function("kin", &component, None, "grpc", addr, 1));
+    // Warm up until the consumer has joined and delivers, then measure.
+    while sink.count.load(Ordering::Relaxed) == 0 {
+        let _ = lat_producer
+            .send(
+                FutureRecord::<(), _>::to("lat-fngate").payload(&payload(0)),
+                Duration::from_secs(5),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sink.reset();
+    let total = rate_run(1000, 5, |data| {
+        let p = lat_producer.clone();
+        async move {
+            let _ = p
+                .send(
+                    FutureRecord::<(), _>::to("lat-fngate").payload(&data),
+                    Duration::from_secs(5),
+                )
+                .await;
+        }
+    })
+    .await;
+    sink.wait_for(total, Duration::from_secs(60)).await;
+    let mut l = sink.latencies_us.lock().unwrap().clone();
+    if std::env::var("BENCH_TRACE").is_ok() {
+        for (i, chunk) in l.chunks(500).enumerate() {
+            let mut c = chunk.to_vec();
+            eprintln!(
+                "chunk {i}: p50 {:.2} ms max {:.2} ms",
+                p(&mut c, 0.5),
+                p(&mut c, 1.0)
+            );
+        }
+    }
+    latency.push(format!(
+        "kafka  -> grpc app, 1,000/s for 5 s: p50 {:.2} ms  p99 {:.2} ms  (n={})",
+        p(&mut l, 0.5),
+        p(&mut l, 0.99),
+        l.len()
+    ));
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+}
+
+/// Sends `per_second` stamped messages a second for `seconds`; returns how many.
+async fn rate_run<F, Fut>(per_second: u64, seconds: u64, send: F) -> u64
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    let total = per_second * seconds;
+    for _ in 0..total {
+        tick.tick().await;
+        tokio::spawn(send(stamped()));
+    }
+    total
+}
+
+async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
+    use async_nats::jetstream::{self, consumer::pull};
+    let client = match async_nats::connect("127.0.0.1:4222").await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jetstream skipped: {e}");
+            return;
+        }
+    };
+    let js = jetstream::new(client);
+    let name = format!("BENCH{}", std::process::id());
+    let _ = js.delete_stream(&name).await;
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let subject = format!("{name}.bench");
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        acks.push(
+            js.publish(subject.clone(), payload(i).into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() >= 2000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    eprintln!(
+        "jetstream: published {n} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let raw = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            filter_subject: subject.clone(),
+            max_ack_pending: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = raw.messages().await.unwrap();
+    let mut first = None;
+    for _ in 0..n {
+        let m = messages.next().await.unwrap().unwrap();
+        first.get_or_insert_with(Instant::now);
+        m.ack().await.unwrap();
+    }
+    let ceiling = n as f64 / first.unwrap().elapsed().as_secs_f64();
+    drop(messages);
+    rows.push(Row(
+        "nats   async-nats pull consumer, ack each (ceiling)".into(),
+        ceiling,
+        None,
+    ));
+
+    for protocol in ["grpc", "http"] {
+        let sink = Arc::new(Sink::default());
+        let addr = if protocol == "grpc" {
+            serve_grpc(sink.clone(), subject.clone()).await
+        } else {
+            serve_http(sink.clone(), subject.clone()).await
+        };
+        let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {{name: natsURL, value: \"nats://127.0.0.1:4222\"}}\n    - {{name: durableName, value: fngate-{protocol}}}\n");
+        let _gate = start_fngate(&function(
+            "ps",
+            &component,
+            Some(&subject),
+            protocol,
+            addr,
+            64,
+        ));
+        if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
+            rows.push(Row(
+                format!("nats   fngate -> {protocol} app (concurrency 64)"),
+                rate,
+                Some(rate / ceiling),
+            ));
+        }
+    }
+
+    let lat_subject = format!("{name}.lat");
+    let sink = Arc::new(Sink::default());
+    let addr = serve_grpc(sink.clone(), lat_subject.clone()).await;
+    let component = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {name: natsURL, value: \"nats://127.0.0.1:4222\"}\n    - {name: durableName, value: fngate-lat}\n    - {name: deliverPolicy, value: new}\n";
+    let _gate = start_fngate(&function(
+        "ps",
+        component,
+        Some(&lat_subject),
+        "grpc",
+        addr,
+        1,
+    ));
+    while sink.count.load(Ordering::Relaxed) == 0 {
+        let _ = js.publish(lat_subject.clone(), payload(0).into()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink.reset();
+    let total = rate_run(1000, 5, |data| {
+        let (js, s) = (js.clone(), lat_subject.clone());
+        async move {
+            if let Ok(ack) = js.publish(s, data.into()).await {
+                let _ = ack.await;
+            }
+        }
+    })
+    .await;
+    sink.wait_for(total, Duration::from_secs(60)).await;
+    let mut l = sink.latencies_us.lock().unwrap().clone();
+    latency.push(format!(
+        "nats   -> grpc app, 1,000/s for 5 s: p50 {:.2} ms  p99 {:.2} ms  (n={})",
+        p(&mut l, 0.5),
+        p(&mut l, 0.99),
+        l.len()
+    ));
+    let _ = js.delete_stream(&name).await;
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    let mut latency = Vec::new();
+    rt.block_on(async {
+        if std::env::var("BENCH_ONLY").as_deref() != Ok("nats") {
+            kafka(n, &mut rows, &mut latency).await;
+        }
+        if std::env::var("BENCH_ONLY").as_deref() != Ok("kafka") {
+            jetstream(n, &mut rows, &mut latency).await;
+        }
+    });
+    println!("\n{n} messages of 1 KiB");
+    println!("{:<55} {:>12} {:>10}", "path", "events/s", "/ceiling");
+    for Row(name, rate, ratio) in &rows {
+        println!(
+            "{name:<55} {rate:>12.0} {:>10}",
+            ratio.map(|r| format!("{r:.2}")).unwrap_or_default()
+        );
+    }
+    for l in &latency {
+        println!("{l}");
+    }
+}
