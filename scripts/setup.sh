@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing fngate needs on a fresh Debian machine:
 # cmake, a C toolchain, perl and OpenSSL headers for pingora; curl and openssl for the
-# TLS test; nginx and wrk for the proxy benchmark. Skips apt when all are present.
+# TLS test; nginx and wrk for the proxy benchmark; nats-server for the event-trigger
+# tests. Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk nats-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

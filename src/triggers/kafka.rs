@@ -191,14 +191,6 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
                 InitialOffset::Oldest => "earliest",
             },
         );
-    // Experiment hook: extra librdkafka properties (k=v,k=v).
-    if let Ok(extra) = std::env::var("FNGATE_KAFKA_EXTRA") {
-        for kv in extra.split(',') {
-            if let Some((k, v)) = kv.split_once('=') {
-                config.set(k, v);
-            }
-        }
-    }
     if let Some(max) = source.max_message_bytes {
         config.set("fetch.message.max.bytes", max.max(1000).to_string());
     }
