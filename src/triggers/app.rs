@@ -16,6 +16,19 @@ pub enum Answer {
     Retry(String),
     /// Acknowledge and dead-letter (DROP, gRPC UNIMPLEMENTED, HTTP 404).
     Drop(String),
+    /// The app could not be reached (refused, reset, gRPC UNAVAILABLE): retried, never
+    /// dead-lettered, since the event was not judged.
+    Unreachable(String),
+}
+
+impl Answer {
+    /// Why a delivery did not succeed.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Answer::Success => None,
+            Answer::Retry(r) | Answer::Drop(r) | Answer::Unreachable(r) => Some(r),
+        }
+    }
 }
 
 /// What an endpoint told us it consumes.

@@ -138,8 +138,12 @@ impl GrpcApp {
             Err(s) if s.code() == tonic::Code::Unimplemented => {
                 Answer::Drop(format!("app does not implement the call: {}", s.message()))
             }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                self.forget(addr);
+                Answer::Unreachable(format!("gRPC Unavailable: {}", s.message()))
+            }
             Err(s) => {
-                if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                if s.code() == tonic::Code::Unknown {
                     self.forget(addr);
                 }
                 Answer::Retry(format!("gRPC {:?}: {}", s.code(), s.message()))

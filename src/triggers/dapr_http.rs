@@ -156,7 +156,7 @@ impl HttpApp {
             Err(e) => return Answer::Retry(format!("building the request: {e}")),
         };
         match self.send(request).await {
-            Err(e) => Answer::Retry(e),
+            Err(e) => Answer::Unreachable(e),
             Ok((StatusCode::NOT_FOUND, _)) => Answer::Drop(format!("POST /{path} answered 404")),
             Ok((status, body)) if status.is_success() => status_answer(&body),
             Ok((status, _)) => Answer::Retry(format!("POST /{path} answered {status}")),

@@ -167,7 +167,7 @@ impl TriggerRuntime {
             match self.app.route(addr, &self.spec, &event.topic).await {
                 Ok(Route::Path(path)) => {
                     let answer = self.app.deliver(addr, &self.spec, event, &path).await;
-                    if matches!(answer, Answer::Retry(_)) {
+                    if matches!(answer, Answer::Retry(_) | Answer::Unreachable(_)) {
                         self.app.forget(addr);
                     }
                     return Some(answer);
@@ -183,7 +183,7 @@ impl TriggerRuntime {
                         return None;
                     }
                 }
-                Err(e) => return Some(Answer::Retry(format!("{addr}: {e}"))),
+                Err(e) => return Some(Answer::Unreachable(format!("{addr}: {e}"))),
             }
         }
     }
@@ -197,18 +197,22 @@ impl TriggerRuntime {
         p.retry_initial.saturating_mul(factor).min(p.retry_max)
     }
 
-    /// Turns attempt number `attempt` (1-based) and its answer into the next step.
-    pub fn decide(&self, answer: &Answer, attempt: u32) -> Decision {
+    /// The next step after attempt number `attempt` (1-based, sets the backoff), of which
+    /// `failures` were answered with a failure by the app itself (counts toward the
+    /// dead-letter limit; an unreachable app never dead-letters an event).
+    pub fn decide(&self, answer: &Answer, attempt: u32, failures: u32) -> Decision {
         let p = &self.spec.policy;
         let dead_letter = p.dead_letter_topic.is_some();
         match answer {
             Answer::Success => Decision::Ack(Settled::Delivered),
             Answer::Drop(_) if dead_letter => Decision::DeadLetter,
             Answer::Drop(_) => Decision::Ack(Settled::Dropped),
-            Answer::Retry(_) if dead_letter && p.max_attempts.is_some_and(|m| attempt >= m) => {
+            Answer::Retry(_) if dead_letter && p.max_attempts.is_some_and(|m| failures >= m) => {
                 Decision::DeadLetter
             }
-            Answer::Retry(_) => Decision::RetryAfter(self.backoff(attempt)),
+            Answer::Retry(_) | Answer::Unreachable(_) => {
+                Decision::RetryAfter(self.backoff(attempt))
+            }
         }
     }
 
@@ -230,11 +234,15 @@ impl TriggerRuntime {
     pub async fn settle(&self, event: &Event, dead_letter: Option<&dyn DeadLetterSink>) -> Settled {
         let _in_flight = InFlight::new(self);
         let mut attempt = 1;
+        let mut failures = 0;
         let settled = loop {
             let Some(answer) = self.attempt(event, attempt).await else {
                 break Settled::Released;
             };
-            match self.decide(&answer, attempt) {
+            if matches!(answer, Answer::Retry(_)) {
+                failures += 1;
+            }
+            match self.decide(&answer, attempt, failures) {
                 Decision::Ack(s) => {
                     if let (Settled::Dropped, Answer::Drop(why)) = (s, &answer) {
                         tracing::warn!(trigger = %self.key, position = %event.position, reason = %why, "event dropped by the function");
@@ -247,7 +255,7 @@ impl TriggerRuntime {
                 },
                 Decision::RetryAfter(delay) => {
                     self.count(event_outcome::RETRY);
-                    if let Answer::Retry(why) = &answer {
+                    if let Some(why) = answer.reason() {
                         tracing::debug!(trigger = %self.key, position = %event.position, attempt, reason = %why, "delivery failed; retrying");
                         if attempt == 1 || attempt % 10 == 0 {
                             self.warn_rarely("delivery failed; retrying with backoff", why);
@@ -342,5 +350,101 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.counters.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::*;
+
+    fn runtime(dead_letter: Option<&str>) -> TriggerRuntime {
+        let spec = TriggerSpec {
+            app_id: "f-default".into(),
+            component: "c".into(),
+            kind: TriggerKind::Binding,
+            source: SourceSpec::Jetstream(JetstreamSource {
+                nats_url: "nats://x".into(),
+                stream_name: None,
+                subject: "s".into(),
+                durable_name: "d".into(),
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: None,
+                max_deliver: None,
+            }),
+            delivery: DeliverySpec {
+                protocol: AppProtocol::Http,
+                port: 1,
+                service: ServiceKey {
+                    namespace: "default".into(),
+                    name: "f".into(),
+                },
+            },
+            policy: DeliveryPolicy {
+                concurrency: 1,
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_millis(350),
+                max_attempts: Some(3),
+                dead_letter_topic: dead_letter.map(str::to_owned),
+            },
+        };
+        let key = TriggerKey {
+            namespace: "default".into(),
+            function: "f".into(),
+            component: "c".into(),
+            topic: "s".into(),
+        };
+        let (_, revisions) = watch::channel(0);
+        let (_, stop) = watch::channel(false);
+        TriggerRuntime::new(
+            key,
+            Arc::new(spec),
+            Arc::new(arc_swap::ArcSwap::from_pointee(crate::plan::Plan::default())),
+            revisions,
+            stop,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn app_failures_go_to_the_dead_letter_topic_after_max_attempts_an_unreachable_app_never() {
+        let rt = runtime(Some("dlq"));
+        let retry = Answer::Retry("RETRY".into());
+        assert_eq!(
+            rt.decide(&retry, 1, 1),
+            Decision::RetryAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            rt.decide(&retry, 2, 2),
+            Decision::RetryAfter(Duration::from_millis(200))
+        );
+        assert_eq!(rt.decide(&retry, 3, 3), Decision::DeadLetter);
+        let down = Answer::Unreachable("refused".into());
+        assert_eq!(
+            rt.decide(&down, 9, 0),
+            Decision::RetryAfter(Duration::from_millis(350)),
+            "capped"
+        );
+        assert_eq!(
+            rt.decide(&Answer::Drop("DROP".into()), 1, 0),
+            Decision::DeadLetter
+        );
+        assert_eq!(
+            rt.decide(&Answer::Success, 1, 0),
+            Decision::Ack(Settled::Delivered)
+        );
+    }
+
+    #[test]
+    fn without_a_dead_letter_topic_failures_retry_forever_and_drops_are_acknowledged() {
+        let rt = runtime(None);
+        assert!(matches!(
+            rt.decide(&Answer::Retry("x".into()), 50, 50),
+            Decision::RetryAfter(_)
+        ));
+        assert_eq!(
+            rt.decide(&Answer::Drop("x".into()), 1, 0),
+            Decision::Ack(Settled::Dropped)
+        );
     }
 }

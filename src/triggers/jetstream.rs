@@ -259,7 +259,8 @@ async fn handle_message(
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return;
         };
-        let settled = match rt.decide(&answer, attempt) {
+        // The server's delivery count stands in for the app's failures here.
+        let settled = match rt.decide(&answer, attempt, attempt) {
             Decision::Ack(s) => {
                 if let Err(e) = message.ack().await {
                     tracing::warn!(trigger = %rt.key, error = %e, "ack failed; the event may be redelivered");
@@ -282,7 +283,7 @@ async fn handle_message(
             }
             Decision::RetryAfter(delay) => {
                 rt.count(event_outcome::RETRY);
-                if let crate::triggers::Answer::Retry(why) = &answer {
+                if let Some(why) = answer.reason() {
                     tracing::debug!(trigger = %rt.key, position = %event.position, attempt, reason = %why, "delivery failed; nak with backoff");
                 }
                 if !last_delivery {
