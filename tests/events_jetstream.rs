@@ -456,3 +456,50 @@ fn a_broker_restart_loses_nothing() {
         (0..200).map(|i| format!("r{i}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_crashed_function_listed_as_ready_loses_nothing_and_dead_letters_nothing() {
+    let id = unique("c");
+    let stream = format!("FNG_{id}");
+    let subject = format!("{id}.work");
+    let dead = format!("{id}.dead");
+    let broker = Broker::with_stream(&stream, &id);
+    // The endpoint is listed ready, but nothing listens there yet (a crashed pod).
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let function = dapr_function_yaml("work", "ps", Some(&subject), "grpc", port, "").replace(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    fngate.io/max-attempts: \"2\"\n",
+    );
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "ps",
+                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
+            ),
+            function,
+            endpoint_slice("default", "work", &[addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    for i in 1..=5 {
+        broker.publish(&subject, &format!("w{i}"), &[]);
+    }
+    // Well past max-attempts of delivery failures.
+    gate.wait_until(
+        || gate.metric("fngate_events_total{function=\"work\",namespace=\"default\",outcome=\"retry\",trigger=\"ps\"}") >= 4.0,
+        "failed attempts while the function is down",
+    );
+    let app = DaprApp::start_on("grpc", &addr.to_string(), "", &format!("ps:{subject}"));
+    let events = app.wait_for("every event", |e| accepted_data(e).len() == 5);
+    assert_eq!(accepted_data(&events), ["w1", "w2", "w3", "w4", "w5"]);
+    assert_eq!(gate.metric("fngate_events_total{function=\"work\",namespace=\"default\",outcome=\"dead_letter\",trigger=\"ps\"}"), 0.0);
+    assert!(
+        broker.stored(&stream, &dead).is_empty(),
+        "nothing dead-lettered"
+    );
+}
