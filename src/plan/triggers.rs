@@ -232,3 +232,74 @@ impl TriggerSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(topic: &str) -> TriggerKey {
+        TriggerKey {
+            namespace: "ns".into(),
+            function: "f".into(),
+            component: "c".into(),
+            topic: topic.into(),
+        }
+    }
+
+    fn spec(concurrency: usize) -> Arc<TriggerSpec> {
+        Arc::new(TriggerSpec {
+            app_id: "f-ns".into(),
+            component: "c".into(),
+            kind: TriggerKind::PubSub,
+            source: SourceSpec::Jetstream(JetstreamSource {
+                nats_url: "nats://n".into(),
+                stream_name: None,
+                subject: "s".into(),
+                durable_name: "d".into(),
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: None,
+                max_deliver: None,
+            }),
+            delivery: DeliverySpec {
+                protocol: AppProtocol::Grpc,
+                port: 8080,
+                service: ServiceKey {
+                    namespace: "ns".into(),
+                    name: "f".into(),
+                },
+            },
+            policy: DeliveryPolicy {
+                concurrency,
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_secs(1),
+                max_attempts: None,
+                dead_letter_topic: None,
+            },
+        })
+    }
+
+    #[test]
+    fn diff_names_only_what_was_added_changed_or_removed() {
+        let old = TriggerSet {
+            triggers: [
+                (key("a"), spec(1)),
+                (key("b"), spec(1)),
+                (key("c"), spec(1)),
+            ]
+            .into(),
+        };
+        let new = TriggerSet {
+            triggers: [
+                (key("a"), spec(1)),
+                (key("b"), spec(4)),
+                (key("d"), spec(1)),
+            ]
+            .into(),
+        };
+        let d = old.diff(&new);
+        assert_eq!(d.add, [key("d")]);
+        assert_eq!(d.change, [key("b")]);
+        assert_eq!(d.remove, [key("c")]);
+        assert_eq!(new.diff(&new), TriggerDiff::default());
+    }
+}
