@@ -15,8 +15,36 @@ use std::time::{Duration, Instant};
 struct Kafka {
     child: Child,
     brokers: String,
+    storage: String,
     rt: tokio::runtime::Runtime,
     producer: FutureProducer,
+}
+
+fn spawn_tansu(brokers: &str, storage: &str) -> Child {
+    let url = format!("tcp://{brokers}");
+    let child = Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--storage-engine",
+            storage,
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu must be installed: scripts/install-tansu.sh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(brokers).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {brokers}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn tansu_bin() -> String {
@@ -31,45 +59,34 @@ fn tansu_bin() -> String {
 
 impl Kafka {
     fn start() -> Kafka {
-        let port = free_port();
-        let brokers = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{brokers}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu must be installed: scripts/install-tansu.sh");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&brokers).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {brokers}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Kafka::start_with_storage("memory://tansu/")
+    }
+
+    fn start_with_storage(storage: &str) -> Kafka {
+        let brokers = format!("127.0.0.1:{}", free_port());
+        let child = spawn_tansu(&brokers, storage);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let producer = rt.block_on(async {
             ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
-                .set("message.timeout.ms", "30000")
+                .set("message.timeout.ms", "60000")
                 .create::<FutureProducer>()
                 .unwrap()
         });
         Kafka {
             child,
             brokers,
+            storage: storage.to_owned(),
             rt,
             producer,
         }
+    }
+
+    /// SIGKILL and start again on the same port and storage.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_tansu(&self.brokers, &self.storage);
     }
 
     fn create_topic(&self, name: &str, partitions: u32) {
@@ -272,4 +289,58 @@ fn pubsub_over_http_dead_letters_a_drop_and_survives_sigkill_without_losing_an_e
         "pub/sub adds pubsubName"
     );
     assert_eq!(kafka.read_all(&dead, 1), ["o5 drop-me"]);
+}
+
+#[test]
+fn a_broker_restart_loses_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let mut kafka =
+        Kafka::start_with_storage(&format!("sqlite://{}/tansu.db", store.path().display()));
+    let topic = unique("r");
+    kafka.create_topic(&topic, 2);
+    let app = DaprApp::start("grpc", "kin", "");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "kin",
+                "bindings.kafka",
+                &kafka.brokers,
+                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n", unique("g")),
+            ),
+            dapr_function_yaml("restart", "kin", None, "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "restart", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let _gate = Fngate::start(dir.path());
+    for i in 0..50 {
+        kafka.produce(&topic, &format!("k{}", i % 4), &format!("r{i}"), &[]);
+    }
+    app.wait_for("the first batch", |e| accepted_data(e).len() >= 50);
+    kafka.restart();
+    for i in 50..100 {
+        kafka.produce(&topic, &format!("k{}", i % 4), &format!("r{i}"), &[]);
+    }
+    let events = app.wait_for("the second batch", |e| {
+        accepted_data(e).into_iter().collect::<HashSet<_>>().len() == 100
+    });
+    // Per key (so per partition), first deliveries keep the produce order.
+    let mut firsts: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for e in events.iter().filter(|e| e["answer"] == "SUCCESS") {
+        let data = e["data"].as_str().unwrap().to_owned();
+        if seen.insert(data.clone()) {
+            let n: usize = data[1..].parse().unwrap();
+            firsts
+                .entry(e["metadata"]["__key"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(n);
+        }
+    }
+    for (key, ns) in firsts {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "key {key}: {ns:?}");
+    }
 }

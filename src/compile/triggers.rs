@@ -4,8 +4,8 @@
 
 use super::{CompileSettings, Snapshot};
 use crate::api::{
-    Component, ComponentSpec, Diagnostic, Function, MetadataItem, ObjectKey, ObjectKind,
-    ParsedObject, Secret,
+    Component, ComponentSpec, DaprTrigger, Diagnostic, Function, MetadataItem, ObjectKey,
+    ObjectKind, ParsedObject, Secret,
 };
 use crate::plan::{
     AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
@@ -115,9 +115,16 @@ pub(super) fn build(
         for (i, trigger) in triggers.iter().enumerate() {
             report.failed = false;
             let compiled = match (&delivery, &policy) {
-                (Some(d), Some(p)) => {
-                    compile_trigger(snapshot, function, i, d, p, &settings.events, &mut report)
-                }
+                (Some(d), Some(p)) => compile_trigger(
+                    snapshot,
+                    function,
+                    i,
+                    trigger,
+                    d,
+                    p,
+                    &settings.events,
+                    &mut report,
+                ),
                 _ => Vec::new(),
             };
             if report.failed || delivery.is_none() || policy.is_none() {
@@ -276,26 +283,17 @@ fn find_component<'a>(
     Some((&component.spec, origin, Some(component)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile_trigger(
     snapshot: &Snapshot,
     function: &Function,
     index: usize,
+    trigger: &DaprTrigger,
     delivery: &DeliverySpec,
     policy: &DeliveryPolicy,
     defaults: &EventDefaults,
     report: &mut Report<'_>,
 ) -> Vec<(TriggerKey, TriggerSpec)> {
-    let trigger = &function
-        .spec
-        .serving
-        .as_ref()
-        .expect("has triggers")
-        .triggers
-        .as_ref()
-        .expect("has triggers")
-        .dapr
-        .as_ref()
-        .expect("has dapr triggers")[index];
     let field = format!("spec.serving.triggers.dapr[{index}]");
     let namespace = function.metadata.namespace_or_default();
     let app_id = format!("{}-{}", function.metadata.name, namespace);
@@ -778,9 +776,8 @@ fn jetstream(
         .take("durableName")
         .or(queue_group)
         .unwrap_or_else(|| sanitize_consumer_name(&format!("{app_id}-{subject}")));
-    for k in ["name"] {
-        meta.take(k);
-    }
+    // Dapr's NATS connection name: harmless, not used.
+    meta.take("name");
     Some(JetstreamSource {
         nats_url: nats_url?,
         stream_name: meta.take("streamName"),
