@@ -16,13 +16,17 @@ struct Kafka {
     child: Child,
     brokers: String,
     storage: String,
+    dir: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
     producer: FutureProducer,
 }
 
-fn spawn_tansu(brokers: &str, storage: &str) -> Child {
+/// tansu resolves a `sqlite://` path against its working directory, so it runs in the
+/// folder that holds its database (the system temp folder for in-memory storage).
+fn spawn_tansu(brokers: &str, storage: &str, dir: &std::path::Path) -> Child {
     let url = format!("tcp://{brokers}");
     let child = Command::new(tansu_bin())
+        .current_dir(dir)
         .args([
             "broker",
             "--storage-engine",
@@ -59,12 +63,12 @@ fn tansu_bin() -> String {
 
 impl Kafka {
     fn start() -> Kafka {
-        Kafka::start_with_storage("memory://tansu/")
+        Kafka::start_with_storage("memory://tansu/", &std::env::temp_dir())
     }
 
-    fn start_with_storage(storage: &str) -> Kafka {
+    fn start_with_storage(storage: &str, dir: &std::path::Path) -> Kafka {
         let brokers = format!("127.0.0.1:{}", free_port());
-        let child = spawn_tansu(&brokers, storage);
+        let child = spawn_tansu(&brokers, storage, dir);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let producer = rt.block_on(async {
             ClientConfig::new()
@@ -77,6 +81,7 @@ impl Kafka {
             child,
             brokers,
             storage: storage.to_owned(),
+            dir: dir.to_path_buf(),
             rt,
             producer,
         }
@@ -86,7 +91,7 @@ impl Kafka {
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_tansu(&self.brokers, &self.storage);
+        self.child = spawn_tansu(&self.brokers, &self.storage, &self.dir);
     }
 
     fn create_topic(&self, name: &str, partitions: u32) {
@@ -294,8 +299,7 @@ fn pubsub_over_http_dead_letters_a_drop_and_survives_sigkill_without_losing_an_e
 #[test]
 fn a_broker_restart_loses_nothing() {
     let store = tempfile::tempdir().unwrap();
-    let mut kafka =
-        Kafka::start_with_storage(&format!("sqlite://{}/tansu.db", store.path().display()));
+    let mut kafka = Kafka::start_with_storage("sqlite://tansu.db", store.path());
     let topic = unique("r");
     kafka.create_topic(&topic, 2);
     let app = DaprApp::start("grpc", "kin", "");
@@ -308,22 +312,32 @@ fn a_broker_restart_loses_nothing() {
                 "kin",
                 "bindings.kafka",
                 &kafka.brokers,
-                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n", unique("g")),
+                &format!(
+                    "    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n",
+                    unique("g")
+                ),
             ),
             dapr_function_yaml("restart", "kin", None, "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "restart", &[app.addr], true),
         ]
         .join("---\n"),
     );
-    let _gate = Fngate::start(dir.path());
+    let slice = |ready| endpoint_slice("default", "restart", &[app.addr], ready);
+    write_atomically(dir.path(), "slice.yaml", &slice(true));
+    let gate = Fngate::start(dir.path());
     for i in 0..50 {
         kafka.produce(&topic, &format!("k{}", i % 4), &format!("r{i}"), &[]);
     }
     app.wait_for("the first batch", |e| accepted_data(e).len() >= 50);
-    kafka.restart();
+    // The function goes to zero; a second batch waits in the broker, which then restarts:
+    // it must come back from the broker's own storage and committed offsets.
+    let before = gate.revision();
+    write_atomically(dir.path(), "slice.yaml", &slice(false));
+    gate.wait_for_revision_after(before);
     for i in 50..100 {
         kafka.produce(&topic, &format!("k{}", i % 4), &format!("r{i}"), &[]);
     }
+    kafka.restart();
+    write_atomically(dir.path(), "slice.yaml", &slice(true));
     let events = app.wait_for("the second batch", |e| {
         accepted_data(e).into_iter().collect::<HashSet<_>>().len() == 100
     });
