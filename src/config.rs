@@ -32,6 +32,15 @@ struct RawSettings {
     timeouts: RawTimeouts,
     threads: Option<usize>,
     events: RawEvents,
+    activator: RawActivator,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawActivator {
+    max_waiting_per_function: Option<usize>,
+    max_waiting: Option<usize>,
+    hold_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -98,6 +107,8 @@ pub struct Settings {
     pub threads: usize,
     /// Event delivery defaults: backoff between attempts, attempts before dead-lettering.
     pub events: crate::compile::EventDefaults,
+    /// Scale from zero: bounds and default wait of held requests.
+    pub hold: crate::activator::HoldLimits,
 }
 
 impl Settings {
@@ -206,8 +217,19 @@ impl Settings {
             )?
             .unwrap_or(event_defaults.kafka_fetch_wait),
         };
+        let hold_defaults = crate::activator::HoldLimits::default();
+        let hold = crate::activator::HoldLimits {
+            per_function: raw
+                .activator
+                .max_waiting_per_function
+                .unwrap_or(hold_defaults.per_function),
+            total: raw.activator.max_waiting.unwrap_or(hold_defaults.total),
+            timeout: dur("activator.hold_timeout", &raw.activator.hold_timeout, "30s")?
+                .unwrap_or(Duration::ZERO),
+        };
         Ok(Settings {
             events,
+            hold,
             listen_http: addr(
                 "listen.http",
                 raw.listen.http.as_deref(),

@@ -1,5 +1,6 @@
 //! fngate: the data plane of an OpenFunction-style FaaS platform.
 
+pub mod activator;
 pub mod api;
 pub mod catalog;
 pub mod compile;

@@ -1,6 +1,7 @@
 //! Assembles the process: the proxy listeners, the admin listener, the catalog follower
 //! and the event-trigger supervisor as pingora services.
 
+use crate::activator::Activator;
 use crate::catalog::DirCatalog;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
@@ -76,7 +77,14 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    let activator = Arc::new(Activator::new(
+        plan.clone(),
+        publisher.revisions(),
+        settings.hold.clone(),
+        metrics.clone(),
+    ));
     let proxy = FunctionProxy {
+        activator,
         plan: plan.clone(),
         metrics: metrics.clone(),
         limits: ProxyLimits {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{endpoint_slice, function_yaml, request, Echo, Fngate, KeepAliveClient};
+use common::{
+    endpoint_slice, function_yaml, request, with_annotation, Echo, Fngate, KeepAliveClient,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -75,7 +77,7 @@ fn proxies_by_host_sets_forwarded_headers_and_strips_hop_by_hop() {
 }
 
 #[test]
-fn missing_service_is_500_and_no_ready_endpoint_is_503_with_retry_after() {
+fn missing_service_is_500_and_a_function_that_never_gets_ready_is_504_after_its_hold_timeout() {
     let echo = Echo::start("hello", "default");
     let dir = catalog_with_hello(&echo);
     std::fs::write(
@@ -85,7 +87,11 @@ fn missing_service_is_500_and_no_ready_endpoint_is_503_with_retry_after() {
     .unwrap();
     std::fs::write(
         dir.path().join("cold.yaml"),
-        function_yaml("default", "cold", ""),
+        with_annotation(
+            &function_yaml("default", "cold", ""),
+            "fngate.io/hold-timeout",
+            "200ms",
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -95,13 +101,15 @@ fn missing_service_is_500_and_no_ready_endpoint_is_503_with_retry_after() {
     .unwrap();
     let gate = Fngate::start(dir.path());
     assert_eq!(gate.get("ghost.default.ofn.io", "/").status, 500);
-    let cold = gate.get("cold.default.ofn.io", "/");
-    assert_eq!(cold.status, 503);
-    assert_eq!(cold.header("retry-after"), Some("1"));
+    assert_eq!(gate.get("cold.default.ofn.io", "/").status, 504);
     assert_eq!(
         gate.get("hello.default.ofn.io", "/").status,
         200,
         "other functions are unaffected"
+    );
+    assert_eq!(
+        gate.metric("fngate_activator_timeouts_total{function=\"cold\",namespace=\"default\"}"),
+        1.0
     );
 }
 

@@ -261,5 +261,6 @@ pub(super) fn compile_timeouts(
     RuleTimeouts {
         request,
         backend_request,
+        hold: None,
     }
 }

@@ -10,6 +10,7 @@ mod route;
 mod triggers;
 
 pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};
+pub use route::HOLD_TIMEOUT_ANNOTATION;
 pub use triggers::{EventDefaults, CONCURRENCY_ANNOTATION, MAX_ATTEMPTS_ANNOTATION};
 
 use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};

@@ -30,12 +30,28 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
+/// Function annotation: how long its requests may wait for a ready endpoint.
+pub const HOLD_TIMEOUT_ANNOTATION: &str = "fngate.io/hold-timeout";
+
 pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRoutes {
     let mut diags = Vec::new();
     let mut entries = Vec::new();
     let route_field = Field::root(ROUTE_FIELD);
     let name = f.metadata.name.as_str();
     let namespace = f.metadata.namespace_or_default();
+    let hold_timeout = match f.metadata.annotations.get(HOLD_TIMEOUT_ANNOTATION) {
+        None => None,
+        Some(v) => match crate::api::parse_duration(v) {
+            Ok(d) => d,
+            Err(e) => {
+                diags.push(
+                    Diagnostic::error(e)
+                        .at_field(format!("metadata.annotations[{HOLD_TIMEOUT_ANNOTATION}]")),
+                );
+                None
+            }
+        },
+    };
     let default_trigger = HttpTrigger::default();
     let trigger = f.http_trigger().unwrap_or(&default_trigger);
     let default_route = RouteSpec::default();
@@ -167,7 +183,9 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                 path: Some(PathRewrite::Prefix("/".into())),
             });
         }
-        let timeouts = compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
+        let mut timeouts =
+            compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
+        timeouts.hold = hold_timeout;
         let backends: Arc<[WeightedBackend]> = match &rule.backend_refs {
             Some(refs) if !refs.is_empty() => refs
                 .iter()

@@ -1,5 +1,7 @@
 use super::context::RequestCtx;
 use super::{headers, mirror};
+use crate::activator::{Activator, Held};
+use crate::plan::ServiceKey;
 use crate::publish::SharedPlan;
 use crate::routing::{RequestView, Rule};
 use crate::telemetry::{status_class, Metrics};
@@ -26,6 +28,8 @@ pub struct FunctionProxy {
     pub plan: SharedPlan,
     pub metrics: Arc<Metrics>,
     pub limits: ProxyLimits,
+    /// Where requests for a function with no ready endpoint wait.
+    pub activator: Arc<Activator>,
 }
 
 /// Borrowed view of a pingora request for the route table.
@@ -162,18 +166,80 @@ impl FunctionProxy {
         ctx.endpoints = plan.endpoints.for_target(target).cloned();
         match &ctx.endpoints {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
-            Some(eps) if eps.ready.is_empty() => {
+            Some(eps) if eps.ready.is_empty() => self.hold(session, ctx, &rule).await,
+            Some(_) => {
+                self.mirror(session, ctx, &rule);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Scale from zero: waits, before the body is read, for the chosen backend's Service
+    /// to get a ready endpoint. A client without a body that hangs up frees its slot.
+    async fn hold(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rule: &Arc<Rule>,
+    ) -> Result<bool> {
+        let target = &rule.backends[ctx.backend].target;
+        let service = ServiceKey {
+            namespace: target.namespace.to_string(),
+            name: target.service.to_string(),
+        };
+        let labels = [&*rule.function.namespace, &*rule.function.name];
+        let timeout = rule
+            .timeouts
+            .hold
+            .unwrap_or(self.activator.limits().timeout);
+        let req = session.req_header();
+        let no_body = req.headers.get("transfer-encoding").is_none()
+            && req
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| v == "0");
+        let held = if no_body {
+            let wait = self.activator.hold(&service, labels, timeout);
+            tokio::select! {
+                held = wait => held,
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        "client left while waiting for a ready endpoint",
+                    )
+                    .map_err(|mut e: Box<Error>| {
+                        e.esource = ErrorSource::Downstream;
+                        e
+                    });
+                }
+            }
+        } else {
+            self.activator.hold(&service, labels, timeout).await
+        };
+        match held {
+            Held::Ready(endpoints, _) => {
+                ctx.endpoints = Some(endpoints);
+                self.mirror(session, ctx, rule);
+                Ok(false)
+            }
+            Held::Overflow => {
                 respond(
                     session,
                     503,
                     &[("retry-after", "1".into())],
-                    "function has no ready endpoint\n",
+                    "too many requests are waiting for this function to start\n",
                 )
                 .await
             }
-            Some(_) => {
-                self.mirror(session, ctx, &rule);
-                Ok(false)
+            Held::TimedOut => {
+                respond(
+                    session,
+                    504,
+                    &[],
+                    "no endpoint of the function became ready in time\n",
+                )
+                .await
             }
         }
     }

@@ -128,6 +128,9 @@ pub struct RuleTimeouts {
     pub request: Option<Duration>,
     /// One attempt against one backend.
     pub backend_request: Option<Duration>,
+    /// How long a request may wait for a ready endpoint (scale from zero): the Function's
+    /// `fngate.io/hold-timeout`; `None` = fngate's `activator.hold_timeout`.
+    pub hold: Option<Duration>,
 }
 
 /// A rule's filters. Most rules have none, so they live behind one optional box and a

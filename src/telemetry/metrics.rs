@@ -29,6 +29,12 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// 1 while the trigger's broker connection is up; label `broker` is kafka or jetstream.
     pub broker_connected: IntGaugeVec,
+    /// Scale from zero, labels namespace and function.
+    pub activator_waiting: IntGaugeVec,
+    pub activator_wait_duration: HistogramVec,
+    pub activator_releases: IntCounterVec,
+    pub activator_overflows: IntCounterVec,
+    pub activator_timeouts: IntCounterVec,
 }
 
 /// Outcomes of one event, for `fngate_events_total{outcome}`.
@@ -171,8 +177,47 @@ impl Metrics {
             &["namespace", "function", "trigger", "broker"],
         )
         .unwrap();
+        let fn_labels = &["namespace", "function"];
+        let activator_waiting = IntGaugeVec::new(
+            Opts::new(
+                "fngate_activator_waiting",
+                "Requests waiting for a function with no ready endpoint",
+            ),
+            fn_labels,
+        )
+        .unwrap();
+        let activator_wait_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fngate_activator_wait_duration_seconds",
+                "Time a request waited for a ready endpoint before it was released",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            fn_labels,
+        )
+        .unwrap();
+        let counter =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), fn_labels).unwrap();
+        let activator_releases = counter(
+            "fngate_activator_releases_total",
+            "Waiting requests released to a ready endpoint",
+        );
+        let activator_overflows = counter(
+            "fngate_activator_overflows_total",
+            "Requests refused with 503 because too many already wait",
+        );
+        let activator_timeouts = counter(
+            "fngate_activator_timeouts_total",
+            "Waiting requests that gave up with 504",
+        );
         for c in [
             Box::new(triggers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(activator_waiting.clone()),
+            Box::new(activator_wait_duration.clone()),
+            Box::new(activator_releases.clone()),
+            Box::new(activator_overflows.clone()),
+            Box::new(activator_timeouts.clone()),
             Box::new(events.clone()),
             Box::new(event_delivery_duration.clone()),
             Box::new(events_in_flight.clone()),
@@ -209,6 +254,11 @@ impl Metrics {
             events_in_flight,
             consumer_lag,
             broker_connected,
+            activator_waiting,
+            activator_wait_duration,
+            activator_releases,
+            activator_overflows,
+            activator_timeouts,
         }
     }
 

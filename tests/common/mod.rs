@@ -540,6 +540,15 @@ pub fn dapr_function_yaml(
     )
 }
 
+/// `yaml` (one object) with `metadata.annotations[key] = value` added.
+pub fn with_annotation(yaml: &str, key: &str, value: &str) -> String {
+    yaml.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    {key}: \"{value}\"\n"),
+        1,
+    )
+}
+
 /// A unique suffix for broker names, so test runs never share streams, topics or groups.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -1,0 +1,177 @@
+//! Scale from zero: a request whose Service has no ready endpoint waits here, before its
+//! body is read, until a plan with a ready endpoint is published. Every waiter is woken
+//! by the plan's revision broadcast (a `watch` channel), not by polling. Waiting is
+//! bounded per function and in total; a waiter that gives up, or whose client leaves,
+//! frees its slot at once.
+
+use crate::plan::{Plan, ServiceEndpoints, ServiceKey};
+use crate::publish::SharedPlan;
+use crate::telemetry::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Bounds on waiting requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldLimits {
+    pub per_function: usize,
+    pub total: usize,
+    /// Default wait before 504; a Function's `fngate.io/hold-timeout` overrides it.
+    pub timeout: Duration,
+}
+
+impl Default for HoldLimits {
+    fn default() -> Self {
+        HoldLimits {
+            per_function: 1000,
+            total: 10_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a hold ended.
+pub enum Held {
+    /// Endpoints are ready, in the plan that has them.
+    Ready(Arc<ServiceEndpoints>, Arc<Plan>),
+    /// Too many requests already wait (for this function, or in all): 503 at once.
+    Overflow,
+    /// No endpoint became ready in time: 504.
+    TimedOut,
+}
+
+pub struct Activator {
+    plan: SharedPlan,
+    revisions: watch::Receiver<u64>,
+    limits: HoldLimits,
+    metrics: Arc<Metrics>,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    total: usize,
+    by_service: HashMap<ServiceKey, usize>,
+}
+
+/// One admitted waiter; its slot is freed when dropped (release, timeout, or the
+/// request future dropped because the client went away).
+struct Slot<'a> {
+    activator: &'a Activator,
+    key: ServiceKey,
+    labels: [String; 2],
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut w = self.activator.waiting.lock().expect("not poisoned");
+        w.total -= 1;
+        if let Some(n) = w.by_service.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                w.by_service.remove(&self.key);
+            }
+        }
+        drop(w);
+        self.activator
+            .metrics
+            .activator_waiting
+            .with_label_values(&[&self.labels[0], &self.labels[1]])
+            .dec();
+    }
+}
+
+impl Activator {
+    pub fn new(
+        plan: SharedPlan,
+        revisions: watch::Receiver<u64>,
+        limits: HoldLimits,
+        metrics: Arc<Metrics>,
+    ) -> Activator {
+        Activator {
+            plan,
+            revisions,
+            limits,
+            metrics,
+            waiting: Mutex::new(Waiting::default()),
+        }
+    }
+
+    pub fn limits(&self) -> &HoldLimits {
+        &self.limits
+    }
+
+    fn admit(&self, key: &ServiceKey, labels: [&str; 2]) -> Option<Slot<'_>> {
+        let mut w = self.waiting.lock().expect("not poisoned");
+        let mine = w.by_service.get(key).copied().unwrap_or(0);
+        if w.total >= self.limits.total || mine >= self.limits.per_function {
+            return None;
+        }
+        w.total += 1;
+        *w.by_service.entry(key.clone()).or_default() += 1;
+        drop(w);
+        self.metrics
+            .activator_waiting
+            .with_label_values(&labels)
+            .inc();
+        Some(Slot {
+            activator: self,
+            key: key.clone(),
+            labels: labels.map(str::to_owned),
+        })
+    }
+
+    /// Requests waiting for `key`'s Service right now.
+    pub fn waiting_for(&self, key: &ServiceKey) -> usize {
+        let w = self.waiting.lock().expect("not poisoned");
+        w.by_service.get(key).copied().unwrap_or(0)
+    }
+
+    /// Waits until `service` has a ready endpoint in a published plan, at most `timeout`.
+    /// `labels` are the function's (namespace, name) for metrics.
+    pub async fn hold(&self, service: &ServiceKey, labels: [&str; 2], timeout: Duration) -> Held {
+        let Some(_slot) = self.admit(service, labels) else {
+            self.metrics
+                .activator_overflows
+                .with_label_values(&labels)
+                .inc();
+            return Held::Overflow;
+        };
+        let started = Instant::now();
+        let mut revisions = self.revisions.clone();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            // Mark the current revision seen before reading the plan, so a publish in
+            // between is not missed.
+            revisions.borrow_and_update();
+            let plan = self.plan.load_full();
+            if let Some(eps) = plan.endpoints.get(&service.namespace, &service.name) {
+                if !eps.ready.is_empty() {
+                    let eps = eps.clone();
+                    self.metrics
+                        .activator_releases
+                        .with_label_values(&labels)
+                        .inc();
+                    self.metrics
+                        .activator_wait_duration
+                        .with_label_values(&labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    return Held::Ready(eps, plan);
+                }
+            }
+            tokio::select! {
+                changed = revisions.changed() => if changed.is_err() {
+                    break;
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        self.metrics
+            .activator_timeouts
+            .with_label_values(&labels)
+            .inc();
+        Held::TimedOut
+    }
+}

@@ -1,0 +1,137 @@
+//! Scale from zero through the real binary: requests for a function with no ready
+//! endpoint wait and are released the moment one is ready; waiting is bounded.
+
+mod common;
+
+use common::*;
+use std::sync::{Arc, Barrier};
+
+fn held_requests(gate: &Fngate, host: &'static str, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
+    let start = Arc::new(Barrier::new(n));
+    (0..n)
+        .map(|i| {
+            let (addr, start) = (gate.http, start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                request(addr, "GET", host, &format!("/job/{i}"), &[], b"")
+                    .map(|r| r.status)
+                    .unwrap_or(0)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn held_requests_are_all_released_when_a_late_backend_becomes_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // Listed but not ready, and nothing listening yet: a function scaled to zero.
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[addr], false),
+    );
+    let gate = Fngate::start(dir.path());
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let n = 500;
+    let clients = held_requests(&gate, "cold.default.ofn.io", n);
+    gate.wait_until(|| gate.metric(waiting) == n as f64, "every request held");
+
+    let echo = Echo::start_on("cold", "default", &addr.to_string());
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[echo.addr], true),
+    );
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        count_by(statuses)
+    );
+    assert_eq!(gate.metric(waiting), 0.0);
+    assert_eq!(
+        gate.metric("fngate_activator_releases_total{function=\"cold\",namespace=\"default\"}"),
+        n as f64
+    );
+}
+
+#[test]
+fn over_the_per_function_limit_a_request_gets_503_at_once_and_other_functions_are_unaffected() {
+    let echo = Echo::start("hello", "default");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cold_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_atomically(
+        dir.path(),
+        "cold.yaml",
+        &function_yaml("default", "cold", ""),
+    );
+    write_atomically(
+        dir.path(),
+        "cold-slice.yaml",
+        &endpoint_slice("default", "cold", &[cold_addr], false),
+    );
+    write_atomically(
+        dir.path(),
+        "hello.yaml",
+        &function_yaml("default", "hello", ""),
+    );
+    write_atomically(
+        dir.path(),
+        "hello-slice.yaml",
+        &endpoint_slice("default", "hello", &[echo.addr], true),
+    );
+    let gate = Fngate::start_with(dir.path(), "activator:\n  max_waiting_per_function: 3\n");
+    let held = held_requests(&gate, "cold.default.ofn.io", 3);
+    gate.wait_until(
+        || gate.metric("fngate_activator_waiting{function=\"cold\",namespace=\"default\"}") == 3.0,
+        "three requests held",
+    );
+    let over = gate.get("cold.default.ofn.io", "/");
+    assert_eq!(over.status, 503);
+    assert_eq!(over.header("retry-after"), Some("1"));
+    assert_eq!(gate.get("hello.default.ofn.io", "/").status, 200);
+    assert_eq!(
+        gate.metric("fngate_activator_overflows_total{function=\"cold\",namespace=\"default\"}"),
+        1.0
+    );
+    // The held ones still get through once the function is up.
+    let cold = Echo::start_on("cold", "default", &cold_addr.to_string());
+    write_atomically(
+        dir.path(),
+        "cold-slice.yaml",
+        &endpoint_slice("default", "cold", &[cold.addr], true),
+    );
+    for h in held {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[addr], false),
+    );
+    let gate = Fngate::start(dir.path());
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(gate.http).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: cold.default.ofn.io\r\n\r\n")
+            .unwrap();
+        gate.wait_until(|| gate.metric(waiting) == 1.0, "the request held");
+    }
+    gate.wait_until(
+        || gate.metric(waiting) == 0.0,
+        "the slot freed after the client left",
+    );
+}
