@@ -41,6 +41,7 @@ struct RawActivator {
     max_waiting_per_function: Option<usize>,
     max_waiting: Option<usize>,
     hold_timeout: Option<String>,
+    webhook: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -58,6 +59,7 @@ struct RawListen {
     http: Option<String>,
     https: Option<String>,
     admin: Option<String>,
+    scaler: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -109,6 +111,10 @@ pub struct Settings {
     pub events: crate::compile::EventDefaults,
     /// Scale from zero: bounds and default wait of held requests.
     pub hold: crate::activator::HoldLimits,
+    /// KEDA external push scaler listener; `None` = not served.
+    pub listen_scaler: Option<SocketAddr>,
+    /// URL told (POST) when a function's first request starts waiting.
+    pub scale_webhook: Option<String>,
 }
 
 impl Settings {
@@ -227,9 +233,14 @@ impl Settings {
             timeout: dur("activator.hold_timeout", &raw.activator.hold_timeout, "30s")?
                 .unwrap_or(Duration::ZERO),
         };
+        if let Some(url) = &raw.activator.webhook {
+            crate::activator::Webhook::new(url).map_err(|e| invalid("activator.webhook", e))?;
+        }
         Ok(Settings {
             events,
             hold,
+            listen_scaler: addr("listen.scaler", raw.listen.scaler.as_deref(), None)?,
+            scale_webhook: raw.activator.webhook.clone(),
             listen_http: addr(
                 "listen.http",
                 raw.listen.http.as_deref(),

@@ -1,7 +1,8 @@
 //! Assembles the process: the proxy listeners, the admin listener, the catalog follower
 //! and the event-trigger supervisor as pingora services.
 
-use crate::activator::Activator;
+use crate::activator::scaler::{ExternalScalerServer, Scaler};
+use crate::activator::{Activator, Webhook};
 use crate::catalog::DirCatalog;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
@@ -20,6 +21,35 @@ use std::time::Duration;
 pub enum ServerError {
     #[error("TLS listener {addr}: {message}")]
     Tls { addr: String, message: String },
+    #[error("setting {field}: {message}")]
+    Settings {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Serves the KEDA external push scaler until shutdown.
+struct ScalerService {
+    addr: std::net::SocketAddr,
+    scaler: Mutex<Option<Scaler>>,
+}
+
+#[async_trait]
+impl BackgroundService for ScalerService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(scaler) = self.scaler.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let served = tonic::transport::Server::builder()
+            .add_service(ExternalScalerServer::new(scaler))
+            .serve_with_shutdown(self.addr, async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(addr = %self.addr, error = %e, "KEDA external scaler listener failed");
+        }
+    }
 }
 
 struct CatalogFollower {
@@ -77,12 +107,21 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    let webhook = match &settings.scale_webhook {
+        Some(url) => Some(Webhook::new(url).map_err(|message| ServerError::Settings {
+            field: "activator.webhook",
+            message,
+        })?),
+        None => None,
+    };
     let activator = Arc::new(Activator::new(
         plan.clone(),
         publisher.revisions(),
         settings.hold.clone(),
         metrics.clone(),
+        webhook,
     ));
+    let activator_for_scaler = activator.clone();
     let proxy = FunctionProxy {
         activator,
         plan: plan.clone(),
@@ -145,11 +184,24 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             supervisor: Mutex::new(Some(TriggerSupervisor::new(
                 plan_for_triggers,
                 revisions,
-                metrics_for_triggers,
+                metrics_for_triggers.clone(),
             ))),
         },
     );
 
+    if let Some(addr) = settings.listen_scaler {
+        tracing::info!(%addr, "KEDA external scaler listener");
+        server.add_service(background_service(
+            "keda scaler",
+            ScalerService {
+                addr,
+                scaler: Mutex::new(Some(Scaler {
+                    activator: activator_for_scaler,
+                    metrics: metrics_for_triggers.clone(),
+                })),
+            },
+        ));
+    }
     server.add_service(proxy_service);
     server.add_service(triggers);
     server.add_service(admin);

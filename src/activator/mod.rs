@@ -3,11 +3,20 @@
 //! by the plan's revision broadcast (a `watch` channel), not by polling. Waiting is
 //! bounded per function and in total; a waiter that gives up, or whose client leaves,
 //! frees its slot at once.
+//!
+//! The platform hears of it at once: KEDA through the external push scaler (`scaler`),
+//! others through a webhook (`webhook`), both on the edge of a function's first waiter.
+
+pub mod scaler;
+mod webhook;
+
+pub use webhook::Webhook;
 
 use crate::plan::{Plan, ServiceEndpoints, ServiceKey};
 use crate::publish::SharedPlan;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,6 +40,57 @@ impl Default for HoldLimits {
     }
 }
 
+/// What one function has going on: requests waiting for an endpoint and requests being
+/// served. KEDA scales on their sum; `active` flips on the edges.
+pub struct Activity {
+    waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    active: watch::Sender<bool>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            active: watch::channel(false).0,
+        }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waiting plus in flight: the load KEDA scales on.
+    pub fn load(&self) -> usize {
+        self.waiting() + self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Changes (false -> true, true -> false) of "anything waiting or running".
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.active.subscribe()
+    }
+
+    fn update(&self) {
+        let active = self.load() > 0;
+        self.active.send_if_modified(|a| {
+            let changed = *a != active;
+            *a = active;
+            changed
+        });
+    }
+}
+
+/// Counts a request in its function's `in_flight` while it lives.
+pub struct Running(Arc<Activity>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.update();
+    }
+}
+
 /// How a hold ended.
 pub enum Held {
     /// Endpoints are ready, in the plan that has them.
@@ -47,6 +107,10 @@ pub struct Activator {
     limits: HoldLimits,
     metrics: Arc<Metrics>,
     waiting: Mutex<Waiting>,
+    /// By (namespace, function).
+    activity: Mutex<HashMap<(String, String), Arc<Activity>>>,
+    /// Told when a function's first request starts waiting.
+    webhook: Option<Webhook>,
 }
 
 #[derive(Default)]
@@ -61,6 +125,7 @@ struct Slot<'a> {
     activator: &'a Activator,
     key: ServiceKey,
     labels: [String; 2],
+    activity: Arc<Activity>,
 }
 
 impl Drop for Slot<'_> {
@@ -74,6 +139,8 @@ impl Drop for Slot<'_> {
             }
         }
         drop(w);
+        self.activity.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.activity.update();
         self.activator
             .metrics
             .activator_waiting
@@ -88,6 +155,7 @@ impl Activator {
         revisions: watch::Receiver<u64>,
         limits: HoldLimits,
         metrics: Arc<Metrics>,
+        webhook: Option<Webhook>,
     ) -> Activator {
         Activator {
             plan,
@@ -95,7 +163,28 @@ impl Activator {
             limits,
             metrics,
             waiting: Mutex::new(Waiting::default()),
+            activity: Mutex::new(HashMap::new()),
+            webhook,
         }
+    }
+
+    /// The activity record of function `namespace/name` (created on first use).
+    pub fn activity(&self, namespace: &str, name: &str) -> Arc<Activity> {
+        let mut map = self.activity.lock().expect("not poisoned");
+        if let Some(a) = map.get(&(namespace.to_owned(), name.to_owned())) {
+            return a.clone();
+        }
+        let a = Arc::new(Activity::new());
+        map.insert((namespace.to_owned(), name.to_owned()), a.clone());
+        a
+    }
+
+    /// Counts a request being served by function `namespace/name` until the guard drops.
+    pub fn running(&self, namespace: &str, name: &str) -> Running {
+        let a = self.activity(namespace, name);
+        a.in_flight.fetch_add(1, Ordering::SeqCst);
+        a.update();
+        Running(a)
     }
 
     pub fn limits(&self) -> &HoldLimits {
@@ -115,10 +204,20 @@ impl Activator {
             .activator_waiting
             .with_label_values(&labels)
             .inc();
+        let activity = self.activity(labels[0], labels[1]);
+        let first = activity.waiting.fetch_add(1, Ordering::SeqCst) == 0;
+        activity.update();
+        if first {
+            // The edge the platform must hear about at once.
+            if let Some(hook) = &self.webhook {
+                hook.notify(labels[0], labels[1], activity.waiting(), &self.metrics);
+            }
+        }
         Some(Slot {
             activator: self,
             key: key.clone(),
             labels: labels.map(str::to_owned),
+            activity,
         })
     }
 

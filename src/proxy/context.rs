@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub tls: bool,
     /// Mirror copies still receiving the request body.
     pub mirrors: Vec<super::mirror::MirrorBody>,
+    /// Counts this request in its function's load (for KEDA) until the request ends.
+    pub running: Option<crate::activator::Running>,
 }
 
 impl RequestCtx {
@@ -35,6 +37,7 @@ impl RequestCtx {
             body_bytes: 0,
             tls: false,
             mirrors: Vec::new(),
+            running: None,
         }
     }
 

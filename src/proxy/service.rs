@@ -168,6 +168,10 @@ impl FunctionProxy {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
             Some(eps) if eps.ready.is_empty() => self.hold(session, ctx, &rule).await,
             Some(_) => {
+                ctx.running = Some(
+                    self.activator
+                        .running(&rule.function.namespace, &rule.function.name),
+                );
                 self.mirror(session, ctx, &rule);
                 Ok(false)
             }
@@ -220,6 +224,7 @@ impl FunctionProxy {
         match held {
             Held::Ready(endpoints, _) => {
                 ctx.endpoints = Some(endpoints);
+                ctx.running = Some(self.activator.running(labels[0], labels[1]));
                 self.mirror(session, ctx, rule);
                 Ok(false)
             }

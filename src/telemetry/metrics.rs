@@ -35,6 +35,8 @@ pub struct Metrics {
     pub activator_releases: IntCounterVec,
     pub activator_overflows: IntCounterVec,
     pub activator_timeouts: IntCounterVec,
+    /// Labels namespace, function, via (`keda`, `webhook`).
+    pub scale_signals: IntCounterVec,
 }
 
 /// Outcomes of one event, for `fngate_events_total{outcome}`.
@@ -211,8 +213,17 @@ impl Metrics {
             "fngate_activator_timeouts_total",
             "Waiting requests that gave up with 504",
         );
+        let scale_signals = IntCounterVec::new(
+            Opts::new(
+                "fngate_scale_signals_total",
+                "Signals that a function at zero has work (via keda: StreamIsActive true; via webhook)",
+            ),
+            &["namespace", "function", "via"],
+        )
+        .unwrap();
         for c in [
-            Box::new(triggers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scale_signals.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(triggers.clone()),
             Box::new(activator_waiting.clone()),
             Box::new(activator_wait_duration.clone()),
             Box::new(activator_releases.clone()),
@@ -259,6 +270,7 @@ impl Metrics {
             activator_releases,
             activator_overflows,
             activator_timeouts,
+            scale_signals,
         }
     }
 

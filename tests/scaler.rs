@@ -1,0 +1,160 @@
+//! Telling the platform: a KEDA-side client built from the same proto sees StreamIsActive
+//! turn true the moment a request waits, and a webhook receiver gets the same edge.
+
+mod common;
+
+use common::*;
+use fngate::activator::scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+use fngate::activator::scaler::ExternalScalerClient;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A real HTTP server that records the bodies POSTed to it.
+fn webhook_receiver() -> (std::net::SocketAddr, mpsc::Receiver<serde_json::Value>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (addr, rx)
+}
+
+fn scaled_object() -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: "cold-scaler".into(),
+        namespace: "default".into(),
+        scaler_metadata: [("function".to_owned(), "cold".to_owned())].into(),
+    }
+}
+
+#[test]
+fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the_edge() {
+    let (hook, bodies) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[addr], false),
+    );
+    let scaler_port = free_port();
+    let gate = Fngate::start_full(
+        dir.path(),
+        &format!("  scaler: 127.0.0.1:{scaler_port}\n"),
+        &format!("activator:\n  webhook: http://{hook}/scale\n"),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = rt.block_on(async {
+        for _ in 0..200 {
+            if let Ok(c) =
+                ExternalScalerClient::connect(format!("http://127.0.0.1:{scaler_port}")).await
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the scaler listener did not come up");
+    });
+    let mut stream = rt
+        .block_on(client.stream_is_active(scaled_object()))
+        .unwrap()
+        .into_inner();
+    let next = |stream: &mut tonic::Streaming<_>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("a StreamIsActive message")
+                .unwrap()
+                .expect("stream open")
+        })
+    };
+    let first: fngate::activator::scaler::proto::IsActiveResponse = next(&mut stream);
+    assert!(!first.result, "nothing waits yet");
+
+    let host = gate.http;
+    let waiting = std::thread::spawn(move || {
+        request(host, "GET", "cold.default.ofn.io", "/", &[], b"")
+            .unwrap()
+            .status
+    });
+    assert!(next(&mut stream).result, "a request waits: active");
+    let is_active = rt
+        .block_on(client.is_active(scaled_object()))
+        .unwrap()
+        .into_inner();
+    assert!(is_active.result);
+    let metrics = rt
+        .block_on(client.get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(scaled_object()),
+            metric_name: String::new(),
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(metrics.metric_values[0].metric_value, 1);
+    assert_eq!(metrics.metric_values[0].metric_value_float, 1.0);
+    assert_eq!(metrics.metric_values[0].metric_name, "fngate-default-cold");
+    let spec = rt
+        .block_on(client.get_metric_spec(scaled_object()))
+        .unwrap()
+        .into_inner();
+    assert_eq!(spec.metric_specs[0].target_size, 1);
+    assert_eq!(spec.metric_specs[0].target_size_float, 1.0);
+    let body = bodies
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the webhook was called");
+    assert_eq!(
+        body,
+        serde_json::json!({"namespace": "default", "function": "cold", "waiting": 1})
+    );
+
+    // The platform starts the function: the request is served, then all is idle again.
+    let echo = Echo::start_on("cold", "default", &addr.to_string());
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[echo.addr], true),
+    );
+    assert_eq!(waiting.join().unwrap(), 200);
+    let mut last = true;
+    while last {
+        last = next(&mut stream).result;
+    }
+    let is_active = rt
+        .block_on(client.is_active(scaled_object()))
+        .unwrap()
+        .into_inner();
+    assert!(!is_active.result);
+    assert!(
+        gate.metric(
+            "fngate_scale_signals_total{function=\"cold\",namespace=\"default\",via=\"keda\"}"
+        ) >= 1.0
+    );
+    gate.wait_until(
+        || gate.metric("fngate_scale_signals_total{function=\"cold\",namespace=\"default\",via=\"webhook\"}") == 1.0,
+        "the webhook counted",
+    );
+}
