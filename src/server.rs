@@ -121,7 +121,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         metrics.clone(),
         webhook,
     ));
-    let activator_for_scaler = activator.clone();
+    let shared_activator = activator.clone();
     let proxy = FunctionProxy {
         activator,
         plan: plan.clone(),
@@ -185,6 +185,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 plan_for_triggers,
                 revisions,
                 metrics_for_triggers.clone(),
+                shared_activator.clone(),
             ))),
         },
     );
@@ -196,7 +197,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             ScalerService {
                 addr,
                 scaler: Mutex::new(Some(Scaler {
-                    activator: activator_for_scaler,
+                    activator: shared_activator,
                     metrics: metrics_for_triggers.clone(),
                 })),
             },

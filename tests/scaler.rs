@@ -158,3 +158,79 @@ fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the
         "the webhook counted",
     );
 }
+
+#[test]
+fn an_event_backlog_for_a_function_at_zero_makes_it_active_for_keda() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("s");
+    let subject = format!("{id}.in");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("FNG_{id}"),
+            subjects: vec![format!("{id}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    });
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {name: natsURL, value: \"nats://127.0.0.1:4222\"}\n".to_owned(),
+            dapr_function_yaml("sub", "ps", Some(&subject), "grpc", port, ""),
+            endpoint_slice("default", "sub", &[addr], false),
+        ]
+        .join("---\n"),
+    );
+    let scaler_port = free_port();
+    let _gate = Fngate::start_full(
+        dir.path(),
+        &format!("  scaler: 127.0.0.1:{scaler_port}\n"),
+        "",
+    );
+    let object = ScaledObjectRef {
+        name: "sub".into(),
+        namespace: "default".into(),
+        scaler_metadata: Default::default(),
+    };
+    rt.block_on(async {
+        let mut client = loop {
+            if let Ok(c) =
+                ExternalScalerClient::connect(format!("http://127.0.0.1:{scaler_port}")).await
+            {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stream = client
+            .stream_is_active(object.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !stream.message().await.unwrap().unwrap().result,
+            "idle before any event"
+        );
+        js.publish(subject.clone(), "wake up".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let active = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("StreamIsActive spoke")
+            .unwrap()
+            .unwrap();
+        assert!(
+            active.result,
+            "a paused consumer with a backlog makes the function active"
+        );
+        let _ = js.delete_stream(format!("FNG_{id}")).await;
+    });
+}

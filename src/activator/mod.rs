@@ -71,13 +71,30 @@ impl Activity {
         self.active.subscribe()
     }
 
+    /// Called after every counter change. The state is recomputed under the channel's
+    /// lock, so the last caller leaves it matching the counters.
     fn update(&self) {
-        let active = self.load() > 0;
+        // The common case (busy stays busy) only reads.
+        if *self.active.borrow() == (self.load() > 0) {
+            return;
+        }
         self.active.send_if_modified(|a| {
+            let active = self.load() > 0;
             let changed = *a != active;
             *a = active;
             changed
         });
+    }
+}
+
+/// Counts one waiter (a held request, or an event consumer paused for an endpoint) in its
+/// function's `waiting` while it lives.
+pub struct Waiter(Arc<Activity>);
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.update();
     }
 }
 
@@ -107,8 +124,8 @@ pub struct Activator {
     limits: HoldLimits,
     metrics: Arc<Metrics>,
     waiting: Mutex<Waiting>,
-    /// By (namespace, function).
-    activity: Mutex<HashMap<(String, String), Arc<Activity>>>,
+    /// By namespace, then function: looked up with two `&str`, no allocation per request.
+    activity: Mutex<HashMap<String, HashMap<String, Arc<Activity>>>>,
     /// Told when a function's first request starts waiting.
     webhook: Option<Webhook>,
 }
@@ -125,7 +142,7 @@ struct Slot<'a> {
     activator: &'a Activator,
     key: ServiceKey,
     labels: [String; 2],
-    activity: Arc<Activity>,
+    _waiter: Waiter,
 }
 
 impl Drop for Slot<'_> {
@@ -139,8 +156,6 @@ impl Drop for Slot<'_> {
             }
         }
         drop(w);
-        self.activity.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.activity.update();
         self.activator
             .metrics
             .activator_waiting
@@ -171,12 +186,29 @@ impl Activator {
     /// The activity record of function `namespace/name` (created on first use).
     pub fn activity(&self, namespace: &str, name: &str) -> Arc<Activity> {
         let mut map = self.activity.lock().expect("not poisoned");
-        if let Some(a) = map.get(&(namespace.to_owned(), name.to_owned())) {
+        if let Some(a) = map.get(namespace).and_then(|m| m.get(name)) {
             return a.clone();
         }
         let a = Arc::new(Activity::new());
-        map.insert((namespace.to_owned(), name.to_owned()), a.clone());
+        map.entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), a.clone());
         a
+    }
+
+    /// Counts something waiting for function `namespace/name` to get an endpoint (a held
+    /// request, or an event consumer paused with a backlog) until the guard drops. The
+    /// first waiter is the edge the platform must hear about at once.
+    pub fn waiter(&self, namespace: &str, name: &str) -> Waiter {
+        let activity = self.activity(namespace, name);
+        let first = activity.waiting.fetch_add(1, Ordering::SeqCst) == 0;
+        activity.update();
+        if first {
+            if let Some(hook) = &self.webhook {
+                hook.notify(namespace, name, activity.waiting(), &self.metrics);
+            }
+        }
+        Waiter(activity)
     }
 
     /// Counts a request being served by function `namespace/name` until the guard drops.
@@ -204,20 +236,11 @@ impl Activator {
             .activator_waiting
             .with_label_values(&labels)
             .inc();
-        let activity = self.activity(labels[0], labels[1]);
-        let first = activity.waiting.fetch_add(1, Ordering::SeqCst) == 0;
-        activity.update();
-        if first {
-            // The edge the platform must hear about at once.
-            if let Some(hook) = &self.webhook {
-                hook.notify(labels[0], labels[1], activity.waiting(), &self.metrics);
-            }
-        }
         Some(Slot {
             activator: self,
             key: key.clone(),
             labels: labels.map(str::to_owned),
-            activity,
+            _waiter: self.waiter(labels[0], labels[1]),
         })
     }
 

@@ -4,6 +4,7 @@
 
 use super::app::{Answer, App, Route};
 use super::event::Event;
+use crate::activator::Activator;
 use crate::plan::{TriggerKey, TriggerSpec};
 use crate::publish::SharedPlan;
 use crate::telemetry::{event_outcome, Metrics};
@@ -48,6 +49,8 @@ pub struct TriggerRuntime {
     stop: watch::Receiver<bool>,
     app: App,
     pub metrics: Arc<Metrics>,
+    /// Told while this trigger waits for an endpoint, so its backlog wakes the function.
+    activator: Arc<Activator>,
     labels: [String; 3],
     counters: OutcomeCounters,
     last_warning: AtomicU64,
@@ -62,6 +65,7 @@ impl TriggerRuntime {
         revisions: watch::Receiver<u64>,
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
+        activator: Arc<Activator>,
     ) -> TriggerRuntime {
         let labels = [
             key.namespace.clone(),
@@ -70,6 +74,7 @@ impl TriggerRuntime {
         ];
         let counters = OutcomeCounters::new(&metrics, &labels);
         TriggerRuntime {
+            activator,
             counters,
             app: App::new(spec.delivery.protocol),
             key,
@@ -149,11 +154,16 @@ impl TriggerRuntime {
     /// One delivery attempt. While the function has no ready endpoint, or its endpoint does
     /// not subscribe to this trigger, it waits (that is not an attempt). `None`: stopped.
     pub async fn attempt(&self, event: &Event, attempt: u32) -> Option<Answer> {
+        let mut waiting = None;
         loop {
             if self.stopped() {
                 return None;
             }
             let Some(addr) = self.endpoint(attempt) else {
+                waiting.get_or_insert_with(|| {
+                    self.activator
+                        .waiter(&self.key.namespace, &self.key.function)
+                });
                 let svc = &self.spec.delivery.service;
                 self.warn_rarely(
                     "function has no ready endpoint; consumer paused until one is ready",
@@ -164,6 +174,7 @@ impl TriggerRuntime {
                 }
                 continue;
             };
+            waiting = None;
             match self.app.route(addr, &self.spec, &event.topic).await {
                 Ok(Route::Path(path)) => {
                     let answer = self.app.deliver(addr, &self.spec, event, &path).await;
@@ -396,13 +407,23 @@ mod tests {
         };
         let (_, revisions) = watch::channel(0);
         let (_, stop) = watch::channel(false);
+        let plan = Arc::new(arc_swap::ArcSwap::from_pointee(crate::plan::Plan::default()));
+        let metrics = Arc::new(Metrics::new());
+        let activator = Arc::new(Activator::new(
+            plan.clone(),
+            revisions.clone(),
+            Default::default(),
+            metrics.clone(),
+            None,
+        ));
         TriggerRuntime::new(
             key,
             Arc::new(spec),
-            Arc::new(arc_swap::ArcSwap::from_pointee(crate::plan::Plan::default())),
+            plan,
             revisions,
             stop,
-            Arc::new(Metrics::new()),
+            metrics,
+            activator,
         )
     }
 

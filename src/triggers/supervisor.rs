@@ -5,6 +5,7 @@
 
 use super::delivery::TriggerRuntime;
 use super::{jetstream, kafka};
+use crate::activator::Activator;
 use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
 use crate::publish::SharedPlan;
 use crate::telemetry::Metrics;
@@ -23,15 +24,22 @@ pub struct TriggerSupervisor {
     plan: SharedPlan,
     revisions: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+    activator: Arc<Activator>,
     running: HashMap<TriggerKey, Running>,
 }
 
 impl TriggerSupervisor {
-    pub fn new(plan: SharedPlan, revisions: watch::Receiver<u64>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        plan: SharedPlan,
+        revisions: watch::Receiver<u64>,
+        metrics: Arc<Metrics>,
+        activator: Arc<Activator>,
+    ) -> Self {
         TriggerSupervisor {
             plan,
             revisions,
             metrics,
+            activator,
             running: HashMap::new(),
         }
     }
@@ -87,6 +95,7 @@ impl TriggerSupervisor {
                 self.revisions.clone(),
                 stop_rx,
                 self.metrics.clone(),
+                self.activator.clone(),
             ));
             let task = tokio::spawn(async move {
                 if let Some(old) = previous {
