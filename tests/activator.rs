@@ -135,3 +135,25 @@ fn a_client_that_hangs_up_frees_its_slot() {
         "the slot freed after the client left",
     );
 }
+
+#[test]
+fn a_listed_endpoint_that_answers_is_used_before_the_platform_marks_it_ready() {
+    // The pod is up but its EndpointSlice still says not ready (readiness lags): the
+    // activator's probe finds it and the waiting request goes through.
+    let echo = Echo::start("warm", "default");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "warm", ""));
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "warm", &[echo.addr], false),
+    );
+    let gate = Fngate::start(dir.path());
+    let r = gate.get("warm.default.ofn.io", "/");
+    assert_eq!(r.status, 200);
+    assert!(
+        gate.metric(
+            "fngate_activator_probes_total{function=\"warm\",namespace=\"default\",result=\"up\"}"
+        ) >= 1.0
+    );
+}

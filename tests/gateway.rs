@@ -94,9 +94,13 @@ fn missing_service_is_500_and_a_function_that_never_gets_ready_is_504_after_its_
         ),
     )
     .unwrap();
+    // Listed, not ready, and nothing listening there (so the activator's probe fails too).
+    let nowhere: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     std::fs::write(
         dir.path().join("cold-slice.yaml"),
-        endpoint_slice("default", "cold", &[echo.addr], false),
+        endpoint_slice("default", "cold", &[nowhere], false),
     )
     .unwrap();
     let gate = Fngate::start(dir.path());

@@ -12,10 +12,11 @@ mod webhook;
 
 pub use webhook::Webhook;
 
-use crate::plan::{Plan, ServiceEndpoints, ServiceKey};
+use crate::plan::{choose_port, EndpointAddress, Plan, ServiceEndpoints, ServiceKey};
 use crate::publish::SharedPlan;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,7 +129,12 @@ pub struct Activator {
     activity: Mutex<HashMap<String, HashMap<String, Arc<Activity>>>>,
     /// Told when a function's first request starts waiting.
     webhook: Option<Webhook>,
+    /// One prober per Service and plan revision, shared by all its waiters.
+    probes: Mutex<HashMap<ServiceKey, (u64, Arc<watch::Sender<Option<SocketAddr>>>)>>,
 }
+
+/// How often a listed-but-not-ready endpoint is tried while requests wait for it.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct Waiting {
@@ -180,7 +186,60 @@ impl Activator {
             waiting: Mutex::new(Waiting::default()),
             activity: Mutex::new(HashMap::new()),
             webhook,
+            probes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Like Knative's activator: endpoints the plan lists as not ready are tried (TCP
+    /// connect) every 50 ms, and the first that answers is used at once, before the
+    /// platform marks it ready. One prober per Service and plan revision; it stops when
+    /// nobody waits any more.
+    fn probe(
+        &self,
+        service: &ServiceKey,
+        revision: u64,
+        targets: Vec<SocketAddr>,
+        labels: [&str; 2],
+    ) -> watch::Receiver<Option<SocketAddr>> {
+        let mut probes = self.probes.lock().expect("not poisoned");
+        if let Some((rev, tx)) = probes.get(service) {
+            if *rev == revision {
+                return tx.subscribe();
+            }
+        }
+        let tx = Arc::new(watch::channel(None).0);
+        let rx = tx.subscribe();
+        probes.insert(service.clone(), (revision, tx.clone()));
+        drop(probes);
+        let metrics = self.metrics.clone();
+        let labels = labels.map(str::to_owned);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while tx.receiver_count() > 0 {
+                tick.tick().await;
+                for addr in &targets {
+                    let up = matches!(
+                        tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(addr))
+                            .await,
+                        Ok(Ok(_))
+                    );
+                    metrics
+                        .activator_probes
+                        .with_label_values(&[
+                            labels[0].as_str(),
+                            labels[1].as_str(),
+                            if up { "up" } else { "down" },
+                        ])
+                        .inc();
+                    if up {
+                        tx.send_replace(Some(*addr));
+                        return;
+                    }
+                }
+            }
+        });
+        rx
     }
 
     /// The activity record of function `namespace/name` (created on first use).
@@ -252,7 +311,14 @@ impl Activator {
 
     /// Waits until `service` has a ready endpoint in a published plan, at most `timeout`.
     /// `labels` are the function's (namespace, name) for metrics.
-    pub async fn hold(&self, service: &ServiceKey, labels: [&str; 2], timeout: Duration) -> Held {
+    /// `port` is the backendRef's port, to pick among a slice's ports.
+    pub async fn hold(
+        &self,
+        service: &ServiceKey,
+        port: Option<u16>,
+        labels: [&str; 2],
+        timeout: Duration,
+    ) -> Held {
         let Some(_slot) = self.admit(service, labels) else {
             self.metrics
                 .activator_overflows
@@ -264,29 +330,64 @@ impl Activator {
         let mut revisions = self.revisions.clone();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut probed: Option<watch::Receiver<Option<SocketAddr>>> = None;
         loop {
             // Mark the current revision seen before reading the plan, so a publish in
             // between is not missed.
             revisions.borrow_and_update();
             let plan = self.plan.load_full();
-            if let Some(eps) = plan.endpoints.get(&service.namespace, &service.name) {
-                if !eps.ready.is_empty() {
-                    let eps = eps.clone();
-                    self.metrics
-                        .activator_releases
-                        .with_label_values(&labels)
-                        .inc();
-                    self.metrics
-                        .activator_wait_duration
-                        .with_label_values(&labels)
-                        .observe(started.elapsed().as_secs_f64());
-                    return Held::Ready(eps, plan);
+            let listed = plan.endpoints.get(&service.namespace, &service.name);
+            let ready = match listed {
+                Some(eps) if !eps.ready.is_empty() => Some(eps.clone()),
+                Some(eps) if !eps.not_ready.is_empty() => {
+                    let targets: Vec<SocketAddr> = eps
+                        .not_ready
+                        .iter()
+                        .filter_map(|a| {
+                            choose_port(&a.ports, port).map(|p| SocketAddr::new(a.ip, p))
+                        })
+                        .collect();
+                    let rx = probed.insert(self.probe(service, plan.revision, targets, labels));
+                    let up = *rx.borrow_and_update();
+                    up.map(|addr| {
+                        Arc::new(ServiceEndpoints::new(
+                            vec![EndpointAddress {
+                                ip: addr.ip(),
+                                ports: Arc::from([(None, addr.port())]),
+                            }],
+                            Vec::new(),
+                        ))
+                    })
                 }
+                _ => {
+                    probed = None;
+                    None
+                }
+            };
+            if let Some(eps) = ready {
+                self.metrics
+                    .activator_releases
+                    .with_label_values(&labels)
+                    .inc();
+                self.metrics
+                    .activator_wait_duration
+                    .with_label_values(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                return Held::Ready(eps, plan);
             }
+            let probe_changed = async {
+                match probed.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = revisions.changed() => if changed.is_err() {
                     break;
                 },
+                _ = probe_changed => {}
                 _ = &mut deadline => break,
             }
         }

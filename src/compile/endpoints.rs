@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> Endpoints {
-    let mut merged: BTreeMap<ServiceKey, (Vec<EndpointAddress>, usize)> = BTreeMap::new();
+    let mut merged: BTreeMap<ServiceKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
     let start = ObjectKey::new(ObjectKind::EndpointSlice, "", "");
     for (key, entry) in snapshot.objects.range(start..) {
         if key.kind != ObjectKind::EndpointSlice {
@@ -62,7 +63,10 @@ pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> E
                         ip,
                         ports: ports.clone(),
                     }),
-                    Ok(_) => bucket.1 += 1,
+                    Ok(ip) => bucket.1.push(EndpointAddress {
+                        ip,
+                        ports: ports.clone(),
+                    }),
                     Err(_) => diagnostics.push(
                         Diagnostic::error(format!("{addr:?} is not an IP address"))
                             .on_object(label.clone())

@@ -69,13 +69,14 @@ pub struct EndpointAddress {
 #[derive(Debug, Default, Serialize)]
 pub struct ServiceEndpoints {
     pub ready: Vec<EndpointAddress>,
-    pub not_ready: usize,
+    /// Listed but not ready: what the activator probes while requests wait.
+    pub not_ready: Vec<EndpointAddress>,
     #[serde(skip)]
     next: AtomicUsize,
 }
 
 impl ServiceEndpoints {
-    pub fn new(ready: Vec<EndpointAddress>, not_ready: usize) -> Self {
+    pub fn new(ready: Vec<EndpointAddress>, not_ready: Vec<EndpointAddress>) -> Self {
         ServiceEndpoints {
             ready,
             not_ready,
@@ -100,7 +101,7 @@ impl ServiceEndpoints {
 }
 
 /// One port: use it. Several: the one whose number matches the hint, else the first.
-fn choose_port(ports: &[(Option<String>, u16)], hint: Option<u16>) -> Option<u16> {
+pub fn choose_port(ports: &[(Option<String>, u16)], hint: Option<u16>) -> Option<u16> {
     match ports {
         [] => hint,
         [(_, p)] => Some(*p),

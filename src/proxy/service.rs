@@ -204,7 +204,7 @@ impl FunctionProxy {
                 .and_then(|v| v.to_str().ok())
                 .is_none_or(|v| v == "0");
         let held = if no_body {
-            let wait = self.activator.hold(&service, labels, timeout);
+            let wait = self.activator.hold(&service, target.port, labels, timeout);
             tokio::select! {
                 held = wait => held,
                 _ = session.downstream_session.read_body_or_idle(true) => {
@@ -219,7 +219,9 @@ impl FunctionProxy {
                 }
             }
         } else {
-            self.activator.hold(&service, labels, timeout).await
+            self.activator
+                .hold(&service, target.port, labels, timeout)
+                .await
         };
         match held {
             Held::Ready(endpoints, _) => {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub activator_releases: IntCounterVec,
     pub activator_overflows: IntCounterVec,
     pub activator_timeouts: IntCounterVec,
+    /// Labels namespace, function, result (`up`, `down`).
+    pub activator_probes: IntCounterVec,
     /// Labels namespace, function, via (`keda`, `webhook`).
     pub scale_signals: IntCounterVec,
 }
@@ -213,6 +215,14 @@ impl Metrics {
             "fngate_activator_timeouts_total",
             "Waiting requests that gave up with 504",
         );
+        let activator_probes = IntCounterVec::new(
+            Opts::new(
+                "fngate_activator_probes_total",
+                "Probes of listed-but-not-ready endpoints while requests wait, by result",
+            ),
+            &["namespace", "function", "result"],
+        )
+        .unwrap();
         let scale_signals = IntCounterVec::new(
             Opts::new(
                 "fngate_scale_signals_total",
@@ -223,6 +233,7 @@ impl Metrics {
         .unwrap();
         for c in [
             Box::new(scale_signals.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(activator_probes.clone()),
             Box::new(triggers.clone()),
             Box::new(activator_waiting.clone()),
             Box::new(activator_wait_duration.clone()),
@@ -270,6 +281,7 @@ impl Metrics {
             activator_releases,
             activator_overflows,
             activator_timeouts,
+            activator_probes,
             scale_signals,
         }
     }
