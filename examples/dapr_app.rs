@@ -50,9 +50,9 @@ impl App {
         let text = String::from_utf8_lossy(data);
         if text.contains("drop-me") {
             Verdict::Drop
-        } else if text.contains("always-retry") {
-            Verdict::Retry
-        } else if text.contains("retry-once") && self.seen.lock().unwrap().insert(id.to_owned()) {
+        } else if text.contains("always-retry")
+            || (text.contains("retry-once") && self.seen.lock().unwrap().insert(id.to_owned()))
+        {
             Verdict::Retry
         } else {
             Verdict::Success

@@ -230,7 +230,7 @@ fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() 
                 "partition {p}: {prev:?} then {o}"
             ),
             _ => assert!(
-                prev.is_none_or(|x| x < o || (x == o)),
+                prev.is_none_or(|x| x <= o),
                 "partition {p}: {prev:?} then {o}"
             ),
         }

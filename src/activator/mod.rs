@@ -130,8 +130,11 @@ pub struct Activator {
     /// Told when a function's first request starts waiting.
     webhook: Option<Webhook>,
     /// One prober per Service and plan revision, shared by all its waiters.
-    probes: Mutex<HashMap<ServiceKey, (u64, Arc<watch::Sender<Option<SocketAddr>>>)>>,
+    probes: Mutex<HashMap<ServiceKey, (u64, Arc<ProbeResult>)>>,
 }
+
+/// The first endpoint a prober found answering, once it has.
+type ProbeResult = watch::Sender<Option<SocketAddr>>;
 
 /// How often a listed-but-not-ready endpoint is tried while requests wait for it.
 const PROBE_EVERY: Duration = Duration::from_millis(50);

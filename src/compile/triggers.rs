@@ -312,7 +312,7 @@ fn compile_trigger(
         origin.file = report.function_file.map(str::to_owned);
     }
     if let Some(component) = object {
-        if !component.scopes.is_empty() && !component.scopes.iter().any(|s| *s == app_id) {
+        if !component.scopes.is_empty() && !component.scopes.contains(&app_id) {
             report.on_function(
                 Diagnostic::error(format!(
                     "component {:?} is scoped to {:?}; app-id {app_id:?} may not use it",

@@ -44,7 +44,7 @@ const SUBSCRIPTIONS_TTL: Duration = Duration::from_secs(30);
 
 pub enum AppClient {
     Grpc(GrpcApp),
-    Http(HttpApp),
+    Http(Box<HttpApp>),
 }
 
 /// Delivers one trigger's events to whichever endpoint the plan names.
@@ -66,7 +66,7 @@ impl App {
         App {
             client: match protocol {
                 AppProtocol::Grpc => AppClient::Grpc(GrpcApp::default()),
-                AppProtocol::Http => AppClient::Http(HttpApp::new()),
+                AppProtocol::Http => AppClient::Http(Box::new(HttpApp::new())),
             },
             subscriptions: Mutex::new(HashMap::new()),
         }
