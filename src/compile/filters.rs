@@ -207,8 +207,8 @@ pub(super) fn backend_target(
     field: &Field,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<BackendTarget> {
-    let kind_ok = b.kind.as_deref().map_or(true, |k| k == "Service")
-        && b.group.as_deref().map_or(true, str::is_empty);
+    let kind_ok = b.kind.as_deref().is_none_or(|k| k == "Service")
+        && b.group.as_deref().is_none_or(str::is_empty);
     if !kind_ok {
         diags.push(
             Diagnostic::error("only core Services can be backends (kind Service, group \"\")")

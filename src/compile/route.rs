@@ -134,7 +134,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         _ => Cow::Owned(vec![RouteRule::default()]),
     };
     let path_based_rewrite =
-        route.rules.as_ref().map_or(true, Vec::is_empty) && !user_hostnames.is_empty();
+        route.rules.as_ref().is_none_or(Vec::is_empty) && !user_hostnames.is_empty();
 
     let created: Option<Arc<str>> = f.metadata.creation_timestamp.as_deref().map(Arc::from);
     let (ns_arc, name_arc): (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));

@@ -66,7 +66,7 @@ impl App {
         App {
             client: match protocol {
                 AppProtocol::Grpc => AppClient::Grpc(GrpcApp::default()),
-                AppProtocol::Http => AppClient::Http(Box::new(HttpApp::new())),
+                AppProtocol::Http => AppClient::Http(Box::default()),
             },
             subscriptions: Mutex::new(HashMap::new()),
         }
