@@ -48,14 +48,16 @@ start_fngate "$WORK/empty" 2 "$P1" "$A1"
 EMPTY_RSS=$(rss_kb "$FNGATE_PID")
 
 P2=$(free_port); A2=$(free_port)
+FNGATE_EXTRA=$'activator:\n  hold_timeout: 1s'
 t0=$(date +%s.%N)
 start_fngate "$WORK/big" 2 "$P2" "$A2"
 t1=$(date +%s.%N)
 sleep 1
 BIG_RSS=$(rss_kb "$FNGATE_PID")
 routes=$(curl -s "http://127.0.0.1:$A2/metrics" | awk '/^fngate_routes / {print $2}')
-# Loopback endpoints where nothing listens: a routed request ends in 502 (refused), an
-# unrouted one in 404. Nothing leaves the machine.
+# Loopback endpoints where nothing listens: a routed request waits for the function to
+# come back (scale from zero) and ends in 504 after the 1 s hold timeout set below; an
+# unrouted one gets 404. Nothing leaves the machine.
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Host: fn-4242.ns-42.ofn.io" "http://127.0.0.1:$P2/anything")
 
 # One file changes: time until the new revision serves.

@@ -157,3 +157,81 @@ fn a_listed_endpoint_that_answers_is_used_before_the_platform_marks_it_ready() {
         ) >= 1.0
     );
 }
+
+#[test]
+fn repeated_scale_to_zero_and_back_under_load_loses_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "flip", ""));
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "flip", &[addr], true),
+    );
+    let mut backend = Some(Echo::start_on("flip", "default", &addr.to_string()));
+    let gate = Fngate::start(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, http) = (stop.clone(), ok.clone(), gate.http);
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match request(http, "GET", "flip.default.ofn.io", "/", &[], b"") {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failures.push(r.status),
+                        Err(e) => failures.push(e.raw_os_error().unwrap_or(-1) as u16),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let waiting = "fngate_activator_waiting{function=\"flip\",namespace=\"default\"}";
+    for cycle in 0..4 {
+        let before = ok.load(Ordering::SeqCst);
+        gate.wait_until(
+            || ok.load(Ordering::SeqCst) >= before + 50,
+            "traffic flowing",
+        );
+        // 1 -> 0: the pod is gone. Odd cycles the platform also marks it not ready; even
+        // cycles the slice still says ready (the kill is not noticed yet).
+        drop(backend.take());
+        if cycle % 2 == 1 {
+            write_atomically(
+                dir.path(),
+                "slice.yaml",
+                &endpoint_slice("default", "flip", &[addr], false),
+            );
+        }
+        gate.wait_until(
+            || gate.metric(waiting) >= 1.0,
+            "requests waiting while the function is gone",
+        );
+        // 0 -> 1 on the same address.
+        backend = Some(Echo::start_on("flip", "default", &addr.to_string()));
+        if cycle % 2 == 1 {
+            write_atomically(
+                dir.path(),
+                "slice.yaml",
+                &endpoint_slice("default", "flip", &[addr], true),
+            );
+        }
+    }
+    let before = ok.load(Ordering::SeqCst);
+    gate.wait_until(
+        || ok.load(Ordering::SeqCst) >= before + 50,
+        "traffic flowing at the end",
+    );
+    stop.store(true, Ordering::SeqCst);
+    let failures: Vec<u16> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed requests: {:?}",
+        count_by(failures)
+    );
+}

@@ -134,7 +134,7 @@ pub struct Activator {
 }
 
 /// The first endpoint a prober found answering, once it has.
-type ProbeResult = watch::Sender<Option<SocketAddr>>;
+type ProbeResult = watch::Sender<Option<(SocketAddr, Instant)>>;
 
 /// How often a listed-but-not-ready endpoint is tried while requests wait for it.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -203,10 +203,15 @@ impl Activator {
         revision: u64,
         targets: Vec<SocketAddr>,
         labels: [&str; 2],
-    ) -> watch::Receiver<Option<SocketAddr>> {
+        since: Option<Instant>,
+    ) -> watch::Receiver<Option<(SocketAddr, Instant)>> {
         let mut probes = self.probes.lock().expect("not poisoned");
         if let Some((rev, tx)) = probes.get(service) {
-            if *rev == revision {
+            // Reuse it unless what it found is older than a refusal this waiter saw.
+            let stale = tx
+                .borrow()
+                .is_some_and(|(_, found)| since.is_some_and(|t| found <= t));
+            if *rev == revision && !stale {
                 return tx.subscribe();
             }
         }
@@ -236,7 +241,7 @@ impl Activator {
                         ])
                         .inc();
                     if up {
-                        tx.send_replace(Some(*addr));
+                        tx.send_replace(Some((*addr, Instant::now())));
                         return;
                     }
                 }
@@ -315,12 +320,17 @@ impl Activator {
     /// Waits until `service` has a ready endpoint in a published plan, at most `timeout`.
     /// `labels` are the function's (namespace, name) for metrics.
     /// `port` is the backendRef's port, to pick among a slice's ports.
+    ///
+    /// `refused`: endpoints every one of which just refused this request's connection
+    /// (the function went away under it, 1 -> 0). They are not taken as ready again; they
+    /// are probed like not-ready ones until one answers or a new plan lists others.
     pub async fn hold(
         &self,
         service: &ServiceKey,
         port: Option<u16>,
         labels: [&str; 2],
         timeout: Duration,
+        refused: Option<&Arc<ServiceEndpoints>>,
     ) -> Held {
         let Some(_slot) = self.admit(service, labels) else {
             self.metrics
@@ -333,34 +343,56 @@ impl Activator {
         let mut revisions = self.revisions.clone();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut probed: Option<watch::Receiver<Option<SocketAddr>>> = None;
+        let refused_addrs: Vec<SocketAddr> = refused
+            .map(|r| {
+                r.ready
+                    .iter()
+                    .filter_map(|a| choose_port(&a.ports, port).map(|p| SocketAddr::new(a.ip, p)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A probe success from before this request's refusal says nothing new.
+        let since = refused.map(|_| Instant::now());
+        let mut probed: Option<watch::Receiver<Option<(SocketAddr, Instant)>>> = None;
         loop {
             // Mark the current revision seen before reading the plan, so a publish in
             // between is not missed.
             revisions.borrow_and_update();
             let plan = self.plan.load_full();
             let listed = plan.endpoints.get(&service.namespace, &service.name);
+            // Listed as ready, but every one of them just refused this request.
+            let dead = |eps: &Arc<ServiceEndpoints>| {
+                !refused_addrs.is_empty()
+                    && eps.ready.iter().all(|a| {
+                        choose_port(&a.ports, port)
+                            .is_some_and(|p| refused_addrs.contains(&SocketAddr::new(a.ip, p)))
+                    })
+            };
             let ready = match listed {
-                Some(eps) if !eps.ready.is_empty() => Some(eps.clone()),
-                Some(eps) if !eps.not_ready.is_empty() => {
-                    let targets: Vec<SocketAddr> = eps
+                Some(eps) if !eps.ready.is_empty() && !dead(eps) => Some(eps.clone()),
+                Some(eps) if !eps.not_ready.is_empty() || dead(eps) => {
+                    let candidates = eps
                         .not_ready
                         .iter()
+                        .chain(dead(eps).then_some(&eps.ready).into_iter().flatten());
+                    let targets: Vec<SocketAddr> = candidates
                         .filter_map(|a| {
                             choose_port(&a.ports, port).map(|p| SocketAddr::new(a.ip, p))
                         })
                         .collect();
-                    let rx = probed.insert(self.probe(service, plan.revision, targets, labels));
+                    let rx =
+                        probed.insert(self.probe(service, plan.revision, targets, labels, since));
                     let up = *rx.borrow_and_update();
-                    up.map(|addr| {
-                        Arc::new(ServiceEndpoints::new(
-                            vec![EndpointAddress {
-                                ip: addr.ip(),
-                                ports: Arc::from([(None, addr.port())]),
-                            }],
-                            Vec::new(),
-                        ))
-                    })
+                    up.filter(|(_, found)| since.is_none_or(|t| *found > t))
+                        .map(|(addr, _)| {
+                            Arc::new(ServiceEndpoints::new(
+                                vec![EndpointAddress {
+                                    ip: addr.ip(),
+                                    ports: Arc::from([(None, addr.port())]),
+                                }],
+                                Vec::new(),
+                            ))
+                        })
                 }
                 _ => {
                     probed = None;

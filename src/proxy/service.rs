@@ -204,7 +204,9 @@ impl FunctionProxy {
                 .and_then(|v| v.to_str().ok())
                 .is_none_or(|v| v == "0");
         let held = if no_body {
-            let wait = self.activator.hold(&service, target.port, labels, timeout);
+            let wait = self
+                .activator
+                .hold(&service, target.port, labels, timeout, None);
             tokio::select! {
                 held = wait => held,
                 _ = session.downstream_session.read_body_or_idle(true) => {
@@ -220,7 +222,7 @@ impl FunctionProxy {
             }
         } else {
             self.activator
-                .hold(&service, target.port, labels, timeout)
+                .hold(&service, target.port, labels, timeout, None)
                 .await
         };
         match held {
@@ -331,6 +333,45 @@ impl ProxyHttp for FunctionProxy {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no rule"))?;
         let target = &rule.backends[ctx.backend].target;
+        if let Some(refused) = ctx
+            .endpoints
+            .clone()
+            .filter(|eps| ctx.failed_attempts > 0 && ctx.failed_attempts >= eps.ready.len())
+        {
+            // Every ready endpoint refused before anything was sent: the function went
+            // away under this request. Wait for it as for a cold function.
+            let service = ServiceKey {
+                namespace: target.namespace.to_string(),
+                name: target.service.to_string(),
+            };
+            let labels = [&*rule.function.namespace, &*rule.function.name];
+            let timeout = rule
+                .timeouts
+                .hold
+                .unwrap_or(self.activator.limits().timeout);
+            match self
+                .activator
+                .hold(&service, target.port, labels, timeout, Some(&refused))
+                .await
+            {
+                Held::Ready(endpoints, _) => {
+                    ctx.endpoints = Some(endpoints);
+                    ctx.failed_attempts = 0;
+                }
+                Held::Overflow => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(503),
+                        "too many requests are waiting for this function to start",
+                    )
+                }
+                Held::TimedOut => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(504),
+                        "no endpoint of the function became ready in time",
+                    )
+                }
+            }
+        }
         let addr = ctx
             .endpoints
             .as_ref()
@@ -362,13 +403,9 @@ impl ProxyHttp for FunctionProxy {
             .with_label_values(&[ns, function])
             .inc();
         ctx.failed_attempts += 1;
-        if ctx
-            .endpoints
-            .as_ref()
-            .is_some_and(|eps| ctx.failed_attempts < eps.ready.len())
-        {
-            e.set_retry(true);
-        }
+        // Nothing was sent yet: try the next endpoint, and when all refused, go back to
+        // waiting (upstream_peer) rather than fail the request.
+        e.set_retry(true);
         e
     }
 
