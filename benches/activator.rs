@@ -1,0 +1,190 @@
+//! Scale from zero, measured on the real binary (release build):
+//! - signal latency: a request arrives for a function at zero → `true` on a KEDA
+//!   StreamIsActive stream (100 rounds; each request then times out so the function goes
+//!   idle again);
+//! - memory: RSS of fngate holding 10,000 waiting requests, per request, and as the peer
+//!   the same number of open connections that sent nothing (pingora's own cost).
+//!
+//! `cargo bench --bench activator [-- N]` (N waiting requests, default 10,000).
+
+use fngate::activator::scaler::proto::ScaledObjectRef;
+use fngate::activator::scaler::ExternalScalerClient;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Gate {
+    child: Child,
+    http: u16,
+    admin: u16,
+    scaler: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(hold_timeout: &str, max_waiting: usize) -> Gate {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fns")).unwrap();
+    let dead = free_port();
+    std::fs::write(
+        dir.path().join("fns/f.yaml"),
+        format!(
+            "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: cold\n  annotations: {{fngate.io/hold-timeout: \"{hold_timeout}\"}}\nspec:\n  serving:\n    triggers:\n      http: {{port: 8080}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: cold\n  labels: {{kubernetes.io/service-name: cold}}\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: false}}\nports: [{{port: {dead}}}]\n"
+        ),
+    )
+    .unwrap();
+    let (http, admin, scaler) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.path().join("fngate.yaml"),
+        format!("listen:\n  http: 127.0.0.1:{http}\n  admin: 127.0.0.1:{admin}\n  scaler: 127.0.0.1:{scaler}\ncatalog:\n  dir: fns\nthreads: 2\nactivator:\n  max_waiting_per_function: {max_waiting}\n  max_waiting: {max_waiting}\n"),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("fngate.yaml"))
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    Gate {
+        child,
+        http,
+        admin,
+        scaler,
+        _dir: dir,
+    }
+}
+
+async fn metric(admin: u16, name: &str) -> f64 {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await else {
+        return -1.0;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut body = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut body).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+async fn get(port: u16) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: cold.default.ofn.io\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+}
+
+async fn signal_latency() -> Vec<f64> {
+    let gate = start("20ms", 1000);
+    let object = ScaledObjectRef {
+        name: "cold".into(),
+        namespace: "default".into(),
+        scaler_metadata: Default::default(),
+    };
+    let mut client = loop {
+        if let Ok(c) =
+            ExternalScalerClient::connect(format!("http://127.0.0.1:{}", gate.scaler)).await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stream = client.stream_is_active(object).await.unwrap().into_inner();
+    assert!(!stream.message().await.unwrap().unwrap().result);
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let t0 = Instant::now();
+        let _conn = get(gate.http).await;
+        let m = stream.message().await.unwrap().unwrap();
+        assert!(m.result);
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // The request times out (20 ms), the function goes idle: `false`.
+        while stream.message().await.unwrap().unwrap().result {}
+    }
+    samples
+}
+
+/// RSS before and after `n` connections that each sent a request for the cold function
+/// (`idle`: connections that sent nothing — the peer: what pingora alone spends).
+async fn memory(n: usize, idle: bool) -> (f64, f64, f64) {
+    let gate = start("600s", n + 10);
+    while metric(gate.admin, "fngate_config_revision").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Warm the path once so lazily built state is not counted per request.
+    drop(get(gate.http).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kb(gate.child.id());
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        if idle {
+            conns.push(
+                tokio::net::TcpStream::connect(("127.0.0.1", gate.http))
+                    .await
+                    .unwrap(),
+            );
+        } else {
+            conns.push(get(gate.http).await);
+        }
+    }
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    while !idle && metric(gate.admin, waiting).await < n as f64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kb(gate.child.id());
+    drop(conns);
+    (
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after - before) as f64 / n as f64,
+    )
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lat = rt.block_on(signal_latency());
+    let (before, after, per) = rt.block_on(memory(n, false));
+    let (_, _, per_idle) = rt.block_on(memory(n, true));
+    println!("signal latency, request in -> StreamIsActive true (100 rounds): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
+    println!("memory: RSS {before:.1} MB idle, {after:.1} MB with {n} waiting requests: {per:.1} KiB per waiting request");
+    println!("peer: {n} open connections that sent nothing: {per_idle:.1} KiB each; the hold itself: {:.1} KiB per request", per - per_idle);
+}
