@@ -2,6 +2,9 @@
 //! - signal latency: a request arrives for a function at zero → `true` on a KEDA
 //!   StreamIsActive stream (100 rounds; each request then times out so the function goes
 //!   idle again);
+//! - added latency: a request waits for a function at zero whose pod then starts
+//!   (listed, not yet marked ready); time from the backend accepting connections to the
+//!   held request's response, minus the backend's own time (100 cold starts);
 //! - memory: RSS of fngate holding 10,000 waiting requests, per request, and as the peer
 //!   the same number of open connections that sent nothing (pingora's own cost).
 //!
@@ -37,9 +40,13 @@ impl Drop for Gate {
 }
 
 fn start(hold_timeout: &str, max_waiting: usize) -> Gate {
+    start_with_backend_port(hold_timeout, max_waiting, free_port())
+}
+
+/// fngate with one function whose only endpoint, 127.0.0.1:`dead`, is listed not ready.
+fn start_with_backend_port(hold_timeout: &str, max_waiting: usize, dead: u16) -> Gate {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("fns")).unwrap();
-    let dead = free_port();
     std::fs::write(
         dir.path().join("fns/f.yaml"),
         format!(
@@ -175,6 +182,70 @@ async fn memory(n: usize, idle: bool) -> (f64, f64, f64) {
     )
 }
 
+/// A trivial function: answers every request at once, until its task is aborted.
+async fn backend(listener: tokio::net::TcpListener) {
+    // Connections live in the set, so aborting the server closes them too (pod gone).
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        connections.spawn(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn added_latency() -> Vec<f64> {
+    let port = free_port();
+    let gate = start_with_backend_port("60s", 1000, port);
+    while metric(gate.admin, "fngate_config_revision").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let mut conn = get(gate.http).await;
+        while metric(gate.admin, waiting).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let server = tokio::spawn(backend(listener));
+        let mut buf = [0u8; 256];
+        let n = tokio::io::AsyncReadExt::read(&mut conn, &mut buf)
+            .await
+            .unwrap();
+        let took = t0.elapsed();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        samples.push(took.as_secs_f64() * 1000.0);
+        // Back to zero: the pod goes away (its connections with it).
+        server.abort();
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    samples
+}
+
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -182,9 +253,11 @@ fn main() {
         .unwrap_or(10_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut lat = rt.block_on(signal_latency());
+    let mut added = rt.block_on(added_latency());
     let (before, after, per) = rt.block_on(memory(n, false));
     let (_, _, per_idle) = rt.block_on(memory(n, true));
     println!("signal latency, request in -> StreamIsActive true (100 rounds): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
+    println!("added latency, backend accepting -> held request answered (100 cold starts; backend time ~0): p50 {:.2} ms  p99 {:.2} ms", pct(&mut added, 0.5), pct(&mut added, 0.99));
     println!("memory: RSS {before:.1} MB idle, {after:.1} MB with {n} waiting requests: {per:.1} KiB per waiting request");
     println!("peer: {n} open connections that sent nothing: {per_idle:.1} KiB each; the hold itself: {:.1} KiB per request", per - per_idle);
 }
