@@ -24,15 +24,7 @@ fn held_requests(gate: &Fngate, host: &'static str, n: usize) -> Vec<std::thread
 #[test]
 fn held_requests_are_all_released_when_a_late_backend_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
-    // Listed but not ready, and nothing listening yet: a function scaled to zero.
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[addr], false),
-    );
+    let addr = cold_function(dir.path(), "cold");
     let gate = Fngate::start(dir.path());
     let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
     let n = 500;
@@ -113,14 +105,7 @@ fn over_the_per_function_limit_a_request_gets_503_at_once_and_other_functions_ar
 #[test]
 fn a_client_that_hangs_up_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[addr], false),
-    );
+    cold_function(dir.path(), "cold");
     let gate = Fngate::start(dir.path());
     let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
     {

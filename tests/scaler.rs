@@ -53,14 +53,7 @@ fn scaled_object() -> ScaledObjectRef {
 fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the_edge() {
     let (hook, bodies) = webhook_receiver();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    write_atomically(dir.path(), "fn.yaml", &function_yaml("default", "cold", ""));
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[addr], false),
-    );
+    let addr = cold_function(dir.path(), "cold");
     let scaler_port = free_port();
     let gate = Fngate::start_full(
         dir.path(),

@@ -12,7 +12,7 @@ mod webhook;
 
 pub use webhook::Webhook;
 
-use crate::plan::{choose_port, EndpointAddress, Plan, ServiceEndpoints, ServiceKey};
+use crate::plan::{choose_port, EndpointAddress, ServiceEndpoints, ServiceKey};
 use crate::publish::SharedPlan;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
@@ -111,8 +111,8 @@ impl Drop for Running {
 
 /// How a hold ended.
 pub enum Held {
-    /// Endpoints are ready, in the plan that has them.
-    Ready(Arc<ServiceEndpoints>, Arc<Plan>),
+    /// Endpoints are ready (from a published plan, or found by the probe).
+    Ready(Arc<ServiceEndpoints>),
     /// Too many requests already wait (for this function, or in all): 503 at once.
     Overflow,
     /// No endpoint became ready in time: 504.
@@ -150,7 +150,8 @@ struct Waiting {
 struct Slot<'a> {
     activator: &'a Activator,
     key: ServiceKey,
-    labels: [String; 2],
+    /// This function's `fngate_activator_waiting` child, looked up once.
+    gauge: prometheus::IntGauge,
     _waiter: Waiter,
 }
 
@@ -165,11 +166,7 @@ impl Drop for Slot<'_> {
             }
         }
         drop(w);
-        self.activator
-            .metrics
-            .activator_waiting
-            .with_label_values(&[&self.labels[0], &self.labels[1]])
-            .dec();
+        self.gauge.dec();
     }
 }
 
@@ -299,22 +296,14 @@ impl Activator {
         w.total += 1;
         *w.by_service.entry(key.clone()).or_default() += 1;
         drop(w);
-        self.metrics
-            .activator_waiting
-            .with_label_values(&labels)
-            .inc();
+        let gauge = self.metrics.activator_waiting.with_label_values(&labels);
+        gauge.inc();
         Some(Slot {
             activator: self,
             key: key.clone(),
-            labels: labels.map(str::to_owned),
+            gauge,
             _waiter: self.waiter(labels[0], labels[1]),
         })
-    }
-
-    /// Requests waiting for `key`'s Service right now.
-    pub fn waiting_for(&self, key: &ServiceKey) -> usize {
-        let w = self.waiting.lock().expect("not poisoned");
-        w.by_service.get(key).copied().unwrap_or(0)
     }
 
     /// Waits until `service` has a ready endpoint in a published plan, at most `timeout`.
@@ -408,7 +397,7 @@ impl Activator {
                     .activator_wait_duration
                     .with_label_values(&labels)
                     .observe(started.elapsed().as_secs_f64());
-                return Held::Ready(eps, plan);
+                return Held::Ready(eps);
             }
             let probe_changed = async {
                 match probed.as_mut() {

@@ -1,7 +1,7 @@
 use super::context::RequestCtx;
 use super::{headers, mirror};
 use crate::activator::{Activator, Held};
-use crate::plan::ServiceKey;
+use crate::plan::{ServiceEndpoints, ServiceKey};
 use crate::publish::SharedPlan;
 use crate::routing::{RequestView, Rule};
 use crate::telemetry::{status_class, Metrics};
@@ -69,6 +69,16 @@ fn host_without_port(host: &str) -> &str {
         Some(_) => &host[..host.rfind(':').unwrap_or(host.len())],
         None => host,
     }
+}
+
+/// Whether the request announces a body (chunked, or a non-zero Content-Length).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.get("transfer-encoding").is_some()
+        || req
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0")
 }
 
 async fn respond(
@@ -178,15 +188,15 @@ impl FunctionProxy {
         }
     }
 
-    /// Scale from zero: waits, before the body is read, for the chosen backend's Service
-    /// to get a ready endpoint. A client without a body that hangs up frees its slot.
-    async fn hold(
+    /// Waits in the activator for backend `backend` of `rule` to have a ready endpoint
+    /// (`refused`: the endpoints that just refused this request).
+    async fn wait_for_endpoint(
         &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        rule: &Arc<Rule>,
-    ) -> Result<bool> {
-        let target = &rule.backends[ctx.backend].target;
+        rule: &Rule,
+        backend: usize,
+        refused: Option<&Arc<ServiceEndpoints>>,
+    ) -> Held {
+        let target = &rule.backends[backend].target;
         let service = ServiceKey {
             namespace: target.namespace.to_string(),
             name: target.service.to_string(),
@@ -196,17 +206,23 @@ impl FunctionProxy {
             .timeouts
             .hold
             .unwrap_or(self.activator.limits().timeout);
-        let req = session.req_header();
-        let no_body = req.headers.get("transfer-encoding").is_none()
-            && req
-                .headers
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .is_none_or(|v| v == "0");
-        let held = if no_body {
-            let wait = self
-                .activator
-                .hold(&service, target.port, labels, timeout, None);
+        self.activator
+            .hold(&service, target.port, labels, timeout, refused)
+            .await
+    }
+
+    /// Scale from zero: waits, before the body is read, for the chosen backend's Service
+    /// to get a ready endpoint. A client without a body that hangs up frees its slot.
+    async fn hold(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rule: &Arc<Rule>,
+    ) -> Result<bool> {
+        let wait = self.wait_for_endpoint(rule, ctx.backend, None);
+        let held = if has_body(session.req_header()) {
+            wait.await
+        } else {
             tokio::select! {
                 held = wait => held,
                 _ = session.downstream_session.read_body_or_idle(true) => {
@@ -220,15 +236,14 @@ impl FunctionProxy {
                     });
                 }
             }
-        } else {
-            self.activator
-                .hold(&service, target.port, labels, timeout, None)
-                .await
         };
         match held {
-            Held::Ready(endpoints, _) => {
+            Held::Ready(endpoints) => {
                 ctx.endpoints = Some(endpoints);
-                ctx.running = Some(self.activator.running(labels[0], labels[1]));
+                ctx.running = Some(
+                    self.activator
+                        .running(&rule.function.namespace, &rule.function.name),
+                );
                 self.mirror(session, ctx, rule);
                 Ok(false)
             }
@@ -257,13 +272,7 @@ impl FunctionProxy {
         if rule.mirrors().is_empty() {
             return;
         }
-        let req = session.req_header();
-        let has_body = req.headers.get("transfer-encoding").is_some()
-            || req
-                .headers
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v != "0");
+        let has_body = has_body(session.req_header());
         let mut copy = session.req_header().clone();
         if let Some(edits) = rule.request_headers() {
             let _ = headers::apply_edits(&mut copy, edits);
@@ -340,21 +349,11 @@ impl ProxyHttp for FunctionProxy {
         {
             // Every ready endpoint refused before anything was sent: the function went
             // away under this request. Wait for it as for a cold function.
-            let service = ServiceKey {
-                namespace: target.namespace.to_string(),
-                name: target.service.to_string(),
-            };
-            let labels = [&*rule.function.namespace, &*rule.function.name];
-            let timeout = rule
-                .timeouts
-                .hold
-                .unwrap_or(self.activator.limits().timeout);
             match self
-                .activator
-                .hold(&service, target.port, labels, timeout, Some(&refused))
+                .wait_for_endpoint(rule, ctx.backend, Some(&refused))
                 .await
             {
-                Held::Ready(endpoints, _) => {
+                Held::Ready(endpoints) => {
                     ctx.endpoints = Some(endpoints);
                     ctx.failed_attempts = 0;
                 }

@@ -540,6 +540,19 @@ pub fn dapr_function_yaml(
     )
 }
 
+/// Writes Function `name` whose only endpoint is listed but not ready, at an address where
+/// nothing listens yet (a function scaled to zero); returns that address.
+pub fn cold_function(dir: &Path, name: &str) -> SocketAddr {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_atomically(dir, "fn.yaml", &function_yaml("default", name, ""));
+    write_atomically(
+        dir,
+        "slice.yaml",
+        &endpoint_slice("default", name, &[addr], false),
+    );
+    addr
+}
+
 /// `yaml` (one object) with `metadata.annotations[key] = value` added.
 pub fn with_annotation(yaml: &str, key: &str, value: &str) -> String {
     yaml.replacen(
