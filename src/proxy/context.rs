@@ -16,6 +16,8 @@ pub struct RequestCtx {
     pub endpoints: Option<Arc<ServiceEndpoints>>,
     /// Connection attempts that failed so far.
     pub failed_attempts: usize,
+    /// Replays after a fresh connection to the function closed without an answer.
+    pub unanswered_replays: u8,
     pub body_bytes: u64,
     pub tls: bool,
     /// Mirror copies still receiving the request body.
@@ -34,6 +36,7 @@ impl RequestCtx {
             backend: 0,
             endpoints: None,
             failed_attempts: 0,
+            unanswered_replays: 0,
             body_bytes: 0,
             tls: false,
             mirrors: Vec::new(),

@@ -408,6 +408,47 @@ impl ProxyHttp for FunctionProxy {
         e
     }
 
+    /// A function that dies with requests in flight closes their connections unanswered
+    /// (its kernel may even accept new ones into the dead listener's backlog). A request
+    /// that can be replayed safely — idempotent method, body still buffered, nothing
+    /// answered yet — is replayed: on the next endpoint, or after waiting for one as for
+    /// a cold function. Bounded, so a function that always hangs up still gets a 502.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        const MAX_UNANSWERED_REPLAYS: u8 = 3;
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let unanswered = e.esource() == &ErrorSource::Upstream
+            && session.response_written().is_none()
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if !replayable {
+            e.set_retry(false);
+        } else if client_reused {
+            // A pooled connection the function closed while idle says nothing about it.
+            e.retry.decide_reuse(true);
+            if unanswered {
+                e.set_retry(true);
+            }
+        } else if unanswered && ctx.unanswered_replays < MAX_UNANSWERED_REPLAYS {
+            ctx.unanswered_replays += 1;
+            ctx.failed_attempts += 1;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
