@@ -73,6 +73,49 @@ struct RawTls {
 #[serde(default, deny_unknown_fields)]
 struct RawCatalog {
     dir: Option<String>,
+    kubernetes: RawKubernetes,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawKubernetes {
+    enabled: bool,
+    namespaces: Vec<String>,
+    label_selector: Option<String>,
+    kubeconfig: Option<String>,
+    debounce: Option<String>,
+    status: RawStatus,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawStatus {
+    write: bool,
+    lease_name: Option<String>,
+    lease_namespace: Option<String>,
+    lease_duration: Option<String>,
+    identity: Option<String>,
+}
+
+/// The catalog read from the Kubernetes API instead of a folder.
+#[derive(Clone, Debug)]
+pub struct KubernetesSettings {
+    pub source: crate::catalog::KubeSource,
+    /// `None`: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Quiet time that ends a burst of watch events before a compile.
+    pub debounce: Duration,
+    /// Function status writing; `None` = never written.
+    pub status: Option<StatusSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatusSettings {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease.
+    pub identity: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -99,6 +142,7 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub listen_admin: SocketAddr,
     pub catalog_dir: PathBuf,
+    pub kubernetes: Option<KubernetesSettings>,
     pub gateway: String,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
@@ -236,7 +280,60 @@ impl Settings {
         if let Some(url) = &raw.activator.webhook {
             crate::activator::Webhook::new(url).map_err(|e| invalid("activator.webhook", e))?;
         }
+        let k = &raw.catalog.kubernetes;
+        let kubernetes = if k.enabled {
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let status = if k.status.write {
+                Some(StatusSettings {
+                    lease_name: k
+                        .status
+                        .lease_name
+                        .clone()
+                        .unwrap_or_else(|| "fngate-status-writer".into()),
+                    lease_namespace: k
+                        .status
+                        .lease_namespace
+                        .clone()
+                        .or_else(|| env("POD_NAMESPACE"))
+                        .unwrap_or_else(|| "default".into()),
+                    lease_duration: dur(
+                        "catalog.kubernetes.status.lease_duration",
+                        &k.status.lease_duration,
+                        "15s",
+                    )?
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        invalid(
+                            "catalog.kubernetes.status.lease_duration",
+                            "must be at least 1s".into(),
+                        )
+                    })?,
+                    identity: k
+                        .status
+                        .identity
+                        .clone()
+                        .or_else(|| env("POD_NAME"))
+                        .or_else(|| env("HOSTNAME"))
+                        .unwrap_or_else(|| format!("fngate-{}", std::process::id())),
+                })
+            } else {
+                None
+            };
+            Some(KubernetesSettings {
+                source: crate::catalog::KubeSource {
+                    namespaces: k.namespaces.clone(),
+                    label_selector: k.label_selector.clone().filter(|s| !s.is_empty()),
+                },
+                kubeconfig: k.kubeconfig.as_deref().map(path),
+                debounce: dur("catalog.kubernetes.debounce", &k.debounce, "0s")?
+                    .unwrap_or_default(),
+                status,
+            })
+        } else {
+            None
+        };
         Ok(Settings {
+            kubernetes,
             events,
             hold,
             listen_scaler: addr("listen.scaler", raw.listen.scaler.as_deref(), None)?,

@@ -10,5 +10,6 @@ pub mod proxy;
 pub mod publish;
 pub mod routing;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod triggers;

@@ -3,7 +3,7 @@
 //! versions did not change costs none.
 
 use crate::api::Severity;
-use crate::catalog::DirCatalog;
+use crate::catalog::{DirCatalog, KubeCatalog};
 use crate::compile::{compile, CompileSettings, Snapshot};
 use crate::plan::Plan;
 use crate::telemetry::Metrics;
@@ -91,6 +91,35 @@ impl PlanPublisher {
         self.plan.store(Arc::new(next));
         self.revision_tx.send_replace(revision);
         true
+    }
+
+    /// Compiles from the Kubernetes catalog until the process ends: nothing until every
+    /// watched kind has listed once (so `/readyz` stays false and no half catalog is
+    /// served), then once per burst of changes. Changes that arrive during a compile
+    /// are coalesced into the next one.
+    pub async fn follow_kube(
+        mut self,
+        catalog: Arc<std::sync::Mutex<KubeCatalog>>,
+        changed: Arc<Notify>,
+        debounce: Duration,
+    ) {
+        loop {
+            changed.notified().await;
+            if !debounce.is_zero() {
+                while tokio::time::timeout(debounce, changed.notified())
+                    .await
+                    .is_ok()
+                {}
+            }
+            let snapshot = {
+                let catalog = catalog.lock().expect("not poisoned");
+                if !catalog.synced() {
+                    continue;
+                }
+                catalog.snapshot()
+            };
+            self.publish(&snapshot);
+        }
     }
 
     /// Follows a directory until the process ends: one scan and publish per burst of

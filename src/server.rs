@@ -3,10 +3,12 @@
 
 use crate::activator::scaler::{ExternalScalerServer, Scaler};
 use crate::activator::{Activator, Webhook};
-use crate::catalog::DirCatalog;
+use crate::catalog::{watch_scope, DirCatalog, EventCounter, KubeCatalog};
+use crate::config::KubernetesSettings;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
 use crate::publish::PlanPublisher;
+use crate::status::StatusWriter;
 use crate::telemetry::{AdminApp, Metrics};
 use crate::triggers::TriggerSupervisor;
 use async_trait::async_trait;
@@ -68,6 +70,108 @@ impl BackgroundService for CatalogFollower {
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Follows the Kubernetes API: one watcher per kind (and namespace), the compile loop,
+/// and the Function status writer when enabled.
+struct KubeFollower {
+    job: Mutex<Option<KubeJob>>,
+}
+
+struct KubeJob {
+    publisher: PlanPublisher,
+    client_config: kube::Config,
+    settings: KubernetesSettings,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for KubeFollower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(job) = self.job.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let client = match kube::Client::try_from(job.client_config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a Kubernetes client; no catalog will be read");
+                return;
+            }
+        };
+        let source = job.settings.source.clone();
+        let catalog = Arc::new(Mutex::new(KubeCatalog::new(source.scopes())));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let metrics = job.metrics.clone();
+        let count: EventCounter = Arc::new(move |kind, outcome| {
+            metrics
+                .catalog_events
+                .with_label_values(&[&kind.to_string(), outcome.as_str()])
+                .inc()
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for scope in source.scopes() {
+            tasks.spawn(watch_scope(
+                client.clone(),
+                source.clone(),
+                scope,
+                catalog.clone(),
+                changed.clone(),
+                count.clone(),
+            ));
+        }
+        if let Some(status) = job.settings.status.clone() {
+            let writer = StatusWriter::new(
+                client.clone(),
+                status,
+                job.publisher.plan(),
+                job.publisher.revisions(),
+                catalog.clone(),
+                job.metrics.clone(),
+            );
+            tasks.spawn(writer.run());
+        }
+        tokio::select! {
+            _ = job.publisher.follow_kube(catalog, changed, job.settings.debounce) => {}
+            _ = shutdown.changed() => {}
+        }
+        tasks.abort_all();
+    }
+}
+
+/// Reads the Kubernetes client configuration now, so a missing or broken kubeconfig
+/// stops fngate at start with a clear error instead of leaving it never ready.
+fn kube_client_config(settings: &KubernetesSettings) -> Result<kube::Config, ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Settings {
+            field: "catalog.kubernetes",
+            message: e.to_string(),
+        })?;
+    runtime.block_on(async {
+        match &settings.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    ServerError::Settings {
+                        field: "catalog.kubernetes.kubeconfig",
+                        message: format!("{}: {e}", path.display()),
+                    }
+                })?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| ServerError::Settings {
+                        field: "catalog.kubernetes.kubeconfig",
+                        message: format!("{}: {e}", path.display()),
+                    })
+            }
+            None => kube::Config::infer().await.map_err(|e| ServerError::Settings {
+                field: "catalog.kubernetes",
+                message: format!(
+                    "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or in-cluster service account): {e}"
+                ),
+            }),
+        }
+    })
 }
 
 /// Runs the event triggers' supervisor; on shutdown it stops every consumer, which
@@ -169,14 +273,39 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     admin.threads = Some(1);
     tracing::info!(addr = %settings.listen_admin, "admin listener");
 
-    let catalog = DirCatalog::new(settings.catalog_dir.clone());
-    tracing::info!(dir = %settings.catalog_dir.display(), "catalog directory");
-    let follower = background_service(
-        "catalog",
-        CatalogFollower {
-            job: Mutex::new(Some((publisher, catalog, settings.reload_debounce))),
-        },
-    );
+    let follower: Box<dyn pingora::services::ServiceWithDependents> = match &settings.kubernetes {
+        Some(kube_settings) => {
+            let client_config = kube_client_config(kube_settings)?;
+            tracing::info!(
+                server = %client_config.cluster_url,
+                namespaces = ?kube_settings.source.namespaces,
+                label_selector = ?kube_settings.source.label_selector,
+                status_writer = kube_settings.status.is_some(),
+                "catalog from the Kubernetes API"
+            );
+            Box::new(background_service(
+                "catalog",
+                KubeFollower {
+                    job: Mutex::new(Some(KubeJob {
+                        publisher,
+                        client_config,
+                        settings: kube_settings.clone(),
+                        metrics: metrics_for_triggers.clone(),
+                    })),
+                },
+            ))
+        }
+        None => {
+            let catalog = DirCatalog::new(settings.catalog_dir.clone());
+            tracing::info!(dir = %settings.catalog_dir.display(), "catalog directory");
+            Box::new(background_service(
+                "catalog",
+                CatalogFollower {
+                    job: Mutex::new(Some((publisher, catalog, settings.reload_debounce))),
+                },
+            ))
+        }
+    };
 
     let triggers = background_service(
         "triggers",
@@ -206,6 +335,6 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     server.add_service(proxy_service);
     server.add_service(triggers);
     server.add_service(admin);
-    server.add_service(follower);
+    server.add_boxed_service(follower);
     server.run_forever()
 }

@@ -14,7 +14,9 @@ pub struct Function {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: FunctionSpec,
-    #[serde(default)]
+    /// Only `status.serving.service` is read. Not serialised without it, so a status
+    /// appearing or changing elsewhere leaves the content hash alone.
+    #[serde(default, skip_serializing_if = "FunctionStatus::names_no_service")]
     pub status: Option<FunctionStatus>,
 }
 
@@ -125,6 +127,15 @@ pub struct FunctionStatus {
 pub struct ServingStatus {
     #[serde(default)]
     pub service: Option<String>,
+}
+
+impl FunctionStatus {
+    fn names_no_service(status: &Option<FunctionStatus>) -> bool {
+        status
+            .as_ref()
+            .and_then(|s| s.serving.as_ref())
+            .is_none_or(|s| s.service.is_none())
+    }
 }
 
 impl Function {

@@ -28,4 +28,4 @@ pub use httproute::{
     RuleTimeouts, UrlRewrite,
 };
 pub use meta::{ObjectKey, ObjectKind, ObjectMeta};
-pub use parse::{parse_documents, ParsedDocument, ParsedObject};
+pub use parse::{parse_documents, parse_object, ParsedDocument, ParsedObject};

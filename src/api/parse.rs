@@ -104,6 +104,12 @@ pub fn parse_documents(text: &str, file: Option<&str>) -> Result<Vec<ParsedDocum
     Ok(docs)
 }
 
+/// Parses one object as the Kubernetes API returns it (`origin` names where it came
+/// from in diagnostics). `None`: a kind fngate does not read.
+pub fn parse_object(value: serde_yaml::Value, origin: Option<&str>) -> Option<ParsedDocument> {
+    parse_value(0, value, origin)
+}
+
 fn parse_value(
     index: usize,
     value: serde_yaml::Value,

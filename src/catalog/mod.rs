@@ -2,5 +2,10 @@
 //! compile loop (`publish`) decides when to compile.
 
 mod dir;
+mod kube;
 
 pub use dir::{snapshot_from_texts, DirCatalog, DirWatch};
+pub use kube::{
+    watch_scope, EventCounter, EventOutcome, FunctionStatusView, KubeCatalog, KubeSource,
+    ObservedStatus, Scope, WatchedKind, WATCHED_KINDS,
+};

@@ -17,6 +17,12 @@ pub struct Metrics {
     pub functions: IntGauge,
     pub config_revision: IntGauge,
     pub reloads: IntCounterVec,
+    /// Kubernetes watch events by kind and outcome (applied, unchanged, stale).
+    pub catalog_events: IntCounterVec,
+    /// Function status writes to the API server by outcome (written, conflict, error).
+    pub status_writes: IntCounterVec,
+    /// 1 while this replica holds the status-writer Lease.
+    pub status_leader: IntGauge,
     pub reload_duration: Histogram,
     pub diagnostics: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -223,6 +229,27 @@ impl Metrics {
             &["namespace", "function", "result"],
         )
         .unwrap();
+        let catalog_events = IntCounterVec::new(
+            Opts::new(
+                "fngate_catalog_events_total",
+                "Kubernetes watch events by kind and outcome (applied; unchanged: nothing fngate reads changed; stale: not newer than the version held)",
+            ),
+            &["kind", "outcome"],
+        )
+        .unwrap();
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "fngate_status_writes_total",
+                "Function status writes to the Kubernetes API by outcome (written, conflict, error)",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let status_leader = IntGauge::new(
+            "fngate_status_leader",
+            "1 while this replica holds the Lease that makes it the Function status writer",
+        )
+        .unwrap();
         let scale_signals = IntCounterVec::new(
             Opts::new(
                 "fngate_scale_signals_total",
@@ -233,6 +260,9 @@ impl Metrics {
         .unwrap();
         for c in [
             Box::new(scale_signals.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(catalog_events.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(status_leader.clone()),
             Box::new(activator_probes.clone()),
             Box::new(triggers.clone()),
             Box::new(activator_waiting.clone()),
@@ -267,6 +297,9 @@ impl Metrics {
             functions,
             config_revision,
             reloads,
+            catalog_events,
+            status_writes,
+            status_leader,
             reload_duration,
             diagnostics,
             build_info,

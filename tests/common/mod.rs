@@ -127,8 +127,20 @@ impl Fngate {
     /// can take one in between; a start whose HTTP listener is not fngate's is retried
     /// on new ports.
     pub fn start_full(catalog: &Path, listen_extra: &str, extra: &str) -> Fngate {
+        Fngate::start_catalog(catalog, listen_extra, "", extra, true)
+    }
+
+    /// `catalog_extra` goes inside the `catalog:` block (e.g. a `kubernetes:` block);
+    /// `wait_ready`: return only once `/readyz` says ready.
+    pub fn start_catalog(
+        catalog: &Path,
+        listen_extra: &str,
+        catalog_extra: &str,
+        extra: &str,
+        wait_ready: bool,
+    ) -> Fngate {
         for _ in 0..5 {
-            let gate = Fngate::spawn(catalog, listen_extra, extra);
+            let gate = Fngate::spawn(catalog, listen_extra, catalog_extra, extra, wait_ready);
             if listens_on(gate.child.id(), gate.http.port()) {
                 return gate;
             }
@@ -136,7 +148,13 @@ impl Fngate {
         panic!("fngate did not get its HTTP port in 5 tries");
     }
 
-    fn spawn(catalog: &Path, listen_extra: &str, extra: &str) -> Fngate {
+    fn spawn(
+        catalog: &Path,
+        listen_extra: &str,
+        catalog_extra: &str,
+        extra: &str,
+        wait_ready: bool,
+    ) -> Fngate {
         let settings_dir = tempfile::tempdir().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -144,7 +162,7 @@ impl Fngate {
         std::fs::write(
             &settings,
             format!(
-                "listen:\n  http: {http}\n  admin: {admin}\n{listen_extra}catalog:\n  dir: {}\nthreads: 2\ntimeouts:\n  reload_debounce: 20ms\n{extra}",
+                "listen:\n  http: {http}\n  admin: {admin}\n{listen_extra}catalog:\n  dir: {}\n{catalog_extra}threads: 2\ntimeouts:\n  reload_debounce: 20ms\n{extra}",
                 catalog.display()
             ),
         )
@@ -165,15 +183,21 @@ impl Fngate {
             dir: catalog.to_path_buf(),
             _settings_dir: settings_dir,
         };
-        gate.wait_until(
-            || {
-                admin_get(admin, "/readyz")
-                    .map(|r| r.status == 200)
-                    .unwrap_or(false)
-            },
-            "fngate ready",
-        );
+        if wait_ready {
+            gate.wait_until(|| gate.ready(), "fngate ready");
+        } else {
+            gate.wait_until(
+                || admin_get(admin, "/healthz").is_ok(),
+                "fngate admin listening",
+            );
+        }
         gate
+    }
+
+    pub fn ready(&self) -> bool {
+        admin_get(self.admin, "/readyz")
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
     }
 
     pub fn wait_until(&self, mut cond: impl FnMut() -> bool, what: &str) {

@@ -1,0 +1,396 @@
+//! Writes each HTTP Function's `status.route` and `status.addresses` as OpenFunction
+//! does, from one replica at a time (the holder of a `coordination.k8s.io` Lease).
+//!
+//! Status is a pure function of the catalog: no timestamp that changes on every pass (a
+//! condition's `lastTransitionTime` moves only when its status or reason does), and it is
+//! written only when it differs from what the API server holds. A write comes back as a
+//! status-only watch event, which changes no content hash, so it causes no compile and no
+//! further write: after convergence an idle cluster sees no status writes at all.
+
+use crate::catalog::{FunctionStatusView, KubeCatalog};
+use crate::config::StatusSettings;
+use crate::plan::Plan;
+use crate::publish::SharedPlan;
+use crate::routing::PathCondition;
+use crate::telemetry::Metrics;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub struct StatusWriter {
+    client: kube::Client,
+    settings: StatusSettings,
+    plan: SharedPlan,
+    revisions: watch::Receiver<u64>,
+    catalog: Arc<Mutex<KubeCatalog>>,
+    metrics: Arc<Metrics>,
+    lease: LeaseState,
+    /// What this replica last wrote per Function, and the resourceVersion the write
+    /// produced: until the watch delivers that version, the catalog shows the old status
+    /// and the write must not be repeated.
+    written: HashMap<crate::api::ObjectKey, (Value, u64)>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    leader: bool,
+    last_renewal: Option<Instant>,
+    /// (holder, renewTime) last seen, and when this replica first saw it: another
+    /// holder's lease expires when its record stays unchanged for the lease duration by
+    /// this replica's clock (no comparison of clocks across machines).
+    seen: Option<(String, String)>,
+    seen_at: Option<Instant>,
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn now_rfc3339(micros: bool) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let (y, mo, d) = (now.year(), now.month() as u8, now.day());
+    let (h, mi, s) = (now.hour(), now.minute(), now.second());
+    if micros {
+        format!(
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+            now.microsecond()
+        )
+    } else {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    }
+}
+
+impl StatusWriter {
+    pub fn new(
+        client: kube::Client,
+        settings: StatusSettings,
+        plan: SharedPlan,
+        revisions: watch::Receiver<u64>,
+        catalog: Arc<Mutex<KubeCatalog>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        StatusWriter {
+            client,
+            settings,
+            plan,
+            revisions,
+            catalog,
+            metrics,
+            lease: LeaseState::default(),
+            written: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let renew_every = self.settings.lease_duration / 3;
+        loop {
+            let due = self
+                .lease
+                .last_renewal
+                .is_none_or(|t| t.elapsed() >= renew_every);
+            if due {
+                let leader = self.try_lead().await;
+                if leader != self.lease.leader {
+                    tracing::info!(
+                        identity = %self.settings.identity,
+                        leader,
+                        "Function status writer lease"
+                    );
+                }
+                self.lease.leader = leader;
+                self.metrics.status_leader.set(i64::from(leader));
+            }
+            if self.lease.leader {
+                self.sync().await;
+            } else {
+                self.written.clear();
+            }
+            tokio::select! {
+                _ = self.revisions.changed() => {}
+                _ = tokio::time::sleep(renew_every) => {}
+            }
+        }
+    }
+
+    /// Takes or renews the Lease; whether this replica holds it now.
+    async fn try_lead(&mut self) -> bool {
+        let s = &self.settings;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &s.lease_namespace,
+            &resource("coordination.k8s.io", "v1", "Lease", "leases"),
+        );
+        let now = now_rfc3339(true);
+        let seconds = s.lease_duration.as_secs().max(1);
+        let result = match api.get_opt(&s.lease_name).await {
+            Ok(None) => {
+                let lease: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": s.lease_name, "namespace": s.lease_namespace},
+                    "spec": {"holderIdentity": s.identity, "leaseDurationSeconds": seconds,
+                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}
+                }))
+                .expect("a valid object");
+                api.create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| true)
+            }
+            Ok(Some(mut lease)) => {
+                let spec = lease.data.get("spec").cloned().unwrap_or(json!({}));
+                let holder = spec["holderIdentity"].as_str().unwrap_or("").to_owned();
+                let record = (
+                    holder.clone(),
+                    spec["renewTime"].as_str().unwrap_or("").to_owned(),
+                );
+                if self.lease.seen.as_ref() != Some(&record) {
+                    self.lease.seen = Some(record);
+                    self.lease.seen_at = Some(Instant::now());
+                }
+                let held_for = spec["leaseDurationSeconds"]
+                    .as_u64()
+                    .map(Duration::from_secs)
+                    .unwrap_or(s.lease_duration);
+                let expired = self.lease.seen_at.is_some_and(|t| t.elapsed() > held_for);
+                if holder == s.identity || holder.is_empty() || expired {
+                    let mut spec = spec;
+                    if holder != s.identity {
+                        spec["acquireTime"] = json!(now);
+                        spec["leaseTransitions"] =
+                            json!(spec["leaseTransitions"].as_i64().unwrap_or(0) + 1);
+                    }
+                    spec["holderIdentity"] = json!(s.identity);
+                    spec["renewTime"] = json!(now);
+                    spec["leaseDurationSeconds"] = json!(seconds);
+                    lease.data["spec"] = spec;
+                    api.replace(&s.lease_name, &PostParams::default(), &lease)
+                        .await
+                        .map(|_| true)
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(leader) => {
+                if leader {
+                    self.lease.last_renewal = Some(Instant::now());
+                }
+                leader
+            }
+            // Someone else wrote the Lease first.
+            Err(kube::Error::Api(status)) if status.code == 409 => false,
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %s.lease_name, "cannot read or renew the status writer lease; not writing status");
+                false
+            }
+        }
+    }
+
+    /// Writes every HTTP Function's status that differs from what the server holds.
+    async fn sync(&mut self) {
+        let plan = self.plan.load_full();
+        if plan.revision == 0 {
+            return;
+        }
+        let views = self
+            .catalog
+            .lock()
+            .expect("not poisoned")
+            .function_statuses();
+        let api_resource = resource("core.openfunction.io", "v1beta2", "Function", "functions");
+        for view in views.into_iter().filter(|v| v.http) {
+            let previous = self.written.get(&view.key).map(|(v, _)| v);
+            let Some(desired) = desired_status(&plan, &view, previous) else {
+                continue;
+            };
+            if desired == view.observed.written {
+                continue;
+            }
+            if let Some((value, rv)) = self.written.get(&view.key) {
+                if *value == desired && view.resource_version.is_some_and(|held| held < *rv) {
+                    continue;
+                }
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &view.key.namespace, &api_resource);
+            let patch = json!({"status": merge_patch_for(&view.observed.written, &desired)});
+            match api
+                .patch_status(
+                    &view.key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(object) => {
+                    let rv = object
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    self.written.insert(view.key.clone(), (desired, rv));
+                    self.metrics
+                        .status_writes
+                        .with_label_values(&["written"])
+                        .inc();
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    self.metrics
+                        .status_writes
+                        .with_label_values(&["conflict"])
+                        .inc();
+                }
+                // Deleted meanwhile: its watch event is on the way.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(function = %view.key, error = %e, "cannot write Function status; retrying on the next pass");
+                    self.metrics
+                        .status_writes
+                        .with_label_values(&["error"])
+                        .inc();
+                }
+            }
+        }
+    }
+}
+
+/// Merge patch turning `current` into `desired`: keys of `route` that fngate does not
+/// produce are removed, so what the server holds afterwards equals `desired` exactly.
+fn merge_patch_for(current: &Value, desired: &Value) -> Value {
+    let mut patch = desired.clone();
+    if let (Some(cur), Some(route)) = (current["route"].as_object(), patch["route"].as_object_mut())
+    {
+        for key in cur.keys() {
+            route.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    patch
+}
+
+/// The `{"route", "addresses"}` fngate reports for `view`; `None` while the plan has not
+/// caught up with the catalog's version of the Function.
+fn desired_status(
+    plan: &Plan,
+    view: &FunctionStatusView,
+    previous: Option<&Value>,
+) -> Option<Value> {
+    let generation = view.observed.generation;
+    let object = format!("{view_key}", view_key = view.key);
+    let errors: Vec<String> = plan
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error() && d.object.as_deref() == Some(object.as_str()))
+        .map(|d| d.message.clone())
+        .collect();
+    let observed_conditions = &view.observed.written["route"]["conditions"];
+    let previous_conditions = previous.map(|p| &p["route"]["conditions"]);
+    let condition = |kind: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let same = |c: &&Value| c["type"] == kind && c["status"] == status && c["reason"] == reason;
+        // The transition time moves only when status or reason does.
+        let since = [Some(observed_conditions), previous_conditions]
+            .into_iter()
+            .flatten()
+            .filter_map(|cs| cs.as_array()?.iter().find(same))
+            .find_map(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| now_rfc3339(false));
+        json!({"type": kind, "status": status, "reason": reason, "message": message,
+               "observedGeneration": generation, "lastTransitionTime": since})
+    };
+    let Some(function) = plan.functions.get(&view.key) else {
+        // Not compiled yet, unless the compile reported why it left the Function out.
+        let message = errors.first()?.clone();
+        return Some(json!({
+            "route": {"hosts": [], "paths": [],
+                      "conditions": [condition("Accepted", false, "Invalid", message)]},
+            "addresses": null,
+        }));
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    let mut paths: Vec<Value> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for entry in &function.entries {
+        for h in entry.hostnames.iter() {
+            if !hosts.contains(h) {
+                hosts.push(h.clone());
+            }
+        }
+        let path = match &entry.path {
+            PathCondition::Exact(p) => json!({"type": "Exact", "value": p}),
+            PathCondition::Prefix(p) => json!({"type": "PathPrefix", "value": p}),
+            PathCondition::Regex(p) => json!({"type": "RegularExpression", "value": p}),
+        };
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+        for b in entry.rule.backends.iter() {
+            let name = format!("{}/{}", b.target.namespace, b.target.service);
+            if plan.endpoints.for_target(&b.target).is_none() && !missing.contains(&name) {
+                missing.push(name);
+            }
+        }
+    }
+    let accepted = if errors.is_empty() {
+        condition("Accepted", true, "Accepted", "route accepted".into())
+    } else {
+        condition(
+            "Accepted",
+            true,
+            "Accepted",
+            format!(
+                "route accepted without its invalid parts: {}",
+                errors.join("; ")
+            ),
+        )
+    };
+    let resolved = if missing.is_empty() {
+        condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "every backend Service has endpoints listed".into(),
+        )
+    } else {
+        condition(
+            "ResolvedRefs",
+            false,
+            "BackendNotFound",
+            format!("no EndpointSlice for Service {}", missing.join(", ")),
+        )
+    };
+    let first_path = paths
+        .iter()
+        .find(|p| p["type"] != "RegularExpression")
+        .and_then(|p| p["value"].as_str())
+        .unwrap_or("/");
+    let url = |host: &str| {
+        let path = if first_path == "/" {
+            "/".to_owned()
+        } else {
+            format!("{first_path}/")
+        };
+        format!("http://{host}{path}")
+    };
+    let mut addresses = Vec::new();
+    if let Some(h) = hosts
+        .iter()
+        .find(|h| !h.contains(".svc.") && !h.starts_with('*'))
+    {
+        addresses.push(json!({"type": "External", "value": url(h)}));
+    }
+    if let Some(h) = hosts.iter().find(|h| h.contains(".svc.")) {
+        addresses.push(json!({"type": "Internal", "value": url(h)}));
+    }
+    Some(json!({
+        "route": {"hosts": hosts, "paths": paths, "conditions": [accepted, resolved]},
+        "addresses": addresses,
+    }))
+    .filter(|_| function.version == view.version)
+}
