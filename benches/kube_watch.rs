@@ -153,7 +153,8 @@ fn reflector_peer(kubeconfig: &str) {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &r);
             let writer = kube::runtime::reflector::store::Writer::new(r.clone());
             let reader = writer.as_reader();
-            let stream = kube::runtime::reflector(writer, watcher::watcher(api, Default::default()));
+            let stream =
+                kube::runtime::reflector(writer, watcher::watcher(api, Default::default()));
             tokio::spawn(stream.for_each(|_| async {}));
             stores.push(reader);
         }
@@ -201,7 +202,10 @@ fn main() {
     let mut gate: Child = Command::new(env!("CARGO_BIN_EXE_fngate"))
         .args(["run", "--config"])
         .arg(dir.path().join("fngate.yaml"))
-        .env("RUST_LOG", std::env::var("FNGATE_BENCH_LOG").unwrap_or_else(|_| "error".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("FNGATE_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .spawn()
         .unwrap();
     wait_for("fngate ready", Duration::from_secs(300), || {
@@ -246,7 +250,10 @@ fn main() {
         let mut events = watcher::watcher(api, Default::default()).boxed();
         while let Some(Ok(event)) = events.next().await {
             if let watcher::Event::Apply(o) = event {
-                let _ = tx.send((o.metadata.resource_version.unwrap_or_default(), Instant::now()));
+                let _ = tx.send((
+                    o.metadata.resource_version.unwrap_or_default(),
+                    Instant::now(),
+                ));
             }
         }
     });
@@ -259,11 +266,16 @@ fn main() {
         let t0 = Instant::now();
         let rv = api.apply(&function(i, Some(&host))).to_string();
         while status_of(http, &host, &path) != 200 {
-            assert!(t0.elapsed() < Duration::from_secs(30), "change {c} never served");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "change {c} never served"
+            );
         }
         via_fngate.push(t0.elapsed().as_secs_f64() * 1000.0);
         loop {
-            let (seen, at) = rx.recv_timeout(Duration::from_secs(30)).expect("watcher event");
+            let (seen, at) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("watcher event");
             if seen == rv {
                 via_watcher.push(at.duration_since(t0).as_secs_f64() * 1000.0);
                 break;
@@ -275,7 +287,10 @@ fn main() {
 
     let (f50, f99) = (pct(&mut via_fngate, 0.50), pct(&mut via_fngate, 0.99));
     let (w50, w99) = (pct(&mut via_watcher, 0.50), pct(&mut via_watcher, 0.99));
-    println!("initial list + compile until ready: {:.2} s", ready_after.as_secs_f64());
+    println!(
+        "initial list + compile until ready: {:.2} s",
+        ready_after.as_secs_f64()
+    );
     println!(
         "watch -> serving ({CHANGES} changes): fngate p50 {f50:.2} ms p99 {f99:.2} ms; bare watcher receives p50 {w50:.2} ms p99 {w99:.2} ms; p99 ratio {:.2} (target: fngate p99 < 20 ms: {})",
         f99 / w99.max(0.001),

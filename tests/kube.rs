@@ -375,3 +375,22 @@ fn of_two_replicas_one_writes_status_and_the_other_takes_over_when_it_dies() {
         "status of a Function added after the takeover",
     );
 }
+
+#[test]
+fn the_deploy_manifests_settings_load_and_enable_kubernetes_mode_with_status() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/configmap.yaml"
+    ))
+    .unwrap();
+    let configmap: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let settings_text = configmap["data"]["fngate.yaml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fngate.yaml");
+    std::fs::write(&file, settings_text).unwrap();
+    let settings = fngate::config::Settings::load(&file).unwrap();
+    let kube = settings.kubernetes.expect("kubernetes mode");
+    assert!(kube.status.is_some());
+    assert!(kube.kubeconfig.is_none(), "in-cluster configuration");
+    assert_eq!(settings.listen_admin.ip().to_string(), "0.0.0.0");
+}
