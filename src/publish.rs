@@ -119,6 +119,8 @@ impl PlanPublisher {
                 catalog.snapshot()
             };
             self.publish(&snapshot);
+            // Released before the next event, so the catalog updates it in place.
+            drop(snapshot);
         }
     }
 

@@ -178,6 +178,10 @@ impl EventOutcome {
 pub struct KubeCatalog {
     objects: BTreeMap<ObjectKey, Held>,
     scopes: HashMap<Scope, ScopeState>,
+    /// What `objects` holds, kept up to date per event and shared with the compile loop:
+    /// taking it is an `Arc` clone, and an event copies it only while a compile still
+    /// reads the previous one.
+    snapshot: Arc<Snapshot>,
 }
 
 impl KubeCatalog {
@@ -188,6 +192,7 @@ impl KubeCatalog {
                 .into_iter()
                 .map(|s| (s, ScopeState::default()))
                 .collect(),
+            snapshot: Arc::default(),
         }
     }
 
@@ -228,6 +233,7 @@ impl KubeCatalog {
                 state.problem = None;
                 self.objects.retain(|k, _| !scope.contains(k));
                 self.objects.extend(buffer);
+                self.rebuild_snapshot();
                 // The compile loop finds out cheaply when a relist changed nothing.
                 EventOutcome::Applied
             }
@@ -260,6 +266,7 @@ impl KubeCatalog {
         let first = !state.synced || state.problem.is_none();
         state.synced = true;
         state.problem = Some(Diagnostic::warning(why).on_object(format!("{} objects", scope.kind)));
+        self.refresh_diagnostics();
         if first {
             EventOutcome::Applied
         } else {
@@ -274,7 +281,9 @@ impl KubeCatalog {
     fn put(&mut self, key: ObjectKey, new: Held) -> EventOutcome {
         let Some(current) = self.objects.get_mut(&key) else {
             let applied = new.entry.is_some() || !new.diagnostics.is_empty();
-            self.objects.insert(key, new);
+            let has_diagnostics = !new.diagnostics.is_empty();
+            self.objects.insert(key.clone(), new);
+            self.reflect(&key, has_diagnostics);
             return if applied {
                 EventOutcome::Applied
             } else {
@@ -295,11 +304,14 @@ impl KubeCatalog {
                 new.entry = Some(last_good);
             }
         }
-        let same = current.entry.as_ref().map(|e| e.version)
-            == new.entry.as_ref().map(|e| e.version)
-            && current.diagnostics == new.diagnostics;
+        let same_content =
+            current.entry.as_ref().map(|e| e.version) == new.entry.as_ref().map(|e| e.version);
+        let same_diagnostics = current.diagnostics == new.diagnostics;
         *current = new;
-        if same {
+        if !same_content || !same_diagnostics {
+            self.reflect(&key, !same_diagnostics);
+        }
+        if same_content && same_diagnostics {
             EventOutcome::Unchanged
         } else {
             EventOutcome::Applied
@@ -352,24 +364,54 @@ impl KubeCatalog {
     }
 
     /// Everything held now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// Puts `key`'s current entry into the shared snapshot.
+    fn reflect(&mut self, key: &ObjectKey, diagnostics_changed: bool) {
+        let entry = self.objects.get(key).and_then(|h| h.entry.clone());
+        let snapshot = Arc::make_mut(&mut self.snapshot);
+        match entry {
+            Some(e) => snapshot.objects.insert(key.clone(), e),
+            None => snapshot.objects.remove(key),
+        };
+        if diagnostics_changed {
+            self.refresh_diagnostics();
+        }
+    }
+
+    fn refresh_diagnostics(&mut self) {
+        let diagnostics = self.diagnostics();
+        Arc::make_mut(&mut self.snapshot).diagnostics = diagnostics;
+    }
+
+    fn rebuild_snapshot(&mut self) {
         let mut snapshot = Snapshot::default();
         for (key, held) in &self.objects {
-            snapshot
-                .diagnostics
-                .extend(held.diagnostics.iter().cloned());
             if let Some(entry) = &held.entry {
                 snapshot.objects.insert(key.clone(), entry.clone());
             }
         }
+        snapshot.diagnostics = self.diagnostics();
+        self.snapshot = Arc::new(snapshot);
+    }
+
+    /// Problems of every object held, then of kinds that cannot be listed.
+    fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut out: Vec<Diagnostic> = self
+            .objects
+            .values()
+            .flat_map(|h| h.diagnostics.iter().cloned())
+            .collect();
         let mut problems: Vec<&Diagnostic> = self
             .scopes
             .values()
             .filter_map(|s| s.problem.as_ref())
             .collect();
         problems.sort_by_key(|d| d.to_string());
-        snapshot.diagnostics.extend(problems.into_iter().cloned());
-        snapshot
+        out.extend(problems.into_iter().cloned());
+        out
     }
 
     /// Every Function held, with the status the API server has for it.

@@ -1,14 +1,19 @@
 //! EndpointSlices -> ready addresses per Service.
 
-use super::Snapshot;
-use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};
+use super::{CatalogEntry, Snapshot};
+use crate::api::{Diagnostic, EndpointSlice, ObjectKey, ObjectKind, ParsedObject};
 use crate::plan::{EndpointAddress, Endpoints, ServiceEndpoints, ServiceKey};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> Endpoints {
-    let mut merged: BTreeMap<ServiceKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+pub(super) fn build(
+    snapshot: &Snapshot,
+    previous: Option<&Endpoints>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Endpoints {
+    let mut by_service: BTreeMap<ServiceKey, Vec<(&ObjectKey, &CatalogEntry, &EndpointSlice)>> =
         BTreeMap::new();
     let start = ObjectKey::new(ObjectKind::EndpointSlice, "", "");
     for (key, entry) in snapshot.objects.range(start..) {
@@ -18,68 +23,104 @@ pub(super) fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> E
         let ParsedObject::EndpointSlice(slice) = &entry.object else {
             continue;
         };
-        let label = key.to_string();
-        let file = entry.file.as_deref();
         let Some(service) = slice.service_name() else {
             diagnostics.push(
                 Diagnostic::warning(
                     "EndpointSlice has no kubernetes.io/service-name label; ignored",
                 )
-                .on_object(label)
-                .in_file(file)
+                .on_object(key.to_string())
+                .in_file(entry.file.as_deref())
                 .at_field("metadata.labels"),
             );
             continue;
         };
-        let mut ports = Vec::new();
-        for (i, p) in slice.ports.iter().flatten().enumerate() {
-            match p
-                .port
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n > 0)
-            {
-                Some(n) => ports.push((p.name.clone(), n)),
-                None => diagnostics.push(
-                    Diagnostic::error("port must be a number from 1 to 65535")
-                        .on_object(label.clone())
-                        .in_file(file)
-                        .at_field(format!("ports[{i}].port")),
-                ),
-            }
-        }
-        let ports: Arc<[(Option<String>, u16)]> = ports.into();
-        let bucket = merged
+        by_service
             .entry(ServiceKey {
                 namespace: key.namespace.clone(),
                 name: service.to_owned(),
             })
-            .or_default();
-        for (i, ep) in slice.endpoints.iter().enumerate() {
-            // Kubernetes: an unset `ready` means ready.
-            let ready = ep.conditions.ready.unwrap_or(true);
-            for (j, addr) in ep.addresses.iter().enumerate() {
-                match addr.parse::<IpAddr>() {
-                    Ok(ip) if ready => bucket.0.push(EndpointAddress {
-                        ip,
-                        ports: ports.clone(),
-                    }),
-                    Ok(ip) => bucket.1.push(EndpointAddress {
-                        ip,
-                        ports: ports.clone(),
-                    }),
-                    Err(_) => diagnostics.push(
-                        Diagnostic::error(format!("{addr:?} is not an IP address"))
-                            .on_object(label.clone())
-                            .in_file(file)
-                            .at_field(format!("endpoints[{i}].addresses[{j}]")),
-                    ),
+            .or_default()
+            .push((key, entry, slice));
+    }
+    let mut endpoints = Endpoints::default();
+    for (service, slices) in by_service {
+        let mut h = Sha256::new();
+        for (key, entry, _) in &slices {
+            h.update(key.name.as_bytes());
+            h.update([0]);
+            h.update(entry.version.to_be_bytes());
+        }
+        let fingerprint = u64::from_be_bytes(h.finalize()[..8].try_into().expect("32 bytes"));
+        let unchanged = previous.and_then(|p| {
+            let (fp, problems) = p.fingerprints.get(&service)?;
+            let eps = p.get(&service.namespace, &service.name)?;
+            (*fp == fingerprint).then(|| (eps.clone(), problems.clone()))
+        });
+        let (eps, problems) = match unchanged {
+            Some(reused) => reused,
+            None => {
+                let mut problems = Vec::new();
+                let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+                for (key, entry, slice) in &slices {
+                    read_slice(key, entry, slice, &mut ready, &mut not_ready, &mut problems);
                 }
+                (Arc::new(ServiceEndpoints::new(ready, not_ready)), problems)
+            }
+        };
+        diagnostics.extend(problems.iter().cloned());
+        endpoints.fingerprints.insert(service.clone(), (fingerprint, problems));
+        endpoints.insert_shared(service, eps);
+    }
+    endpoints
+}
+
+fn read_slice(
+    key: &ObjectKey,
+    entry: &CatalogEntry,
+    slice: &EndpointSlice,
+    ready_out: &mut Vec<EndpointAddress>,
+    not_ready_out: &mut Vec<EndpointAddress>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let label = key.to_string();
+    let file = entry.file.as_deref();
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        match p
+            .port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+        {
+            Some(n) => ports.push((p.name.clone(), n)),
+            None => diagnostics.push(
+                Diagnostic::error("port must be a number from 1 to 65535")
+                    .on_object(label.clone())
+                    .in_file(file)
+                    .at_field(format!("ports[{i}].port")),
+            ),
+        }
+    }
+    let ports: Arc<[(Option<String>, u16)]> = ports.into();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        // Kubernetes: an unset `ready` means ready.
+        let ready = ep.conditions.ready.unwrap_or(true);
+        for (j, addr) in ep.addresses.iter().enumerate() {
+            match addr.parse::<IpAddr>() {
+                Ok(ip) if ready => ready_out.push(EndpointAddress {
+                    ip,
+                    ports: ports.clone(),
+                }),
+                Ok(ip) => not_ready_out.push(EndpointAddress {
+                    ip,
+                    ports: ports.clone(),
+                }),
+                Err(_) => diagnostics.push(
+                    Diagnostic::error(format!("{addr:?} is not an IP address"))
+                        .on_object(label.clone())
+                        .in_file(file)
+                        .at_field(format!("endpoints[{i}].addresses[{j}]")),
+                ),
             }
         }
     }
-    let mut endpoints = Endpoints::default();
-    for (key, (ready, not_ready)) in merged {
-        endpoints.insert(key, ServiceEndpoints::new(ready, not_ready));
-    }
-    endpoints
 }

@@ -30,12 +30,16 @@ pub struct Plan {
     /// Event triggers of Dapr-triggered Functions.
     pub triggers: TriggerSet,
     pub diagnostics: Vec<Diagnostic>,
+    /// Gateways and settings the routes were compiled against (see `compile`).
+    pub gateway_fingerprint: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct CompiledFunction {
     pub version: u64,
     pub entries: Vec<RouteEntry>,
+    /// What compiling this version reported, kept for when the version is reused.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Plan {
@@ -116,6 +120,9 @@ pub fn choose_port(ports: &[(Option<String>, u16)], hint: Option<u16>) -> Option
 #[derive(Debug, Default)]
 pub struct Endpoints {
     pub services: HashMap<String, HashMap<String, Arc<ServiceEndpoints>>>,
+    /// Per Service: hash of its slices' identities and versions, and what reading them
+    /// reported; a Service whose hash is unchanged keeps its endpoints on recompile.
+    pub fingerprints: HashMap<ServiceKey, (u64, Vec<Diagnostic>)>,
 }
 
 impl Endpoints {
@@ -126,10 +133,13 @@ impl Endpoints {
         self.get(&target.namespace, &target.service)
     }
     pub fn insert(&mut self, key: ServiceKey, endpoints: ServiceEndpoints) {
+        self.insert_shared(key, Arc::new(endpoints));
+    }
+    pub fn insert_shared(&mut self, key: ServiceKey, endpoints: Arc<ServiceEndpoints>) {
         self.services
             .entry(key.namespace)
             .or_default()
-            .insert(key.name, Arc::new(endpoints));
+            .insert(key.name, endpoints);
     }
     pub fn service_count(&self) -> usize {
         self.services.values().map(HashMap::len).sum()

@@ -217,7 +217,15 @@ pub struct RouteTable {
     wildcard_hosts: HashMap<Box<str>, Arc<HostBucket>>,
     any_host: HostBucket,
     len: usize,
+    /// Every host bucket by the identity of the entries it was built from, so the next
+    /// build reuses buckets whose entries are the same (shared `Arc`s of an unchanged
+    /// Function) instead of rebuilding every path index.
+    buckets: HashMap<BucketSignature, Arc<HostBucket>>,
 }
+
+/// Per entry, in placement order: its rule and conditions (by address: the previous
+/// table keeps them alive, so an address cannot be reused meanwhile) and its path.
+type BucketSignature = Box<[(usize, usize, u64)]>;
 
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -362,7 +370,7 @@ impl RouteTableBuilder {
         self.len += 1;
     }
 
-    pub fn build(self) -> RouteTable {
+    pub fn build(self, previous: Option<&RouteTable>) -> RouteTable {
         // hostname -> the groups serving it; hostnames served by the same groups share a bucket.
         let mut any = BucketBuild::default();
         let mut by_host: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -380,19 +388,38 @@ impl RouteTableBuilder {
             }
         }
         let mut shared: HashMap<Vec<usize>, Arc<HostBucket>> = HashMap::new();
+        let mut buckets: HashMap<BucketSignature, Arc<HostBucket>> = HashMap::new();
         let mut exact_hosts = HashMap::new();
         let mut wildcard_hosts = HashMap::new();
         for (host, group_ids) in by_host {
             let bucket = shared
                 .entry(group_ids.clone())
                 .or_insert_with(|| {
-                    let mut b = BucketBuild::default();
-                    for gi in &group_ids {
-                        for (path, key, r) in groups[*gi].1 {
-                            b.place(path, key, r);
+                    let signature: BucketSignature = group_ids
+                        .iter()
+                        .flat_map(|gi| groups[*gi].1.iter())
+                        .map(|(path, _, r)| {
+                            (
+                                Arc::as_ptr(&r.candidate.rule) as usize,
+                                Arc::as_ptr(&r.candidate.conditions) as usize,
+                                path_hash(path),
+                            )
+                        })
+                        .collect();
+                    let bucket = match previous.and_then(|p| p.buckets.get(&signature)) {
+                        Some(unchanged) => unchanged.clone(),
+                        None => {
+                            let mut b = BucketBuild::default();
+                            for gi in &group_ids {
+                                for (path, key, r) in groups[*gi].1 {
+                                    b.place(path, key, r);
+                                }
+                            }
+                            Arc::new(b.finish())
                         }
-                    }
-                    Arc::new(b.finish())
+                    };
+                    buckets.insert(signature, bucket.clone());
+                    bucket
                 })
                 .clone();
             match host.strip_prefix('*') {
@@ -405,6 +432,18 @@ impl RouteTableBuilder {
             wildcard_hosts,
             any_host: any.finish(),
             len: self.len,
+            buckets,
         }
     }
+}
+
+fn path_hash(path: &PathCondition) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // Fixed keys: hashes are compared across builds.
+    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    std::mem::discriminant(path).hash(&mut h);
+    match path {
+        PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => p.hash(&mut h),
+    }
+    h.finish()
 }
