@@ -316,7 +316,7 @@ fn desired_status(
     let mut hosts: Vec<String> = Vec::new();
     let mut paths: Vec<Value> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
-    for entry in &function.entries {
+    for entry in function.entries.iter() {
         for h in entry.hostnames.iter() {
             if !hosts.contains(h) {
                 hosts.push(h.clone());

@@ -458,3 +458,93 @@ fn endpoints_come_from_ready_addresses_of_labelled_slices() {
         "no match: the first port"
     );
 }
+
+/// Recompiling on top of the previous plan (reusing unchanged Functions, endpoints and
+/// route buckets) routes every request exactly as compiling from scratch does, through a
+/// long series of edits: hostnames moved between Functions and shared, wildcards, paths
+/// changed, Functions added and deleted, Gateways changed.
+#[test]
+fn incremental_recompiles_route_exactly_as_compiling_from_scratch() {
+    let hosts = [
+        "a.example.com",
+        "b.example.com",
+        "*.example.com",
+        "shared.example.org",
+        "x.example.com",
+    ];
+    let paths = ["/", "/api", "/api/v1", "/default/fn-1", "/web"];
+    // A small deterministic generator: the same edits on every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut files: std::collections::BTreeMap<String, String> = Default::default();
+    let settings = CompileSettings::default();
+    let mut incremental: Option<Plan> = None;
+    for step in 0..300 {
+        let f = next(8);
+        let name = format!("fn-{f}.yaml");
+        match next(6) {
+            0 => {
+                files.remove(&name);
+            }
+            1 => {
+                files.insert(
+                    "gw.yaml".into(),
+                    format!(
+                        "apiVersion: networking.openfunction.io/v1alpha1\nkind: Gateway\nmetadata:\n  name: openfunction\n  namespace: openfunction\nspec:\n  domain: d{}.io\n  clusterDomain: cluster.local\n  hostTemplate: \"{{{{.Name}}}}.{{{{.Namespace}}}}.{{{{.Domain}}}}\"\n  pathTemplate: \"{{{{.Namespace}}}}/{{{{.Name}}}}\"\n  gatewayDef:\n    name: gw\n    namespace: openfunction\n  gatewaySpec:\n    listeners:\n      - name: http\n        protocol: HTTP\n        port: 80\n",
+                        next(2)
+                    ),
+                );
+            }
+            _ => {
+                let host_list: Vec<String> = (0..next(3))
+                    .map(|_| format!("\"{}\"", hosts[next(hosts.len())]))
+                    .collect();
+                let mut body = String::from("        port: 8080\n        route:\n");
+                if !host_list.is_empty() {
+                    body.push_str(&format!(
+                        "          hostnames: [{}]\n",
+                        host_list.join(", ")
+                    ));
+                }
+                if next(2) == 0 {
+                    let p = paths[next(paths.len())];
+                    let kind = ["PathPrefix", "Exact"][next(2)];
+                    body.push_str(&format!(
+                        "          rules:\n            - matches:\n                - path: {{type: {kind}, value: \"{p}\"}}\n"
+                    ));
+                }
+                files.insert(name, function(&format!("fn-{f}"), &body));
+            }
+        }
+        let texts: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let snapshot = snapshot_from_texts(texts);
+        let fresh = compile(&snapshot, &settings, None);
+        let next_plan = compile(&snapshot, &settings, incremental.as_ref());
+        let mut probe_hosts: Vec<String> = hosts.iter().map(|h| h.replace('*', "w")).collect();
+        for f in 0..8 {
+            for d in ["ofn.io", "d0.io", "d1.io", "svc.cluster.local"] {
+                probe_hosts.push(format!("fn-{f}.default.{d}"));
+            }
+        }
+        for host in &probe_hosts {
+            for path in paths.iter().chain(["/default/fn-3/x", "/nothing"].iter()) {
+                assert_eq!(
+                    route(&next_plan, host, path, get()),
+                    route(&fresh, host, path, get()),
+                    "step {step}: {host}{path}"
+                );
+            }
+        }
+        assert_eq!(next_plan.routes.len(), fresh.routes.len(), "step {step}");
+        assert_eq!(next_plan.diagnostics, fresh.diagnostics, "step {step}");
+        incremental = Some(next_plan);
+    }
+}

@@ -3,16 +3,18 @@
 use super::{CatalogEntry, Snapshot};
 use crate::api::{Diagnostic, EndpointSlice, ObjectKey, ObjectKind, ParsedObject};
 use crate::plan::{EndpointAddress, Endpoints, ServiceEndpoints, ServiceKey};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-pub(super) fn build(
-    snapshot: &Snapshot,
-    previous: Option<&Endpoints>,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Endpoints {
+pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> Arc<Endpoints> {
+    let slices_fingerprint = slices_fingerprint(snapshot);
+    if let Some(unchanged) = previous.filter(|p| p.slices_fingerprint == slices_fingerprint) {
+        return unchanged.clone();
+    }
+    let mut diagnostics = Vec::new();
+    let diagnostics = &mut diagnostics;
     let mut by_service: BTreeMap<ServiceKey, Vec<(&ObjectKey, &CatalogEntry, &EndpointSlice)>> =
         BTreeMap::new();
     let start = ObjectKey::new(ObjectKind::EndpointSlice, "", "");
@@ -52,6 +54,7 @@ pub(super) fn build(
         }
         let fingerprint = u64::from_be_bytes(h.finalize()[..8].try_into().expect("32 bytes"));
         let unchanged = previous.and_then(|p| {
+            let p: &Endpoints = p;
             let (fp, problems) = p.fingerprints.get(&service)?;
             let eps = p.get(&service.namespace, &service.name)?;
             (*fp == fingerprint).then(|| (eps.clone(), problems.clone()))
@@ -68,10 +71,30 @@ pub(super) fn build(
             }
         };
         diagnostics.extend(problems.iter().cloned());
-        endpoints.fingerprints.insert(service.clone(), (fingerprint, problems));
+        endpoints
+            .fingerprints
+            .insert(service.clone(), (fingerprint, problems));
         endpoints.insert_shared(service, eps);
     }
-    endpoints
+    endpoints.slices_fingerprint = slices_fingerprint;
+    endpoints.diagnostics = std::mem::take(diagnostics);
+    Arc::new(endpoints)
+}
+
+fn slices_fingerprint(snapshot: &Snapshot) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // Fixed keys: compared across compiles.
+    let mut h = ahash::RandomState::with_seeds(7, 11, 13, 17).build_hasher();
+    let start = ObjectKey::new(ObjectKind::EndpointSlice, "", "");
+    for (key, entry) in snapshot.objects.range(start..) {
+        if key.kind != ObjectKind::EndpointSlice {
+            break;
+        }
+        key.namespace.hash(&mut h);
+        key.name.hash(&mut h);
+        entry.version.hash(&mut h);
+    }
+    h.finish()
 }
 
 fn read_slice(

@@ -9,7 +9,7 @@ pub use triggers::{
 };
 
 use crate::api::{Diagnostic, ObjectKey};
-use crate::routing::{BackendTarget, RouteEntry, RouteTable};
+use crate::routing::{BackendTarget, RouteTable};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -23,10 +23,10 @@ pub struct Plan {
     /// Hash of every object version that went into this plan (hex).
     pub content_hash: String,
     pub routes: RouteTable,
-    pub endpoints: Endpoints,
+    pub endpoints: Arc<Endpoints>,
     /// The route entries each Function contributed, kept so a later compile can keep
     /// serving the last good version of a Function that became invalid.
-    pub functions: BTreeMap<ObjectKey, CompiledFunction>,
+    pub functions: BTreeMap<ObjectKey, Arc<CompiledFunction>>,
     /// Event triggers of Dapr-triggered Functions.
     pub triggers: TriggerSet,
     pub diagnostics: Vec<Diagnostic>,
@@ -37,7 +37,7 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct CompiledFunction {
     pub version: u64,
-    pub entries: Vec<RouteEntry>,
+    pub entries: crate::routing::EntrySet,
     /// What compiling this version reported, kept for when the version is reused.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -123,6 +123,10 @@ pub struct Endpoints {
     /// Per Service: hash of its slices' identities and versions, and what reading them
     /// reported; a Service whose hash is unchanged keeps its endpoints on recompile.
     pub fingerprints: HashMap<ServiceKey, (u64, Vec<Diagnostic>)>,
+    /// Hash of every slice's identity and version: equal means nothing to rebuild.
+    pub slices_fingerprint: u64,
+    /// What reading the slices reported.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Endpoints {

@@ -15,7 +15,7 @@ pub use rule::{
     RuleTimeouts, WeightedBackend,
 };
 pub use table::{
-    normalize_host, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable, RouteTableBuilder,
+    normalize_host, EntrySet, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable,
 };
 
 /// The request facts matching looks at, borrowed from the request.

@@ -210,22 +210,24 @@ impl RouteEntry {
     }
 }
 
+/// The entries of one Function: the unit the table is updated by.
+pub type EntrySet = Arc<[RouteEntry]>;
+
 #[derive(Default)]
 pub struct RouteTable {
-    exact_hosts: HashMap<Box<str>, Arc<HostBucket>>,
+    exact_hosts: HashMap<Arc<str>, Arc<HostBucket>>,
     /// Keyed by the suffix with its leading dot: `*.example.com` -> `.example.com`.
-    wildcard_hosts: HashMap<Box<str>, Arc<HostBucket>>,
-    any_host: HostBucket,
+    wildcard_hosts: HashMap<Arc<str>, Arc<HostBucket>>,
+    any_host: Arc<HostBucket>,
     len: usize,
-    /// Every host bucket by the identity of the entries it was built from, so the next
-    /// build reuses buckets whose entries are the same (shared `Arc`s of an unchanged
-    /// Function) instead of rebuilding every path index.
-    buckets: HashMap<BucketSignature, Arc<HostBucket>>,
+    /// Each hostname as written (`*.x` for wildcards, "" for entries without any) -> the
+    /// entry sets serving it: what an update needs to rebuild only the hosts it touches.
+    serving: HashMap<Arc<str>, Arc<[EntrySet]>>,
 }
 
-/// Per entry, in placement order: its rule and conditions (by address: the previous
-/// table keeps them alive, so an address cannot be reused meanwhile) and its path.
-type BucketSignature = Box<[(usize, usize, u64)]>;
+/// Identity of a bucket's entries: rule and conditions by address (the entries are
+/// alive while the table being built holds them).
+type BucketSignature = Box<[(usize, usize)]>;
 
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,8 +238,107 @@ impl std::fmt::Debug for RouteTable {
 }
 
 impl RouteTable {
-    pub fn builder() -> RouteTableBuilder {
-        RouteTableBuilder::default()
+    /// A table of these entry sets.
+    pub fn from_sets(sets: impl IntoIterator<Item = EntrySet>) -> RouteTable {
+        let added: Vec<EntrySet> = sets.into_iter().collect();
+        RouteTable::default().updated(&[], &added)
+    }
+
+    /// This table with the `removed` entry sets (compared by identity) taken out and the
+    /// `added` ones put in. Only the hosts they serve are rebuilt; every other host keeps
+    /// its bucket, so one changed Function among thousands costs one bucket.
+    pub fn updated(&self, removed: &[EntrySet], added: &[EntrySet]) -> RouteTable {
+        let mut serving = self.serving.clone();
+        let mut exact_hosts = self.exact_hosts.clone();
+        let mut wildcard_hosts = self.wildcard_hosts.clone();
+        let mut any_host = self.any_host.clone();
+        let mut len = self.len;
+        let mut affected: Vec<Arc<str>> = Vec::new();
+        let mut seen = ahash::AHashSet::new();
+        for set in removed {
+            len -= set.len();
+            for host in hosts_of(set) {
+                let Some((key, list)) = serving.get_key_value(host) else {
+                    continue;
+                };
+                let key = key.clone();
+                let rest: Arc<[EntrySet]> = list
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, set))
+                    .cloned()
+                    .collect();
+                if rest.is_empty() {
+                    serving.remove(host);
+                } else {
+                    serving.insert(key.clone(), rest);
+                }
+                if seen.insert(key.clone()) {
+                    affected.push(key);
+                }
+            }
+        }
+        for set in added {
+            len += set.len();
+            for host in hosts_of(set) {
+                let (key, list): (Arc<str>, Arc<[EntrySet]>) = match serving.get_key_value(host) {
+                    Some((k, l)) => (
+                        k.clone(),
+                        l.iter()
+                            .cloned()
+                            .chain(std::iter::once(set.clone()))
+                            .collect(),
+                    ),
+                    None => (Arc::from(host), Arc::from([set.clone()])),
+                };
+                serving.insert(key.clone(), list);
+                if seen.insert(key.clone()) {
+                    affected.push(key);
+                }
+            }
+        }
+        // Hosts served by the same entries share one bucket.
+        let mut shared: HashMap<BucketSignature, Arc<HostBucket>> = HashMap::new();
+        for host in affected {
+            let entries: Vec<&RouteEntry> = serving
+                .get(&*host)
+                .into_iter()
+                .flat_map(|sets| sets.iter().flat_map(|s| s.iter()))
+                .filter(|e| serves(e, &host))
+                .collect();
+            if host.is_empty() {
+                any_host = Arc::new(bucket_of(&entries));
+                continue;
+            }
+            let (map, key): (_, Arc<str>) = match host.strip_prefix('*') {
+                Some(suffix) => (&mut wildcard_hosts, Arc::from(suffix)),
+                None => (&mut exact_hosts, host.clone()),
+            };
+            if entries.is_empty() {
+                map.remove(&*key);
+                continue;
+            }
+            let signature: BucketSignature = entries
+                .iter()
+                .map(|e| {
+                    (
+                        Arc::as_ptr(&e.rule) as usize,
+                        Arc::as_ptr(&e.conditions) as usize,
+                    )
+                })
+                .collect();
+            let bucket = shared
+                .entry(signature)
+                .or_insert_with(|| Arc::new(bucket_of(&entries)))
+                .clone();
+            map.insert(key, bucket);
+        }
+        RouteTable {
+            exact_hosts,
+            wildcard_hosts,
+            any_host,
+            len,
+            serving,
+        }
     }
 
     /// Finds the rule for a request. `path` excludes the query string.
@@ -326,124 +427,54 @@ impl BucketBuild {
     }
 }
 
-/// Entries grouped by the exact list of hostnames they serve: a Function's entries share
-/// one list, so its hostnames share one bucket instead of one bucket each.
-#[derive(Default)]
-pub struct RouteTableBuilder {
-    groups: HashMap<Arc<[String]>, Vec<(PathCondition, Arc<str>, Ranked)>>,
-    len: usize,
+/// The hostnames an entry set serves, each once ("" for entries without hostnames).
+fn hosts_of(set: &[RouteEntry]) -> Vec<&str> {
+    let mut hosts: Vec<&str> = Vec::new();
+    for e in set {
+        if e.hostnames.is_empty() && !hosts.contains(&"") {
+            hosts.push("");
+        }
+        for h in e.hostnames.iter() {
+            if !hosts.contains(&h.as_str()) {
+                hosts.push(h);
+            }
+        }
+    }
+    hosts
 }
 
-impl RouteTableBuilder {
-    pub fn add(&mut self, entry: RouteEntry) {
-        let RouteEntry {
-            hostnames,
-            path,
-            conditions,
-            rule,
-            order,
-        } = entry;
+fn serves(entry: &RouteEntry, host: &str) -> bool {
+    if host.is_empty() {
+        entry.hostnames.is_empty()
+    } else {
+        entry.hostnames.iter().any(|h| h == host)
+    }
+}
+
+fn bucket_of(entries: &[&RouteEntry]) -> HostBucket {
+    let mut b = BucketBuild::default();
+    for e in entries {
         let rank = Arc::new((
-            conditions.method.is_some(),
-            conditions.headers.len(),
-            conditions.query.len(),
-            order,
+            e.conditions.method.is_some(),
+            e.conditions.headers.len(),
+            e.conditions.query.len(),
+            e.order.clone(),
         ));
-        let key: Arc<str> = match &path {
+        let key: Arc<str> = match &e.path {
             PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => {
                 Arc::from(p.as_str())
             }
         };
-        let prefix = matches!(path, PathCondition::Prefix(_)).then(|| key.clone());
+        let prefix = matches!(e.path, PathCondition::Prefix(_)).then(|| key.clone());
         let ranked = Ranked {
             rank,
             candidate: Candidate {
-                conditions,
-                rule,
+                conditions: e.conditions.clone(),
+                rule: e.rule.clone(),
                 prefix,
             },
         };
-        self.groups
-            .entry(hostnames)
-            .or_default()
-            .push((path, key, ranked));
-        self.len += 1;
+        b.place(&e.path, &key, &ranked);
     }
-
-    pub fn build(self, previous: Option<&RouteTable>) -> RouteTable {
-        // hostname -> the groups serving it; hostnames served by the same groups share a bucket.
-        let mut any = BucketBuild::default();
-        let mut by_host: HashMap<&str, Vec<usize>> = HashMap::new();
-        let groups: Vec<(&Arc<[String]>, &Vec<(PathCondition, Arc<str>, Ranked)>)> =
-            self.groups.iter().collect();
-        for (gi, (hostnames, entries)) in groups.iter().enumerate() {
-            if hostnames.is_empty() {
-                for (path, key, r) in entries.iter() {
-                    any.place(path, key, r);
-                }
-            }
-            let mut seen = ahash::AHashSet::new();
-            for h in hostnames.iter().filter(|h| seen.insert(h.as_str())) {
-                by_host.entry(h.as_str()).or_default().push(gi);
-            }
-        }
-        let mut shared: HashMap<Vec<usize>, Arc<HostBucket>> = HashMap::new();
-        let mut buckets: HashMap<BucketSignature, Arc<HostBucket>> = HashMap::new();
-        let mut exact_hosts = HashMap::new();
-        let mut wildcard_hosts = HashMap::new();
-        for (host, group_ids) in by_host {
-            let bucket = shared
-                .entry(group_ids.clone())
-                .or_insert_with(|| {
-                    let signature: BucketSignature = group_ids
-                        .iter()
-                        .flat_map(|gi| groups[*gi].1.iter())
-                        .map(|(path, _, r)| {
-                            (
-                                Arc::as_ptr(&r.candidate.rule) as usize,
-                                Arc::as_ptr(&r.candidate.conditions) as usize,
-                                path_hash(path),
-                            )
-                        })
-                        .collect();
-                    let bucket = match previous.and_then(|p| p.buckets.get(&signature)) {
-                        Some(unchanged) => unchanged.clone(),
-                        None => {
-                            let mut b = BucketBuild::default();
-                            for gi in &group_ids {
-                                for (path, key, r) in groups[*gi].1 {
-                                    b.place(path, key, r);
-                                }
-                            }
-                            Arc::new(b.finish())
-                        }
-                    };
-                    buckets.insert(signature, bucket.clone());
-                    bucket
-                })
-                .clone();
-            match host.strip_prefix('*') {
-                Some(suffix) => wildcard_hosts.insert(Box::from(suffix), bucket),
-                None => exact_hosts.insert(Box::from(host), bucket),
-            };
-        }
-        RouteTable {
-            exact_hosts,
-            wildcard_hosts,
-            any_host: any.finish(),
-            len: self.len,
-            buckets,
-        }
-    }
-}
-
-fn path_hash(path: &PathCondition) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    // Fixed keys: hashes are compared across builds.
-    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
-    std::mem::discriminant(path).hash(&mut h);
-    match path {
-        PathCondition::Exact(p) | PathCondition::Prefix(p) | PathCondition::Regex(p) => p.hash(&mut h),
-    }
-    h.finish()
+    b.finish()
 }
