@@ -216,9 +216,10 @@ impl KubeCatalog {
                 if let Some((key, held)) = self.read(kind, object) {
                     let current = self.objects.get(&key);
                     let held = match current {
-                        // A list served from a cache older than an event already seen.
-                        Some(c) if c.entry.is_some() && c.outranks(held.rv) => c.clone(),
-                        _ => held,
+                        // A list served from a cache older than an event already seen
+                        // (a delete included: its tombstone stays).
+                        Some(c) if c.outranks(held.rv) => c.clone(),
+                        _ => with_last_good(&key, held, current),
                     };
                     if let Some(buffer) = self.scope(scope).relist.as_mut() {
                         buffer.insert(key, held);
@@ -293,17 +294,7 @@ impl KubeCatalog {
         if current.outranks(new.rv) {
             return EventOutcome::Stale;
         }
-        let mut new = new;
-        if new.entry.is_none() && !new.diagnostics.is_empty() {
-            // A malformed update: keep serving the last good version.
-            if let Some(last_good) = current.entry.clone() {
-                new.diagnostics.push(
-                    Diagnostic::warning("still serving the last good version of this object")
-                        .on_object(key.to_string()),
-                );
-                new.entry = Some(last_good);
-            }
-        }
+        let new = with_last_good(&key, new, Some(&*current));
         let same_content =
             current.entry.as_ref().map(|e| e.version) == new.entry.as_ref().map(|e| e.version);
         let same_diagnostics = current.diagnostics == new.diagnostics;
@@ -451,6 +442,20 @@ impl KubeCatalog {
     }
 }
 
+/// A malformed version of an object that had a good one keeps serving the good one.
+fn with_last_good(key: &ObjectKey, mut new: Held, current: Option<&Held>) -> Held {
+    if new.entry.is_none() && !new.diagnostics.is_empty() {
+        if let Some(last_good) = current.and_then(|c| c.entry.clone()) {
+            new.diagnostics.push(
+                Diagnostic::warning("still serving the last good version of this object")
+                    .on_object(key.to_string()),
+            );
+            new.entry = Some(last_good);
+        }
+    }
+    new
+}
+
 fn resource_version(object: &DynamicObject) -> Option<u64> {
     object.metadata.resource_version.as_deref()?.parse().ok()
 }
@@ -532,13 +537,21 @@ pub async fn watch_scope(
                 outcome
             }
             Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                if status.code == 404 =>
+                if status.code == 404 || status.code == 403 =>
             {
-                let why = format!(
-                    "the API server does not serve {}/{} (CRD not installed?); none are read until it does",
-                    kind.api_version(),
-                    kind.plural
-                );
+                let why = if status.code == 404 {
+                    format!(
+                        "the API server does not serve {}/{} (CRD not installed?); none are read until it does",
+                        kind.api_version(),
+                        kind.plural
+                    )
+                } else {
+                    format!(
+                        "not allowed to list {}/{} (RBAC: get, list, watch needed); none are read until it is",
+                        kind.api_version(),
+                        kind.plural
+                    )
+                };
                 tracing::warn!(kind = %kind.kind, "{why}");
                 catalog
                     .lock()
@@ -664,16 +677,32 @@ mod tests {
     }
 
     #[test]
+    fn a_relist_older_than_a_delete_does_not_bring_the_object_back() {
+        let mut c = KubeCatalog::new([scope()]);
+        listed(&mut c, vec![function("f", 5, "a.example", "")]);
+        c.apply(&scope(), Event::Delete(function("f", 8, "a.example", "")));
+        listed(&mut c, vec![function("f", 5, "a.example", "")]);
+        assert!(c.is_empty());
+    }
+
+    #[test]
     fn a_malformed_update_keeps_the_last_good_version_and_is_reported() {
         let mut c = KubeCatalog::new([scope()]);
         listed(&mut c, vec![function("f", 5, "a.example", "")]);
-        let bad: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "core.openfunction.io/v1beta2", "kind": "Function",
-            "metadata": {"name": "f", "namespace": "default", "resourceVersion": "6"},
-            "spec": {"serving": {"triggers": {"http": {"route": {"hostnames": "not-a-list"}}}}}
-        }))
-        .unwrap();
-        assert_eq!(c.apply(&scope(), Event::Apply(bad)), EventOutcome::Applied);
+        let bad = |rv: u64| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "core.openfunction.io/v1beta2", "kind": "Function",
+                "metadata": {"name": "f", "namespace": "default", "resourceVersion": rv.to_string()},
+                "spec": {"serving": {"triggers": {"http": {"route": {"hostnames": "not-a-list"}}}}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            c.apply(&scope(), Event::Apply(bad(6))),
+            EventOutcome::Applied
+        );
+        // A relist that still finds it malformed keeps the last good version too.
+        listed(&mut c, vec![bad(7)]);
         let snapshot = c.snapshot();
         assert_eq!(snapshot.objects.len(), 1);
         let report: Vec<String> = snapshot.diagnostics.iter().map(|d| d.to_string()).collect();
