@@ -203,6 +203,8 @@ impl StatusWriter {
             .lock()
             .expect("not poisoned")
             .function_statuses();
+        self.written
+            .retain(|key, _| views.iter().any(|v| v.key == *key));
         let api_resource = resource("core.openfunction.io", "v1beta2", "Function", "functions");
         for view in views.into_iter().filter(|v| v.http) {
             let previous = self.written.get(&view.key).map(|(v, _)| v);
