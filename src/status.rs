@@ -203,8 +203,9 @@ impl StatusWriter {
             .lock()
             .expect("not poisoned")
             .function_statuses();
-        self.written
-            .retain(|key, _| views.iter().any(|v| v.key == *key));
+        let present: std::collections::HashSet<&crate::api::ObjectKey> =
+            views.iter().map(|v| &v.key).collect();
+        self.written.retain(|key, _| present.contains(key));
         let api_resource = resource("core.openfunction.io", "v1beta2", "Function", "functions");
         for view in views.into_iter().filter(|v| v.http) {
             let previous = self.written.get(&view.key).map(|(v, _)| v);
