@@ -10,12 +10,36 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A port nothing listens on, never the same twice in this process, and outside the
+/// kernel's ephemeral range (32768-60999): a port from `bind(:0)` could be handed to a
+/// concurrent test too, or become some outgoing connection's local port, before the
+/// process meant to listen on it binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static STATE: Mutex<(u64, Vec<u16>)> = Mutex::new((0, Vec::new()));
+    let mut state = STATE.lock().unwrap();
+    if state.0 == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        state.0 = nanos ^ (u64::from(std::process::id()) << 32) | 1;
+    }
+    loop {
+        // xorshift: a different sequence per process, so test binaries do not collide.
+        let mut x = state.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.0 = x;
+        let port = 20_000 + (x % 12_000) as u16;
+        if state.1.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            state.1.push(port);
+            return port;
+        }
+    }
 }
 
 fn target_dir() -> PathBuf {
