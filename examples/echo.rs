@@ -7,6 +7,7 @@
 //! `x-echo-set-response-headers: Name:Value,Name2:Value2` makes it set those response
 //! headers. `x-echo-body: stream` echoes the request body back chunk by chunk as it arrives.
 //! `Connection: upgrade` is accepted with 101 and the upgraded bytes are echoed back.
+//! Every response carries `x-echo-in-flight`: requests being answered when it arrived.
 //! `--log` prints `REQ <method> <path> [bytes=<body length>]` per request.
 //!
 //! Usage: echo [--listen ADDR] [--service NAME] [--namespace NS] [--fixed]
@@ -62,6 +63,29 @@ fn json_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Requests being answered right now.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `handle`, reporting in `x-echo-in-flight` how many requests (this one included) were
+/// being answered when this one arrived.
+async fn handle_counted(
+    id: Arc<Identity>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    use std::sync::atomic::Ordering;
+    if id.fixed {
+        return handle(id, req).await;
+    }
+    let in_flight = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    let result = handle(id, req).await;
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    result.map(|mut resp| {
+        resp.headers_mut()
+            .insert("x-echo-in-flight", in_flight.into());
+        resp
+    })
 }
 
 async fn handle(
@@ -236,7 +260,7 @@ fn main() {
             let _ = stream.set_nodelay(true);
             let id = id.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(id.clone(), req));
+                let svc = service_fn(move |req| handle_counted(id.clone(), req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()

@@ -220,3 +220,54 @@ fn repeated_scale_to_zero_and_back_under_load_loses_no_request() {
         count_by(failures)
     );
 }
+
+#[test]
+fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cold_function(dir.path(), "cold");
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &with_annotation(
+            &function_yaml("default", "cold", ""),
+            "fngate.io/release-concurrency",
+            "2",
+        ),
+    );
+    let gate = Fngate::start(dir.path());
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let n = 12;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let http = gate.http;
+            std::thread::spawn(move || {
+                request(
+                    http,
+                    "GET",
+                    "cold.default.ofn.io",
+                    &format!("/job/{i}?delay=100ms"),
+                    &[],
+                    b"",
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    gate.wait_until(|| gate.metric(waiting) == n as f64, "every request held");
+    let echo = Echo::start_on("cold", "default", &addr.to_string());
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", "cold", &[echo.addr], true),
+    );
+    let responses: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(responses.iter().all(|r| r.status == 200));
+    let at_once: Vec<usize> = responses
+        .iter()
+        .map(|r| r.header("x-echo-in-flight").unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        at_once.iter().all(|n| *n <= 2),
+        "the pod got more than 2 at once: {at_once:?}"
+    );
+}

@@ -548,3 +548,45 @@ fn incremental_recompiles_route_exactly_as_compiling_from_scratch() {
         incremental = Some(next_plan);
     }
 }
+
+#[test]
+fn the_release_limit_comes_from_the_annotation_else_the_knative_target() {
+    let limit = |plan: &Plan| {
+        plan.routes
+            .find("f.default.ofn.io", "/", &get())
+            .map(|m| m.rule.release_concurrency)
+    };
+    let knative = "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: f\n  namespace: default\nANNOTATIONSspec:\n  serving:\n    scaleOptions:\n      knative:\n        autoscaling.knative.dev/target: \"TARGET\"\n    triggers:\n      http:\n        port: 8080\n";
+    let text = |annotation: &str, target: &str| {
+        knative
+            .replace("ANNOTATIONS", annotation)
+            .replace("TARGET", target)
+    };
+    let plan = plan_of(&[("f.yaml", &text("", "10"))]);
+    assert_eq!(limit(&plan), Some(Some(10)));
+    let plan = plan_of(&[("f.yaml", &text("", "0.5"))]);
+    assert_eq!(
+        limit(&plan),
+        Some(Some(1)),
+        "a fractional target still lets one through"
+    );
+    let ours = "  annotations:\n    fngate.io/release-concurrency: \"3\"\n";
+    let plan = plan_of(&[("f.yaml", &text(ours, "10"))]);
+    assert_eq!(limit(&plan), Some(Some(3)));
+    // Knative's malformed setting is a warning and no limit; ours is an error.
+    let plan = plan_of(&[("f.yaml", &text("", "lots"))]);
+    assert_eq!(limit(&plan), Some(None));
+    assert!(plan
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Warning
+            && d.field.as_deref()
+                == Some("spec.serving.scaleOptions.knative[autoscaling.knative.dev/target]")));
+    let bad = "  annotations:\n    fngate.io/release-concurrency: \"none\"\n";
+    let plan = plan_of(&[("f.yaml", &text(bad, "10"))]);
+    assert!(plan
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Error
+            && d.field.as_deref() == Some("metadata.annotations[fngate.io/release-concurrency]")));
+}

@@ -111,12 +111,23 @@ impl Drop for Running {
 
 /// How a hold ended.
 pub enum Held {
-    /// Endpoints are ready (from a published plan, or found by the probe).
-    Ready(Arc<ServiceEndpoints>),
+    /// Endpoints are ready (from a published plan, or found by the probe). With a release
+    /// limit, the permit this request holds until it ends.
+    Ready(Arc<ServiceEndpoints>, Option<ReleasePermit>),
     /// Too many requests already wait (for this function, or in all): 503 at once.
     Overflow,
     /// No endpoint became ready in time: 504.
     TimedOut,
+}
+
+/// One of the requests a just-started function may serve at once after a hold.
+pub type ReleasePermit = tokio::sync::OwnedSemaphorePermit;
+
+/// Per Service: the permits held requests take when released, `limit` per ready
+/// endpoint, so a fresh pod gets at most `limit` of them at a time.
+struct ReleaseGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
 }
 
 pub struct Activator {
@@ -131,6 +142,7 @@ pub struct Activator {
     webhook: Option<Webhook>,
     /// One prober per Service and plan revision, shared by all its waiters.
     probes: Mutex<HashMap<ServiceKey, (u64, Arc<ProbeResult>)>>,
+    release_gates: Mutex<HashMap<ServiceKey, ReleaseGate>>,
 }
 
 /// The first endpoint a prober found answering, once it has.
@@ -191,7 +203,28 @@ impl Activator {
             activity: Mutex::new(HashMap::new()),
             webhook,
             probes: Mutex::new(HashMap::new()),
+            release_gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The release permits of `service`, grown to `limit` per ready endpoint.
+    fn release_gate(
+        &self,
+        service: &ServiceKey,
+        limit: u32,
+        ready: usize,
+    ) -> Arc<tokio::sync::Semaphore> {
+        let mut gates = self.release_gates.lock().expect("not poisoned");
+        let gate = gates.entry(service.clone()).or_insert_with(|| ReleaseGate {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            capacity: 0,
+        });
+        let wanted = limit as usize * ready.max(1);
+        if wanted > gate.capacity {
+            gate.permits.add_permits(wanted - gate.capacity);
+            gate.capacity = wanted;
+        }
+        gate.permits.clone()
     }
 
     /// Like Knative's activator: endpoints the plan lists as not ready are tried (TCP
@@ -327,6 +360,7 @@ impl Activator {
         labels: [&str; 2],
         timeout: Duration,
         refused: Option<&Arc<ServiceEndpoints>>,
+        release_limit: Option<u32>,
     ) -> Held {
         let Some(_slot) = self.admit(service, labels) else {
             self.metrics
@@ -396,6 +430,18 @@ impl Activator {
                 }
             };
             if let Some(eps) = ready {
+                // A fresh pod takes at most `limit` released requests at a time; the rest
+                // keep waiting (in their slot, under the same deadline) for a permit.
+                let permit = match release_limit {
+                    None => None,
+                    Some(limit) => {
+                        let gate = self.release_gate(service, limit, eps.ready.len());
+                        tokio::select! {
+                            permit = gate.acquire_owned() => permit.ok(),
+                            _ = &mut deadline => break,
+                        }
+                    }
+                };
                 self.metrics
                     .activator_releases
                     .with_label_values(&labels)
@@ -404,7 +450,7 @@ impl Activator {
                     .activator_wait_duration
                     .with_label_values(&labels)
                     .observe(started.elapsed().as_secs_f64());
-                return Held::Ready(eps);
+                return Held::Ready(eps, permit);
             }
             let probe_changed = async {
                 match probed.as_mut() {

@@ -32,6 +32,54 @@ const METHODS: [&str; 9] = [
 
 /// Function annotation: how long its requests may wait for a ready endpoint.
 pub const HOLD_TIMEOUT_ANNOTATION: &str = "fngate.io/hold-timeout";
+pub const RELEASE_CONCURRENCY_ANNOTATION: &str = "fngate.io/release-concurrency";
+const KNATIVE_TARGET: &str = "autoscaling.knative.dev/target";
+
+/// Requests one endpoint takes at a time when released after a hold: fngate's annotation,
+/// else the Knative autoscaling target OpenFunction passes in `scaleOptions.knative`.
+fn release_concurrency(f: &Function, diags: &mut Vec<Diagnostic>) -> Option<u32> {
+    let knative = f
+        .spec
+        .serving
+        .as_ref()
+        .and_then(|s| s.scale_options.as_ref())
+        .and_then(|o| o.get("knative"))
+        .and_then(|k| k.get(KNATIVE_TARGET));
+    let (value, field, ours) = match f.metadata.annotations.get(RELEASE_CONCURRENCY_ANNOTATION) {
+        Some(v) => (
+            v.clone(),
+            format!("metadata.annotations[{RELEASE_CONCURRENCY_ANNOTATION}]"),
+            true,
+        ),
+        None => {
+            let v = knative?;
+            let text = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            (
+                text,
+                format!("spec.serving.scaleOptions.knative[{KNATIVE_TARGET}]"),
+                false,
+            )
+        }
+    };
+    // Knative's target may be fractional ("0.7" of a request): at least one at a time.
+    match value.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Some((n.ceil() as u64).min(u32::MAX as u64) as u32),
+        _ => {
+            let message = format!("{value:?} is not a positive number of requests");
+            // Knative's own setting is Knative's to validate: ignored, not fatal.
+            diags.push(if ours {
+                Diagnostic::error(message).at_field(field)
+            } else {
+                Diagnostic::warning(format!("{message}; no release limit")).at_field(field)
+            });
+            None
+        }
+    }
+}
 
 pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRoutes {
     let mut diags = Vec::new();
@@ -52,6 +100,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             }
         },
     };
+    let release_concurrency = release_concurrency(f, &mut diags);
     let default_trigger = HttpTrigger::default();
     let trigger = f.http_trigger().unwrap_or(&default_trigger);
     let default_route = RouteSpec::default();
@@ -229,6 +278,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             },
             backends,
             timeouts,
+            release_concurrency,
         });
         for (mi, (path, conditions)) in compiled_matches {
             entries.push(RouteEntry {

@@ -24,6 +24,9 @@ pub struct RequestCtx {
     pub mirrors: Vec<super::mirror::MirrorBody>,
     /// Counts this request in its function's load (for KEDA) until the request ends.
     pub running: Option<crate::activator::Running>,
+    /// A request released after a hold with a release limit: its share of the fresh
+    /// pod's capacity, returned when the request ends.
+    pub release_permit: Option<crate::activator::ReleasePermit>,
 }
 
 impl RequestCtx {
@@ -41,6 +44,7 @@ impl RequestCtx {
             tls: false,
             mirrors: Vec::new(),
             running: None,
+            release_permit: None,
         }
     }
 

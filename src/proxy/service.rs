@@ -207,7 +207,14 @@ impl FunctionProxy {
             .hold
             .unwrap_or(self.activator.limits().timeout);
         self.activator
-            .hold(&service, target.port, labels, timeout, refused)
+            .hold(
+                &service,
+                target.port,
+                labels,
+                timeout,
+                refused,
+                rule.release_concurrency,
+            )
             .await
     }
 
@@ -238,8 +245,9 @@ impl FunctionProxy {
             }
         };
         match held {
-            Held::Ready(endpoints) => {
+            Held::Ready(endpoints, permit) => {
                 ctx.endpoints = Some(endpoints);
+                ctx.release_permit = permit;
                 ctx.running = Some(
                     self.activator
                         .running(&rule.function.namespace, &rule.function.name),
@@ -353,8 +361,9 @@ impl ProxyHttp for FunctionProxy {
                 .wait_for_endpoint(rule, ctx.backend, Some(&refused))
                 .await
             {
-                Held::Ready(endpoints) => {
+                Held::Ready(endpoints, permit) => {
                     ctx.endpoints = Some(endpoints);
+                    ctx.release_permit = permit.or(ctx.release_permit.take());
                     ctx.failed_attempts = 0;
                 }
                 Held::Overflow => {

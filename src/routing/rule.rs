@@ -160,6 +160,10 @@ pub struct Rule {
     /// Shared by every rule of a Function that uses the Function's own Service.
     pub backends: Arc<[WeightedBackend]>,
     pub timeouts: RuleTimeouts,
+    /// After a scale-from-zero hold, how many released requests one endpoint takes at a
+    /// time (`fngate.io/release-concurrency`, else Knative's `autoscaling.knative.dev/target`
+    /// in `scaleOptions.knative`); `None` = all at once.
+    pub release_concurrency: Option<u32>,
 }
 
 impl Rule {
