@@ -223,6 +223,13 @@ impl Activator {
         if wanted > gate.capacity {
             gate.permits.add_permits(wanted - gate.capacity);
             gate.capacity = wanted;
+        } else if wanted < gate.capacity && gate.permits.available_permits() == gate.capacity {
+            // Fewer endpoints than last time (a new cold start) and nothing released is
+            // still running: start again from this many.
+            *gate = ReleaseGate {
+                permits: Arc::new(tokio::sync::Semaphore::new(wanted)),
+                capacity: wanted,
+            };
         }
         gate.permits.clone()
     }
