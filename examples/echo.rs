@@ -11,6 +11,7 @@
 //! `--log` prints `REQ <method> <path> [bytes=<body length>]` per request.
 //!
 //! Usage: echo [--listen ADDR] [--service NAME] [--namespace NS] [--fixed]
+//! [--ready-after DURATION] (503 to everything until then: listening before started)
 //! Prints `listening on ADDR` on stdout once ready. `--fixed` answers a fixed 13-byte
 //! body (for load tests, where the JSON work would dominate).
 
@@ -33,6 +34,8 @@ struct Identity {
     fixed: bool,
     /// Print `REQ <method> <path>` per request, so a test can see mirrored requests.
     log: bool,
+    /// Until then every request gets 503: an app that listens before it has started.
+    ready_at: Option<std::time::Instant>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -77,6 +80,11 @@ async fn handle_counted(
     use std::sync::atomic::Ordering;
     if id.fixed {
         return handle(id, req).await;
+    }
+    if id.ready_at.is_some_and(|t| std::time::Instant::now() < t) {
+        let mut resp = Response::new(full("starting\n"));
+        *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(resp);
     }
     let in_flight = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
     let result = handle(id, req).await;
@@ -242,6 +250,9 @@ fn main() {
         service,
         fixed: args.iter().any(|a| a == "--fixed"),
         log: args.iter().any(|a| a == "--log"),
+        ready_at: arg("--ready-after")
+            .and_then(|d| parse_delay(&format!("delay={d}")))
+            .map(|d| std::time::Instant::now() + d),
     });
     let threads: usize = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     let rt = tokio::runtime::Builder::new_multi_thread()

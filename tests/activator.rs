@@ -271,3 +271,36 @@ fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
         "the pod got more than 2 at once: {at_once:?}"
     );
 }
+
+#[test]
+fn an_app_listening_before_it_is_ready_gets_no_request_until_its_readiness_path_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cold_function(dir.path(), "cold");
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &with_annotation(
+            &function_yaml("default", "cold", ""),
+            "fngate.io/readiness-path",
+            "/ready",
+        ),
+    );
+    let gate = Fngate::start(dir.path());
+    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let clients = held_requests(&gate, "cold.default.ofn.io", 5);
+    gate.wait_until(|| gate.metric(waiting) == 5.0, "every request held");
+    // It takes connections at once but answers 503 for its first 300 ms; its slice
+    // stays "not ready", so only the probe can release the requests.
+    let _echo = Echo::start_with(
+        "cold",
+        "default",
+        &addr.to_string(),
+        &["--ready-after", "300ms"],
+    );
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        count_by(statuses)
+    );
+}

@@ -554,7 +554,7 @@ fn the_release_limit_comes_from_the_annotation_else_the_knative_target() {
     let limit = |plan: &Plan| {
         plan.routes
             .find("f.default.ofn.io", "/", &get())
-            .map(|m| m.rule.release_concurrency)
+            .map(|m| m.rule.hold.release_concurrency)
     };
     let knative = "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: f\n  namespace: default\nANNOTATIONSspec:\n  serving:\n    scaleOptions:\n      knative:\n        autoscaling.knative.dev/target: \"TARGET\"\n    triggers:\n      http:\n        port: 8080\n";
     let text = |annotation: &str, target: &str| {
@@ -589,4 +589,25 @@ fn the_release_limit_comes_from_the_annotation_else_the_knative_target() {
         .iter()
         .any(|d| d.severity == Severity::Error
             && d.field.as_deref() == Some("metadata.annotations[fngate.io/release-concurrency]")));
+}
+
+#[test]
+fn the_readiness_path_comes_from_the_annotation_else_the_function_containers_probe() {
+    let text = |annotation: &str| {
+        format!("apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: f\n  namespace: default\n{annotation}spec:\n  serving:\n    template:\n      containers:\n        - name: sidecar\n          readinessProbe: {{httpGet: {{path: /sidecar}}}}\n        - name: function\n          readinessProbe:\n            httpGet: {{path: /healthz, port: 8080}}\n    triggers:\n      http:\n        port: 8080\n")
+    };
+    let path = |plan: &Plan| {
+        plan.routes
+            .find("f.default.ofn.io", "/", &get())
+            .and_then(|m| m.rule.hold.readiness_path.clone())
+    };
+    assert_eq!(
+        path(&plan_of(&[("f.yaml", &text(""))])).as_deref(),
+        Some("/healthz")
+    );
+    let ours = "  annotations:\n    fngate.io/readiness-path: /ready\n";
+    assert_eq!(
+        path(&plan_of(&[("f.yaml", &text(ours))])).as_deref(),
+        Some("/ready")
+    );
 }

@@ -14,6 +14,7 @@ pub use webhook::Webhook;
 
 use crate::plan::{choose_port, EndpointAddress, ServiceEndpoints, ServiceKey};
 use crate::publish::SharedPlan;
+use crate::routing::HoldPolicy;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,12 +149,51 @@ pub struct Activator {
 /// The first endpoint a prober found answering, once it has.
 type ProbeResult = watch::Sender<Option<(SocketAddr, Instant)>>;
 
+/// Whether `addr` takes connections and, with a readiness path, answers `GET path` with
+/// a 2xx or 3xx status.
+async fn probe_once(addr: SocketAddr, readiness_path: Option<&str>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(PROBE_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    let Some(path) = readiness_path else {
+        return true;
+    };
+    let check = async {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fngate-activator-probe\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::with_capacity(64);
+        let mut buf = [0u8; 64];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = std::str::from_utf8(&head).ok()?;
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    tokio::time::timeout(PROBE_HTTP_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// How often a listed-but-not-ready endpoint is tried while requests wait for it: the
 /// longest a held request waits after its function starts listening. A refused connect
 /// on the same network costs microseconds, so a cold start costs ~330 tries a second.
 const PROBE_EVERY: Duration = Duration::from_millis(3);
 /// A probe connect may take longer than the interval (another node, a busy one).
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(50);
+/// An HTTP readiness check answers within this or counts as not ready.
+const PROBE_HTTP_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Waiting {
@@ -243,6 +283,7 @@ impl Activator {
         service: &ServiceKey,
         revision: u64,
         targets: Vec<SocketAddr>,
+        readiness_path: Option<String>,
         labels: [&str; 2],
         since: Option<Instant>,
     ) -> watch::Receiver<Option<(SocketAddr, Instant)>> {
@@ -268,14 +309,7 @@ impl Activator {
             while tx.receiver_count() > 0 {
                 tick.tick().await;
                 for addr in &targets {
-                    let up = matches!(
-                        tokio::time::timeout(
-                            PROBE_CONNECT_TIMEOUT,
-                            tokio::net::TcpStream::connect(addr)
-                        )
-                        .await,
-                        Ok(Ok(_))
-                    );
+                    let up = probe_once(*addr, readiness_path.as_deref()).await;
                     metrics
                         .activator_probes
                         .with_label_values(&[
@@ -367,7 +401,7 @@ impl Activator {
         labels: [&str; 2],
         timeout: Duration,
         refused: Option<&Arc<ServiceEndpoints>>,
-        release_limit: Option<u32>,
+        policy: &HoldPolicy,
     ) -> Held {
         let Some(_slot) = self.admit(service, labels) else {
             self.metrics
@@ -417,8 +451,14 @@ impl Activator {
                             choose_port(&a.ports, port).map(|p| SocketAddr::new(a.ip, p))
                         })
                         .collect();
-                    let rx =
-                        probed.insert(self.probe(service, plan.revision, targets, labels, since));
+                    let rx = probed.insert(self.probe(
+                        service,
+                        plan.revision,
+                        targets,
+                        policy.readiness_path.clone(),
+                        labels,
+                        since,
+                    ));
                     let up = *rx.borrow_and_update();
                     up.filter(|(_, found)| since.is_none_or(|t| *found > t))
                         .map(|(addr, _)| {
@@ -439,7 +479,7 @@ impl Activator {
             if let Some(eps) = ready {
                 // A fresh pod takes at most `limit` released requests at a time; the rest
                 // keep waiting (in their slot, under the same deadline) for a permit.
-                let permit = match release_limit {
+                let permit = match policy.release_concurrency {
                     None => None,
                     Some(limit) => {
                         let gate = self.release_gate(service, limit, eps.ready.len());

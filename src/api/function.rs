@@ -42,6 +42,14 @@ pub struct ServingSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub scale_options: Option<Yaml>,
+    /// Of the pod template, only the function container's HTTP readiness path is kept.
+    #[serde(
+        default,
+        rename = "template",
+        deserialize_with = "template_readiness_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub readiness_path: Option<String>,
     #[serde(default)]
     pub bindings: Option<BTreeMap<String, ComponentSpec>>,
     #[serde(default)]
@@ -129,6 +137,32 @@ pub struct ServingStatus {
     pub service: Option<String>,
 }
 
+/// `readinessProbe.httpGet.path` of the pod template's function container (the one
+/// named `function`, else the first).
+fn template_readiness_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let template = Option::<Yaml>::deserialize(d)?;
+    let containers = template
+        .as_ref()
+        .and_then(|t| t.get("containers"))
+        .and_then(Yaml::as_sequence);
+    let Some(containers) = containers else {
+        return Ok(None);
+    };
+    let container = containers
+        .iter()
+        .find(|c| c.get("name").and_then(Yaml::as_str) == Some("function"))
+        .or_else(|| containers.first());
+    Ok(container
+        .and_then(|c| c.get("readinessProbe"))
+        .and_then(|p| p.get("httpGet"))
+        .and_then(|h| h.get("path"))
+        .and_then(Yaml::as_str)
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_owned))
+}
+
 impl FunctionStatus {
     fn names_no_service(status: &Option<FunctionStatus>) -> bool {
         status
@@ -193,6 +227,12 @@ pub(crate) struct ServingV1beta1 {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub scale_options: Option<Yaml>,
+    #[serde(
+        default,
+        rename = "template",
+        deserialize_with = "template_readiness_path"
+    )]
+    pub readiness_path: Option<String>,
     #[serde(default)]
     pub inputs: Option<Vec<IoV1beta1>>,
     #[serde(default)]
@@ -279,6 +319,7 @@ impl FunctionV1beta1 {
                     annotations: serving.annotations.clone(),
                     labels: serving.labels.clone(),
                     scale_options: serving.scale_options.clone(),
+                    readiness_path: serving.readiness_path.clone(),
                     bindings: serving.bindings.clone(),
                     pubsub: serving.pubsub.clone(),
                     states: serving.states.clone(),

@@ -261,6 +261,5 @@ pub(super) fn compile_timeouts(
     RuleTimeouts {
         request,
         backend_request,
-        hold: None,
     }
 }

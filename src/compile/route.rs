@@ -8,11 +8,11 @@ use super::gateway::GatewayDefaults;
 use crate::api::{
     Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec,
 };
-use crate::routing::RouteOrder;
 use crate::routing::{
     FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry,
     Rule, RuleFilters, StringMatch, WeightedBackend,
 };
+use crate::routing::{HoldPolicy, RouteOrder};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -33,6 +33,16 @@ const METHODS: [&str; 9] = [
 /// Function annotation: how long its requests may wait for a ready endpoint.
 pub const HOLD_TIMEOUT_ANNOTATION: &str = "fngate.io/hold-timeout";
 pub const RELEASE_CONCURRENCY_ANNOTATION: &str = "fngate.io/release-concurrency";
+pub const READINESS_PATH_ANNOTATION: &str = "fngate.io/readiness-path";
+
+/// The path the activator's probe GETs: fngate's annotation, else the HTTP readiness
+/// probe of the function's container (the one named `function`, else the first).
+fn readiness_path(f: &Function) -> Option<String> {
+    if let Some(p) = f.metadata.annotations.get(READINESS_PATH_ANNOTATION) {
+        return Some(p.clone()).filter(|p| p.starts_with('/'));
+    }
+    f.spec.serving.as_ref()?.readiness_path.clone()
+}
 const KNATIVE_TARGET: &str = "autoscaling.knative.dev/target";
 
 /// Requests one endpoint takes at a time when released after a hold: fngate's annotation,
@@ -100,7 +110,11 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             }
         },
     };
-    let release_concurrency = release_concurrency(f, &mut diags);
+    let hold = Arc::new(HoldPolicy {
+        timeout: hold_timeout,
+        release_concurrency: release_concurrency(f, &mut diags),
+        readiness_path: readiness_path(f),
+    });
     let default_trigger = HttpTrigger::default();
     let trigger = f.http_trigger().unwrap_or(&default_trigger);
     let default_route = RouteSpec::default();
@@ -232,9 +246,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                 path: Some(PathRewrite::Prefix("/".into())),
             });
         }
-        let mut timeouts =
-            compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
-        timeouts.hold = hold_timeout;
+        let timeouts = compile_timeouts(rule.timeouts.as_ref(), &field.key("timeouts"), &mut diags);
         let backends: Arc<[WeightedBackend]> = match &rule.backend_refs {
             Some(refs) if !refs.is_empty() => refs
                 .iter()
@@ -278,7 +290,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             },
             backends,
             timeouts,
-            release_concurrency,
+            hold: hold.clone(),
         });
         for (mi, (path, conditions)) in compiled_matches {
             entries.push(RouteEntry {

@@ -202,19 +202,9 @@ impl FunctionProxy {
             name: target.service.to_string(),
         };
         let labels = [&*rule.function.namespace, &*rule.function.name];
-        let timeout = rule
-            .timeouts
-            .hold
-            .unwrap_or(self.activator.limits().timeout);
+        let timeout = rule.hold.timeout.unwrap_or(self.activator.limits().timeout);
         self.activator
-            .hold(
-                &service,
-                target.port,
-                labels,
-                timeout,
-                refused,
-                rule.release_concurrency,
-            )
+            .hold(&service, target.port, labels, timeout, refused, &rule.hold)
             .await
     }
 

@@ -11,8 +11,8 @@ mod table;
 
 pub use conditions::{HeaderCondition, MatchConditions, PathCondition, StringMatch};
 pub use rule::{
-    BackendTarget, FunctionRef, HeaderEdits, PathRewrite, Redirect, Rewrite, Rule, RuleFilters,
-    RuleTimeouts, WeightedBackend,
+    BackendTarget, FunctionRef, HeaderEdits, HoldPolicy, PathRewrite, Redirect, Rewrite, Rule,
+    RuleFilters, RuleTimeouts, WeightedBackend,
 };
 pub use table::{
     normalize_host, EntrySet, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable,

@@ -128,9 +128,22 @@ pub struct RuleTimeouts {
     pub request: Option<Duration>,
     /// One attempt against one backend.
     pub backend_request: Option<Duration>,
-    /// How long a request may wait for a ready endpoint (scale from zero): the Function's
-    /// `fngate.io/hold-timeout`; `None` = fngate's `activator.hold_timeout`.
-    pub hold: Option<Duration>,
+}
+
+/// How a request for this Function waits while it has no ready endpoint (scale from
+/// zero). One per Function, shared by its rules.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HoldPolicy {
+    /// The Function's `fngate.io/hold-timeout`; `None` = fngate's `activator.hold_timeout`.
+    pub timeout: Option<Duration>,
+    /// How many released requests one endpoint takes at a time after a hold
+    /// (`fngate.io/release-concurrency`, else Knative's `autoscaling.knative.dev/target` in
+    /// `scaleOptions.knative`); `None` = all at once.
+    pub release_concurrency: Option<u32>,
+    /// Probe listed-but-not-ready endpoints with `GET <path>` (2xx/3xx = ready) instead of
+    /// a TCP connect: `fngate.io/readiness-path`, else the function container's
+    /// `readinessProbe.httpGet.path`.
+    pub readiness_path: Option<String>,
 }
 
 /// A rule's filters. Most rules have none, so they live behind one optional box and a
@@ -160,10 +173,7 @@ pub struct Rule {
     /// Shared by every rule of a Function that uses the Function's own Service.
     pub backends: Arc<[WeightedBackend]>,
     pub timeouts: RuleTimeouts,
-    /// After a scale-from-zero hold, how many released requests one endpoint takes at a
-    /// time (`fngate.io/release-concurrency`, else Knative's `autoscaling.knative.dev/target`
-    /// in `scaleOptions.knative`); `None` = all at once.
-    pub release_concurrency: Option<u32>,
+    pub hold: Arc<HoldPolicy>,
 }
 
 impl Rule {

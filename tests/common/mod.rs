@@ -62,6 +62,11 @@ impl Echo {
     }
 
     pub fn start_on(service: &str, namespace: &str, listen: &str) -> Echo {
+        Echo::start_with(service, namespace, listen, &[])
+    }
+
+    /// `extra`: more of echo's flags, e.g. `--ready-after 300ms`.
+    pub fn start_with(service: &str, namespace: &str, listen: &str, extra: &[&str]) -> Echo {
         let bin = target_dir().join("examples").join("echo");
         assert!(
             bin.exists(),
@@ -78,6 +83,7 @@ impl Echo {
                 namespace,
                 "--log",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start echo");
