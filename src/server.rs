@@ -119,7 +119,8 @@ impl BackgroundService for KubeFollower {
                 count.clone(),
             ));
         }
-        if let Some(status) = job.settings.status.clone() {
+        let (stop_writer, writer_stopped) = tokio::sync::watch::channel(false);
+        let writer = job.settings.status.clone().map(|status| {
             let writer = StatusWriter::new(
                 client.clone(),
                 status,
@@ -128,13 +129,18 @@ impl BackgroundService for KubeFollower {
                 catalog.clone(),
                 job.metrics.clone(),
             );
-            tasks.spawn(writer.run());
-        }
+            tokio::spawn(writer.run(writer_stopped))
+        });
         tokio::select! {
             _ = job.publisher.follow_kube(catalog, changed, job.settings.debounce) => {}
             _ = shutdown.changed() => {}
         }
         tasks.abort_all();
+        // Give the Lease up, so another replica writes status without waiting it out.
+        if let Some(writer) = writer {
+            let _ = stop_writer.send(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+        }
     }
 }
 
@@ -203,7 +209,10 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
 
     let conf = ServerConf {
         threads: settings.threads.max(1),
-        grace_period_seconds: Some(0),
+        // On SIGTERM: a second for background work to finish its goodbyes (event
+        // consumers committing, the status writer giving up its Lease) before the
+        // runtimes are torn down.
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(10),
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()

@@ -86,7 +86,9 @@ impl StatusWriter {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Runs until `stop` fires; then, if this replica holds the Lease, it gives it up so
+    /// another replica takes over at its next pass instead of after the lease expires.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let renew_every = self.settings.lease_duration / 3;
         loop {
             let due = self
@@ -113,8 +115,43 @@ impl StatusWriter {
             tokio::select! {
                 _ = self.revisions.changed() => {}
                 _ = tokio::time::sleep(renew_every) => {}
+                _ = stop.changed() => {
+                    if self.lease.leader {
+                        self.release().await;
+                    }
+                    return;
+                }
             }
         }
+    }
+
+    /// Empties the Lease's holder if it is still this replica.
+    async fn release(&mut self) {
+        let s = &self.settings;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &s.lease_namespace,
+            &resource("coordination.k8s.io", "v1", "Lease", "leases"),
+        );
+        let Ok(Some(mut lease)) = api.get_opt(&s.lease_name).await else {
+            return;
+        };
+        if lease.data["spec"]["holderIdentity"].as_str() != Some(s.identity.as_str()) {
+            return;
+        }
+        lease.data["spec"]["holderIdentity"] = json!("");
+        lease.data["spec"]["renewTime"] = json!(now_rfc3339(true));
+        match api
+            .replace(&s.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(identity = %s.identity, "released the status writer lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the status writer lease; it expires on its own")
+            }
+        }
+        self.lease.leader = false;
+        self.metrics.status_leader.set(0);
     }
 
     /// Takes or renews the Lease; whether this replica holds it now.

@@ -394,3 +394,31 @@ fn the_deploy_manifests_settings_load_and_enable_kubernetes_mode_with_status() {
     assert!(kube.kubeconfig.is_none(), "in-cluster configuration");
     assert_eq!(settings.listen_admin.ip().to_string(), "0.0.0.0");
 }
+
+#[test]
+fn a_status_writer_stopped_gracefully_gives_up_its_lease() {
+    let cluster = Cluster::new();
+    let echo = Echo::start("hello", "default");
+    cluster.http_function("hello", "", &echo);
+    let gate = cluster.gate(STATUS);
+    gate.wait_until(|| gate.metric("fngate_status_leader ") == 1.0, "leading");
+    let holder = || {
+        cluster
+            .api
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "default",
+                "fngate-status-writer",
+            )
+            .map(|l| {
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+    };
+    assert!(holder().is_some_and(|h| !h.is_empty()));
+    gate.stop_gracefully();
+    assert_eq!(holder().as_deref(), Some(""), "the lease was not released");
+}

@@ -271,6 +271,14 @@ impl Fngate {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGTERM (a rolling update, a node drain), and waits for the process to exit.
+    pub fn stop_gracefully(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Fngate {
