@@ -200,6 +200,9 @@ impl BackgroundService for TriggerFollower {
     }
 }
 
+/// Read buffer of each client connection of the HTTP listener.
+const CONNECTION_READ_BUFFER: usize = 8 * 1024;
+
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
@@ -249,7 +252,14 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "fngate http");
     if let Some(addr) = settings.listen_http {
-        proxy_service.add_tcp(&addr.to_string());
+        // pingora's default 64 KiB read buffer per connection is most of what an idle or
+        // waiting (scale from zero) connection costs; request heads and bodies are read
+        // into pingora's own buffers anyway.
+        proxy_service.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
+                pingora::listeners::L4BufferSettings::default().read(CONNECTION_READ_BUFFER),
+            ),
+        );
         tracing::info!(%addr, "HTTP listener");
     }
     if let (Some(addr), Some(cert), Some(key)) =
