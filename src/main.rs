@@ -84,6 +84,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { paths, gateway } => check(&paths, gateway),
         Command::Routes { config, json } => {
             let settings = load_settings(&config)?;
+            if settings.kubernetes.is_some() {
+                anyhow::bail!(
+                    "catalog.kubernetes is enabled: the routes come from the Kubernetes API; \
+                     ask a running fngate: GET /routes on its admin listener"
+                );
+            }
             let mut catalog = fngate::catalog::DirCatalog::new(settings.catalog_dir.clone());
             let snapshot = catalog.scan();
             let plan = compile(&snapshot, &settings.compile_settings(), None);
