@@ -10,19 +10,14 @@
 //!
 //! `cargo bench --bench activator [-- N]` (N waiting requests, default 10,000).
 
+mod support;
+
 use fngate::activator::scaler::proto::ScaledObjectRef;
 use fngate::activator::scaler::ExternalScalerClient;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use support::{free_port, pct, rss_kb};
 use tokio::io::AsyncWriteExt;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Gate {
     child: Child,
@@ -91,15 +86,6 @@ async fn metric(admin: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
-}
-
 async fn get(port: u16) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -108,11 +94,6 @@ async fn get(port: u16) -> tokio::net::TcpStream {
         .await
         .unwrap();
     s
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
 async fn signal_latency() -> Vec<f64> {

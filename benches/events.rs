@@ -11,6 +11,8 @@
 //! Both apps run in this process (real gRPC and HTTP servers on loopback); fngate is the
 //! release binary, so everything shares the machine's cores.
 
+mod support;
+
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
 use dapr::dapr::proto::runtime::v1::*;
@@ -23,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::free_port;
 use tonic::{Request, Response, Status};
 
 #[global_allocator]
@@ -225,14 +228,6 @@ async fn serve_http(sink: Arc<Sink>, topic: String) -> SocketAddr {
 /// librdkafka `fetch.wait.max.ms` for fngate and the raw client alike: tansu holds every
 /// fetch for at least half of it (Apache Kafka answers as soon as data is there).
 const FETCH_WAIT_MS: u64 = 1;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Fngate(Child, #[allow(dead_code)] tempfile::TempDir);
 

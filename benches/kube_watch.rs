@@ -14,39 +14,21 @@
 
 #[path = "../tests/common/kube_api.rs"]
 mod kube_api;
+mod support;
 
+use fngate::api::ObjectKind;
+use fngate::catalog::WatchedKind;
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 use kube_api::FakeApiServer;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, http_get, pct, rss_kb};
 
 const ENDPOINTS_PER_SLICE: usize = 5;
 const CHANGES: usize = 200;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-}
 
 fn function(i: usize, host: Option<&str>) -> String {
     let route = host
@@ -98,15 +80,7 @@ fn backend() -> u16 {
 }
 
 fn status_of(http: u16, host: &str, path: &str) -> u16 {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
-        return 0;
-    };
-    let _ = s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out)
+    http_get(http, host, path)
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
@@ -115,12 +89,7 @@ fn status_of(http: u16, host: &str, path: &str) -> u16 {
 
 /// (sum, count) of fngate's compile+publish histogram.
 fn compile_seconds(admin: u16) -> (f64, f64) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
-        return (0.0, 0.0);
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let out = http_get(admin, "x", "/metrics");
     let value = |name: &str| {
         out.lines()
             .find(|l| l.starts_with(name))
@@ -139,10 +108,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
 fn client_for(kubeconfig: &std::path::Path) -> kube::Client {
@@ -167,8 +132,8 @@ fn reflector_peer(kubeconfig: &str) {
         let client = client_for(std::path::Path::new(kubeconfig));
         let mut stores = Vec::new();
         for r in [
-            resource("core.openfunction.io", "v1beta2", "Function", "functions"),
-            resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            WatchedKind::of(ObjectKind::Function).api_resource(),
+            WatchedKind::of(ObjectKind::EndpointSlice).api_resource(),
         ] {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &r);
             let writer = kube::runtime::reflector::store::Writer::new(r.clone());
@@ -265,7 +230,7 @@ fn main() {
     rt.spawn(async move {
         let api: Api<DynamicObject> = Api::all_with(
             client,
-            &resource("core.openfunction.io", "v1beta2", "Function", "functions"),
+            &WatchedKind::of(ObjectKind::Function).api_resource(),
         );
         let mut events = watcher::watcher(api, Default::default()).boxed();
         while let Some(Ok(event)) = events.next().await {

@@ -4,7 +4,7 @@
 
 use crate::api::Severity;
 use crate::catalog::{DirCatalog, KubeCatalog};
-use crate::compile::{compile, CompileSettings, Snapshot};
+use crate::compile::{compile_hashed, CompileSettings, Snapshot};
 use crate::plan::Plan;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -20,7 +20,6 @@ pub struct PlanPublisher {
     settings: CompileSettings,
     metrics: Arc<Metrics>,
     revision_tx: watch::Sender<u64>,
-    last_content_hash: Option<String>,
     last_snapshot_diagnostics: Vec<crate::api::Diagnostic>,
 }
 
@@ -32,7 +31,6 @@ impl PlanPublisher {
             settings,
             metrics,
             revision_tx,
-            last_content_hash: None,
             last_snapshot_diagnostics: Vec::new(),
         }
     }
@@ -51,15 +49,16 @@ impl PlanPublisher {
     pub fn publish(&mut self, snapshot: &Snapshot) -> bool {
         let started = Instant::now();
         let content_hash = snapshot.content_hash();
-        if self.last_content_hash.as_deref() == Some(content_hash.as_str())
+        let current = self.plan.load_full();
+        if current.content_hash == content_hash
             && self.last_snapshot_diagnostics == snapshot.diagnostics
         {
             self.metrics.reloads.with_label_values(&["unchanged"]).inc();
             return false;
         }
-        let current = self.plan.load_full();
-        let mut next = compile(
+        let mut next = compile_hashed(
             snapshot,
+            content_hash,
             &self.settings,
             (current.revision > 0).then_some(&*current),
         );
@@ -85,7 +84,6 @@ impl PlanPublisher {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "plan published"
         );
-        self.last_content_hash = Some(content_hash);
         self.last_snapshot_diagnostics = snapshot.diagnostics.clone();
         let revision = next.revision;
         self.plan.store(Arc::new(next));
@@ -118,9 +116,8 @@ impl PlanPublisher {
                 }
                 catalog.snapshot()
             };
+            // Released at the end of this pass, so the catalog updates it in place.
             self.publish(&snapshot);
-            // Released before the next event, so the catalog updates it in place.
-            drop(snapshot);
         }
     }
 

@@ -7,7 +7,8 @@
 //! status-only watch event, which changes no content hash, so it causes no compile and no
 //! further write: after convergence an idle cluster sees no status writes at all.
 
-use crate::catalog::{FunctionStatusView, KubeCatalog};
+use crate::api::ObjectKind;
+use crate::catalog::{resource_version, FunctionStatusView, KubeCatalog, WatchedKind};
 use crate::config::StatusSettings;
 use crate::plan::Plan;
 use crate::publish::SharedPlan;
@@ -47,8 +48,11 @@ struct LeaseState {
     seen_at: Option<Instant>,
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+fn lease_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
+        "leases",
+    )
 }
 
 fn now_rfc3339(micros: bool) -> String {
@@ -127,12 +131,8 @@ impl StatusWriter {
 
     /// Empties the Lease's holder if it is still this replica.
     async fn release(&mut self) {
+        let api = self.lease_api();
         let s = &self.settings;
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &s.lease_namespace,
-            &resource("coordination.k8s.io", "v1", "Lease", "leases"),
-        );
         let Ok(Some(mut lease)) = api.get_opt(&s.lease_name).await else {
             return;
         };
@@ -154,14 +154,18 @@ impl StatusWriter {
         self.metrics.status_leader.set(0);
     }
 
+    fn lease_api(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.lease_namespace,
+            &lease_resource(),
+        )
+    }
+
     /// Takes or renews the Lease; whether this replica holds it now.
     async fn try_lead(&mut self) -> bool {
+        let api = self.lease_api();
         let s = &self.settings;
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &s.lease_namespace,
-            &resource("coordination.k8s.io", "v1", "Lease", "leases"),
-        );
         let now = now_rfc3339(true);
         let seconds = s.lease_duration.as_secs().max(1);
         let result = match api.get_opt(&s.lease_name).await {
@@ -243,7 +247,7 @@ impl StatusWriter {
         let present: std::collections::HashSet<&crate::api::ObjectKey> =
             views.iter().map(|v| &v.key).collect();
         self.written.retain(|key, _| present.contains(key));
-        let api_resource = resource("core.openfunction.io", "v1beta2", "Function", "functions");
+        let api_resource = WatchedKind::of(ObjectKind::Function).api_resource();
         for view in views.into_iter().filter(|v| v.http) {
             let previous = self.written.get(&view.key).map(|(v, _)| v);
             let Some(desired) = desired_status(&plan, &view, previous) else {
@@ -269,12 +273,7 @@ impl StatusWriter {
                 .await
             {
                 Ok(object) => {
-                    let rv = object
-                        .metadata
-                        .resource_version
-                        .as_deref()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
+                    let rv = resource_version(&object).unwrap_or(0);
                     self.written.insert(view.key.clone(), (desired, rv));
                     self.metrics
                         .status_writes
@@ -322,7 +321,7 @@ fn desired_status(
     previous: Option<&Value>,
 ) -> Option<Value> {
     let generation = view.observed.generation;
-    let object = format!("{view_key}", view_key = view.key);
+    let object = view.key.to_string();
     let errors: Vec<String> = plan
         .diagnostics
         .iter()
@@ -353,6 +352,9 @@ fn desired_status(
             "addresses": null,
         }));
     };
+    if function.version != view.version {
+        return None;
+    }
     let mut hosts: Vec<String> = Vec::new();
     let mut paths: Vec<Value> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
@@ -432,5 +434,4 @@ fn desired_status(
         "route": {"hosts": hosts, "paths": paths, "conditions": [accepted, resolved]},
         "addresses": addresses,
     }))
-    .filter(|_| function.version == view.version)
 }

@@ -6,6 +6,20 @@ mod common;
 use common::*;
 use std::sync::{Arc, Barrier};
 
+/// Requests held for the function `cold` of `cold_function`.
+const COLD_WAITING: &str = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+
+/// `cold_function(dir, "cold")` with one annotation on the Function.
+fn annotated_cold_function(dir: &std::path::Path, key: &str, value: &str) -> std::net::SocketAddr {
+    let addr = cold_function(dir, "cold");
+    write_atomically(
+        dir,
+        "fn.yaml",
+        &with_annotation(&function_yaml("default", "cold", ""), key, value),
+    );
+    addr
+}
+
 fn held_requests(gate: &Fngate, host: &'static str, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
     let start = Arc::new(Barrier::new(n));
     (0..n)
@@ -26,7 +40,7 @@ fn held_requests_are_all_released_when_a_late_backend_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
     let addr = cold_function(dir.path(), "cold");
     let gate = Fngate::start(dir.path());
-    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let waiting = COLD_WAITING;
     let n = 500;
     let clients = held_requests(&gate, "cold.default.ofn.io", n);
     gate.wait_until(|| gate.metric(waiting) == n as f64, "every request held");
@@ -78,10 +92,7 @@ fn over_the_per_function_limit_a_request_gets_503_at_once_and_other_functions_ar
     );
     let gate = Fngate::start_with(dir.path(), "activator:\n  max_waiting_per_function: 3\n");
     let held = held_requests(&gate, "cold.default.ofn.io", 3);
-    gate.wait_until(
-        || gate.metric("fngate_activator_waiting{function=\"cold\",namespace=\"default\"}") == 3.0,
-        "three requests held",
-    );
+    gate.wait_until(|| gate.metric(COLD_WAITING) == 3.0, "three requests held");
     let over = gate.get("cold.default.ofn.io", "/");
     assert_eq!(over.status, 503);
     assert_eq!(over.header("retry-after"), Some("1"));
@@ -107,7 +118,7 @@ fn a_client_that_hangs_up_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     cold_function(dir.path(), "cold");
     let gate = Fngate::start(dir.path());
-    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let waiting = COLD_WAITING;
     {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(gate.http).unwrap();
@@ -224,18 +235,9 @@ fn repeated_scale_to_zero_and_back_under_load_loses_no_request() {
 #[test]
 fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = cold_function(dir.path(), "cold");
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &with_annotation(
-            &function_yaml("default", "cold", ""),
-            "fngate.io/release-concurrency",
-            "2",
-        ),
-    );
+    let addr = annotated_cold_function(dir.path(), "fngate.io/release-concurrency", "2");
     let gate = Fngate::start(dir.path());
-    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let waiting = COLD_WAITING;
     let n = 12;
     let clients: Vec<_> = (0..n)
         .map(|i| {
@@ -275,18 +277,9 @@ fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
 #[test]
 fn an_app_listening_before_it_is_ready_gets_no_request_until_its_readiness_path_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = cold_function(dir.path(), "cold");
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &with_annotation(
-            &function_yaml("default", "cold", ""),
-            "fngate.io/readiness-path",
-            "/ready",
-        ),
-    );
+    let addr = annotated_cold_function(dir.path(), "fngate.io/readiness-path", "/ready");
     let gate = Fngate::start(dir.path());
-    let waiting = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
+    let waiting = COLD_WAITING;
     let clients = held_requests(&gate, "cold.default.ofn.io", 5);
     gate.wait_until(|| gate.metric(waiting) == 5.0, "every request held");
     // It takes connections at once but answers 503 for its first 300 ms; its slice

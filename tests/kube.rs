@@ -267,6 +267,21 @@ fn a_malformed_function_is_reported_and_its_last_good_version_keeps_serving() {
     );
 }
 
+/// Converged: several lease renewals (passes of the writer) later, no more writes.
+fn assert_no_status_writes_for_four_lease_renewals(cluster: &Cluster, gate: &Fngate) {
+    let writes = cluster.api.status_writes();
+    let renewals = cluster.api.writes_to("/leases/");
+    gate.wait_until(
+        || cluster.api.writes_to("/leases/") >= renewals + 4,
+        "four more lease renewals",
+    );
+    assert_eq!(
+        cluster.api.status_writes(),
+        writes,
+        "status written again while idle"
+    );
+}
+
 const STATUS: &str = "    status:\n      write: true\n      lease_duration: 2s\n";
 
 #[test]
@@ -304,18 +319,7 @@ fn status_converges_then_stays_quiet_and_follows_spec_changes() {
     let broken = status_of(&cluster.api, "broken");
     assert_eq!(broken["route"]["conditions"][0]["reason"], "Invalid");
 
-    // Converged: several lease renewals (passes of the writer) later, no more writes.
-    let writes = cluster.api.status_writes();
-    let renewals = cluster.api.writes_to("/leases/");
-    gate.wait_until(
-        || cluster.api.writes_to("/leases/") >= renewals + 4,
-        "four more lease renewals",
-    );
-    assert_eq!(
-        cluster.api.status_writes(),
-        writes,
-        "status written again while idle"
-    );
+    assert_no_status_writes_for_four_lease_renewals(&cluster, &gate);
 
     // A spec change is reflected once, with the new generation.
     cluster.api.apply(&function_yaml(
@@ -331,17 +335,7 @@ fn status_converges_then_stays_quiet_and_follows_spec_changes() {
         status_of(&cluster.api, "hello")["route"]["hosts"][0],
         "new.example.com"
     );
-    let writes = cluster.api.status_writes();
-    let renewals = cluster.api.writes_to("/leases/");
-    gate.wait_until(
-        || cluster.api.writes_to("/leases/") >= renewals + 4,
-        "four more lease renewals",
-    );
-    assert_eq!(
-        cluster.api.status_writes(),
-        writes,
-        "status written again while idle"
-    );
+    assert_no_status_writes_for_four_lease_renewals(&cluster, &gate);
 }
 
 #[test]

@@ -364,10 +364,6 @@ impl Activator {
         Running(a)
     }
 
-    pub fn limits(&self) -> &HoldLimits {
-        &self.limits
-    }
-
     fn admit(&self, key: &ServiceKey, labels: [&str; 2]) -> Option<Slot<'_>> {
         let mut w = self.waiting.lock().expect("not poisoned");
         let mine = w.by_service.get(key).copied().unwrap_or(0);
@@ -387,7 +383,8 @@ impl Activator {
         })
     }
 
-    /// Waits until `service` has a ready endpoint in a published plan, at most `timeout`.
+    /// Waits until `service` has a ready endpoint in a published plan, at most the policy's
+    /// timeout (else `activator.hold_timeout`).
     /// `labels` are the function's (namespace, name) for metrics.
     /// `port` is the backendRef's port, to pick among a slice's ports.
     ///
@@ -399,7 +396,6 @@ impl Activator {
         service: &ServiceKey,
         port: Option<u16>,
         labels: [&str; 2],
-        timeout: Duration,
         refused: Option<&Arc<ServiceEndpoints>>,
         policy: &HoldPolicy,
     ) -> Held {
@@ -412,7 +408,7 @@ impl Activator {
         };
         let started = Instant::now();
         let mut revisions = self.revisions.clone();
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep(policy.timeout.unwrap_or(self.limits.timeout));
         tokio::pin!(deadline);
         let refused_addrs: Vec<SocketAddr> = refused
             .map(|r| {

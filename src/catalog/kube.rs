@@ -42,7 +42,15 @@ impl WatchedKind {
         }
     }
 
-    fn api_resource(&self) -> ApiResource {
+    /// The watched kind of `kind`.
+    pub fn of(kind: ObjectKind) -> &'static WatchedKind {
+        WATCHED_KINDS
+            .iter()
+            .find(|k| k.kind == kind)
+            .expect("every object kind is watched")
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
         ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(self.group, self.version, self.kind_name),
             self.plural,
@@ -203,10 +211,7 @@ impl KubeCatalog {
 
     /// Applies one watcher event; `Applied` means the snapshot changed.
     pub fn apply(&mut self, scope: &Scope, event: Event<DynamicObject>) -> EventOutcome {
-        let kind = WATCHED_KINDS
-            .iter()
-            .find(|k| k.kind == scope.kind)
-            .expect("scopes are of watched kinds");
+        let kind = WatchedKind::of(scope.kind);
         match event {
             Event::Init => {
                 self.scope(scope).relist = Some(BTreeMap::new());
@@ -456,7 +461,8 @@ fn with_last_good(key: &ObjectKey, mut new: Held, current: Option<&Held>) -> Hel
     new
 }
 
-fn resource_version(object: &DynamicObject) -> Option<u64> {
+/// An object's resourceVersion as a number; `None` when the server's is not one.
+pub fn resource_version(object: &DynamicObject) -> Option<u64> {
     object.metadata.resource_version.as_deref()?.parse().ok()
 }
 
@@ -512,10 +518,7 @@ pub async fn watch_scope(
     changed: Arc<Notify>,
     count: EventCounter,
 ) {
-    let kind = *WATCHED_KINDS
-        .iter()
-        .find(|k| k.kind == scope.kind)
-        .expect("watched kind");
+    let kind = WatchedKind::of(scope.kind);
     let resource = kind.api_resource();
     let api: Api<DynamicObject> = match &scope.namespace {
         Some(ns) => Api::namespaced_with(client, ns, &resource),

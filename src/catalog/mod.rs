@@ -6,6 +6,6 @@ mod kube;
 
 pub use dir::{snapshot_from_texts, DirCatalog, DirWatch};
 pub use kube::{
-    watch_scope, EventCounter, EventOutcome, FunctionStatusView, KubeCatalog, KubeSource,
-    ObservedStatus, Scope, WatchedKind, WATCHED_KINDS,
+    resource_version, watch_scope, EventCounter, EventOutcome, FunctionStatusView, KubeCatalog,
+    KubeSource, ObservedStatus, Scope, WatchedKind, WATCHED_KINDS,
 };

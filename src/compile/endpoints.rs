@@ -14,7 +14,6 @@ pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> A
         return unchanged.clone();
     }
     let mut diagnostics = Vec::new();
-    let diagnostics = &mut diagnostics;
     let mut by_service: BTreeMap<ServiceKey, Vec<(&ObjectKey, &CatalogEntry, &EndpointSlice)>> =
         BTreeMap::new();
     let start = ObjectKey::new(ObjectKind::EndpointSlice, "", "");
@@ -54,7 +53,6 @@ pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> A
         }
         let fingerprint = u64::from_be_bytes(h.finalize()[..8].try_into().expect("32 bytes"));
         let unchanged = previous.and_then(|p| {
-            let p: &Endpoints = p;
             let (fp, problems) = p.fingerprints.get(&service)?;
             let eps = p.get(&service.namespace, &service.name)?;
             (*fp == fingerprint).then(|| (eps.clone(), problems.clone()))
@@ -77,7 +75,7 @@ pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> A
         endpoints.insert_shared(service, eps);
     }
     endpoints.slices_fingerprint = slices_fingerprint;
-    endpoints.diagnostics = std::mem::take(diagnostics);
+    endpoints.diagnostics = diagnostics;
     Arc::new(endpoints)
 }
 

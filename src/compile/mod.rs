@@ -61,6 +61,16 @@ impl Default for CompileSettings {
 /// the previous one with only the changed Functions' hosts rebuilt — one change among
 /// 10,000 Functions costs little.
 pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option<&Plan>) -> Plan {
+    compile_hashed(snapshot, snapshot.content_hash(), settings, previous)
+}
+
+/// `compile` for a caller that already has `snapshot.content_hash()`.
+pub fn compile_hashed(
+    snapshot: &Snapshot,
+    content_hash: String,
+    settings: &CompileSettings,
+    previous: Option<&Plan>,
+) -> Plan {
     let mut diagnostics = snapshot.diagnostics.clone();
     let gateways = gateway::GatewayIndex::new(snapshot, settings);
     let gateway_fingerprint = gateway_fingerprint(snapshot, settings);
@@ -161,7 +171,7 @@ pub fn compile(snapshot: &Snapshot, settings: &CompileSettings, previous: Option
     diagnostics.dedup();
     Plan {
         revision: 0,
-        content_hash: snapshot.content_hash(),
+        content_hash,
         routes,
         endpoints,
         functions,

@@ -136,9 +136,6 @@ impl Endpoints {
     pub fn for_target(&self, target: &BackendTarget) -> Option<&Arc<ServiceEndpoints>> {
         self.get(&target.namespace, &target.service)
     }
-    pub fn insert(&mut self, key: ServiceKey, endpoints: ServiceEndpoints) {
-        self.insert_shared(key, Arc::new(endpoints));
-    }
     pub fn insert_shared(&mut self, key: ServiceKey, endpoints: Arc<ServiceEndpoints>) {
         self.services
             .entry(key.namespace)

@@ -202,9 +202,8 @@ impl FunctionProxy {
             name: target.service.to_string(),
         };
         let labels = [&*rule.function.namespace, &*rule.function.name];
-        let timeout = rule.hold.timeout.unwrap_or(self.activator.limits().timeout);
         self.activator
-            .hold(&service, target.port, labels, timeout, refused, &rule.hold)
+            .hold(&service, target.port, labels, refused, &rule.hold)
             .await
     }
 

@@ -97,7 +97,8 @@ fn first_query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
-pub(crate) fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` and `+` of a query string component (a malformed escape stays as is).
+pub fn percent_decode(s: &str) -> String {
     if !s.contains(['%', '+']) {
         return s.to_owned();
     }

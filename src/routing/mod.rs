@@ -9,7 +9,9 @@ mod conditions;
 mod rule;
 mod table;
 
-pub use conditions::{HeaderCondition, MatchConditions, PathCondition, StringMatch};
+pub use conditions::{
+    percent_decode, HeaderCondition, MatchConditions, PathCondition, StringMatch,
+};
 pub use rule::{
     BackendTarget, FunctionRef, HeaderEdits, HoldPolicy, PathRewrite, Redirect, Rewrite, Rule,
     RuleFilters, RuleTimeouts, WeightedBackend,
