@@ -5,6 +5,10 @@
 //!
 //! Usage: dapr_app --protocol grpc|http [--listen ADDR] [--bindings a,b]
 //!                 [--topics pubsub:topic[:route],...] [--quiet]
+//!                 [--bulk MAX_MESSAGES:MAX_AWAIT_MS [--hold-first-bulk FILE]]
+//! `--bulk` subscribes to every topic with Dapr's bulk subscribe (each entry is printed as
+//! its own event, with `bulk` = the batch's size); `--hold-first-bulk` keeps the first
+//! batch unanswered until FILE exists.
 //! Prints `listening on ADDR` first. The payload steers the answer: `retry-once` is
 //! answered RETRY the first time its id is seen, `always-retry` always, `drop-me` DROP
 //! (gRPC bindings: UNIMPLEMENTED; HTTP bindings: 404); anything else SUCCESS.
@@ -13,9 +17,11 @@ use bytes::Bytes;
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use dapr::dapr::proto::runtime::v1::{
     app_callback_server::{AppCallback, AppCallbackServer},
+    topic_event_bulk_request_entry,
     topic_event_response::TopicEventResponseStatus,
-    BindingEventRequest, BindingEventResponse, ListInputBindingsResponse,
-    ListTopicSubscriptionsResponse, TopicEventRequest, TopicEventResponse, TopicRoutes,
+    BindingEventRequest, BindingEventResponse, BulkSubscribeConfig, ListInputBindingsResponse,
+    ListTopicSubscriptionsResponse, TopicEventBulkRequest, TopicEventBulkResponse,
+    TopicEventBulkResponseEntry, TopicEventRequest, TopicEventResponse, TopicRoutes,
     TopicSubscription,
 };
 use http_body_util::{BodyExt, Full};
@@ -43,6 +49,10 @@ struct App {
     topics: Vec<(String, String, String)>,
     seen: Mutex<HashSet<String>>,
     quiet: bool,
+    /// `bulkSubscribe` (max messages, max await ms) for every topic.
+    bulk: Option<(i32, i32)>,
+    /// The first batch waits until this file exists.
+    hold_first_bulk: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl App {
@@ -56,6 +66,16 @@ impl App {
             Verdict::Retry
         } else {
             Verdict::Success
+        }
+    }
+
+    /// Holds the first batch (only) until its file exists.
+    async fn hold_if_first_batch(&self) {
+        let hold = self.hold_first_bulk.lock().unwrap().take();
+        if let Some(file) = hold {
+            while !file.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
     }
 
@@ -100,6 +120,11 @@ impl AppCallback for Grpc {
                     rules: vec![],
                     default: route.clone(),
                 }),
+                bulk_subscribe: self.0.bulk.map(|(max, wait)| BulkSubscribeConfig {
+                    enabled: true,
+                    max_messages_count: max,
+                    max_await_duration_ms: wait,
+                }),
                 ..Default::default()
             })
             .collect();
@@ -124,15 +149,10 @@ impl AppCallback for Grpc {
             .collect();
         let e = request.into_inner();
         let verdict = self.0.verdict(&e.id, &e.data);
-        let extensions: serde_json::Map<String, Value> = e
+        let extensions = e
             .extensions
             .as_ref()
-            .map(|s| {
-                s.fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), prost_to_json(v)))
-                    .collect()
-            })
+            .map(struct_to_json)
             .unwrap_or_default();
         self.0.print(
             json!({
@@ -143,13 +163,8 @@ impl AppCallback for Grpc {
             }),
             verdict,
         );
-        let status = match verdict {
-            Verdict::Success => TopicEventResponseStatus::Success,
-            Verdict::Retry => TopicEventResponseStatus::Retry,
-            Verdict::Drop => TopicEventResponseStatus::Drop,
-        };
         Ok(GrpcResponse::new(TopicEventResponse {
-            status: status as i32,
+            status: topic_status(verdict) as i32,
         }))
     }
 
@@ -192,9 +207,36 @@ impl AppCallback for Grpc {
 
     async fn on_bulk_topic_event(
         &self,
-        _: GrpcRequest<dapr::dapr::proto::runtime::v1::TopicEventBulkRequest>,
-    ) -> Result<GrpcResponse<dapr::dapr::proto::runtime::v1::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("no bulk"))
+        request: GrpcRequest<TopicEventBulkRequest>,
+    ) -> Result<GrpcResponse<TopicEventBulkResponse>, Status> {
+        self.0.hold_if_first_batch().await;
+        let batch = request.into_inner();
+        let size = batch.entries.len();
+        let mut statuses = Vec::with_capacity(size);
+        for entry in batch.entries {
+            let Some(topic_event_bulk_request_entry::Event::CloudEvent(e)) = entry.event else {
+                return Err(Status::invalid_argument("entry without a CloudEvent"));
+            };
+            let verdict = self.0.verdict(&e.id, &e.data);
+            self.0.print(
+                json!({
+                    "protocol": "grpc", "kind": "topic", "bulk": size, "batch": batch.id,
+                    "batchtype": batch.r#type, "entryid": entry.entry_id, "id": e.id,
+                    "source": e.source, "type": e.r#type, "specversion": e.spec_version,
+                    "datacontenttype": e.data_content_type,
+                    "data": String::from_utf8_lossy(&e.data), "topic": batch.topic,
+                    "pubsub": batch.pubsub_name, "path": batch.path,
+                    "extensions": e.extensions.as_ref().map(struct_to_json).unwrap_or_default(),
+                    "metadata": entry.metadata,
+                }),
+                verdict,
+            );
+            statuses.push(TopicEventBulkResponseEntry {
+                entry_id: entry.entry_id,
+                status: topic_status(verdict) as i32,
+            });
+        }
+        Ok(GrpcResponse::new(TopicEventBulkResponse { statuses }))
     }
 
     async fn on_job_event(
@@ -205,18 +247,36 @@ impl AppCallback for Grpc {
     }
 }
 
+fn topic_status(verdict: Verdict) -> TopicEventResponseStatus {
+    match verdict {
+        Verdict::Success => TopicEventResponseStatus::Success,
+        Verdict::Retry => TopicEventResponseStatus::Retry,
+        Verdict::Drop => TopicEventResponseStatus::Drop,
+    }
+}
+
+fn verdict_word(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Success => "SUCCESS",
+        Verdict::Retry => "RETRY",
+        Verdict::Drop => "DROP",
+    }
+}
+
+fn struct_to_json(s: &prost_types::Struct) -> serde_json::Map<String, Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), prost_to_json(v)))
+        .collect()
+}
+
 fn prost_to_json(v: &prost_types::Value) -> Value {
     use prost_types::value::Kind;
     match &v.kind {
         Some(Kind::StringValue(s)) => json!(s),
         Some(Kind::NumberValue(n)) => json!(n),
         Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::StructValue(s)) => Value::Object(
-            s.fields
-                .iter()
-                .map(|(k, v)| (k.clone(), prost_to_json(v)))
-                .collect(),
-        ),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
         Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(prost_to_json).collect()),
         _ => Value::Null,
     }
@@ -252,7 +312,13 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Byt
         let list: Vec<Value> = app
             .topics
             .iter()
-            .map(|(p, t, r)| json!({"pubsubname": p, "topic": t, "route": if r.is_empty() { t } else { r }}))
+            .map(|(p, t, r)| {
+                let mut entry = json!({"pubsubname": p, "topic": t, "route": if r.is_empty() { t } else { r }});
+                if let Some((max, wait)) = app.bulk {
+                    entry["bulkSubscribe"] = json!({"enabled": true, "maxMessagesCount": max, "maxAwaitDurationMs": wait});
+                }
+                entry
+            })
             .collect();
         return reply(StatusCode::OK, Value::Array(list));
     }
@@ -285,35 +351,51 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Byt
         .iter()
         .find(|(_, t, r)| (if r.is_empty() { t } else { r }).trim_start_matches('/') == path);
     if let (true, Some((pubsub, topic, _))) = (method == Method::POST, route) {
-        let ce: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let id = ce["id"].as_str().unwrap_or_default().to_owned();
-        let data = match (&ce["data_base64"], &ce["data"]) {
-            (Value::String(b), _) => {
-                use base64::Engine as _;
-                String::from_utf8_lossy(
-                    &base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .unwrap_or_default(),
-                )
-                .into_owned()
-            }
-            (_, Value::String(s)) => s.clone(),
-            (_, v) => v.to_string(),
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        // Every record of one CloudEvent, whether it came alone or in a bulk envelope.
+        let record = |ce: &Value, metadata: Value, bulk: Value| {
+            let id = ce["id"].as_str().unwrap_or_default().to_owned();
+            let data = match (&ce["data_base64"], &ce["data"]) {
+                (Value::String(b), _) => {
+                    use base64::Engine as _;
+                    String::from_utf8_lossy(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .unwrap_or_default(),
+                    )
+                    .into_owned()
+                }
+                (_, Value::String(s)) => s.clone(),
+                (_, v) => v.to_string(),
+            };
+            let verdict = app.verdict(&id, data.as_bytes());
+            app.print(
+                json!({"protocol": "http", "kind": "topic", "id": id, "source": ce["source"], "type": ce["type"],
+                       "specversion": ce["specversion"], "datacontenttype": ce["datacontenttype"], "data": data,
+                       "topic": ce["topic"], "pubsub": ce["pubsubname"], "subscribed": [pubsub, topic],
+                       "path": path, "metadata": metadata, "cloudevent": ce, "bulk": bulk}),
+                verdict,
+            );
+            verdict
         };
-        let verdict = app.verdict(&id, data.as_bytes());
-        app.print(
-            json!({"protocol": "http", "kind": "topic", "id": id, "source": ce["source"], "type": ce["type"],
-                   "specversion": ce["specversion"], "datacontenttype": ce["datacontenttype"], "data": data,
-                   "topic": ce["topic"], "pubsub": ce["pubsubname"], "subscribed": [pubsub, topic],
-                   "path": path, "metadata": headers, "cloudevent": ce}),
-            verdict,
-        );
-        let status = match verdict {
-            Verdict::Success => "SUCCESS",
-            Verdict::Retry => "RETRY",
-            Verdict::Drop => "DROP",
-        };
-        return reply(StatusCode::OK, json!({ "status": status }));
+        if app.bulk.is_some() {
+            app.hold_if_first_batch().await;
+            let entries = body["entries"].as_array().cloned().unwrap_or_default();
+            let size = entries.len();
+            let statuses: Vec<Value> = entries
+                .iter()
+                .map(|entry| {
+                    let bulk = json!({"size": size, "batch": body["id"], "type": body["type"],
+                                      "topic": body["topic"], "pubsubname": body["pubsubname"],
+                                      "contenttype": entry["contentType"], "entryid": entry["entryId"]});
+                    let verdict = record(&entry["event"], entry["metadata"].clone(), bulk);
+                    json!({"entryId": entry["entryId"], "status": verdict_word(verdict)})
+                })
+                .collect();
+            return reply(StatusCode::OK, json!({ "statuses": statuses }));
+        }
+        let verdict = record(&body, json!(headers), Value::Null);
+        return reply(StatusCode::OK, json!({ "status": verdict_word(verdict) }));
     }
     reply(StatusCode::NOT_FOUND, json!({"error": "not found"}))
 }
@@ -353,6 +435,14 @@ async fn main() {
             .collect(),
         seen: Mutex::new(HashSet::new()),
         quiet: args.iter().any(|a| a == "--quiet"),
+        bulk: arg("--bulk").map(|b| {
+            let (max, wait) = b.split_once(':').expect("--bulk MAX_MESSAGES:MAX_AWAIT_MS");
+            (
+                max.parse().expect("MAX_MESSAGES"),
+                wait.parse().expect("MAX_AWAIT_MS"),
+            )
+        }),
+        hold_first_bulk: Mutex::new(arg("--hold-first-bulk").map(Into::into)),
     });
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
     let addr = listener.local_addr().unwrap();

@@ -503,3 +503,152 @@ fn a_crashed_function_listed_as_ready_loses_nothing_and_dead_letters_nothing() {
         "nothing dead-lettered"
     );
 }
+
+/// An app that opts in to Dapr's bulk subscribe gets batches over gRPC
+/// (`OnBulkTopicEvent`) and HTTP (the bulk envelope), answers entry by entry, and each entry
+/// settles on its own: a RETRY entry comes back, a DROP entry is dead-lettered, the rest
+/// are acknowledged once.
+#[test]
+fn bulk_subscribers_get_batches_and_each_entry_settles_on_its_own() {
+    for protocol in ["grpc", "http"] {
+        let id = unique("b");
+        let stream = format!("FNG_{id}");
+        let subject = format!("{id}.orders");
+        let dead = format!("{id}.dead");
+        let broker = Broker::with_stream(&stream, &id);
+        let dir = tempfile::tempdir().unwrap();
+        let hold = dir.path().join("release-first-batch");
+        let app = DaprApp::start_with(
+            protocol,
+            "127.0.0.1:0",
+            "",
+            &format!("ps:{subject}:/orders"),
+            &[
+                "--bulk",
+                "50:60000",
+                "--hold-first-bulk",
+                hold.to_str().unwrap(),
+            ],
+        );
+        let function = with_annotation(
+            &dapr_function_yaml(
+                "orders",
+                "ps",
+                Some(&subject),
+                protocol,
+                app.addr.port(),
+                "",
+            ),
+            "fngate.io/concurrency",
+            "8",
+        );
+        write_atomically(
+            dir.path(),
+            "fn.yaml",
+            &[
+                component(
+                    "ps",
+                    &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
+                ),
+                function,
+                endpoint_slice("default", "orders", &[app.addr], true),
+            ]
+            .join("---\n"),
+        );
+        let sent: Vec<String> = (0..12)
+            .map(|i| match i {
+                3 => "b3 retry-once".to_owned(),
+                5 => "b5 drop-me".to_owned(),
+                i => format!("b{i}"),
+            })
+            .collect();
+        for (i, m) in sent.iter().enumerate() {
+            let headers: &[(&str, &str)] = if i == 7 { &[("X-Trace", "t7")] } else { &[] };
+            broker.publish(&subject, m, headers);
+        }
+        let gate = Fngate::start(dir.path());
+        // The first batch is held by the app until all 8 events the consumer may hold are
+        // in flight: the 7 behind it must then travel together.
+        let in_flight =
+            "fngate_events_in_flight{function=\"orders\",namespace=\"default\",trigger=\"ps\"}";
+        gate.wait_until(|| gate.metric(in_flight) == 8.0, "8 events in flight");
+        std::fs::write(&hold, "").unwrap();
+
+        let events = app.wait_for("every event settled", |e| {
+            accepted_data(e).len() == 11 && e.iter().any(|x| x["answer"] == "DROP")
+        });
+        let mut accepted = accepted_data(&events);
+        accepted.sort();
+        let mut expected: Vec<String> = sent
+            .iter()
+            .filter(|m| !m.contains("drop"))
+            .cloned()
+            .collect();
+        expected.sort();
+        assert_eq!(
+            accepted, expected,
+            "{protocol}: every event accepted exactly once"
+        );
+
+        let size = |e: &serde_json::Value| match protocol {
+            "grpc" => e["bulk"].as_u64(),
+            _ => e["bulk"]["size"].as_u64(),
+        };
+        assert!(
+            events.iter().all(|e| size(e).is_some()),
+            "{protocol}: every event came in a bulk request"
+        );
+        assert!(
+            events.iter().any(|e| size(e).unwrap() > 1),
+            "{protocol}: events queued behind a batch travel together: {:?}",
+            events.iter().map(size).collect::<Vec<_>>()
+        );
+        let retried: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["data"] == "b3 retry-once")
+            .collect();
+        assert_eq!(
+            retried.len(),
+            2,
+            "{protocol}: the RETRY entry came back once"
+        );
+        assert_eq!(
+            retried[0]["id"], retried[1]["id"],
+            "a redelivery keeps its id"
+        );
+        let traced = events.iter().find(|e| e["data"] == "b7").unwrap();
+        assert_eq!(
+            traced["metadata"]["X-Trace"], "t7",
+            "{protocol}: NATS headers per entry"
+        );
+        assert_eq!(traced["metadata"]["Topic"], subject.as_str());
+        assert_eq!(traced["type"], "com.dapr.event.sent");
+        assert_eq!(traced["source"], "Dapr");
+        match protocol {
+            "grpc" => {
+                assert_eq!(traced["batchtype"], "com.dapr.event.sent.bulk");
+                assert_eq!(traced["path"], "/orders");
+                assert_eq!(traced["pubsub"], "ps");
+                assert_eq!(traced["topic"], subject.as_str());
+            }
+            _ => {
+                assert_eq!(traced["bulk"]["type"], "com.dapr.event.sent.bulk");
+                assert_eq!(traced["bulk"]["pubsubname"], "ps");
+                assert_eq!(traced["bulk"]["topic"], subject.as_str());
+                assert_eq!(
+                    traced["bulk"]["contenttype"],
+                    "application/cloudevents+json"
+                );
+                assert_eq!(traced["cloudevent"]["topic"], subject.as_str());
+            }
+        }
+        gate.wait_until(
+            || broker.stored(&stream, &dead) == ["b5 drop-me"],
+            "the dead-lettered entry",
+        );
+        gate.wait_until(
+            || gate.metric("fngate_events_total{function=\"orders\",namespace=\"default\",outcome=\"success\",trigger=\"ps\"}") == 11.0,
+            "11 successes counted",
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Delivery over Dapr's HTTP app protocol: `OPTIONS` probe and `POST /<binding>` for
 //! bindings; `GET /dapr/subscribe` and CloudEvent `POST`s for pub/sub.
 
-use super::app::{Answer, Subscriptions};
+use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
+use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
 use super::event::Event;
 use crate::plan::{TriggerKind, TriggerSpec};
 use bytes::Bytes;
@@ -27,6 +28,35 @@ struct SubscribeEntry {
     route: Option<String>,
     #[serde(default)]
     routes: Option<SubscribeRoutes>,
+    #[serde(default, rename = "bulkSubscribe")]
+    bulk_subscribe: Option<SubscribeBulk>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscribeBulk {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    max_messages_count: i64,
+    #[serde(default)]
+    max_await_duration_ms: i64,
+}
+
+/// The app's answer to a bulk request.
+#[derive(Deserialize)]
+struct BulkStatuses {
+    #[serde(default)]
+    statuses: Vec<BulkStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkStatus {
+    #[serde(default)]
+    entry_id: String,
+    #[serde(default)]
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +136,12 @@ impl HttpApp {
                         .or_else(|| e.routes.and_then(|r| r.default))
                         .filter(|p| !p.is_empty())
                         .unwrap_or_else(|| e.topic.clone());
-                    subs.topics.insert((e.pubsubname, e.topic), path);
+                    let bulk = e
+                        .bulk_subscribe
+                        .filter(|b| b.enabled)
+                        .map(|b| BulkSubscribe::new(b.max_messages_count, b.max_await_duration_ms));
+                    subs.topics
+                        .insert((e.pubsubname, e.topic), TopicRoute { path, bulk });
                 }
             }
         }
@@ -164,6 +199,75 @@ impl HttpApp {
     }
 }
 
+impl HttpApp {
+    /// One batch of a bulk subscription: Dapr's bulk envelope, per-entry statuses back.
+    pub async fn deliver_bulk(
+        &self,
+        target: &BulkTarget,
+        entries: Vec<serde_json::Value>,
+    ) -> Vec<Answer> {
+        let ids: Vec<String> = entries
+            .iter()
+            .map(|e| e["entryId"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let envelope = serde_json::json!({
+            "id": super::event::batch_id(),
+            "type": BULK_EVENT_TYPE,
+            "topic": target.topic,
+            "pubsubname": target.component,
+            "metadata": {},
+            "entries": entries,
+        });
+        let path = target.path.trim_start_matches('/');
+        let request = Request::post(format!("http://{}/{path}", target.addr))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                serde_json::to_vec(&envelope).unwrap_or_default(),
+            )));
+        let all = |a: Answer| vec![a; ids.len()];
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return all(Answer::Retry(format!("building the request: {e}"))),
+        };
+        match self.send(request).await {
+            Err(e) => all(Answer::Unreachable(e)),
+            Ok((StatusCode::NOT_FOUND, _)) => {
+                all(Answer::Drop(format!("POST /{path} answered 404")))
+            }
+            Ok((status, body)) if status.is_success() => {
+                match serde_json::from_slice::<BulkStatuses>(&body) {
+                    Ok(answer) => answers_in_order(
+                        &ids,
+                        answer
+                            .statuses
+                            .into_iter()
+                            .map(|s| (s.entry_id, status_word(&s.status))),
+                    ),
+                    Err(e) => all(Answer::Retry(format!(
+                        "POST /{path}: not a bulk answer: {e}"
+                    ))),
+                }
+            }
+            Ok((status, _)) => all(Answer::Retry(format!("POST /{path} answered {status}"))),
+        }
+    }
+}
+
+/// An event as an entry of Dapr's HTTP bulk envelope.
+pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> serde_json::Value {
+    let metadata: serde_json::Map<String, serde_json::Value> = event
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    serde_json::json!({
+        "entryId": event.entry_id(),
+        "event": event.cloud_event(spec).to_json(),
+        "metadata": metadata,
+        "contentType": "application/cloudevents+json",
+    })
+}
+
 impl Default for HttpApp {
     fn default() -> Self {
         HttpApp::new()
@@ -181,11 +285,17 @@ fn status_answer(body: &[u8]) -> Answer {
         .and_then(|s| s.status)
     {
         None => Answer::Success,
-        Some(s) => match s.to_ascii_uppercase().as_str() {
-            "SUCCESS" | "" => Answer::Success,
-            "RETRY" => Answer::Retry("app answered RETRY".into()),
-            "DROP" => Answer::Drop("app answered DROP".into()),
-            other => Answer::Retry(format!("app answered unknown status {other:?}")),
-        },
+        Some(s) if s.is_empty() => Answer::Success,
+        Some(s) => status_word(&s),
+    }
+}
+
+/// Dapr's status words; anything else (a bulk entry's empty status included) retries.
+fn status_word(status: &str) -> Answer {
+    match status.to_ascii_uppercase().as_str() {
+        "SUCCESS" => Answer::Success,
+        "DROP" => Answer::Drop("app answered DROP".into()),
+        "RETRY" => Answer::Retry("app answered RETRY".into()),
+        other => Answer::Retry(format!("app answered unknown status {other:?}")),
     }
 }

@@ -176,8 +176,8 @@ impl TriggerRuntime {
             };
             waiting = None;
             match self.app.route(addr, &self.spec, &event.topic).await {
-                Ok(Route::Path(path)) => {
-                    let answer = self.app.deliver(addr, &self.spec, event, &path).await;
+                Ok(Route::Path(path, bulk)) => {
+                    let answer = self.app.deliver(addr, &self.spec, event, &path, bulk).await;
                     if matches!(answer, Answer::Retry(_) | Answer::Unreachable(_)) {
                         self.app.forget(addr);
                     }

@@ -47,6 +47,12 @@ const CORE_FIELDS: &[&str] = &[
 ];
 
 impl Event {
+    /// The id of the event's entry in a bulk request: stable across redeliveries, unique
+    /// per broker position.
+    pub fn entry_id(&self) -> String {
+        stable_id(&self.position)
+    }
+
     /// A message that already is a CloudEvent (JSON with `specversion`) is unpacked;
     /// anything else is wrapped the way Dapr wraps a raw payload: `data_base64`,
     /// `application/octet-stream`, source `Dapr`, type `com.dapr.event.sent`.
@@ -150,8 +156,16 @@ fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
 
 /// A UUID-shaped id derived from the message's broker position.
 fn stable_id(position: &str) -> String {
-    let d = Sha256::digest(position.as_bytes());
-    let h: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    uuid_shaped(&Sha256::digest(position.as_bytes())[..16])
+}
+
+/// A random UUID-shaped id, as Dapr gives each bulk request.
+pub fn batch_id() -> String {
+    uuid_shaped(&rand::random::<[u8; 16]>())
+}
+
+fn uuid_shaped(bytes: &[u8]) -> String {
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-4{}-a{}-{}",
         &h[0..8],

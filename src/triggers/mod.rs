@@ -3,6 +3,7 @@
 //! at least once. The supervisor follows the plan's `TriggerSet` by diff.
 
 mod app;
+mod bulk;
 mod dapr_grpc;
 mod dapr_http;
 mod delivery;

@@ -496,6 +496,17 @@ impl DaprApp {
     }
 
     pub fn start_on(protocol: &str, listen: &str, bindings: &str, topics: &str) -> DaprApp {
+        DaprApp::start_with(protocol, listen, bindings, topics, &[])
+    }
+
+    /// With more of `dapr_app`'s options (`--bulk`, `--hold-first-bulk`).
+    pub fn start_with(
+        protocol: &str,
+        listen: &str,
+        bindings: &str,
+        topics: &str,
+        extra: &[&str],
+    ) -> DaprApp {
         let bin = target_dir().join("examples").join("dapr_app");
         assert!(
             bin.exists(),
@@ -513,6 +524,7 @@ impl DaprApp {
                 "--topics",
                 topics,
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start dapr_app");

@@ -1,0 +1,166 @@
+//! Dapr bulk subscribe: an app that sets `bulkSubscribe` on a topic subscription gets its
+//! events in batches (gRPC `OnBulkTopicEventAlpha1` / `OnBulkTopicEvent`, HTTP POST of a
+//! bulk envelope) and answers each entry on its own. Every event still settles alone
+//! (retry, dead letter, commit), so a batch is only a way to carry events.
+//!
+//! Batching adapts to load: an event is sent at once when no batch is on its way to the
+//! endpoint; otherwise it waits for that batch's answer, for `maxMessagesCount` others to
+//! join, or for `maxAwaitDurationMs`, whichever comes first. At low rates that costs no
+//! latency; at high rates batches fill up to the app's limit.
+
+use super::app::{Answer, BulkSubscribe, BulkTarget};
+use dapr::dapr::proto::runtime::v1::TopicEventBulkRequestEntry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// One event as a bulk entry of the app's protocol.
+pub enum Entry {
+    Grpc(TopicEventBulkRequestEntry),
+    Http(serde_json::Value),
+}
+
+impl Entry {
+    pub fn into_grpc(self) -> Option<TopicEventBulkRequestEntry> {
+        match self {
+            Entry::Grpc(e) => Some(e),
+            Entry::Http(_) => None,
+        }
+    }
+
+    pub fn into_http(self) -> Option<serde_json::Value> {
+        match self {
+            Entry::Http(e) => Some(e),
+            Entry::Grpc(_) => None,
+        }
+    }
+}
+
+/// The event type Dapr gives a bulk envelope.
+pub const BULK_EVENT_TYPE: &str = "com.dapr.event.sent.bulk";
+
+struct Waiting {
+    entry: Entry,
+    answer: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct State {
+    queued: Vec<Waiting>,
+    /// Batches on their way to the app.
+    sending: usize,
+    /// A `maxAwaitDurationMs` timer runs for what is queued.
+    timer: bool,
+}
+
+impl State {
+    fn take(&mut self, max: usize) -> Vec<Waiting> {
+        let n = self.queued.len().min(max);
+        self.queued.drain(..n).collect()
+    }
+}
+
+/// Collects one endpoint's events for one route into batches.
+pub struct Batcher {
+    target: BulkTarget,
+    limits: BulkSubscribe,
+    state: Mutex<State>,
+}
+
+impl Batcher {
+    pub fn new(target: BulkTarget, limits: BulkSubscribe) -> Batcher {
+        Batcher {
+            target,
+            limits,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn limits(&self) -> BulkSubscribe {
+        self.limits
+    }
+
+    /// Queues one entry and waits for the app's answer to it.
+    pub async fn deliver(self: &Arc<Self>, entry: Entry) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let ready = {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.queued.push(Waiting { entry, answer });
+            if st.sending == 0 || st.queued.len() >= self.limits.max_messages {
+                st.sending += 1;
+                Some(st.take(self.limits.max_messages))
+            } else {
+                if !st.timer {
+                    st.timer = true;
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(me.limits.max_await).await;
+                        let batch = {
+                            let mut st = me.state.lock().expect("not poisoned");
+                            st.timer = false;
+                            if st.queued.is_empty() {
+                                None
+                            } else {
+                                st.sending += 1;
+                                Some(st.take(me.limits.max_messages))
+                            }
+                        };
+                        if let Some(batch) = batch {
+                            me.send_until_drained(batch).await;
+                        }
+                    });
+                }
+                None
+            }
+        };
+        if let Some(batch) = ready {
+            // Its own task: the batch must not depend on the caller staying around.
+            tokio::spawn(self.clone().send_until_drained_owned(batch));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Answer::Unreachable("the batch was abandoned".into()))
+    }
+
+    async fn send_until_drained_owned(self: Arc<Self>, batch: Vec<Waiting>) {
+        self.send_until_drained(batch).await
+    }
+
+    /// Sends `batch`, hands out the answers, then sends what queued meanwhile.
+    async fn send_until_drained(&self, mut batch: Vec<Waiting>) {
+        loop {
+            let (entries, answers): (Vec<Entry>, Vec<oneshot::Sender<Answer>>) =
+                batch.into_iter().map(|w| (w.entry, w.answer)).unzip();
+            let n = entries.len();
+            let mut got = self.target.send(entries).await;
+            got.resize_with(n, || Answer::Retry("no status for the entry".into()));
+            for (tx, answer) in answers.into_iter().zip(got) {
+                let _ = tx.send(answer);
+            }
+            let mut st = self.state.lock().expect("not poisoned");
+            if st.queued.is_empty() {
+                st.sending -= 1;
+                return;
+            }
+            batch = st.take(self.limits.max_messages);
+        }
+    }
+}
+
+/// The answers to a batch in its entries' order, from the app's per-entry statuses; an
+/// entry the app did not answer is retried, as Dapr does.
+pub fn answers_in_order(
+    entry_ids: &[String],
+    statuses: impl IntoIterator<Item = (String, Answer)>,
+) -> Vec<Answer> {
+    let by_id: HashMap<String, Answer> = statuses.into_iter().collect();
+    entry_ids
+        .iter()
+        .map(|id| {
+            by_id
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Answer::Retry(format!("the app gave no status for entry {id}")))
+        })
+        .collect()
+}
