@@ -88,7 +88,16 @@ impl Sink {
     }
 }
 
-struct GrpcApp(Arc<Sink>, String);
+/// The trivial gRPC app: counts what arrives on `topic`; `bulk` subscribes with Dapr's
+/// bulk subscribe (`BULK_MAX` messages, 1 s await).
+struct GrpcApp {
+    sink: Arc<Sink>,
+    topic: String,
+    bulk: bool,
+}
+
+/// `maxMessagesCount` of the bulk-subscribing apps (Dapr's default).
+const BULK_MAX: i32 = 100;
 
 #[tonic::async_trait]
 impl AppCallback for GrpcApp {
@@ -105,7 +114,12 @@ impl AppCallback for GrpcApp {
         Ok(Response::new(ListTopicSubscriptionsResponse {
             subscriptions: vec![TopicSubscription {
                 pubsub_name: "ps".into(),
-                topic: self.1.clone(),
+                topic: self.topic.clone(),
+                bulk_subscribe: self.bulk.then_some(BulkSubscribeConfig {
+                    enabled: true,
+                    max_messages_count: BULK_MAX,
+                    max_await_duration_ms: 1000,
+                }),
                 ..Default::default()
             }],
         }))
@@ -114,7 +128,7 @@ impl AppCallback for GrpcApp {
         &self,
         r: Request<TopicEventRequest>,
     ) -> Result<Response<TopicEventResponse>, Status> {
-        self.0.hit(&r.get_ref().data);
+        self.sink.hit(&r.get_ref().data);
         Ok(Response::new(TopicEventResponse { status: 0 }))
     }
     async fn list_input_bindings(
@@ -129,14 +143,28 @@ impl AppCallback for GrpcApp {
         &self,
         r: Request<BindingEventRequest>,
     ) -> Result<Response<BindingEventResponse>, Status> {
-        self.0.hit(&r.get_ref().data);
+        self.sink.hit(&r.get_ref().data);
         Ok(Response::new(BindingEventResponse::default()))
     }
     async fn on_bulk_topic_event(
         &self,
-        _: Request<TopicEventBulkRequest>,
+        r: Request<TopicEventBulkRequest>,
     ) -> Result<Response<TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented(""))
+        let statuses = r
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| {
+                if let Some(topic_event_bulk_request_entry::Event::CloudEvent(ce)) = &e.event {
+                    self.sink.hit(&ce.data);
+                }
+                TopicEventBulkResponseEntry {
+                    entry_id: e.entry_id,
+                    status: 0,
+                }
+            })
+            .collect();
+        Ok(Response::new(TopicEventBulkResponse { statuses }))
     }
     async fn on_job_event(
         &self,
@@ -146,7 +174,7 @@ impl AppCallback for GrpcApp {
     }
 }
 
-async fn serve_grpc(sink: Arc<Sink>, topic: String) -> SocketAddr {
+async fn serve_grpc(sink: Arc<Sink>, topic: String, bulk: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = futures::stream::unfold(listener, |l| async move {
@@ -158,13 +186,13 @@ async fn serve_grpc(sink: Arc<Sink>, topic: String) -> SocketAddr {
     });
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AppCallbackServer::new(GrpcApp(sink, topic)))
+            .add_service(AppCallbackServer::new(GrpcApp { sink, topic, bulk }))
             .serve_with_incoming(incoming),
     );
     addr
 }
 
-async fn serve_http(sink: Arc<Sink>, topic: String) -> SocketAddr {
+async fn serve_http(sink: Arc<Sink>, topic: String, bulk: bool) -> SocketAddr {
     use http_body_util::{BodyExt, Full};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -187,9 +215,32 @@ async fn serve_http(sink: Arc<Sink>, topic: String) -> SocketAddr {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let out = if get {
+                                let bulk = if bulk {
+                                    format!(
+                                        r#","bulkSubscribe":{{"enabled":true,"maxMessagesCount":{BULK_MAX},"maxAwaitDurationMs":1000}}"#
+                                    )
+                                } else {
+                                    String::new()
+                                };
                                 format!(
-                                    r#"[{{"pubsubname":"ps","topic":"{topic}","route":"/in"}}]"#
+                                    r#"[{{"pubsubname":"ps","topic":"{topic}","route":"/in"{bulk}}}]"#
                                 )
+                            } else if bulk && !options {
+                                let envelope: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let mut statuses = Vec::new();
+                                for entry in envelope["entries"].as_array().into_iter().flatten() {
+                                    use base64::Engine as _;
+                                    let b64 =
+                                        entry["event"]["data_base64"].as_str().unwrap_or_default();
+                                    sink.hit(
+                                        &base64::engine::general_purpose::STANDARD
+                                            .decode(b64)
+                                            .unwrap_or_default(),
+                                    );
+                                    statuses.push(serde_json::json!({"entryId": entry["entryId"], "status": "SUCCESS"}));
+                                }
+                                serde_json::json!({ "statuses": statuses }).to_string()
                             } else {
                                 if !options {
                                     // Pub/sub bodies are CloudEvents: the payload is in data_base64.
@@ -223,6 +274,42 @@ async fn serve_http(sink: Arc<Sink>, topic: String) -> SocketAddr {
         }
     });
     addr
+}
+
+/// (protocol, bulk subscribe) of the throughput runs.
+const RUNS: [(&str, bool); 4] = [
+    ("grpc", false),
+    ("http", false),
+    ("grpc", true),
+    ("http", true),
+];
+
+/// In-flight events per partition / consumer: relaxed ordering.
+fn concurrency_of(bulk: bool) -> u32 {
+    if bulk {
+        BULK_CONCURRENCY
+    } else {
+        64
+    }
+}
+
+/// Enough in flight to fill batches of `BULK_MAX`.
+const BULK_CONCURRENCY: u32 = 256;
+
+fn run_name(protocol: &str, bulk: bool) -> String {
+    if bulk {
+        format!("{protocol} app, bulk subscribe (concurrency {BULK_CONCURRENCY})")
+    } else {
+        format!("{protocol} app (concurrency 64)")
+    }
+}
+
+async fn serve(protocol: &str, bulk: bool, sink: Arc<Sink>, topic: String) -> SocketAddr {
+    if protocol == "grpc" {
+        serve_grpc(sink, topic, bulk).await
+    } else {
+        serve_http(sink, topic, bulk).await
+    }
 }
 
 /// librdkafka `fetch.wait.max.ms` for fngate and the raw client alike: tansu holds every
@@ -406,18 +493,28 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         None,
     ));
 
-    for protocol in ["grpc", "http"] {
+    for (protocol, bulk) in RUNS {
         let sink = Arc::new(Sink::default());
-        let addr = if protocol == "grpc" {
-            serve_grpc(sink.clone(), "bench".into()).await
+        let addr = serve(protocol, bulk, sink.clone(), "bench".into()).await;
+        // Bindings have no bulk form in Dapr; the bulk runs use the pub/sub component.
+        let (component, topic) = if bulk {
+            (format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: consumerGroup, value: fngate-{protocol}-bulk}}\n    - {{name: initialOffset, value: oldest}}\n"), Some("bench"))
         } else {
-            serve_http(sink.clone(), "bench".into()).await
+            (format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kin\nspec:\n  type: bindings.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: topics, value: bench}}\n    - {{name: consumerGroup, value: fngate-{protocol}}}\n    - {{name: initialOffset, value: oldest}}\n"), None)
         };
-        let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kin\nspec:\n  type: bindings.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: topics, value: bench}}\n    - {{name: consumerGroup, value: fngate-{protocol}}}\n    - {{name: initialOffset, value: oldest}}\n");
-        let _gate = start_fngate(&function("kin", &component, None, protocol, addr, 64));
+        let name = if bulk { "ps" } else { "kin" };
+        let concurrency = concurrency_of(bulk);
+        let _gate = start_fngate(&function(
+            name,
+            &component,
+            topic,
+            protocol,
+            addr,
+            concurrency,
+        ));
         if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
             rows.push(Row(
-                format!("kafka  fngate -> {protocol} app (concurrency 64)"),
+                format!("kafka  fngate -> {}", run_name(protocol, bulk)),
                 rate,
                 Some(rate / ceiling),
             ));
@@ -484,7 +581,7 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         ));
     }
     let sink = Arc::new(Sink::default());
-    let addr = serve_grpc(sink.clone(), "lat-fngate".into()).await;
+    let addr = serve_grpc(sink.clone(), "lat-fngate".into(), false).await;
     let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kin\nspec:\n  type: bindings.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n    - {{name: topics, value: lat-fngate}}\n    - {{name: consumerGroup, value: fngate-lat}}\n");
     let _gate = start_fngate(&function("kin", &component, None, "grpc", addr, 1));
     // Warm up until the consumer has joined and delivers, then measure.
@@ -614,25 +711,21 @@ async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         None,
     ));
 
-    for protocol in ["grpc", "http"] {
+    for (protocol, bulk) in RUNS {
         let sink = Arc::new(Sink::default());
-        let addr = if protocol == "grpc" {
-            serve_grpc(sink.clone(), subject.clone()).await
-        } else {
-            serve_http(sink.clone(), subject.clone()).await
-        };
-        let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {{name: natsURL, value: \"nats://127.0.0.1:4222\"}}\n    - {{name: durableName, value: fngate-{protocol}}}\n");
+        let addr = serve(protocol, bulk, sink.clone(), subject.clone()).await;
+        let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {{name: natsURL, value: \"nats://127.0.0.1:4222\"}}\n    - {{name: durableName, value: fngate-{protocol}-{bulk}}}\n");
         let _gate = start_fngate(&function(
             "ps",
             &component,
             Some(&subject),
             protocol,
             addr,
-            64,
+            concurrency_of(bulk),
         ));
         if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
             rows.push(Row(
-                format!("nats   fngate -> {protocol} app (concurrency 64)"),
+                format!("nats   fngate -> {}", run_name(protocol, bulk)),
                 rate,
                 Some(rate / ceiling),
             ));
@@ -641,7 +734,7 @@ async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
 
     let lat_subject = format!("{name}.lat");
     let sink = Arc::new(Sink::default());
-    let addr = serve_grpc(sink.clone(), lat_subject.clone()).await;
+    let addr = serve_grpc(sink.clone(), lat_subject.clone(), false).await;
     let component = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {name: natsURL, value: \"nats://127.0.0.1:4222\"}\n    - {name: durableName, value: fngate-lat}\n    - {name: deliverPolicy, value: new}\n";
     let _gate = start_fngate(&function(
         "ps",
@@ -698,10 +791,10 @@ fn main() {
         }
     });
     println!("\n{n} messages of 1 KiB");
-    println!("{:<55} {:>12} {:>10}", "path", "events/s", "/ceiling");
+    println!("{:<75} {:>12} {:>10}", "path", "events/s", "/ceiling");
     for Row(name, rate, ratio) in &rows {
         println!(
-            "{name:<55} {rate:>12.0} {:>10}",
+            "{name:<75} {rate:>12.0} {:>10}",
             ratio.map(|r| format!("{r:.2}")).unwrap_or_default()
         );
     }

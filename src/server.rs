@@ -326,7 +326,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         }
     };
 
-    let triggers = background_service(
+    let mut triggers = background_service(
         "triggers",
         TriggerFollower {
             supervisor: Mutex::new(Some(TriggerSupervisor::new(
@@ -351,6 +351,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             },
         ));
     }
+    // Event delivery is CPU-bound at high rates: as many threads as the proxy (pingora's
+    // default for a background service is one).
+    triggers.threads = Some(settings.threads.max(1));
     server.add_service(proxy_service);
     server.add_service(triggers);
     server.add_service(admin);

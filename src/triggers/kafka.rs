@@ -9,6 +9,7 @@ use crate::plan::{InitialOffset, KafkaAuth, KafkaSource, TriggerKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -312,12 +313,22 @@ async fn partition_worker(
                 }
                 None => open = false,
             },
-            Some((offset, settled)) = in_flight.next(), if !in_flight.is_empty() => {
-                // A released event keeps its offset pending, so nothing past it commits.
-                if settled != Settled::Released {
-                    if let Some(next) = tracker.settle(offset) {
-                        store(next);
+            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                // A batch settles many events at once: store the offset once for all of
+                // them that are done.
+                let mut next_offset = None;
+                let mut done = Some(first);
+                while let Some((offset, settled)) = done {
+                    // A released event keeps its offset pending, so nothing past it commits.
+                    if settled != Settled::Released {
+                        if let Some(next) = tracker.settle(offset) {
+                            next_offset = Some(next);
+                        }
                     }
+                    done = in_flight.next().now_or_never().flatten();
+                }
+                if let Some(next) = next_offset {
+                    store(next);
                 }
             }
         }
