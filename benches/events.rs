@@ -276,13 +276,24 @@ async fn serve_http(sink: Arc<Sink>, topic: String, bulk: bool) -> SocketAddr {
     addr
 }
 
-/// (protocol, bulk subscribe) of the throughput runs.
-const RUNS: [(&str, bool); 4] = [
-    ("grpc", false),
-    ("http", false),
-    ("grpc", true),
-    ("http", true),
-];
+/// (protocol, bulk subscribe) of the throughput runs; `BENCH_RUNS=bulk` (or `single`)
+/// keeps only those.
+fn runs() -> Vec<(&'static str, bool)> {
+    let only = std::env::var("BENCH_RUNS").unwrap_or_default();
+    [
+        ("grpc", false),
+        ("http", false),
+        ("grpc", true),
+        ("http", true),
+    ]
+    .into_iter()
+    .filter(|(_, bulk)| match only.as_str() {
+        "bulk" => *bulk,
+        "single" => !*bulk,
+        _ => true,
+    })
+    .collect()
+}
 
 /// In-flight events per partition / consumer: relaxed ordering.
 fn concurrency_of(bulk: bool) -> u32 {
@@ -493,7 +504,7 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         None,
     ));
 
-    for (protocol, bulk) in RUNS {
+    for (protocol, bulk) in runs() {
         let sink = Arc::new(Sink::default());
         let addr = serve(protocol, bulk, sink.clone(), "bench".into()).await;
         // Bindings have no bulk form in Dapr; the bulk runs use the pub/sub component.
@@ -711,7 +722,7 @@ async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         None,
     ));
 
-    for (protocol, bulk) in RUNS {
+    for (protocol, bulk) in runs() {
         let sink = Arc::new(Sink::default());
         let addr = serve(protocol, bulk, sink.clone(), subject.clone()).await;
         let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {{name: natsURL, value: \"nats://127.0.0.1:4222\"}}\n    - {{name: durableName, value: fngate-{protocol}-{bulk}}}\n");

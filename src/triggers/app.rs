@@ -127,9 +127,11 @@ impl App {
         let subs = match cached {
             Some(s) => s,
             None => {
+                // Boxed, as below: the client futures are large and would otherwise be
+                // part of (and copied with) every event's delivery future.
                 let fetched = Arc::new(match &self.client {
-                    AppClient::Grpc(g) => g.subscriptions(addr).await?,
-                    AppClient::Http(h) => h.subscriptions(addr, spec).await?,
+                    AppClient::Grpc(g) => Box::pin(g.subscriptions(addr)).await?,
+                    AppClient::Http(h) => Box::pin(h.subscriptions(addr, spec)).await?,
                 });
                 self.subscriptions
                     .lock()
@@ -178,8 +180,8 @@ impl App {
             return batcher.deliver(entry).await;
         }
         match &self.client {
-            AppClient::Grpc(g) => g.deliver(addr, spec, event, path).await,
-            AppClient::Http(h) => h.deliver(addr, spec, event, path).await,
+            AppClient::Grpc(g) => Box::pin(g.deliver(addr, spec, event, path)).await,
+            AppClient::Http(h) => Box::pin(h.deliver(addr, spec, event, path)).await,
         }
     }
 

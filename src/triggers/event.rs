@@ -165,7 +165,16 @@ pub fn batch_id() -> String {
 }
 
 fn uuid_shaped(bytes: &[u8]) -> String {
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let h: String = bytes
+        .iter()
+        .flat_map(|b| {
+            [
+                HEX[(b >> 4) as usize] as char,
+                HEX[(b & 15) as usize] as char,
+            ]
+        })
+        .collect();
     format!(
         "{}-{}-4{}-a{}-{}",
         &h[0..8],

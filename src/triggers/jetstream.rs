@@ -150,10 +150,12 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
                     let rt = rt.clone();
                     let dl = dead_letter.clone();
                     let ack_wait = config.ack_wait;
-                    let handle = tokio::spawn(async move {
+                    // Boxed: the task then holds a pointer, not the whole delivery state
+                    // machine, which tokio would copy on every spawn.
+                    let handle = tokio::spawn(Box::pin(async move {
                         handle_message(&rt, message, dl.as_ref(), ack_wait).await;
                         drop(permit);
-                    });
+                    }));
                     if concurrency == 1 {
                         let _ = handle.await;
                     }

@@ -306,10 +306,10 @@ async fn partition_worker(
                     let event = to_event(&m, rt.spec.kind, &rt.spec.component);
                     let rt = rt.clone();
                     let dl = dead_letter.clone();
-                    in_flight.push(async move {
+                    in_flight.push(Box::pin(async move {
                         let settled = rt.settle(&event, dl.as_deref().map(|d| d as &dyn DeadLetterSink)).await;
                         (offset, settled)
-                    });
+                    }));
                 }
                 None => open = false,
             },
