@@ -114,22 +114,29 @@ fn over_the_per_function_limit_a_request_gets_503_at_once_and_other_functions_ar
 }
 
 #[test]
-fn a_client_that_hangs_up_frees_its_slot() {
+fn a_client_that_hangs_up_frees_its_slot_with_or_without_a_body() {
     let dir = tempfile::tempdir().unwrap();
-    cold_function(dir.path(), "cold");
+    // Held far longer than this test waits: only the hang-up can free the slot.
+    annotated_cold_function(dir.path(), "fngate.io/hold-timeout", "10m");
     let gate = Fngate::start(dir.path());
     let waiting = COLD_WAITING;
-    {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(gate.http).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: cold.default.ofn.io\r\n\r\n")
-            .unwrap();
-        gate.wait_until(|| gate.metric(waiting) == 1.0, "the request held");
+    let requests: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nHost: cold.default.ofn.io\r\n\r\n",
+        // The body is not read while the request waits: the hang-up must be seen anyway.
+        b"POST /orders HTTP/1.1\r\nHost: cold.default.ofn.io\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for request in requests {
+        {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(gate.http).unwrap();
+            s.write_all(request).unwrap();
+            gate.wait_until(|| gate.metric(waiting) == 1.0, "the request held");
+        }
+        gate.wait_until(
+            || gate.metric(waiting) == 0.0,
+            "the slot freed after the client left",
+        );
     }
-    gate.wait_until(
-        || gate.metric(waiting) == 0.0,
-        "the slot freed after the client left",
-    );
 }
 
 #[test]

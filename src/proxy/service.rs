@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::SocketDigest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -216,21 +217,28 @@ impl FunctionProxy {
         rule: &Arc<Rule>,
     ) -> Result<bool> {
         let wait = self.wait_for_endpoint(rule, ctx.backend, None);
+        let client_left = || {
+            Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "client left while waiting for a ready endpoint",
+            )
+            .map_err(|mut e: Box<Error>| {
+                e.esource = ErrorSource::Downstream;
+                e
+            })
+        };
         let held = if has_body(session.req_header()) {
-            wait.await
+            // The body must stay unread for the function: the socket's TCP state tells a
+            // hang-up instead.
+            let socket = session.digest().and_then(|d| d.socket_digest.clone());
+            tokio::select! {
+                held = wait => held,
+                _ = hung_up(socket) => return client_left(),
+            }
         } else {
             tokio::select! {
                 held = wait => held,
-                _ = session.downstream_session.read_body_or_idle(true) => {
-                    return Error::e_explain(
-                        ErrorType::ConnectionClosed,
-                        "client left while waiting for a ready endpoint",
-                    )
-                    .map_err(|mut e: Box<Error>| {
-                        e.esource = ErrorSource::Downstream;
-                        e
-                    });
-                }
+                _ = session.downstream_session.read_body_or_idle(true) => return client_left(),
             }
         };
         match held {
@@ -284,6 +292,27 @@ impl FunctionProxy {
             {
                 ctx.mirrors.push(mirror::send(addr, &copy, &host, has_body));
             }
+        }
+    }
+}
+
+/// How often a waiting request with a body checks whether its client is still there.
+const HANG_UP_CHECK: Duration = Duration::from_millis(50);
+
+/// Resolves once the client's TCP connection is no longer established (it sent FIN or
+/// RST); never when the socket cannot be inspected.
+async fn hung_up(socket: Option<Arc<SocketDigest>>) {
+    // Linux `TCP_ESTABLISHED`.
+    const ESTABLISHED: u8 = 1;
+    let Some(socket) = socket else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(HANG_UP_CHECK).await;
+        match socket.tcp_info() {
+            Some(info) if info.tcpi_state != ESTABLISHED => return,
+            Some(_) => {}
+            None => return std::future::pending().await,
         }
     }
 }
