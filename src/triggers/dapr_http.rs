@@ -210,14 +210,15 @@ impl HttpApp {
             .iter()
             .map(|e| e["entryId"].as_str().unwrap_or_default().to_owned())
             .collect();
-        let envelope = serde_json::json!({
+        let mut envelope = serde_json::json!({
             "id": super::event::batch_id(),
             "type": BULK_EVENT_TYPE,
             "topic": target.topic,
             "pubsubname": target.component,
             "metadata": {},
-            "entries": entries,
         });
+        // Moved in, not through `json!`, which would serialize a copy of every entry.
+        envelope["entries"] = serde_json::Value::Array(entries);
         let path = target.path.trim_start_matches('/');
         let request = Request::post(format!("http://{}/{path}", target.addr))
             .header(http::header::CONTENT_TYPE, "application/json")
