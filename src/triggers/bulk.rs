@@ -164,3 +164,32 @@ pub fn answers_in_order(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_entry_gets_its_own_answer_and_one_the_app_did_not_answer_is_retried() {
+        let ids = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let answers = answers_in_order(
+            &ids,
+            [
+                ("c".to_owned(), Answer::Drop("DROP".into())),
+                ("a".to_owned(), Answer::Success),
+                ("zz".to_owned(), Answer::Success),
+            ],
+        );
+        assert_eq!(answers[0], Answer::Success);
+        assert!(matches!(answers[1], Answer::Retry(_)), "no status for b");
+        assert_eq!(answers[2], Answer::Drop("DROP".into()));
+    }
+
+    #[test]
+    fn limits_the_app_leaves_at_zero_take_daprs_defaults() {
+        let b = BulkSubscribe::new(0, 0);
+        assert_eq!(b.max_messages, 100);
+        assert_eq!(b.max_await, std::time::Duration::from_secs(1));
+        assert_eq!(BulkSubscribe::new(7, 40).max_messages, 7);
+    }
+}
