@@ -90,6 +90,30 @@ impl Broker {
     }
 }
 
+/// Writes the pub/sub component `ps` (dead-lettering to `dead`), `function` and the
+/// ready EndpointSlice of its Service `service` at `addr`.
+fn write_with_dead_letter(
+    dir: &std::path::Path,
+    dead: &str,
+    function: &str,
+    service: &str,
+    addr: std::net::SocketAddr,
+) {
+    write_atomically(
+        dir,
+        "fn.yaml",
+        &[
+            component(
+                "ps",
+                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
+            ),
+            function.to_owned(),
+            endpoint_slice("default", service, &[addr], true),
+        ]
+        .join("---\n"),
+    );
+}
+
 fn component(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n    - name: natsURL\n      value: {NATS}\n{extra}"
@@ -105,18 +129,12 @@ fn grpc_app_gets_cloud_events_in_order_with_metadata_retries_and_dead_letters() 
     let broker = Broker::with_stream(&stream, &id);
     let app = DaprApp::start("grpc", "", &format!("ps:{subject}:/orders"));
     let dir = tempfile::tempdir().unwrap();
-    write_atomically(
+    write_with_dead_letter(
         dir.path(),
-        "fn.yaml",
-        &[
-            component(
-                "ps",
-                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
-            ),
-            dapr_function_yaml("orders", "ps", Some(&subject), "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "orders", &[app.addr], true),
-        ]
-        .join("---\n"),
+        &dead,
+        &dapr_function_yaml("orders", "ps", Some(&subject), "grpc", app.addr.port(), ""),
+        "orders",
+        app.addr,
     );
     let gate = Fngate::start(dir.path());
     gate.wait_until(
@@ -472,19 +490,7 @@ fn a_crashed_function_listed_as_ready_loses_nothing_and_dead_letters_nothing() {
         "  namespace: default\n",
         "  namespace: default\n  annotations:\n    fngate.io/max-attempts: \"2\"\n",
     );
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            component(
-                "ps",
-                &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
-            ),
-            function,
-            endpoint_slice("default", "work", &[addr], true),
-        ]
-        .join("---\n"),
-    );
+    write_with_dead_letter(dir.path(), &dead, &function, "work", addr);
     let gate = Fngate::start(dir.path());
     for i in 1..=5 {
         broker.publish(&subject, &format!("w{i}"), &[]);
@@ -542,19 +548,7 @@ fn bulk_subscribers_get_batches_and_each_entry_settles_on_its_own() {
             "fngate.io/concurrency",
             "8",
         );
-        write_atomically(
-            dir.path(),
-            "fn.yaml",
-            &[
-                component(
-                    "ps",
-                    &format!("    - name: deadLetterTopic\n      value: {dead}\n"),
-                ),
-                function,
-                endpoint_slice("default", "orders", &[app.addr], true),
-            ]
-            .join("---\n"),
-        );
+        write_with_dead_letter(dir.path(), &dead, &function, "orders", app.addr);
         let sent: Vec<String> = (0..12)
             .map(|i| match i {
                 3 => "b3 retry-once".to_owned(),

@@ -119,19 +119,10 @@ impl GrpcApp {
         match result {
             Ok(response) => answers_in_order(
                 &ids,
-                response.statuses.into_iter().map(|s| {
-                    let answer = match TopicEventResponseStatus::try_from(s.status) {
-                        Ok(TopicEventResponseStatus::Success) => Answer::Success,
-                        Ok(TopicEventResponseStatus::Retry) => {
-                            Answer::Retry("app answered RETRY".into())
-                        }
-                        Ok(TopicEventResponseStatus::Drop) => {
-                            Answer::Drop("app answered DROP".into())
-                        }
-                        Err(_) => Answer::Retry("app answered an unknown status".into()),
-                    };
-                    (s.entry_id, answer)
-                }),
+                response
+                    .statuses
+                    .into_iter()
+                    .map(|s| (s.entry_id, topic_answer(s.status))),
             ),
             Err(s) => vec![self.failure(addr, s); ids.len()],
         }
@@ -255,24 +246,26 @@ impl GrpcApp {
                         );
                     }
                 }
-                client.on_topic_event(request).await.map(|r| {
-                    match TopicEventResponseStatus::try_from(r.into_inner().status) {
-                        Ok(TopicEventResponseStatus::Success) => Answer::Success,
-                        Ok(TopicEventResponseStatus::Retry) => {
-                            Answer::Retry("app answered RETRY".into())
-                        }
-                        Ok(TopicEventResponseStatus::Drop) => {
-                            Answer::Drop("app answered DROP".into())
-                        }
-                        Err(_) => Answer::Retry("app answered an unknown status".into()),
-                    }
-                })
+                client
+                    .on_topic_event(request)
+                    .await
+                    .map(|r| topic_answer(r.into_inner().status))
             }
         };
         match result {
             Ok(answer) => answer,
             Err(s) => self.failure(addr, s),
         }
+    }
+}
+
+/// A topic event's (or bulk entry's) status as an answer.
+fn topic_answer(status: i32) -> Answer {
+    match TopicEventResponseStatus::try_from(status) {
+        Ok(TopicEventResponseStatus::Success) => Answer::Success,
+        Ok(TopicEventResponseStatus::Retry) => Answer::Retry("app answered RETRY".into()),
+        Ok(TopicEventResponseStatus::Drop) => Answer::Drop("app answered DROP".into()),
+        Err(_) => Answer::Retry("app answered an unknown status".into()),
     }
 }
 
