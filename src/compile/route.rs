@@ -291,6 +291,7 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             backends,
             timeouts,
             hold: hold.clone(),
+            next_pick: Default::default(),
         });
         for (mi, (path, conditions)) in compiled_matches {
             entries.push(RouteEntry {

@@ -167,7 +167,7 @@ impl FunctionProxy {
         let roll = if rule.backends.len() == 1 {
             0
         } else {
-            rand::random_range(0..total)
+            rule.next_pick.next_roll(total)
         };
         let Some(index) = rule.pick_backend_index(roll) else {
             return respond(session, 500, &[], "no backend\n").await;

@@ -1,6 +1,7 @@
 //! What a matched rule does: filters, backends, timeouts — compiled, validated values.
 
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,6 +175,39 @@ pub struct Rule {
     pub backends: Arc<[WeightedBackend]>,
     pub timeouts: RuleTimeouts,
     pub hold: Arc<HoldPolicy>,
+    /// Which weighted pick comes next.
+    #[serde(skip)]
+    pub next_pick: PickCounter,
+}
+
+/// Counts a rule's weighted picks. Not part of the rule's content: equal whatever its
+/// value, and a clone starts from zero.
+#[derive(Debug, Default)]
+pub struct PickCounter(AtomicU64);
+
+impl Clone for PickCounter {
+    fn clone(&self) -> Self {
+        PickCounter::default()
+    }
+}
+
+impl PartialEq for PickCounter {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl PickCounter {
+    /// The next roll in `0..total`. Pick n rolls `n × P mod total` for a prime P: every
+    /// `total` consecutive picks visit each roll once, interleaved, so each backend gets
+    /// exactly its weight's share of every `total` requests (a random roll only
+    /// approaches it, and a small weight can be starved for a while).
+    pub fn next_roll(&self, total: u32) -> u32 {
+        const P: u64 = 2_654_435_761;
+        let total = u64::from(total.max(1));
+        let n = self.0.fetch_add(1, Ordering::Relaxed) % total;
+        (n * (P % total) % total) as u32
+    }
 }
 
 impl Rule {
@@ -216,6 +250,30 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_picks_give_each_backend_exactly_its_share_of_every_total_requests() {
+        for total in [1u32, 2, 3, 7, 10, 100, 101, 1_000_000] {
+            let counter = PickCounter::default();
+            // Any `total` consecutive picks visit every roll once.
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..total.min(100_000) {
+                let roll = counter.next_roll(total);
+                assert!(roll < total);
+                if total <= 100_000 {
+                    assert!(seen.insert(roll), "roll {roll} twice within {total} picks");
+                }
+            }
+        }
+        // 70/30: 700 of 1,000 picks below 70, in runs no longer than a few.
+        let counter = PickCounter::default();
+        let picks: Vec<bool> = (0..1000).map(|_| counter.next_roll(100) < 70).collect();
+        assert_eq!(picks.iter().filter(|v1| **v1).count(), 700);
+        assert!(
+            picks.windows(10).all(|w| w.iter().any(|v1| !v1)),
+            "interleaved"
+        );
+    }
 
     #[test]
     fn prefix_rewrite_keeps_the_rest_of_the_path_on_a_segment_boundary() {
