@@ -13,11 +13,11 @@ use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -78,7 +78,7 @@ fn client_config(source: &KafkaSource) -> ClientConfig {
 }
 
 /// The message's Dapr metadata, as Dapr's Kafka component fills it.
-fn to_event(m: &OwnedMessage, kind: TriggerKind, component: &str) -> Event {
+fn to_event(m: &impl Message, kind: TriggerKind, component: &str) -> Event {
     let mut metadata = Vec::with_capacity(6);
     if let Some(key) = m.key() {
         metadata.push(("__key".into(), String::from_utf8_lossy(key).into_owned()));
@@ -225,15 +225,25 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         None => None,
     };
     tracing::info!(trigger = %rt.key, brokers = %source.brokers, group = %source.consumer_group, topics = ?source.topics, "kafka consumer started");
-    let mut workers: HashMap<Partition, (mpsc::Sender<OwnedMessage>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    // Messages travel to their partition's worker as events already: one copy of the
+    // payload, taken from librdkafka's buffer.
+    // A few partitions per trigger: a list searched without allocating a key.
+    let mut workers: Vec<(
+        Partition,
+        mpsc::Sender<(i64, Event)>,
+        tokio::task::JoinHandle<()>,
+    )> = Vec::new();
     loop {
         let message = tokio::select! {
             _ = rt.stopping() => break,
             m = consumer.recv() => m,
         };
         let message = match message {
-            Ok(m) => m.detach(),
+            Ok(m) => (
+                m.partition(),
+                m.offset(),
+                to_event(&m, rt.spec.kind, &rt.spec.component),
+            ),
             Err(e) => {
                 tracing::warn!(trigger = %rt.key, error = %e, "kafka consume error");
                 if !rt.sleep(Duration::from_millis(500)).await {
@@ -242,25 +252,33 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
                 continue;
             }
         };
-        let partition = (message.topic().to_owned(), message.partition());
-        let (tx, _) = workers.entry(partition.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(rt.spec.policy.concurrency.max(1) * 2);
-            let handle = tokio::spawn(partition_worker(
-                rt.clone(),
-                consumer.clone(),
-                partition,
-                rx,
-                dead_letter.clone(),
-            ));
-            (tx, handle)
-        });
+        let (partition, offset, event) = message;
+        let worker = workers
+            .iter()
+            .position(|((t, p), _, _)| *p == partition && *t == event.topic);
+        let worker = match worker {
+            Some(i) => i,
+            None => {
+                let (tx, rx) = mpsc::channel(rt.spec.policy.concurrency.max(1) * 2);
+                let key = (event.topic.clone(), partition);
+                let handle = tokio::spawn(partition_worker(
+                    rt.clone(),
+                    consumer.clone(),
+                    key.clone(),
+                    rx,
+                    dead_letter.clone(),
+                ));
+                workers.push((key, tx, handle));
+                workers.len() - 1
+            }
+        };
         // A full queue (function slow or at zero) stops polling: backpressure.
         tokio::select! {
             _ = rt.stopping() => break,
-            _ = tx.send(message) => {}
+            _ = workers[worker].1.send((offset, event)) => {}
         }
     }
-    let handles: Vec<_> = workers.into_values().map(|(_, h)| h).collect();
+    let handles: Vec<_> = workers.into_iter().map(|(_, _, h)| h).collect();
     for h in handles {
         let _ = h.await;
     }
@@ -278,7 +296,7 @@ async fn partition_worker(
     rt: Arc<TriggerRuntime>,
     consumer: Arc<StreamConsumer<KafkaContext>>,
     (topic, partition): Partition,
-    mut rx: mpsc::Receiver<OwnedMessage>,
+    mut rx: mpsc::Receiver<(i64, Event)>,
     dead_letter: Option<Arc<KafkaDeadLetter>>,
 ) {
     let concurrency = rt.spec.policy.concurrency.max(1);
@@ -300,10 +318,8 @@ async fn partition_worker(
     while open || !in_flight.is_empty() {
         tokio::select! {
             m = rx.recv(), if open && in_flight.len() < concurrency => match m {
-                Some(m) => {
-                    let offset = m.offset();
+                Some((offset, event)) => {
                     tracker.dispatch(offset);
-                    let event = to_event(&m, rt.spec.kind, &rt.spec.component);
                     let rt = rt.clone();
                     let dl = dead_letter.clone();
                     in_flight.push(Box::pin(async move {
