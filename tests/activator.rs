@@ -45,12 +45,7 @@ fn held_requests_are_all_released_when_a_late_backend_becomes_ready() {
     let clients = held_requests(&gate, "cold.default.ofn.io", n);
     gate.wait_until(|| gate.metric(waiting) == n as f64, "every request held");
 
-    let echo = Echo::start_on("cold", "default", &addr.to_string());
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[echo.addr], true),
-    );
+    let _echo = start_cold_function(dir.path(), "cold", addr);
     let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(
         statuses.iter().all(|s| *s == 200),
@@ -263,12 +258,7 @@ fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
         })
         .collect();
     gate.wait_until(|| gate.metric(waiting) == n as f64, "every request held");
-    let echo = Echo::start_on("cold", "default", &addr.to_string());
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[echo.addr], true),
-    );
+    let _echo = start_cold_function(dir.path(), "cold", addr);
     let responses: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(responses.iter().all(|r| r.status == 200));
     let at_once: Vec<usize> = responses

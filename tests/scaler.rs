@@ -125,12 +125,7 @@ fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the
     );
 
     // The platform starts the function: the request is served, then all is idle again.
-    let echo = Echo::start_on("cold", "default", &addr.to_string());
-    write_atomically(
-        dir.path(),
-        "slice.yaml",
-        &endpoint_slice("default", "cold", &[echo.addr], true),
-    );
+    let _echo = start_cold_function(dir.path(), "cold", addr);
     assert_eq!(waiting.join().unwrap(), 200);
     let mut last = true;
     while last {

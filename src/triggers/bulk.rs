@@ -54,7 +54,9 @@ struct State {
 }
 
 impl State {
-    fn take(&mut self, max: usize) -> Vec<Waiting> {
+    /// The next batch, counted as on its way.
+    fn start_batch(&mut self, max: usize) -> Vec<Waiting> {
+        self.sending += 1;
         let n = self.queued.len().min(max);
         self.queued.drain(..n).collect()
     }
@@ -87,8 +89,7 @@ impl Batcher {
             let mut st = self.state.lock().expect("not poisoned");
             st.queued.push(Waiting { entry, answer });
             if st.sending == 0 || st.queued.len() >= self.limits.max_messages {
-                st.sending += 1;
-                Some(st.take(self.limits.max_messages))
+                Some(st.start_batch(self.limits.max_messages))
             } else {
                 if !st.timer {
                     st.timer = true;
@@ -98,12 +99,7 @@ impl Batcher {
                         let batch = {
                             let mut st = me.state.lock().expect("not poisoned");
                             st.timer = false;
-                            if st.queued.is_empty() {
-                                None
-                            } else {
-                                st.sending += 1;
-                                Some(st.take(me.limits.max_messages))
-                            }
+                            (!st.queued.is_empty()).then(|| st.start_batch(me.limits.max_messages))
                         };
                         if let Some(batch) = batch {
                             me.send_until_drained(batch).await;
@@ -115,15 +111,12 @@ impl Batcher {
         };
         if let Some(batch) = ready {
             // Its own task: the batch must not depend on the caller staying around.
-            tokio::spawn(self.clone().send_until_drained_owned(batch));
+            let me = self.clone();
+            tokio::spawn(async move { me.send_until_drained(batch).await });
         }
         answered
             .await
             .unwrap_or_else(|_| Answer::Unreachable("the batch was abandoned".into()))
-    }
-
-    async fn send_until_drained_owned(self: Arc<Self>, batch: Vec<Waiting>) {
-        self.send_until_drained(batch).await
     }
 
     /// Sends `batch`, hands out the answers, then sends what queued meanwhile.
@@ -138,11 +131,11 @@ impl Batcher {
                 let _ = tx.send(answer);
             }
             let mut st = self.state.lock().expect("not poisoned");
+            st.sending -= 1;
             if st.queued.is_empty() {
-                st.sending -= 1;
                 return;
             }
-            batch = st.take(self.limits.max_messages);
+            batch = st.start_batch(self.limits.max_messages);
         }
     }
 }

@@ -100,21 +100,23 @@ impl GrpcApp {
             .copied();
         let result = match known {
             Some(call) => self.bulk_call(addr, call, request).await,
-            None => match self.bulk_call(addr, BulkCall::Alpha, request.clone()).await {
-                Err(s) if s.code() == tonic::Code::Unimplemented => {
-                    let r = self.bulk_call(addr, BulkCall::Stable, request).await;
-                    if r.is_ok() {
-                        self.remember(addr, BulkCall::Stable);
-                    }
-                    r
+            None => {
+                let (call, result) =
+                    match self.bulk_call(addr, BulkCall::Alpha, request.clone()).await {
+                        Err(s) if s.code() == tonic::Code::Unimplemented => (
+                            BulkCall::Stable,
+                            self.bulk_call(addr, BulkCall::Stable, request).await,
+                        ),
+                        r => (BulkCall::Alpha, r),
+                    };
+                if result.is_ok() {
+                    self.bulk_calls
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(addr, call);
                 }
-                r => {
-                    if r.is_ok() {
-                        self.remember(addr, BulkCall::Alpha);
-                    }
-                    r
-                }
-            },
+                result
+            }
         };
         match result {
             Ok(response) => answers_in_order(
@@ -126,13 +128,6 @@ impl GrpcApp {
             ),
             Err(s) => vec![self.failure(addr, s); ids.len()],
         }
-    }
-
-    fn remember(&self, addr: SocketAddr, call: BulkCall) {
-        self.bulk_calls
-            .lock()
-            .expect("not poisoned")
-            .insert(addr, call);
     }
 
     async fn bulk_call(

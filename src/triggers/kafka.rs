@@ -238,7 +238,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
             _ = rt.stopping() => break,
             m = consumer.recv() => m,
         };
-        let message = match message {
+        let (partition, offset, event) = match message {
             Ok(m) => (
                 m.partition(),
                 m.offset(),
@@ -252,7 +252,6 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
                 continue;
             }
         };
-        let (partition, offset, event) = message;
         let worker = workers
             .iter()
             .position(|((t, p), _, _)| *p == partition && *t == event.topic);
@@ -322,10 +321,10 @@ async fn partition_worker(
                     tracker.dispatch(offset);
                     let rt = rt.clone();
                     let dl = dead_letter.clone();
-                    in_flight.push(Box::pin(async move {
+                    in_flight.push(async move {
                         let settled = rt.settle(&event, dl.as_deref().map(|d| d as &dyn DeadLetterSink)).await;
                         (offset, settled)
-                    }));
+                    });
                 }
                 None => open = false,
             },

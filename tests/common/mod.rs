@@ -614,6 +614,18 @@ pub fn dapr_function_yaml(
     )
 }
 
+/// The platform starts the `cold_function` `name` of `dir` at `addr`: an echo backend
+/// there, and its EndpointSlice turned ready.
+pub fn start_cold_function(dir: &Path, name: &str, addr: SocketAddr) -> Echo {
+    let echo = Echo::start_on(name, "default", &addr.to_string());
+    write_atomically(
+        dir,
+        "slice.yaml",
+        &endpoint_slice("default", name, &[echo.addr], true),
+    );
+    echo
+}
+
 /// Writes Function `name` whose only endpoint is listed but not ready, at an address where
 /// nothing listens yet (a function scaled to zero); returns that address.
 pub fn cold_function(dir: &Path, name: &str) -> SocketAddr {
