@@ -266,9 +266,9 @@ fn topic_answer(status: i32) -> Answer {
 
 /// An event as an entry of a gRPC bulk request: its CloudEvent, broker metadata per entry.
 pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> TopicEventBulkRequestEntry {
-    let ce = event.cloud_event(spec);
+    let (ce, entry_id) = event.bulk_parts(spec);
     TopicEventBulkRequestEntry {
-        entry_id: event.entry_id(),
+        entry_id,
         content_type: "application/cloudevents+json".into(),
         metadata: event.metadata.iter().cloned().collect(),
         event: Some(topic_event_bulk_request_entry::Event::CloudEvent(

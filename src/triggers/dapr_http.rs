@@ -256,14 +256,15 @@ impl HttpApp {
 
 /// An event as an entry of Dapr's HTTP bulk envelope.
 pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> serde_json::Value {
+    let (ce, entry_id) = event.bulk_parts(spec);
     let metadata: serde_json::Map<String, serde_json::Value> = event
         .metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone().into()))
         .collect();
     serde_json::json!({
-        "entryId": event.entry_id(),
-        "event": event.cloud_event(spec).to_json(),
+        "entryId": entry_id,
+        "event": ce.to_json(),
         "metadata": metadata,
         "contentType": "application/cloudevents+json",
     })

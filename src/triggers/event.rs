@@ -47,10 +47,16 @@ const CORE_FIELDS: &[&str] = &[
 ];
 
 impl Event {
-    /// The id of the event's entry in a bulk request: stable across redeliveries, unique
-    /// per broker position.
-    pub fn entry_id(&self) -> String {
-        stable_id(&self.position)
+    /// The CloudEvent and the id of the event's entry in a bulk request (stable across
+    /// redeliveries, unique per broker position). A wrapped message's CloudEvent id is
+    /// that same id: derived once.
+    pub fn bulk_parts(&self, spec: &TriggerSpec) -> (CloudEvent, String) {
+        let ce = self.cloud_event(spec);
+        let entry_id = match ce.original {
+            None => ce.id.clone(),
+            Some(_) => stable_id(&self.position),
+        };
+        (ce, entry_id)
     }
 
     /// A message that already is a CloudEvent (JSON with `specversion`) is unpacked;
