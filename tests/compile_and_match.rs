@@ -337,7 +337,7 @@ fn v1beta1_functions_convert_like_openfunction() {
     assert_eq!(rule.backends[0].target.port, Some(9000));
     // The async function has no HTTP trigger, and its input became a Dapr trigger.
     assert_eq!(plan.functions.len(), 1);
-    let worker = snapshot.objects.values().find_map(|e| match &e.object {
+    let worker = snapshot.objects.values().find_map(|e| match &*e.object {
         fngate::api::ParsedObject::Function(f) if f.metadata.name == "worker" => Some(f.clone()),
         _ => None,
     });

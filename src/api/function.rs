@@ -2,7 +2,7 @@
 //! OpenFunction v1.1.0's conversion webhook does (runtime knative -> HTTP trigger,
 //! runtime async + inputs -> Dapr triggers).
 
-use super::{ComponentSpec, ObjectMeta, RouteSpec};
+use super::{ComponentSpec, ObjectMeta, RouteSpec, StringMap};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,9 +37,9 @@ pub struct ServingSpec {
     #[serde(default)]
     pub triggers: Option<Triggers>,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: StringMap,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     #[serde(default)]
     pub scale_options: Option<Yaml>,
     /// Of the pod template, only the function container's HTTP readiness path is kept.
@@ -222,9 +222,9 @@ pub(crate) struct ServingV1beta1 {
     #[serde(default)]
     pub runtime: Option<String>,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: StringMap,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     #[serde(default)]
     pub scale_options: Option<Yaml>,
     #[serde(

@@ -27,5 +27,5 @@ pub use httproute::{
     PathModifier, QueryMatch, RequestMirror, RequestRedirect, RouteMatch, RouteRule, RouteSpec,
     RuleTimeouts, UrlRewrite,
 };
-pub use meta::{ObjectKey, ObjectKind, ObjectMeta};
+pub use meta::{ObjectKey, ObjectKind, ObjectMeta, StringMap};
 pub use parse::{parse_documents, parse_object, ParsedDocument, ParsedObject};

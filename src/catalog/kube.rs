@@ -343,7 +343,7 @@ impl KubeCatalog {
                 rv,
                 entry: Some(CatalogEntry {
                     version: object.content_hash(),
-                    object,
+                    object: Arc::new(object),
                     file: None,
                 }),
                 diagnostics: Vec::new(),
@@ -417,7 +417,7 @@ impl KubeCatalog {
             .filter(|(k, _)| k.kind == ObjectKind::Function)
             .filter_map(|(key, held)| {
                 let entry = held.entry.as_ref()?;
-                let crate::api::ParsedObject::Function(f) = &entry.object else {
+                let crate::api::ParsedObject::Function(f) = &*entry.object else {
                     return None;
                 };
                 let http = f
@@ -607,7 +607,7 @@ mod tests {
             .snapshot()
             .objects
             .values()
-            .filter_map(|e| match &e.object {
+            .filter_map(|e| match &*e.object {
                 crate::api::ParsedObject::Function(f) => Some(format!("{:?}", f.spec.serving)),
                 _ => None,
             })

@@ -21,7 +21,7 @@ pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> A
         if key.kind != ObjectKind::EndpointSlice {
             break;
         }
-        let ParsedObject::EndpointSlice(slice) = &entry.object else {
+        let ParsedObject::EndpointSlice(slice) = &*entry.object else {
             continue;
         };
         let Some(service) = slice.service_name() else {

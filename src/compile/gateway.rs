@@ -156,7 +156,7 @@ impl GatewayIndex {
             if key.kind != ObjectKind::Gateway {
                 break;
             }
-            if let ParsedObject::Gateway(gw) = &entry.object {
+            if let ParsedObject::Gateway(gw) = &*entry.object {
                 named.insert(
                     (key.namespace.clone(), key.name.clone()),
                     Arc::new(GatewayDefaults::from_gateway(gw)),

@@ -92,7 +92,7 @@ pub(super) fn build(
         if key.kind != ObjectKind::Function {
             break;
         }
-        let ParsedObject::Function(function) = &entry.object else {
+        let ParsedObject::Function(function) = &*entry.object else {
             continue;
         };
         let Some(triggers) = function
@@ -272,12 +272,12 @@ fn find_component<'a>(
         name,
     );
     let entry = snapshot.objects.get(&key)?;
-    let ParsedObject::Component(component) = &entry.object else {
+    let ParsedObject::Component(component) = &*entry.object else {
         return None;
     };
     let origin = Origin {
         label: key.to_string(),
-        file: entry.file.clone(),
+        file: entry.file.as_deref().map(str::to_owned),
         metadata_field: "spec.metadata".into(),
     };
     Some((&component.spec, origin, Some(component)))
@@ -544,7 +544,7 @@ fn secret_value(
         .objects
         .get(&ObjectKey::new(ObjectKind::Secret, namespace, name))
         .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
-    let ParsedObject::Secret(secret) = &entry.object else {
+    let ParsedObject::Secret(secret) = &*entry.object else {
         return Err(format!("Secret {namespace}/{name} not found"));
     };
     secret_key(secret, key)
