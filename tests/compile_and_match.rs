@@ -145,6 +145,45 @@ fn path_prefix_matches_whole_segments_only() {
 }
 
 #[test]
+fn a_host_matches_the_same_with_a_few_paths_or_many() {
+    // Path-based routing puts every Function under one host; a host's paths are a short
+    // sorted list up to 16 and a matchit tree beyond, and both must route alike.
+    for n in [3, 40] {
+        let files: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                let body = format!(
+                    "        route:\n          hostnames: [shared.example.com]\n          rules:\n          - matches: [{{path: {{type: PathPrefix, value: /p{i}}}}}]\n          - matches: [{{path: {{type: Exact, value: \"/p{i}/{{id}}\"}}}}]\n"
+                );
+                (format!("f{i}.yaml"), function(&format!("f{i}"), &body))
+            })
+            .collect();
+        let plan = plan_of(
+            &files
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        assert!(plan.diagnostics.is_empty(), "{:?}", plan.diagnostics);
+        for i in [0, n / 2, n - 1] {
+            for (path, want) in [
+                (format!("/p{i}"), format!("default/f{i}#0")),
+                (format!("/p{i}/a/b"), format!("default/f{i}#0")),
+                (format!("/p{i}/{{id}}"), format!("default/f{i}#1")),
+                (format!("/p{i}x"), "404".to_owned()),
+            ] {
+                assert_eq!(
+                    route(&plan, "shared.example.com", &path, get()),
+                    want,
+                    "{n} paths, {path}"
+                );
+            }
+        }
+        assert_eq!(route(&plan, "shared.example.com", "/", get()), "404");
+        assert_eq!(route(&plan, "other.example.com", "/p0", get()), "404");
+    }
+}
+
+#[test]
 fn precedence_follows_gateway_api_across_functions() {
     let a = function("a", "        route:\n          hostnames: [\"x.io\"]\n          rules:\n          - matches: [{path: {type: PathPrefix, value: /}}]\n          - matches: [{path: {type: PathPrefix, value: /api}}]\n          - matches: [{path: {type: Exact, value: /api/v1}}]\n          - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]\n          - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Version, value: \"2\"}]}]\n          - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Version, value: \"2\"}, {name: X-Beta, type: RegularExpression, value: \"y.*\"}]}]\n          - matches: [{path: {type: PathPrefix, value: /api}, queryParams: [{name: debug, value: \"1\"}]}]\n          - matches: [{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}]\n");
     let b = function(

@@ -8,11 +8,11 @@ use super::gateway::GatewayDefaults;
 use crate::api::{
     Diagnostic, Function, HeaderMatch, HttpTrigger, PathMatch, RouteMatch, RouteRule, RouteSpec,
 };
+use crate::routing::HoldPolicy;
 use crate::routing::{
     FunctionRef, HeaderCondition, MatchConditions, PathCondition, PathRewrite, Rewrite, RouteEntry,
     Rule, RuleFilters, StringMatch, WeightedBackend,
 };
-use crate::routing::{HoldPolicy, RouteOrder};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -200,10 +200,10 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         route.rules.as_ref().is_none_or(Vec::is_empty) && !user_hostnames.is_empty();
 
     let created: Option<Arc<str>> = f.metadata.creation_timestamp.as_deref().map(Arc::from);
-    let (ns_arc, name_arc): (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));
+    let ns_arc: Arc<str> = Arc::from(namespace);
     let function_ref = FunctionRef {
         namespace: ns_arc.clone(),
-        name: name_arc.clone(),
+        name: Arc::from(name),
     };
     let own_service: Arc<[WeightedBackend]> = Arc::new([WeightedBackend {
         target: crate::routing::BackendTarget {
@@ -299,13 +299,8 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
                 path,
                 conditions,
                 rule: rule_arc.clone(),
-                order: RouteOrder {
-                    created: created.clone(),
-                    namespace: ns_arc.clone(),
-                    name: name_arc.clone(),
-                    rule_index: ri,
-                    match_index: mi,
-                },
+                created: created.clone(),
+                match_index: mi,
             });
         }
     }
