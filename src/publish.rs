@@ -117,7 +117,10 @@ impl PlanPublisher {
                 catalog.snapshot()
             };
             // Released at the end of this pass, so the catalog updates it in place.
-            self.publish(&snapshot);
+            if self.publish(&snapshot) {
+                drop(snapshot);
+                release_freed_memory();
+            }
         }
     }
 
@@ -129,8 +132,9 @@ impl PlanPublisher {
         const RESYNC_EVERY: Duration = Duration::from_secs(10);
         let signal = Arc::new(Notify::new());
         let mut watch = None;
-        let snapshot = catalog.scan();
-        self.publish(&snapshot);
+        if self.publish(&catalog.scan()) {
+            release_freed_memory();
+        }
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.tick().await;
         loop {
@@ -153,8 +157,19 @@ impl PlanPublisher {
                 }
                 _ = resync.tick() => {}
             }
-            let snapshot = catalog.scan();
-            self.publish(&snapshot);
+            if self.publish(&catalog.scan()) {
+                release_freed_memory();
+            }
         }
     }
+}
+
+/// A compile frees what parsing, the snapshot and the previous plan held, on this
+/// thread; mimalloc
+/// returns such pages to the OS only when this thread allocates again, which may be
+/// minutes away. Forcing a collection here keeps RSS near what is live (tens of MB at
+/// 10,000 Functions). A no-op when the process's allocator is not mimalloc.
+fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
