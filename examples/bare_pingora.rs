@@ -25,6 +25,10 @@ fn main() {
     let conf = ServerConf {
         threads: args[3].parse().unwrap(),
         upstream_keepalive_pool_size: 1024,
+        // Exit on SIGTERM as fngate does, instead of pingora's 5-minute grace period
+        // (the benchmark waits for each peer to exit).
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(Opt::default(), conf);

@@ -2,8 +2,9 @@
 //!
 //! Pure data and matching — no tokio, no pingora — so it is unit-tested and benchmarked
 //! alone. Hostname buckets (exact, then `*.` suffixes longest first, then routes without
-//! hostnames) each hold a matchit path index whose nodes list candidates already sorted by
-//! Gateway API precedence, so a lookup walks at most one list per path prefix.
+//! hostnames) each hold a path index (a sorted list for a few paths, a matchit tree for
+//! many) whose nodes list candidates already sorted by Gateway API precedence, so a
+//! lookup walks at most one list per path prefix.
 
 mod conditions;
 mod rule;
