@@ -8,7 +8,8 @@
 //! - memory: RSS of fngate holding 10,000 waiting requests, per request, and as the peer
 //!   the same number of open connections that sent nothing (pingora's own cost).
 //!
-//! `cargo bench --bench activator [-- N]` (N waiting requests, default 10,000).
+//! `cargo bench --bench activator [-- N]` (N waiting requests, default 10,000);
+//! `BENCH_ONLY=memory` runs the memory part alone.
 
 mod support;
 
@@ -233,8 +234,12 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(10_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut lat = rt.block_on(signal_latency());
-    let mut added = rt.block_on(added_latency());
+    let memory_only = std::env::var("BENCH_ONLY").as_deref() == Ok("memory");
+    let (mut lat, mut added) = if memory_only {
+        (vec![f64::NAN], vec![f64::NAN])
+    } else {
+        (rt.block_on(signal_latency()), rt.block_on(added_latency()))
+    };
     let (before, after, per) = rt.block_on(memory(n, false));
     let (_, _, per_idle) = rt.block_on(memory(n, true));
     println!("signal latency, request in -> StreamIsActive true (100 rounds): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
