@@ -101,8 +101,9 @@ impl PlanPublisher {
         changed: Arc<Notify>,
         debounce: Duration,
     ) {
+        let mut freed = FreedMemory::default();
         loop {
-            changed.notified().await;
+            freed.wait(&changed).await;
             if !debounce.is_zero() {
                 while tokio::time::timeout(debounce, changed.notified())
                     .await
@@ -117,10 +118,7 @@ impl PlanPublisher {
                 catalog.snapshot()
             };
             // Released at the end of this pass, so the catalog updates it in place.
-            if self.publish(&snapshot) {
-                drop(snapshot);
-                release_freed_memory();
-            }
+            freed.owed |= self.publish(&snapshot);
         }
     }
 
@@ -132,9 +130,9 @@ impl PlanPublisher {
         const RESYNC_EVERY: Duration = Duration::from_secs(10);
         let signal = Arc::new(Notify::new());
         let mut watch = None;
-        if self.publish(&catalog.scan()) {
-            release_freed_memory();
-        }
+        let mut freed = FreedMemory {
+            owed: self.publish(&catalog.scan()),
+        };
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.tick().await;
         loop {
@@ -151,25 +149,43 @@ impl PlanPublisher {
                 }
             }
             tokio::select! {
-                _ = signal.notified() => {
+                _ = freed.wait(&signal) => {
                     // Coalesce: wait until events stop arriving for `debounce`.
                     while tokio::time::timeout(debounce, signal.notified()).await.is_ok() {}
                 }
                 _ = resync.tick() => {}
             }
-            if self.publish(&catalog.scan()) {
-                release_freed_memory();
-            }
+            freed.owed |= self.publish(&catalog.scan());
         }
     }
 }
 
-/// A compile frees what parsing, the snapshot and the previous plan held, on this
-/// thread; mimalloc
-/// returns such pages to the OS only when this thread allocates again, which may be
-/// minutes away. Forcing a collection here keeps RSS near what is live (tens of MB at
-/// 10,000 Functions). A no-op when the process's allocator is not mimalloc.
-fn release_freed_memory() {
-    // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+/// What compiles freed, handed back to the OS once changes pause. A compile frees, on
+/// this thread, what parsing, the snapshot and the previous plan held; mimalloc returns
+/// such pages only when this thread allocates again, which may be minutes away (tens of
+/// MB at 10,000 Functions). A forced collection costs 1–2 ms there, so it waits for a
+/// quiet moment instead of delaying the next change of a burst.
+#[derive(Default)]
+struct FreedMemory {
+    owed: bool,
+}
+
+impl FreedMemory {
+    const QUIET: Duration = Duration::from_millis(100);
+
+    /// Waits for `changed`, releasing what is owed if nothing changes for `QUIET`.
+    async fn wait(&mut self, changed: &Notify) {
+        if self.owed {
+            tokio::select! {
+                _ = changed.notified() => return,
+                _ = tokio::time::sleep(Self::QUIET) => {
+                    // SAFETY: mi_collect has no preconditions; it walks this thread's heap.
+                    // A no-op when the process's allocator is not mimalloc.
+                    unsafe { libmimalloc_sys::mi_collect(true) };
+                    self.owed = false;
+                }
+            }
+        }
+        changed.notified().await
+    }
 }
