@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 /// One event as a bulk entry of the app's protocol.
 pub enum Entry {
     Grpc(TopicEventBulkRequestEntry),
-    Http(serde_json::Value),
+    Http(super::dapr_http::HttpBulkEntry),
 }
 
 impl Entry {
@@ -28,7 +28,7 @@ impl Entry {
         }
     }
 
-    pub fn into_http(self) -> Option<serde_json::Value> {
+    pub fn into_http(self) -> Option<super::dapr_http::HttpBulkEntry> {
         match self {
             Entry::Http(e) => Some(e),
             Entry::Grpc(_) => None,

@@ -3,7 +3,7 @@
 
 use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
 use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
-use super::event::Event;
+use super::event::{push_json, Event};
 use crate::plan::{TriggerKind, TriggerSpec};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -181,9 +181,7 @@ impl HttpApp {
             TriggerKind::PubSub => {
                 builder =
                     builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
-                Bytes::from(
-                    serde_json::to_vec(&event.cloud_event(spec).to_json()).unwrap_or_default(),
-                )
+                Bytes::from(event.cloud_event(spec).to_json_bytes())
             }
         };
         let request = match builder.body(Full::new(body)) {
@@ -204,27 +202,32 @@ impl HttpApp {
     pub async fn deliver_bulk(
         &self,
         target: &BulkTarget,
-        entries: Vec<serde_json::Value>,
+        entries: Vec<HttpBulkEntry>,
     ) -> Vec<Answer> {
-        let ids: Vec<String> = entries
-            .iter()
-            .map(|e| e["entryId"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        let mut envelope = serde_json::json!({
-            "id": super::event::batch_id(),
-            "type": BULK_EVENT_TYPE,
-            "topic": target.topic,
-            "pubsubname": target.component,
-            "metadata": {},
-        });
-        // Moved in, not through `json!`, which would serialize a copy of every entry.
-        envelope["entries"] = serde_json::Value::Array(entries);
+        let mut envelope =
+            Vec::with_capacity(256 + entries.iter().map(|e| e.json.len() + 1).sum::<usize>());
+        envelope.extend_from_slice(br#"{"id":"#);
+        push_json(&mut envelope, &super::event::batch_id());
+        envelope.extend_from_slice(br#","type":"#);
+        push_json(&mut envelope, BULK_EVENT_TYPE);
+        envelope.extend_from_slice(br#","topic":"#);
+        push_json(&mut envelope, &target.topic);
+        envelope.extend_from_slice(br#","pubsubname":"#);
+        push_json(&mut envelope, &target.component);
+        envelope.extend_from_slice(br#","metadata":{},"entries":["#);
+        let mut ids = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            if i > 0 {
+                envelope.push(b',');
+            }
+            envelope.extend_from_slice(&entry.json);
+            ids.push(entry.id);
+        }
+        envelope.extend_from_slice(b"]}");
         let path = target.path.trim_start_matches('/');
         let request = Request::post(format!("http://{}/{path}", target.addr))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                serde_json::to_vec(&envelope).unwrap_or_default(),
-            )));
+            .body(Full::new(Bytes::from(envelope)));
         let all = |a: Answer| vec![a; ids.len()];
         let request = match request {
             Ok(r) => r,
@@ -254,20 +257,40 @@ impl HttpApp {
     }
 }
 
-/// An event as an entry of Dapr's HTTP bulk envelope.
-pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> serde_json::Value {
+/// An event as an entry of Dapr's HTTP bulk envelope, serialised when it is made.
+#[derive(Debug)]
+pub struct HttpBulkEntry {
+    pub id: String,
+    pub json: Vec<u8>,
+}
+
+pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> HttpBulkEntry {
     let (ce, entry_id) = event.bulk_parts(spec);
-    let metadata: serde_json::Map<String, serde_json::Value> = event
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    serde_json::json!({
-        "entryId": entry_id,
-        "event": ce.to_json(),
-        "metadata": metadata,
-        "contentType": "application/cloudevents+json",
-    })
+    let event_json = ce.to_json_bytes();
+    let mut json = Vec::with_capacity(event_json.len() + 256);
+    json.extend_from_slice(br#"{"entryId":"#);
+    push_json(&mut json, &entry_id);
+    json.extend_from_slice(br#","event":"#);
+    json.extend_from_slice(&event_json);
+    json.extend_from_slice(br#","metadata":{"#);
+    let metadata = &event.metadata;
+    let mut first = true;
+    for (i, (key, value)) in metadata.iter().enumerate() {
+        // A repeated key (a NATS header sent twice) keeps its last value, as a map would.
+        if metadata[i + 1..].iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if !first {
+            json.push(b',');
+        }
+        first = false;
+        push_json(&mut json, key);
+        json.push(b':');
+        push_json(&mut json, value);
+    }
+    json.extend_from_slice(b"}");
+    json.extend_from_slice(br#","contentType":"application/cloudevents+json"}"#);
+    HttpBulkEntry { id: entry_id, json }
 }
 
 impl Default for HttpApp {

@@ -93,28 +93,51 @@ impl Event {
 
 impl CloudEvent {
     /// The JSON form Dapr posts to HTTP apps: the original event, or the raw-payload
-    /// wrapper with `data_base64`.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// wrapper with `data_base64`. Written directly rather than through a `Value` map: at
+    /// tens of thousands of events per second the map's inserts and drops, and a JSON-escape
+    /// scan over the base64 payload (its alphabet needs none), were a sixth of the work.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
         if let Some(original) = &self.original {
-            return serde_json::Value::Object(original.clone());
+            return serde_json::to_vec(original).unwrap_or_default();
         }
-        let mut obj = self.extensions.clone();
-        obj.insert("id".into(), self.id.clone().into());
-        obj.insert("specversion".into(), self.spec_version.clone().into());
-        obj.insert(
-            "datacontenttype".into(),
-            self.data_content_type.clone().into(),
+        let mut out = Vec::with_capacity(self.data.len() * 4 / 3 + 256);
+        out.push(b'{');
+        for (key, value) in &self.extensions {
+            push_json(&mut out, key);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, value);
+            out.push(b',');
+        }
+        for (key, value) in [
+            ("id", &self.id),
+            ("specversion", &self.spec_version),
+            ("datacontenttype", &self.data_content_type),
+            ("source", &self.source),
+            ("type", &self.kind),
+        ] {
+            push_json(&mut out, key);
+            out.push(b':');
+            push_json(&mut out, value);
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""data_base64":""#);
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(self.data.len(), true).unwrap_or(0),
+            0,
         );
-        obj.insert("source".into(), self.source.clone().into());
-        obj.insert("type".into(), self.kind.clone().into());
-        obj.insert(
-            "data_base64".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(&self.data)
-                .into(),
-        );
-        serde_json::Value::Object(obj)
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&self.data, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+        out.extend_from_slice(b"\"}");
+        out
     }
+}
+
+/// `value` as a JSON string.
+pub(super) fn push_json(out: &mut Vec<u8>, value: &str) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
@@ -247,7 +270,8 @@ mod tests {
         assert_eq!(ce.kind, "com.dapr.event.sent");
         assert_eq!(ce.source, "Dapr");
         assert_eq!(ce.spec_version, "1.0");
-        assert_eq!(ce.to_json()["data_base64"], "AAFoZWxsbw==");
+        let json: serde_json::Value = serde_json::from_slice(&ce.to_json_bytes()).unwrap();
+        assert_eq!(json["data_base64"], "AAFoZWxsbw==");
         assert_eq!(ce.extensions["topic"], "orders");
         assert_eq!(ce.extensions["pubsubname"], "ps");
         assert_eq!(ce.id, event(b"other").cloud_event(&spec()).id);
@@ -268,6 +292,28 @@ mod tests {
         assert_eq!(ce.extensions["traceparent"], "00-x");
         assert_eq!(ce.extensions["topic"], "orders");
         assert!(!ce.extensions.contains_key("data"));
+    }
+
+    #[test]
+    fn an_http_bulk_entry_is_dapr_json_with_metadata_as_an_object() {
+        let mut e = event(b"\x00\x01hello");
+        e.metadata = vec![
+            ("Topic".into(), "orders".into()),
+            ("quote".into(), "a \"b\"\n".into()),
+            ("Topic".into(), "later".into()),
+        ];
+        let entry = crate::triggers::dapr_http::bulk_entry(&e, &spec());
+        let json: serde_json::Value = serde_json::from_slice(&entry.json).unwrap();
+        assert_eq!(json["entryId"], entry.id.as_str());
+        assert_eq!(json["contentType"], "application/cloudevents+json");
+        assert_eq!(json["event"]["data_base64"], "AAFoZWxsbw==");
+        assert_eq!(json["event"]["id"], entry.id.as_str());
+        assert_eq!(json["event"]["type"], "com.dapr.event.sent");
+        assert_eq!(json["event"]["pubsubname"], "ps");
+        assert_eq!(
+            json["metadata"],
+            serde_json::json!({"Topic": "later", "quote": "a \"b\"\n"})
+        );
     }
 
     #[test]
