@@ -181,8 +181,8 @@ fn list_yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn reparse(state: &mut FileState, path: &Path, bytes: &[u8]) {
-    let file = path.display().to_string();
-    let shared_file: Arc<str> = file.as_str().into();
+    // Shared by every object of the file.
+    let file: Arc<str> = path.display().to_string().into();
     state.diagnostics.clear();
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -220,7 +220,7 @@ fn reparse(state: &mut FileState, path: &Path, bytes: &[u8]) {
                     key,
                     CatalogEntry {
                         object: Arc::new(object),
-                        file: Some(shared_file.clone()),
+                        file: Some(file.clone()),
                         version,
                     },
                 );

@@ -51,7 +51,7 @@ impl Default for EventDefaults {
 struct Report<'a> {
     diagnostics: &'a mut Vec<Diagnostic>,
     function_label: String,
-    function_file: Option<&'a str>,
+    function_file: Option<&'a Arc<str>>,
     failed: bool,
 }
 
@@ -60,7 +60,7 @@ impl Report<'_> {
         self.failed |= d.is_error();
         self.diagnostics.push(
             d.on_object(self.function_label.clone())
-                .in_file(self.function_file),
+                .in_file(self.function_file.map(|f| &**f)),
         );
     }
     fn on(&mut self, origin: &Origin, d: Diagnostic) {
@@ -75,7 +75,7 @@ impl Report<'_> {
 /// The object a component came from, for diagnostics.
 struct Origin {
     label: String,
-    file: Option<String>,
+    file: Option<Arc<str>>,
     /// Field path of the component spec's `metadata` list inside that object.
     metadata_field: String,
 }
@@ -107,7 +107,7 @@ pub(super) fn build(
         let mut report = Report {
             diagnostics: &mut *diagnostics,
             function_label: key.to_string(),
-            function_file: entry.file.as_deref(),
+            function_file: entry.file.as_ref(),
             failed: false,
         };
         let delivery = delivery_spec(function, &mut report);
@@ -277,7 +277,7 @@ fn find_component<'a>(
     };
     let origin = Origin {
         label: key.to_string(),
-        file: entry.file.as_deref().map(str::to_owned),
+        file: entry.file.clone(),
         metadata_field: "spec.metadata".into(),
     };
     Some((&component.spec, origin, Some(component)))
@@ -309,7 +309,7 @@ fn compile_trigger(
         return Vec::new();
     };
     if origin.file.is_none() {
-        origin.file = report.function_file.map(str::to_owned);
+        origin.file = report.function_file.cloned();
     }
     if let Some(component) = object {
         if !component.scopes.is_empty() && !component.scopes.contains(&app_id) {

@@ -3,7 +3,7 @@
 
 use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
 use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
-use super::event::{push_json, Event};
+use super::event::{push_json, push_json_member, Event};
 use crate::plan::{TriggerKind, TriggerSpec};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -206,15 +206,17 @@ impl HttpApp {
     ) -> Vec<Answer> {
         let mut envelope =
             Vec::with_capacity(256 + entries.iter().map(|e| e.json.len() + 1).sum::<usize>());
-        envelope.extend_from_slice(br#"{"id":"#);
-        push_json(&mut envelope, &super::event::batch_id());
-        envelope.extend_from_slice(br#","type":"#);
-        push_json(&mut envelope, BULK_EVENT_TYPE);
-        envelope.extend_from_slice(br#","topic":"#);
-        push_json(&mut envelope, &target.topic);
-        envelope.extend_from_slice(br#","pubsubname":"#);
-        push_json(&mut envelope, &target.component);
-        envelope.extend_from_slice(br#","metadata":{},"entries":["#);
+        envelope.push(b'{');
+        for (key, value) in [
+            ("id", super::event::batch_id().as_str()),
+            ("type", BULK_EVENT_TYPE),
+            ("topic", &target.topic),
+            ("pubsubname", &target.component),
+        ] {
+            push_json_member(&mut envelope, key, value);
+            envelope.push(b',');
+        }
+        envelope.extend_from_slice(br#""metadata":{},"entries":["#);
         let mut ids = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
             if i > 0 {
@@ -284,9 +286,7 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> HttpBulkEntry {
             json.push(b',');
         }
         first = false;
-        push_json(&mut json, key);
-        json.push(b':');
-        push_json(&mut json, value);
+        push_json_member(&mut json, key, value);
     }
     json.extend_from_slice(b"}");
     json.extend_from_slice(br#","contentType":"application/cloudevents+json"}"#);

@@ -115,9 +115,7 @@ impl CloudEvent {
             ("source", &self.source),
             ("type", &self.kind),
         ] {
-            push_json(&mut out, key);
-            out.push(b':');
-            push_json(&mut out, value);
+            push_json_member(&mut out, key, value);
             out.push(b',');
         }
         out.extend_from_slice(br#""data_base64":""#);
@@ -138,6 +136,13 @@ impl CloudEvent {
 /// `value` as a JSON string.
 pub(super) fn push_json(out: &mut Vec<u8>, value: &str) {
     let _ = serde_json::to_writer(out, value);
+}
+
+/// `"key":"value"`, both escaped.
+pub(super) fn push_json_member(out: &mut Vec<u8>, key: &str, value: &str) {
+    push_json(out, key);
+    out.push(b':');
+    push_json(out, value);
 }
 
 fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {

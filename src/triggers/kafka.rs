@@ -168,6 +168,13 @@ impl DeadLetterSink for KafkaDeadLetter {
 
 type Partition = (String, i32);
 
+/// A partition, the channel to its worker, and the worker.
+type PartitionWorker = (
+    Partition,
+    mpsc::Sender<(i64, Event)>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// Runs until the trigger is stopped; then settles or releases what is in flight and
 /// commits what was settled.
 pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
@@ -228,11 +235,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     // Messages travel to their partition's worker as events already: one copy of the
     // payload, taken from librdkafka's buffer.
     // A few partitions per trigger: a list searched without allocating a key.
-    let mut workers: Vec<(
-        Partition,
-        mpsc::Sender<(i64, Event)>,
-        tokio::task::JoinHandle<()>,
-    )> = Vec::new();
+    let mut workers: Vec<PartitionWorker> = Vec::new();
     loop {
         let message = tokio::select! {
             _ = rt.stopping() => break,
