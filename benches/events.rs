@@ -298,18 +298,26 @@ fn runs() -> Vec<(&'static str, bool)> {
 /// In-flight events per partition / consumer: relaxed ordering.
 fn concurrency_of(bulk: bool) -> u32 {
     if bulk {
-        BULK_CONCURRENCY
+        bulk_concurrency()
     } else {
         64
     }
 }
 
-/// Enough in flight to fill batches of `BULK_MAX`.
-const BULK_CONCURRENCY: u32 = 256;
+/// Enough in flight to fill batches of `BULK_MAX`; `BENCH_BULK_CONCURRENCY` overrides it.
+fn bulk_concurrency() -> u32 {
+    std::env::var("BENCH_BULK_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
 
 fn run_name(protocol: &str, bulk: bool) -> String {
     if bulk {
-        format!("{protocol} app, bulk subscribe (concurrency {BULK_CONCURRENCY})")
+        format!(
+            "{protocol} app, bulk subscribe (concurrency {})",
+            bulk_concurrency()
+        )
     } else {
         format!("{protocol} app (concurrency 64)")
     }
@@ -396,7 +404,31 @@ fn p(lat: &mut [u64], q: f64) -> f64 {
     lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0
 }
 
-struct Row(String, f64, Option<f64>);
+/// A path, its events/s, its share of the ceiling, and fngate's CPU time per event (µs).
+struct Row(String, f64, Option<f64>, Option<f64>);
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    ticks.iter().sum::<f64>() / 100.0
+}
+
+/// Waits for `n` events; the rate, and fngate's CPU µs per event from the first one on.
+async fn throughput(sink: &Sink, gate: &Fngate, n: usize) -> Option<(f64, f64)> {
+    sink.wait_for(1, Duration::from_secs(600)).await?;
+    let cpu_before = cpu_seconds(gate.0.id());
+    let rate = sink.wait_for(n as u64, Duration::from_secs(600)).await?;
+    let per_event = (cpu_seconds(gate.0.id()) - cpu_before) * 1e6 / n as f64;
+    Some((rate, per_event))
+}
 
 async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
     let home = std::env::var("HOME").unwrap_or_default();
@@ -501,6 +533,7 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
     rows.push(Row(
         "kafka  rdkafka consumer alone (ceiling)".into(),
         ceiling,
+        None,
         None,
     ));
 
@@ -621,7 +654,7 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         };
         let name = if bulk { "ps" } else { "kin" };
         let concurrency = concurrency_of(bulk);
-        let _gate = start_fngate(&function(
+        let gate = start_fngate(&function(
             name,
             &component,
             topic,
@@ -629,11 +662,12 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
             addr,
             concurrency,
         ));
-        if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
+        if let Some((rate, cpu)) = throughput(&sink, &gate, n).await {
             rows.push(Row(
                 format!("kafka  fngate -> {}", run_name(protocol, bulk)),
                 rate,
                 Some(rate / ceiling),
+                Some(cpu),
             ));
         }
     }
@@ -722,13 +756,14 @@ async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         "nats   async-nats pull consumer, ack each (ceiling)".into(),
         ceiling,
         None,
+        None,
     ));
 
     for (protocol, bulk) in runs() {
         let sink = Arc::new(Sink::default());
         let addr = serve(protocol, bulk, sink.clone(), subject.clone()).await;
         let component = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - {{name: natsURL, value: \"nats://127.0.0.1:4222\"}}\n    - {{name: durableName, value: fngate-{protocol}-{bulk}}}\n");
-        let _gate = start_fngate(&function(
+        let gate = start_fngate(&function(
             "ps",
             &component,
             Some(&subject),
@@ -736,11 +771,12 @@ async fn jetstream(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
             addr,
             concurrency_of(bulk),
         ));
-        if let Some(rate) = sink.wait_for(n as u64, Duration::from_secs(600)).await {
+        if let Some((rate, cpu)) = throughput(&sink, &gate, n).await {
             rows.push(Row(
                 format!("nats   fngate -> {}", run_name(protocol, bulk)),
                 rate,
                 Some(rate / ceiling),
+                Some(cpu),
             ));
         }
     }
@@ -804,11 +840,15 @@ fn main() {
         }
     });
     println!("\n{n} messages of 1 KiB");
-    println!("{:<75} {:>12} {:>10}", "path", "events/s", "/ceiling");
-    for Row(name, rate, ratio) in &rows {
+    println!(
+        "{:<75} {:>12} {:>10} {:>14}",
+        "path", "events/s", "/ceiling", "fngate CPU/ev"
+    );
+    for Row(name, rate, ratio, cpu) in &rows {
         println!(
-            "{name:<75} {rate:>12.0} {:>10}",
-            ratio.map(|r| format!("{r:.2}")).unwrap_or_default()
+            "{name:<75} {rate:>12.0} {:>10} {:>14}",
+            ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+            cpu.map(|c| format!("{c:.1} µs")).unwrap_or_default()
         );
     }
     for l in &latency {

@@ -9,19 +9,18 @@
 //! latency; at high rates batches fill up to the app's limit.
 
 use super::app::{Answer, BulkSubscribe, BulkTarget};
-use dapr::dapr::proto::runtime::v1::TopicEventBulkRequestEntry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// One event as a bulk entry of the app's protocol.
 pub enum Entry {
-    Grpc(TopicEventBulkRequestEntry),
+    Grpc(super::dapr_grpc::GrpcBulkEntry),
     Http(super::dapr_http::HttpBulkEntry),
 }
 
 impl Entry {
-    pub fn into_grpc(self) -> Option<TopicEventBulkRequestEntry> {
+    pub fn into_grpc(self) -> Option<super::dapr_grpc::GrpcBulkEntry> {
         match self {
             Entry::Grpc(e) => Some(e),
             Entry::Http(_) => None,
@@ -142,13 +141,13 @@ impl Batcher {
 
 /// The answers to a batch in its entries' order, from the app's per-entry statuses; an
 /// entry the app did not answer is retried, as Dapr does.
-pub fn answers_in_order(
-    entry_ids: &[String],
+pub fn answers_in_order<'a>(
+    entry_ids: impl IntoIterator<Item = &'a str>,
     statuses: impl IntoIterator<Item = (String, Answer)>,
 ) -> Vec<Answer> {
     let by_id: HashMap<String, Answer> = statuses.into_iter().collect();
     entry_ids
-        .iter()
+        .into_iter()
         .map(|id| {
             by_id
                 .get(id)
@@ -164,9 +163,8 @@ mod tests {
 
     #[test]
     fn each_entry_gets_its_own_answer_and_one_the_app_did_not_answer_is_retried() {
-        let ids = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
         let answers = answers_in_order(
-            &ids,
+            ["a", "b", "c"],
             [
                 ("c".to_owned(), Answer::Drop("DROP".into())),
                 ("a".to_owned(), Answer::Success),

@@ -2,17 +2,16 @@
 
 use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
 use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
-use super::event::{CloudEvent, Event};
+use super::event::{batch_id, Event};
+use super::wire;
 use crate::plan::{TriggerKind, TriggerSpec};
 use dapr::dapr::proto::runtime::v1::{
-    app_callback_alpha_client::AppCallbackAlphaClient, app_callback_client::AppCallbackClient,
-    topic_event_bulk_request_entry, topic_event_response::TopicEventResponseStatus,
-    BindingEventRequest, TopicEventBulkRequest, TopicEventBulkRequestEntry, TopicEventBulkResponse,
-    TopicEventCeRequest, TopicEventRequest,
+    app_callback_client::AppCallbackClient, topic_event_response::TopicEventResponseStatus,
+    BindingEventRequest, TopicEventBulkResponse, TopicEventRequest,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -79,19 +78,15 @@ impl GrpcApp {
     pub async fn deliver_bulk(
         &self,
         target: &BulkTarget,
-        entries: Vec<TopicEventBulkRequestEntry>,
+        entries: Vec<GrpcBulkEntry>,
     ) -> Vec<Answer> {
         let addr = target.addr;
-        let ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
-        let request = TopicEventBulkRequest {
-            id: super::event::batch_id(),
+        let request = Arc::new(EncodedBulkRequest::new(
+            &target.topic,
+            &target.component,
+            &target.path,
             entries,
-            metadata: HashMap::new(),
-            topic: target.topic.clone(),
-            pubsub_name: target.component.clone(),
-            r#type: BULK_EVENT_TYPE.into(),
-            path: target.path.clone(),
-        };
+        ));
         let known = self
             .bulk_calls
             .lock()
@@ -99,13 +94,14 @@ impl GrpcApp {
             .get(&addr)
             .copied();
         let result = match known {
-            Some(call) => self.bulk_call(addr, call, request).await,
+            Some(call) => self.bulk_call(addr, call, request.clone()).await,
             None => {
                 let (call, result) =
                     match self.bulk_call(addr, BulkCall::Alpha, request.clone()).await {
                         Err(s) if s.code() == tonic::Code::Unimplemented => (
                             BulkCall::Stable,
-                            self.bulk_call(addr, BulkCall::Stable, request).await,
+                            self.bulk_call(addr, BulkCall::Stable, request.clone())
+                                .await,
                         ),
                         r => (BulkCall::Alpha, r),
                     };
@@ -118,15 +114,16 @@ impl GrpcApp {
                 result
             }
         };
+        let ids = request.entries.iter().map(|e| e.id.as_str());
         match result {
             Ok(response) => answers_in_order(
-                &ids,
+                ids,
                 response
                     .statuses
                     .into_iter()
                     .map(|s| (s.entry_id, topic_answer(s.status))),
             ),
-            Err(s) => vec![self.failure(addr, s); ids.len()],
+            Err(s) => vec![self.failure(addr, s); request.entries.len()],
         }
     }
 
@@ -134,23 +131,23 @@ impl GrpcApp {
         &self,
         addr: SocketAddr,
         call: BulkCall,
-        request: TopicEventBulkRequest,
+        request: Arc<EncodedBulkRequest>,
     ) -> Result<TopicEventBulkResponse, tonic::Status> {
-        let channel = self.channel(addr);
-        let response = match call {
-            #[allow(deprecated)] // what every released Dapr runtime calls
-            BulkCall::Alpha => {
-                AppCallbackAlphaClient::new(channel)
-                    .on_bulk_topic_event_alpha1(request)
-                    .await
-            }
-            BulkCall::Stable => {
-                AppCallbackClient::new(channel)
-                    .on_bulk_topic_event(request)
-                    .await
-            }
+        let mut grpc = tonic::client::Grpc::new(self.channel(addr));
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+        let path = match call {
+            BulkCall::Alpha => "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
+            BulkCall::Stable => "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
         };
-        response.map(tonic::Response::into_inner)
+        grpc.unary(
+            tonic::Request::new(request),
+            http::uri::PathAndQuery::from_static(path),
+            BulkCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
     }
 
     /// What the app subscribed to: ListInputBindings and ListTopicSubscriptions.
@@ -217,7 +214,7 @@ impl GrpcApp {
                     r#type: ce.kind,
                     spec_version: ce.spec_version,
                     data_content_type: ce.data_content_type,
-                    data: ce.data,
+                    data: ce.data.to_vec(),
                     topic: event.topic.clone(),
                     pubsub_name: spec.component.clone(),
                     path: path.to_owned(),
@@ -264,28 +261,119 @@ fn topic_answer(status: i32) -> Answer {
     }
 }
 
-/// An event as an entry of a gRPC bulk request: its CloudEvent, broker metadata per entry.
-pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> TopicEventBulkRequestEntry {
-    let (ce, entry_id) = event.bulk_parts(spec);
-    TopicEventBulkRequestEntry {
-        entry_id,
-        content_type: "application/cloudevents+json".into(),
-        metadata: event.metadata.iter().cloned().collect(),
-        event: Some(topic_event_bulk_request_entry::Event::CloudEvent(
-            ce_request(ce),
-        )),
+/// An event as an entry of a gRPC bulk request, already in protobuf wire form: written
+/// once when the event joins a batch, copied once into the request.
+pub struct GrpcBulkEntry {
+    pub id: String,
+    /// A `TopicEventBulkRequestEntry`.
+    encoded: Vec<u8>,
+}
+
+/// The event's CloudEvent, with the broker metadata per entry.
+pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
+    const CONTENT_TYPE: &str = "application/cloudevents+json";
+    let (ce, id) = event.bulk_parts(spec);
+    // TopicEventCERequest, then TopicEventBulkRequestEntry around it.
+    let mut extensions = Vec::new();
+    wire::json_struct(&mut extensions, &ce.extensions);
+    let ce_fields: [(u32, &[u8]); 6] = [
+        (1, ce.id.as_bytes()),
+        (2, ce.source.as_bytes()),
+        (3, ce.kind.as_bytes()),
+        (4, ce.spec_version.as_bytes()),
+        (5, ce.data_content_type.as_bytes()),
+        (6, &ce.data),
+    ];
+    let ce_len = ce_fields
+        .iter()
+        .map(|(tag, v)| wire::string_len(*tag, v))
+        .sum::<usize>()
+        + wire::field_len(7, extensions.len());
+    let metadata_len: usize = event
+        .metadata
+        .iter()
+        .map(|(k, v)| wire::field_len(5, wire::string_len(1, k) + wire::string_len(2, v)))
+        .sum();
+    let mut encoded = Vec::with_capacity(
+        wire::string_len(1, &id)
+            + wire::field_len(3, ce_len)
+            + wire::string_len(4, CONTENT_TYPE)
+            + metadata_len,
+    );
+    wire::string(&mut encoded, 1, &id);
+    wire::field_head(&mut encoded, 3, ce_len);
+    for (tag, value) in ce_fields {
+        wire::string(&mut encoded, tag, value);
+    }
+    wire::bytes(&mut encoded, 7, &extensions);
+    wire::string(&mut encoded, 4, CONTENT_TYPE);
+    for (k, v) in &event.metadata {
+        wire::map_entry(&mut encoded, 5, k, v);
+    }
+    GrpcBulkEntry { id, encoded }
+}
+
+/// A `TopicEventBulkRequest` in wire form: its own fields, then its entries as written.
+/// Shared, so the first call to an endpoint can try the alpha method, then the stable one.
+struct EncodedBulkRequest {
+    head: Vec<u8>,
+    entries: Vec<GrpcBulkEntry>,
+}
+
+impl EncodedBulkRequest {
+    fn new(topic: &str, pubsub: &str, path: &str, entries: Vec<GrpcBulkEntry>) -> Self {
+        let mut head = Vec::with_capacity(128);
+        wire::string(&mut head, 1, batch_id());
+        wire::string(&mut head, 4, topic);
+        wire::string(&mut head, 5, pubsub);
+        wire::string(&mut head, 6, BULK_EVENT_TYPE);
+        wire::string(&mut head, 7, path);
+        EncodedBulkRequest { head, entries }
+    }
+
+    fn write_to(&self, dst: &mut impl bytes::BufMut) {
+        let mut entry_head = Vec::with_capacity(8);
+        dst.put_slice(&self.head);
+        for entry in &self.entries {
+            entry_head.clear();
+            wire::field_head(&mut entry_head, 2, entry.encoded.len());
+            dst.put_slice(&entry_head);
+            dst.put_slice(&entry.encoded);
+        }
     }
 }
 
-fn ce_request(ce: CloudEvent) -> TopicEventCeRequest {
-    TopicEventCeRequest {
-        id: ce.id,
-        source: ce.source,
-        r#type: ce.kind,
-        spec_version: ce.spec_version,
-        data_content_type: ce.data_content_type,
-        data: ce.data,
-        extensions: Some(to_struct(ce.extensions)),
+/// Sends an `EncodedBulkRequest` as is; decodes the response with prost.
+struct BulkCodec;
+
+impl tonic::codec::Codec for BulkCodec {
+    type Encode = Arc<EncodedBulkRequest>;
+    type Decode = TopicEventBulkResponse;
+    type Encoder = BulkEncoder;
+    type Decoder = tonic_prost::ProstDecoder<TopicEventBulkResponse>;
+
+    fn encoder(&mut self) -> BulkEncoder {
+        BulkEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Default::default()
+    }
+}
+
+struct BulkEncoder;
+
+impl tonic::codec::Encoder for BulkEncoder {
+    type Item = Arc<EncodedBulkRequest>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        request: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        request.write_to(dst);
+        Ok(())
     }
 }
 
@@ -308,4 +396,79 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
         serde_json::Value::Object(o) => Kind::StructValue(to_struct(o)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::triggers::event::tests::{event, spec};
+    use dapr::dapr::proto::runtime::v1::{topic_event_bulk_request_entry, TopicEventBulkRequest};
+    use prost::Message;
+
+    #[test]
+    fn a_bulk_request_written_to_the_wire_decodes_as_the_request_dapr_sends() {
+        let mut raw = event(b"\x00\x01hello");
+        raw.metadata = vec![
+            ("__key".into(), "k1".into()),
+            ("__offset".into(), "7".into()),
+            ("h".into(), "first".into()),
+            ("h".into(), "last".into()),
+        ];
+        let already = event(
+            br#"{"specversion":"1.0","id":"abc","source":"shop","type":"order.created","data":{"n":1},"nested":{"a":[1,null,true]}}"#,
+        );
+        let entries = vec![bulk_entry(&raw, &spec()), bulk_entry(&already, &spec())];
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let mut wire_form = Vec::new();
+        EncodedBulkRequest::new("orders", "ps", "/orders", entries).write_to(&mut wire_form);
+
+        let request = TopicEventBulkRequest::decode(&wire_form[..]).unwrap();
+        assert_eq!(request.id.len(), 36);
+        assert_eq!(
+            (request.topic.as_str(), request.pubsub_name.as_str()),
+            ("orders", "ps")
+        );
+        assert_eq!(request.r#type, BULK_EVENT_TYPE);
+        assert_eq!(request.path, "/orders");
+        assert_eq!(request.entries.len(), 2);
+
+        let first = &request.entries[0];
+        assert_eq!(first.entry_id, ids[0]);
+        assert_eq!(first.content_type, "application/cloudevents+json");
+        assert_eq!(first.metadata["__key"], "k1");
+        assert_eq!(first.metadata["__offset"], "7");
+        assert_eq!(
+            first.metadata["h"], "last",
+            "a repeated header: the last wins"
+        );
+        let Some(topic_event_bulk_request_entry::Event::CloudEvent(ce)) = &first.event else {
+            panic!("a CloudEvent entry")
+        };
+        let wrapped = raw.cloud_event(&spec());
+        assert_eq!(ce.id, wrapped.id);
+        assert_eq!(ce.source, "Dapr");
+        assert_eq!(ce.r#type, "com.dapr.event.sent");
+        assert_eq!(ce.spec_version, "1.0");
+        assert_eq!(ce.data_content_type, "application/octet-stream");
+        assert_eq!(ce.data, b"\x00\x01hello");
+        assert_eq!(
+            ce.extensions,
+            Some(to_struct(wrapped.extensions)),
+            "topic and pubsubname"
+        );
+
+        let second = &request.entries[1];
+        assert_eq!(second.entry_id, ids[1]);
+        assert!(second.metadata.is_empty());
+        let Some(topic_event_bulk_request_entry::Event::CloudEvent(ce)) = &second.event else {
+            panic!("a CloudEvent entry")
+        };
+        assert_eq!((ce.id.as_str(), ce.source.as_str()), ("abc", "shop"));
+        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert_eq!(
+            ce.extensions,
+            Some(to_struct(already.cloud_event(&spec()).extensions)),
+            "the event's own extensions, nested values included"
+        );
+    }
 }

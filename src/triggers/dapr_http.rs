@@ -243,7 +243,7 @@ impl HttpApp {
             Ok((status, body)) if status.is_success() => {
                 match serde_json::from_slice::<BulkStatuses>(&body) {
                     Ok(answer) => answers_in_order(
-                        &ids,
+                        ids.iter().map(String::as_str),
                         answer
                             .statuses
                             .into_iter()

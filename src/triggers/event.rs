@@ -28,7 +28,8 @@ pub struct CloudEvent {
     pub kind: String,
     pub spec_version: String,
     pub data_content_type: String,
-    pub data: Vec<u8>,
+    /// The wrapped message shares the broker's buffer.
+    pub data: Bytes,
     /// Every other top-level attribute of the event (for gRPC: `extensions`).
     pub extensions: serde_json::Map<String, serde_json::Value>,
     /// The message as it arrived, when it was a CloudEvent already.
@@ -84,7 +85,7 @@ impl Event {
             kind: "com.dapr.event.sent".into(),
             spec_version: "1.0".into(),
             data_content_type: "application/octet-stream".into(),
-            data: self.data.to_vec(),
+            data: self.data.clone(),
             extensions,
             original: None,
         }
@@ -152,7 +153,7 @@ fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
         _ => String::new(),
     };
     let mut data_content_type = text("datacontenttype");
-    let data = if let Some(serde_json::Value::String(b64)) = obj.get("data_base64") {
+    let data: Vec<u8> = if let Some(serde_json::Value::String(b64)) = obj.get("data_base64") {
         base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap_or_else(|_| b64.as_bytes().to_vec())
@@ -182,7 +183,7 @@ fn unpack(obj: serde_json::Map<String, serde_json::Value>) -> CloudEvent {
         kind: text("type"),
         spec_version: text("specversion"),
         data_content_type,
-        data,
+        data: data.into(),
         extensions,
         original: Some(obj),
     }
@@ -220,12 +221,13 @@ fn uuid_shaped(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::plan::*;
     use std::time::Duration;
 
-    fn spec() -> TriggerSpec {
+    /// A pub/sub trigger of component `ps`.
+    pub(in crate::triggers) fn spec() -> TriggerSpec {
         TriggerSpec {
             app_id: "f-default".into(),
             component: "ps".into(),
@@ -257,7 +259,8 @@ mod tests {
         }
     }
 
-    fn event(data: &[u8]) -> Event {
+    /// A message at `orders/0/7`, without metadata.
+    pub(in crate::triggers) fn event(data: &[u8]) -> Event {
         Event {
             data: Bytes::copy_from_slice(data),
             metadata: vec![],
@@ -270,7 +273,7 @@ mod tests {
     #[test]
     fn a_raw_message_is_wrapped_as_dapr_wraps_a_raw_payload_with_an_id_stable_across_redelivery() {
         let ce = event(b"\x00\x01hello").cloud_event(&spec());
-        assert_eq!(ce.data, b"\x00\x01hello");
+        assert_eq!(&ce.data[..], b"\x00\x01hello");
         assert_eq!(ce.data_content_type, "application/octet-stream");
         assert_eq!(ce.kind, "com.dapr.event.sent");
         assert_eq!(ce.source, "Dapr");
@@ -292,7 +295,7 @@ mod tests {
         assert_eq!(ce.id, "abc");
         assert_eq!(ce.source, "shop");
         assert_eq!(ce.kind, "order.created");
-        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert_eq!(&ce.data[..], br#"{"n":1}"#);
         assert_eq!(ce.extensions["myext"], "v");
         assert_eq!(ce.extensions["traceparent"], "00-x");
         assert_eq!(ce.extensions["topic"], "orders");
@@ -324,7 +327,7 @@ mod tests {
     #[test]
     fn plain_json_that_is_not_a_cloud_event_is_wrapped() {
         let ce = event(br#"{"n":1}"#).cloud_event(&spec());
-        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert_eq!(&ce.data[..], br#"{"n":1}"#);
         assert_eq!(ce.kind, "com.dapr.event.sent");
     }
 }

@@ -11,6 +11,7 @@ mod event;
 mod jetstream;
 mod kafka;
 mod supervisor;
+mod wire;
 
 pub use app::Answer;
 pub use delivery::{Decision, Settled};
