@@ -199,7 +199,11 @@ impl GrpcApp {
                 let request = BindingEventRequest {
                     name: spec.component.clone(),
                     data: event.data.to_vec(),
-                    metadata: event.metadata.iter().cloned().collect(),
+                    metadata: event
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
                 };
                 client
                     .on_binding_event(request)
@@ -274,8 +278,7 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
     const CONTENT_TYPE: &str = "application/cloudevents+json";
     let (ce, id) = event.bulk_parts(spec);
     // TopicEventCERequest, then TopicEventBulkRequestEntry around it.
-    let mut extensions = Vec::new();
-    wire::json_struct(&mut extensions, &ce.extensions);
+    let extensions_len = wire::json_struct_len(&ce.extensions);
     let ce_fields: [(u32, &[u8]); 6] = [
         (1, ce.id.as_bytes()),
         (2, ce.source.as_bytes()),
@@ -288,11 +291,16 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
         .iter()
         .map(|(tag, v)| wire::string_len(*tag, v))
         .sum::<usize>()
-        + wire::field_len(7, extensions.len());
+        + wire::field_len(7, extensions_len);
     let metadata_len: usize = event
         .metadata
         .iter()
-        .map(|(k, v)| wire::field_len(5, wire::string_len(1, k) + wire::string_len(2, v)))
+        .map(|(k, v)| {
+            wire::field_len(
+                5,
+                wire::string_len(1, k.as_bytes()) + wire::string_len(2, v),
+            )
+        })
         .sum();
     let mut encoded = Vec::with_capacity(
         wire::string_len(1, &id)
@@ -305,7 +313,8 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
     for (tag, value) in ce_fields {
         wire::string(&mut encoded, tag, value);
     }
-    wire::bytes(&mut encoded, 7, &extensions);
+    wire::field_head(&mut encoded, 7, extensions_len);
+    wire::json_struct(&mut encoded, &ce.extensions);
     wire::string(&mut encoded, 4, CONTENT_TYPE);
     for (k, v) in &event.metadata {
         wire::map_entry(&mut encoded, 5, k, v);

@@ -26,7 +26,7 @@ impl DeadLetterSink for JetstreamDeadLetter {
     async fn publish(&self, subject: &str, event: &Event) -> Result<(), String> {
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &event.metadata {
-            headers.append(k.as_str(), v.as_str());
+            headers.append(k.as_ref(), v.as_str());
         }
         self.js
             .publish_with_headers(subject.to_owned(), headers, event.data.clone())
@@ -208,11 +208,11 @@ fn position_sequence(position: &str) -> u64 {
 }
 
 fn to_event(message: &jetstream::Message, position: String) -> Event {
-    let mut metadata = vec![("Topic".to_owned(), message.subject.to_string())];
+    let mut metadata = vec![("Topic".into(), message.subject.to_string())];
     if let Some(headers) = &message.headers {
         for (name, values) in headers.iter() {
             for v in values {
-                metadata.push((name.to_string(), v.to_string()));
+                metadata.push((name.to_string().into(), v.to_string()));
             }
         }
     }

@@ -92,7 +92,7 @@ fn to_event(m: &impl Message, kind: TriggerKind, component: &str) -> Event {
     if let Some(headers) = m.headers() {
         for h in headers.iter() {
             let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-            metadata.push((h.key.to_owned(), value.into_owned()));
+            metadata.push((h.key.to_owned().into(), value.into_owned()));
         }
     }
     if kind == TriggerKind::PubSub {

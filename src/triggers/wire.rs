@@ -66,22 +66,22 @@ pub fn map_entry(out: &mut Vec<u8>, tag: u32, k: &str, v: &str) {
     string(out, 2, v);
 }
 
-/// A message field whose body is written by `body`: small messages only, since the body
-/// is written aside to learn its length.
-fn message(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    body(&mut inner);
-    bytes(out, tag, &inner);
-}
-
 /// A JSON object as the body of a `google.protobuf.Struct`.
 pub fn json_struct(out: &mut Vec<u8>, map: &serde_json::Map<String, serde_json::Value>) {
     for (k, v) in map {
-        message(out, 1, |e| {
-            string(e, 1, k);
-            message(e, 2, |value| json_value(value, v));
-        });
+        let value_len = json_value_len(v);
+        field_head(out, 1, string_len(1, k) + field_len(2, value_len));
+        string(out, 1, k);
+        field_head(out, 2, value_len);
+        json_value(out, v);
     }
+}
+
+/// The size of `json_struct(map)`.
+pub fn json_struct_len(map: &serde_json::Map<String, serde_json::Value>) -> usize {
+    map.iter()
+        .map(|(k, v)| field_len(1, string_len(1, k) + field_len(2, json_value_len(v))))
+        .sum()
 }
 
 /// A JSON value as the body of a `google.protobuf.Value` (its `kind` is a oneof, so even a
@@ -102,13 +102,37 @@ fn json_value(out: &mut Vec<u8>, v: &serde_json::Value) {
             key(out, 4, VARINT);
             varint(out, u64::from(*b));
         }
-        Value::Object(o) => message(out, 5, |s| json_struct(s, o)),
-        Value::Array(a) => message(out, 6, |list| {
+        Value::Object(o) => {
+            field_head(out, 5, json_struct_len(o));
+            json_struct(out, o);
+        }
+        Value::Array(a) => {
+            field_head(out, 6, list_len(a));
             for item in a {
-                message(list, 1, |value| json_value(value, item));
+                field_head(out, 1, json_value_len(item));
+                json_value(out, item);
             }
-        }),
+        }
     }
+}
+
+fn json_value_len(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) => 2,
+        Value::Number(_) => 9,
+        Value::String(s) => field_len(3, s.len()),
+        Value::Object(o) => field_len(5, json_struct_len(o)),
+        Value::Array(a) => field_len(6, list_len(a)),
+    }
+}
+
+/// The size of a `google.protobuf.ListValue` body.
+fn list_len(items: &[serde_json::Value]) -> usize {
+    items
+        .iter()
+        .map(|item| field_len(1, json_value_len(item)))
+        .sum()
 }
 
 #[cfg(test)]
@@ -124,6 +148,7 @@ mod tests {
         });
         let mut out = Vec::new();
         json_struct(&mut out, json.as_object().unwrap());
+        assert_eq!(out.len(), json_struct_len(json.as_object().unwrap()));
         let decoded = prost_types::Struct::decode(&out[..]).unwrap();
         use prost_types::value::Kind;
         let kind = |k: &str| decoded.fields[k].kind.clone().unwrap();
