@@ -2,12 +2,12 @@
 
 use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
 use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
-use super::event::{batch_id, Event};
+use super::event::{batch_id, CloudEvent, Event};
 use super::wire;
 use crate::plan::{TriggerKind, TriggerSpec};
 use dapr::dapr::proto::runtime::v1::{
     app_callback_client::AppCallbackClient, topic_event_response::TopicEventResponseStatus,
-    BindingEventRequest, TopicEventBulkResponse, TopicEventRequest,
+    BindingEventRequest, TopicEventBulkResponse, TopicEventResponse,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,7 +81,7 @@ impl GrpcApp {
         entries: Vec<GrpcBulkEntry>,
     ) -> Vec<Answer> {
         let addr = target.addr;
-        let request = Arc::new(EncodedBulkRequest::new(
+        let request = Arc::new(WireRequest::bulk(
             &target.topic,
             &target.component,
             &target.path,
@@ -94,17 +94,15 @@ impl GrpcApp {
             .get(&addr)
             .copied();
         let result = match known {
-            Some(call) => self.bulk_call(addr, call, request.clone()).await,
+            Some(call) => self.bulk_call(addr, call, &request).await,
             None => {
-                let (call, result) =
-                    match self.bulk_call(addr, BulkCall::Alpha, request.clone()).await {
-                        Err(s) if s.code() == tonic::Code::Unimplemented => (
-                            BulkCall::Stable,
-                            self.bulk_call(addr, BulkCall::Stable, request.clone())
-                                .await,
-                        ),
-                        r => (BulkCall::Alpha, r),
-                    };
+                let (call, result) = match self.bulk_call(addr, BulkCall::Alpha, &request).await {
+                    Err(s) if s.code() == tonic::Code::Unimplemented => (
+                        BulkCall::Stable,
+                        self.bulk_call(addr, BulkCall::Stable, &request).await,
+                    ),
+                    r => (BulkCall::Alpha, r),
+                };
                 if result.is_ok() {
                     self.bulk_calls
                         .lock()
@@ -131,20 +129,32 @@ impl GrpcApp {
         &self,
         addr: SocketAddr,
         call: BulkCall,
-        request: Arc<EncodedBulkRequest>,
+        request: &Arc<WireRequest>,
     ) -> Result<TopicEventBulkResponse, tonic::Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel(addr));
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
         let path = match call {
             BulkCall::Alpha => "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
             BulkCall::Stable => "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
         };
+        self.wire_call(addr, path, tonic::Request::new(request.clone()))
+            .await
+    }
+
+    /// One unary call whose request is already in wire form; the response decoded by prost.
+    async fn wire_call<Response: prost::Message + Default + Send + 'static>(
+        &self,
+        addr: SocketAddr,
+        path: &'static str,
+        request: tonic::Request<Arc<WireRequest>>,
+    ) -> Result<Response, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel(addr));
+        // The same status the generated clients give a channel that is not ready.
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         grpc.unary(
-            tonic::Request::new(request),
+            request,
             http::uri::PathAndQuery::from_static(path),
-            BulkCodec,
+            WireCodec::<Response>(std::marker::PhantomData),
         )
         .await
         .map(tonic::Response::into_inner)
@@ -211,19 +221,8 @@ impl GrpcApp {
                     .map(|_| Answer::Success)
             }
             TriggerKind::PubSub => {
-                let ce = event.cloud_event(spec);
-                let mut request = tonic::Request::new(TopicEventRequest {
-                    id: ce.id,
-                    source: ce.source,
-                    r#type: ce.kind,
-                    spec_version: ce.spec_version,
-                    data_content_type: ce.data_content_type,
-                    data: ce.data.to_vec(),
-                    topic: event.topic.clone(),
-                    pubsub_name: spec.component.clone(),
-                    path: path.to_owned(),
-                    extensions: Some(to_struct(ce.extensions)),
-                });
+                let request = WireRequest::topic_event(event, spec, path);
+                let mut request = tonic::Request::new(Arc::new(request));
                 // Broker metadata travels as gRPC metadata for topic events.
                 let md = request.metadata_mut();
                 for (k, v) in &event.metadata {
@@ -242,10 +241,9 @@ impl GrpcApp {
                         );
                     }
                 }
-                client
-                    .on_topic_event(request)
+                self.wire_call::<TopicEventResponse>(addr, ON_TOPIC_EVENT, request)
                     .await
-                    .map(|r| topic_answer(r.into_inner().status))
+                    .map(|r| topic_answer(r.status))
             }
         };
         match result {
@@ -273,25 +271,81 @@ pub struct GrpcBulkEntry {
     encoded: Vec<u8>,
 }
 
+const ON_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent";
+
+/// Where a CloudEvent's fields go in the message that carries it.
+struct CloudEventTags {
+    id: u32,
+    source: u32,
+    kind: u32,
+    spec_version: u32,
+    data_content_type: u32,
+    data: u32,
+    extensions: u32,
+}
+
+/// `TopicEventCERequest`, a bulk entry's event.
+const CE_REQUEST: CloudEventTags = CloudEventTags {
+    id: 1,
+    source: 2,
+    kind: 3,
+    spec_version: 4,
+    data_content_type: 5,
+    data: 6,
+    extensions: 7,
+};
+
+/// `TopicEventRequest`, a single topic event.
+const TOPIC_EVENT: CloudEventTags = CloudEventTags {
+    id: 1,
+    source: 2,
+    kind: 3,
+    spec_version: 4,
+    data_content_type: 5,
+    data: 7,
+    extensions: 10,
+};
+
+impl CloudEvent {
+    fn wire_fields(&self, tags: &CloudEventTags) -> [(u32, &[u8]); 6] {
+        [
+            (tags.id, self.id.as_bytes()),
+            (tags.source, self.source.as_bytes()),
+            (tags.kind, self.kind.as_bytes()),
+            (tags.spec_version, self.spec_version.as_bytes()),
+            (tags.data_content_type, self.data_content_type.as_bytes()),
+            (tags.data, &self.data),
+        ]
+    }
+
+    /// The size of `write_wire(tags)`.
+    fn wire_len(&self, tags: &CloudEventTags) -> usize {
+        self.wire_fields(tags)
+            .iter()
+            .map(|(tag, v)| wire::string_len(*tag, v))
+            .sum::<usize>()
+            + wire::field_len(tags.extensions, wire::json_struct_len(&self.extensions))
+    }
+
+    /// The CloudEvent's fields, its extensions as a `google.protobuf.Struct`.
+    fn write_wire(&self, out: &mut Vec<u8>, tags: &CloudEventTags) {
+        for (tag, value) in self.wire_fields(tags) {
+            wire::string(out, tag, value);
+        }
+        wire::field_head(
+            out,
+            tags.extensions,
+            wire::json_struct_len(&self.extensions),
+        );
+        wire::json_struct(out, &self.extensions);
+    }
+}
+
 /// The event's CloudEvent, with the broker metadata per entry.
 pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
     const CONTENT_TYPE: &str = "application/cloudevents+json";
     let (ce, id) = event.bulk_parts(spec);
-    // TopicEventCERequest, then TopicEventBulkRequestEntry around it.
-    let extensions_len = wire::json_struct_len(&ce.extensions);
-    let ce_fields: [(u32, &[u8]); 6] = [
-        (1, ce.id.as_bytes()),
-        (2, ce.source.as_bytes()),
-        (3, ce.kind.as_bytes()),
-        (4, ce.spec_version.as_bytes()),
-        (5, ce.data_content_type.as_bytes()),
-        (6, &ce.data),
-    ];
-    let ce_len = ce_fields
-        .iter()
-        .map(|(tag, v)| wire::string_len(*tag, v))
-        .sum::<usize>()
-        + wire::field_len(7, extensions_len);
+    let ce_len = ce.wire_len(&CE_REQUEST);
     let metadata_len: usize = event
         .metadata
         .iter()
@@ -310,11 +364,7 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
     );
     wire::string(&mut encoded, 1, &id);
     wire::field_head(&mut encoded, 3, ce_len);
-    for (tag, value) in ce_fields {
-        wire::string(&mut encoded, tag, value);
-    }
-    wire::field_head(&mut encoded, 7, extensions_len);
-    wire::json_struct(&mut encoded, &ce.extensions);
+    ce.write_wire(&mut encoded, &CE_REQUEST);
     wire::string(&mut encoded, 4, CONTENT_TYPE);
     for (k, v) in &event.metadata {
         wire::map_entry(&mut encoded, 5, k, v);
@@ -322,22 +372,37 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
     GrpcBulkEntry { id, encoded }
 }
 
-/// A `TopicEventBulkRequest` in wire form: its own fields, then its entries as written.
-/// Shared, so the first call to an endpoint can try the alpha method, then the stable one.
-struct EncodedBulkRequest {
+/// A request in wire form: its own fields, then, for a `TopicEventBulkRequest`, its
+/// entries as they were written. Shared, so the first bulk call to an endpoint can try the
+/// alpha method, then the stable one.
+struct WireRequest {
     head: Vec<u8>,
     entries: Vec<GrpcBulkEntry>,
 }
 
-impl EncodedBulkRequest {
-    fn new(topic: &str, pubsub: &str, path: &str, entries: Vec<GrpcBulkEntry>) -> Self {
+impl WireRequest {
+    fn bulk(topic: &str, pubsub: &str, path: &str, entries: Vec<GrpcBulkEntry>) -> Self {
         let mut head = Vec::with_capacity(128);
         wire::string(&mut head, 1, batch_id());
         wire::string(&mut head, 4, topic);
         wire::string(&mut head, 5, pubsub);
         wire::string(&mut head, 6, BULK_EVENT_TYPE);
         wire::string(&mut head, 7, path);
-        EncodedBulkRequest { head, entries }
+        WireRequest { head, entries }
+    }
+
+    /// A `TopicEventRequest`.
+    fn topic_event(event: &Event, spec: &TriggerSpec, path: &str) -> Self {
+        let ce = event.cloud_event(spec);
+        let mut head = Vec::with_capacity(ce.wire_len(&TOPIC_EVENT) + 128);
+        ce.write_wire(&mut head, &TOPIC_EVENT);
+        wire::string(&mut head, 6, &event.topic);
+        wire::string(&mut head, 8, &spec.component);
+        wire::string(&mut head, 9, path);
+        WireRequest {
+            head,
+            entries: Vec::new(),
+        }
     }
 
     fn write_to(&self, dst: &mut impl bytes::BufMut) {
@@ -352,17 +417,19 @@ impl EncodedBulkRequest {
     }
 }
 
-/// Sends an `EncodedBulkRequest` as is; decodes the response with prost.
-struct BulkCodec;
+/// Sends a `WireRequest` as is; decodes the `Response` with prost.
+struct WireCodec<Response>(std::marker::PhantomData<Response>);
 
-impl tonic::codec::Codec for BulkCodec {
-    type Encode = Arc<EncodedBulkRequest>;
-    type Decode = TopicEventBulkResponse;
-    type Encoder = BulkEncoder;
-    type Decoder = tonic_prost::ProstDecoder<TopicEventBulkResponse>;
+impl<Response: prost::Message + Default + Send + 'static> tonic::codec::Codec
+    for WireCodec<Response>
+{
+    type Encode = Arc<WireRequest>;
+    type Decode = Response;
+    type Encoder = WireEncoder;
+    type Decoder = tonic_prost::ProstDecoder<Response>;
 
-    fn encoder(&mut self) -> BulkEncoder {
-        BulkEncoder
+    fn encoder(&mut self) -> WireEncoder {
+        WireEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -370,10 +437,10 @@ impl tonic::codec::Codec for BulkCodec {
     }
 }
 
-struct BulkEncoder;
+struct WireEncoder;
 
-impl tonic::codec::Encoder for BulkEncoder {
-    type Item = Arc<EncodedBulkRequest>;
+impl tonic::codec::Encoder for WireEncoder {
+    type Item = Arc<WireRequest>;
     type Error = tonic::Status;
 
     fn encode(
@@ -386,33 +453,56 @@ impl tonic::codec::Encoder for BulkEncoder {
     }
 }
 
-fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
-    }
-}
-
-fn to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::triggers::event::tests::{event, spec};
     use dapr::dapr::proto::runtime::v1::{topic_event_bulk_request_entry, TopicEventBulkRequest};
     use prost::Message;
+
+    /// The prost form of a JSON object, built independently of the wire writer.
+    fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+        prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+        }
+    }
+
+    fn to_value(v: serde_json::Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(to_struct(o)),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+
+    #[test]
+    fn a_topic_event_written_to_the_wire_decodes_as_the_request_dapr_sends() {
+        let raw = event(b"\x00\x01hello");
+        let mut wire_form = Vec::new();
+        WireRequest::topic_event(&raw, &spec(), "/orders").write_to(&mut wire_form);
+        let request =
+            dapr::dapr::proto::runtime::v1::TopicEventRequest::decode(&wire_form[..]).unwrap();
+        let wrapped = raw.cloud_event(&spec());
+        assert_eq!(request.id, wrapped.id);
+        assert_eq!(request.source, "Dapr");
+        assert_eq!(request.r#type, "com.dapr.event.sent");
+        assert_eq!(request.spec_version, "1.0");
+        assert_eq!(request.data_content_type, "application/octet-stream");
+        assert_eq!(request.data, b"\x00\x01hello");
+        assert_eq!(
+            (request.topic.as_str(), request.pubsub_name.as_str()),
+            ("orders", "ps")
+        );
+        assert_eq!(request.path, "/orders");
+        assert_eq!(request.extensions, Some(to_struct(wrapped.extensions)));
+    }
 
     #[test]
     fn a_bulk_request_written_to_the_wire_decodes_as_the_request_dapr_sends() {
@@ -429,7 +519,7 @@ mod tests {
         let entries = vec![bulk_entry(&raw, &spec()), bulk_entry(&already, &spec())];
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut wire_form = Vec::new();
-        EncodedBulkRequest::new("orders", "ps", "/orders", entries).write_to(&mut wire_form);
+        WireRequest::bulk("orders", "ps", "/orders", entries).write_to(&mut wire_form);
 
         let request = TopicEventBulkRequest::decode(&wire_form[..]).unwrap();
         assert_eq!(request.id.len(), 36);

@@ -10,7 +10,7 @@ const FIXED64: u32 = 1;
 /// Wire type of strings, bytes and embedded messages.
 const LEN: u32 = 2;
 
-pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -38,7 +38,7 @@ pub fn field_head(out: &mut Vec<u8>, tag: u32, len: usize) {
     varint(out, len as u64);
 }
 
-pub fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
+fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
     field_head(out, tag, value.len());
     out.extend_from_slice(value);
 }
