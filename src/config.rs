@@ -60,6 +60,8 @@ struct RawListen {
     https: Option<String>,
     admin: Option<String>,
     scaler: Option<String>,
+    dapr_grpc: Option<String>,
+    dapr_http: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -157,6 +159,10 @@ pub struct Settings {
     pub hold: crate::activator::HoldLimits,
     /// KEDA external push scaler listener; `None` = not served.
     pub listen_scaler: Option<SocketAddr>,
+    /// Dapr's gRPC API for functions (`DAPR_GRPC_PORT`); `None` = not served.
+    pub listen_dapr_grpc: Option<SocketAddr>,
+    /// Dapr's HTTP API for functions (`DAPR_HTTP_PORT`); `None` = not served.
+    pub listen_dapr_http: Option<SocketAddr>,
     /// URL told (POST) when a function's first request starts waiting.
     pub scale_webhook: Option<String>,
 }
@@ -337,6 +343,16 @@ impl Settings {
             events,
             hold,
             listen_scaler: addr("listen.scaler", raw.listen.scaler.as_deref(), None)?,
+            listen_dapr_grpc: addr(
+                "listen.dapr_grpc",
+                raw.listen.dapr_grpc.as_deref(),
+                Some("127.0.0.1:50001"),
+            )?,
+            listen_dapr_http: addr(
+                "listen.dapr_http",
+                raw.listen.dapr_http.as_deref(),
+                Some("127.0.0.1:3500"),
+            )?,
             scale_webhook: raw.activator.webhook.clone(),
             listen_http: addr(
                 "listen.http",

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod proxy;
 pub mod publish;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, default_value = "openfunction/openfunction")]
         gateway: String,
     },
+    /// Print, as shell `export` lines, the environment a function's process needs to call
+    /// fngate's Dapr API (ports, its API token, OpenFunction's FUNC_CONTEXT).
+    Env {
+        /// NAMESPACE/NAME of the Function.
+        function: String,
+        #[arg(long, default_value = "config/fngate.yaml")]
+        config: PathBuf,
+    },
     /// Print the compiled route table of the configured catalog.
     Routes {
         #[arg(long, default_value = "config/fngate.yaml")]
@@ -82,6 +90,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { paths, gateway } => check(&paths, gateway),
+        Command::Env { function, config } => {
+            let settings = load_settings(&config)?;
+            if settings.kubernetes.is_some() {
+                anyhow::bail!("catalog.kubernetes is enabled: `fngate env` reads a catalog directory");
+            }
+            let (namespace, name) = function
+                .split_once('/')
+                .with_context(|| format!("{function:?} is not NAMESPACE/NAME"))?;
+            let mut catalog = fngate::catalog::DirCatalog::new(settings.catalog_dir.clone());
+            let snapshot = catalog.scan();
+            let plan = compile(&snapshot, &settings.compile_settings(), None);
+            let env = fngate::runtime::function_env(
+                &snapshot,
+                &plan,
+                settings.listen_dapr_grpc,
+                settings.listen_dapr_http,
+                namespace,
+                name,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            for (k, v) in env {
+                println!("{}", fngate::runtime::shell_export(&k, &v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Routes { config, json } => {
             let settings = load_settings(&config)?;
             if settings.kubernetes.is_some() {

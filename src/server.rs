@@ -54,6 +54,50 @@ impl BackgroundService for ScalerService {
     }
 }
 
+/// Serves Dapr's runtime API to functions: gRPC (h2c) and HTTP, each when configured.
+struct DaprApiService {
+    api: Arc<crate::runtime::DaprApi>,
+    grpc: Option<std::net::SocketAddr>,
+    http: Option<std::net::SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for DaprApiService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let grpc = self.grpc.map(|addr| {
+            let mut stop = shutdown.clone();
+            let service = crate::runtime::DaprGrpc::new(self.api.clone());
+            tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(service)
+                    .serve_with_shutdown(addr, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(%addr, error = %e, "Dapr gRPC API listener failed");
+                }
+            })
+        });
+        let http = self.http.map(|addr| {
+            let mut stop = shutdown.clone();
+            let api = self.api.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = crate::runtime::serve_http(api, addr, stopped).await {
+                    tracing::error!(%addr, error = %e, "Dapr HTTP API listener failed");
+                }
+            })
+        });
+        for task in [grpc, http].into_iter().flatten() {
+            let _ = task.await;
+        }
+    }
+}
+
 struct CatalogFollower {
     job: Mutex<Option<(PlanPublisher, DirCatalog, Duration)>>,
 }
@@ -286,6 +330,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::info!(%addr, "HTTPS listener");
     }
 
+    let dapr_api = crate::runtime::DaprApi::new(plan.clone(), metrics.clone());
     let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
     let mut admin = Service::new("fngate admin".to_owned(), AdminApp { plan, metrics });
     admin.add_tcp(&settings.listen_admin.to_string());
@@ -350,6 +395,24 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 })),
             },
         ));
+    }
+    if settings.listen_dapr_grpc.is_some() || settings.listen_dapr_http.is_some() {
+        if let Some(addr) = settings.listen_dapr_grpc {
+            tracing::info!(%addr, "Dapr gRPC API listener");
+        }
+        if let Some(addr) = settings.listen_dapr_http {
+            tracing::info!(%addr, "Dapr HTTP API listener");
+        }
+        let mut dapr = background_service(
+            "dapr api",
+            DaprApiService {
+                api: dapr_api,
+                grpc: settings.listen_dapr_grpc,
+                http: settings.listen_dapr_http,
+            },
+        );
+        dapr.threads = Some(settings.threads.max(1));
+        server.add_service(dapr);
     }
     // Event delivery is CPU-bound at high rates: as many threads as the proxy (pingora's
     // default for a background service is one).

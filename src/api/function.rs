@@ -102,6 +102,24 @@ pub struct TriggerInput {
     pub dapr: Option<DaprIo>,
 }
 
+/// One `spec.serving.states` entry: v1beta2 wraps the component spec in `spec`; the
+/// state-management proposal shows it bare. Both are read. (`ServingSpec.states` stays
+/// YAML so a malformed entry is a diagnostic on that entry, not a rejected Function.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StateStore {
+    Wrapped { spec: ComponentSpec },
+    Bare(ComponentSpec),
+}
+
+impl StateStore {
+    pub fn into_spec(self) -> ComponentSpec {
+        match self {
+            StateStore::Wrapped { spec } | StateStore::Bare(spec) => spec,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FunctionOutput {
     #[serde(default)]

@@ -19,7 +19,7 @@ pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use function::{
     DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec, FunctionStatus, HttpTrigger,
-    ServingSpec, ServingStatus, TriggerInput, Triggers,
+    ServingSpec, ServingStatus, StateStore, TriggerInput, Triggers,
 };
 pub use gateway::{Gateway, GatewayListener, GatewayListeners, GatewaySpec};
 pub use httproute::{

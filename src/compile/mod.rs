@@ -7,10 +7,12 @@ mod field;
 mod filters;
 mod gateway;
 mod route;
+mod runtime;
 mod triggers;
 
 pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};
 pub use route::HOLD_TIMEOUT_ANNOTATION;
+pub use runtime::API_TOKEN_ANNOTATION;
 pub use triggers::{EventDefaults, CONCURRENCY_ANNOTATION, MAX_ATTEMPTS_ANNOTATION};
 
 use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};
@@ -84,6 +86,7 @@ pub fn compile_hashed(
         previous.map(|p| &p.triggers),
         &mut diagnostics,
     );
+    let dapr = runtime::build(snapshot, previous.map(|p| &p.dapr), &mut diagnostics);
     let mut functions: BTreeMap<ObjectKey, Arc<CompiledFunction>> = BTreeMap::new();
     let (mut removed, mut added): (Vec<EntrySet>, Vec<EntrySet>) = (Vec::new(), Vec::new());
 
@@ -177,6 +180,7 @@ pub fn compile_hashed(
         endpoints,
         functions,
         triggers,
+        dapr,
         diagnostics,
         gateway_fingerprint,
     }

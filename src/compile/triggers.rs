@@ -47,23 +47,23 @@ impl Default for EventDefaults {
     }
 }
 
-/// Where the problems of one trigger are reported.
-struct Report<'a> {
-    diagnostics: &'a mut Vec<Diagnostic>,
-    function_label: String,
-    function_file: Option<&'a Arc<str>>,
-    failed: bool,
+/// Where the problems of one trigger (or Dapr API component) are reported.
+pub(super) struct Report<'a> {
+    pub(super) diagnostics: &'a mut Vec<Diagnostic>,
+    pub(super) function_label: String,
+    pub(super) function_file: Option<&'a Arc<str>>,
+    pub(super) failed: bool,
 }
 
 impl Report<'_> {
-    fn on_function(&mut self, d: Diagnostic) {
+    pub(super) fn on_function(&mut self, d: Diagnostic) {
         self.failed |= d.is_error();
         self.diagnostics.push(
             d.on_object(self.function_label.clone())
                 .in_file(self.function_file.map(|f| &**f)),
         );
     }
-    fn on(&mut self, origin: &Origin, d: Diagnostic) {
+    pub(super) fn on(&mut self, origin: &Origin, d: Diagnostic) {
         self.failed |= d.is_error();
         self.diagnostics.push(
             d.on_object(origin.label.clone())
@@ -73,11 +73,11 @@ impl Report<'_> {
 }
 
 /// The object a component came from, for diagnostics.
-struct Origin {
-    label: String,
-    file: Option<Arc<str>>,
+pub(super) struct Origin {
+    pub(super) label: String,
+    pub(super) file: Option<Arc<str>>,
     /// Field path of the component spec's `metadata` list inside that object.
-    metadata_field: String,
+    pub(super) metadata_field: String,
 }
 
 pub(super) fn build(
@@ -414,14 +414,14 @@ fn compile_trigger(
 }
 
 /// Resolved metadata of one component, tracking which keys were read.
-struct Metadata<'a> {
-    values: BTreeMap<String, (usize, String)>,
-    used: std::collections::BTreeSet<String>,
-    origin: &'a Origin,
+pub(super) struct Metadata<'a> {
+    pub(super) values: BTreeMap<String, (usize, String)>,
+    pub(super) used: std::collections::BTreeSet<String>,
+    pub(super) origin: &'a Origin,
 }
 
 impl Metadata<'_> {
-    fn take(&mut self, key: &str) -> Option<String> {
+    pub(super) fn take(&mut self, key: &str) -> Option<String> {
         self.used.insert(key.to_owned());
         self.values
             .get(key)
@@ -434,13 +434,13 @@ impl Metadata<'_> {
             None => format!("{} ({key})", self.origin.metadata_field),
         }
     }
-    fn error(&self, key: &str, message: String, report: &mut Report<'_>) {
+    pub(super) fn error(&self, key: &str, message: String, report: &mut Report<'_>) {
         report.on(
             self.origin,
             Diagnostic::error(message).at_field(self.field(key)),
         );
     }
-    fn parse<T: std::str::FromStr>(
+    pub(super) fn parse<T: std::str::FromStr>(
         &mut self,
         key: &str,
         what: &str,
@@ -455,7 +455,7 @@ impl Metadata<'_> {
             }
         }
     }
-    fn duration(&mut self, key: &str, report: &mut Report<'_>) -> Option<Duration> {
+    pub(super) fn duration(&mut self, key: &str, report: &mut Report<'_>) -> Option<Duration> {
         let v = self.take(key)?;
         match crate::api::parse_duration(&v) {
             Ok(d) => d,
@@ -482,7 +482,7 @@ impl Metadata<'_> {
     }
 }
 
-fn resolve_metadata(
+pub(super) fn resolve_metadata(
     snapshot: &Snapshot,
     namespace: &str,
     items: &[MetadataItem],
@@ -534,7 +534,7 @@ fn resolve_metadata(
     out
 }
 
-fn secret_value(
+pub(super) fn secret_value(
     snapshot: &Snapshot,
     namespace: &str,
     name: &str,
@@ -568,6 +568,61 @@ fn secret_key(secret: &Secret, key: &str) -> Option<Result<String, String>> {
                 )
             }),
     )
+}
+
+/// SASL settings of a Kafka component, shared by consumers and producers.
+pub(super) fn kafka_auth(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> KafkaAuth {
+    let auth_required = meta.parse::<bool>("authRequired", "true or false", report);
+    let auth_type = meta.take("authType");
+    match (auth_type.as_deref(), auth_required) {
+        (Some("none"), _) | (None, None | Some(false)) => KafkaAuth::None,
+        (Some("password"), _) | (None, Some(true)) => {
+            let mechanism = match meta.take("saslMechanism").as_deref() {
+                None | Some("PLAINTEXT") | Some("PLAIN") => "PLAIN",
+                Some("SHA-256") | Some("SCRAM-SHA-256") => "SCRAM-SHA-256",
+                Some("SHA-512") | Some("SCRAM-SHA-512") => "SCRAM-SHA-512",
+                Some(other) => {
+                    meta.error(
+                        "saslMechanism",
+                        format!("{other:?} is not PLAINTEXT, SHA-256 or SHA-512"),
+                        report,
+                    );
+                    "PLAIN"
+                }
+            };
+            let username = meta.take("saslUsername");
+            let password = meta.take("saslPassword");
+            if username.is_none() {
+                meta.error(
+                    "saslUsername",
+                    "SASL authentication needs saslUsername".into(),
+                    report,
+                );
+            }
+            if password.is_none() {
+                meta.error(
+                    "saslPassword",
+                    "SASL authentication needs saslPassword".into(),
+                    report,
+                );
+            }
+            KafkaAuth::Sasl {
+                mechanism: mechanism.into(),
+                username: username.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+            }
+        }
+        (Some(other), _) => {
+            meta.error(
+                "authType",
+                format!(
+                    "authType {other:?} is not supported by fngate; use none or password (SASL)"
+                ),
+                report,
+            );
+            KafkaAuth::None
+        }
+    }
 }
 
 fn kafka(
@@ -631,57 +686,7 @@ fn kafka(
             InitialOffset::Newest
         }
     };
-    let auth_required = meta.parse::<bool>("authRequired", "true or false", report);
-    let auth_type = meta.take("authType");
-    let auth = match (auth_type.as_deref(), auth_required) {
-        (Some("none"), _) | (None, None | Some(false)) => KafkaAuth::None,
-        (Some("password"), _) | (None, Some(true)) => {
-            let mechanism = match meta.take("saslMechanism").as_deref() {
-                None | Some("PLAINTEXT") | Some("PLAIN") => "PLAIN",
-                Some("SHA-256") | Some("SCRAM-SHA-256") => "SCRAM-SHA-256",
-                Some("SHA-512") | Some("SCRAM-SHA-512") => "SCRAM-SHA-512",
-                Some(other) => {
-                    meta.error(
-                        "saslMechanism",
-                        format!("{other:?} is not PLAINTEXT, SHA-256 or SHA-512"),
-                        report,
-                    );
-                    "PLAIN"
-                }
-            };
-            let username = meta.take("saslUsername");
-            let password = meta.take("saslPassword");
-            if username.is_none() {
-                meta.error(
-                    "saslUsername",
-                    "SASL authentication needs saslUsername".into(),
-                    report,
-                );
-            }
-            if password.is_none() {
-                meta.error(
-                    "saslPassword",
-                    "SASL authentication needs saslPassword".into(),
-                    report,
-                );
-            }
-            KafkaAuth::Sasl {
-                mechanism: mechanism.into(),
-                username: username.unwrap_or_default(),
-                password: password.unwrap_or_default(),
-            }
-        }
-        (Some(other), _) => {
-            meta.error(
-                "authType",
-                format!(
-                    "authType {other:?} is not supported by fngate; use none or password (SASL)"
-                ),
-                report,
-            );
-            KafkaAuth::None
-        }
-    };
+    let auth = kafka_auth(meta, report);
     let max_message_bytes = meta.parse::<u32>("maxMessageBytes", "a byte count", report);
     let client_id = meta.take("clientID").or_else(|| meta.take("clientId"));
     // Keys Dapr reads for output bindings or tuning that do not change consumption.

@@ -1,7 +1,13 @@
 //! The immutable result of a compile, swapped atomically into the data plane.
 
+mod runtime;
 mod triggers;
 
+pub use runtime::{
+    ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
+    KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings, StateBackend,
+    StateComponent,
+};
 pub use triggers::{
     AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
     KafkaAuth, KafkaSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
@@ -29,6 +35,8 @@ pub struct Plan {
     pub functions: BTreeMap<ObjectKey, Arc<CompiledFunction>>,
     /// Event triggers of Dapr-triggered Functions.
     pub triggers: TriggerSet,
+    /// The Dapr runtime API: apps by token, and the components each may use.
+    pub dapr: DaprApps,
     pub diagnostics: Vec<Diagnostic>,
     /// Gateways and settings the routes were compiled against (see `compile`).
     pub gateway_fingerprint: u64,

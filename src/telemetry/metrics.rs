@@ -45,6 +45,14 @@ pub struct Metrics {
     pub activator_probes: IntCounterVec,
     /// Labels namespace, function, via (`keda`, `webhook`).
     pub scale_signals: IntCounterVec,
+    /// Dapr API calls; labels namespace, building_block, component (empty when the
+    /// caller named one it may not use), outcome.
+    pub dapr_calls: IntCounterVec,
+    pub dapr_call_duration: HistogramVec,
+    /// Calls refused for a missing or unknown `dapr-api-token`; label transport.
+    pub dapr_auth_failures: IntCounterVec,
+    /// 1 while a component's store or broker answers; labels namespace, component, type.
+    pub dapr_component_connected: IntGaugeVec,
 }
 
 /// Outcomes of one event, for `fngate_events_total{outcome}`.
@@ -258,8 +266,48 @@ impl Metrics {
             &["namespace", "function", "via"],
         )
         .unwrap();
+        let dapr_calls = IntCounterVec::new(
+            Opts::new(
+                "fngate_dapr_api_calls_total",
+                "Dapr API calls from functions, by building block (state, publish, binding, metadata), component and outcome",
+            ),
+            &["namespace", "building_block", "component", "outcome"],
+        )
+        .unwrap();
+        let dapr_call_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fngate_dapr_api_call_duration_seconds",
+                "Time to answer a Dapr API call, store or broker included",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                5.0,
+            ]),
+            &["namespace", "building_block", "component"],
+        )
+        .unwrap();
+        let dapr_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "fngate_dapr_api_auth_failures_total",
+                "Dapr API calls refused for a missing or unknown dapr-api-token, by transport (grpc, http)",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let dapr_component_connected = IntGaugeVec::new(
+            Opts::new(
+                "fngate_dapr_component_connected",
+                "1 while the store or broker behind a Dapr component answered its last call",
+            ),
+            &["namespace", "component", "type"],
+        )
+        .unwrap();
         for c in [
             Box::new(scale_signals.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dapr_calls.clone()),
+            Box::new(dapr_call_duration.clone()),
+            Box::new(dapr_auth_failures.clone()),
+            Box::new(dapr_component_connected.clone()),
             Box::new(catalog_events.clone()),
             Box::new(status_writes.clone()),
             Box::new(status_leader.clone()),
@@ -316,6 +364,10 @@ impl Metrics {
             activator_timeouts,
             activator_probes,
             scale_signals,
+            dapr_calls,
+            dapr_call_duration,
+            dapr_auth_failures,
+            dapr_component_connected,
         }
     }
 

@@ -189,6 +189,12 @@ impl Fngate {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let settings = settings_dir.path().join("fngate.yaml");
+        // fngate serves the Dapr API on 50001/3500 by default; tests that want it name ports.
+        let listen_extra = if listen_extra.contains("dapr_") {
+            listen_extra.to_owned()
+        } else {
+            format!("{listen_extra}  dapr_grpc: \"\"\n  dapr_http: \"\"\n")
+        };
         std::fs::write(
             &settings,
             format!(

@@ -1,0 +1,552 @@
+//! Functions -> `DaprApps`: each function's API token (from the Secret its
+//! `dapr.io/api-token-secret` annotation names), and the state stores, pub/subs and output
+//! bindings it may reach, as daprd would load them for that app-id: its own inline
+//! components, then the Components of its namespace whose `scopes` are empty or list it.
+
+use super::triggers::{kafka_auth, resolve_metadata, secret_value, Metadata, Origin, Report};
+use super::Snapshot;
+use crate::api::{
+    ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateStore,
+};
+use crate::plan::{
+    ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
+    KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings,
+    StateBackend, StateComponent,
+};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Dapr's annotation naming the Secret (key `token`) with the app's API token.
+pub const API_TOKEN_ANNOTATION: &str = "dapr.io/api-token-secret";
+
+/// A component compiled for the Dapr API.
+#[derive(Clone)]
+enum Compiled {
+    State(Arc<StateComponent>),
+    Pubsub(Arc<PubsubComponent>),
+    Binding(Arc<BindingComponent>),
+    /// An input-only binding (no `publishTopic`) or a type the API does not serve.
+    NotServed,
+}
+
+/// A component visible to one app, before compiling.
+struct Visible<'a> {
+    id: ComponentId,
+    spec: Cow<'a, ComponentSpec>,
+    origin: Origin,
+}
+
+pub(super) fn build(
+    snapshot: &Snapshot,
+    previous: Option<&DaprApps>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> DaprApps {
+    let mut apps = DaprApps::default();
+    // Namespace Components are compiled once however many apps see them.
+    let mut shared: HashMap<ComponentId, Option<Compiled>> = HashMap::new();
+    let mut token_owner: HashMap<[u8; 32], String> = HashMap::new();
+    let mut shared_tokens: Vec<[u8; 32]> = Vec::new();
+    let mut built: Vec<DaprApp> = Vec::new();
+    for (key, entry) in snapshot
+        .objects
+        .range(ObjectKey::new(ObjectKind::Function, "", "")..)
+    {
+        if key.kind != ObjectKind::Function {
+            break;
+        }
+        let ParsedObject::Function(function) = &*entry.object else {
+            continue;
+        };
+        let Some(serving) = function.spec.serving.as_ref() else {
+            continue;
+        };
+        let token_secret = serving.annotations.get(API_TOKEN_ANNOTATION);
+        let has_components = serving.states.as_ref().is_some_and(|s| !s.is_empty())
+            || serving.outputs.as_ref().is_some_and(|o| !o.is_empty());
+        if token_secret.is_none() && !has_components {
+            continue;
+        }
+        let namespace = function.metadata.namespace_or_default();
+        let app_id = format!("{}-{}", function.metadata.name, namespace);
+        let before = previous.and_then(|p| p.apps.get(&app_id));
+        let mut report = Report {
+            diagnostics: &mut *diagnostics,
+            function_label: key.to_string(),
+            function_file: entry.file.as_ref(),
+            failed: false,
+        };
+        let token = match token_secret {
+            None => {
+                report.on_function(
+                    Diagnostic::warning(format!(
+                        "the function has Dapr states or outputs but no {API_TOKEN_ANNOTATION} annotation; it cannot call fngate's Dapr API"
+                    ))
+                    .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
+                );
+                None
+            }
+            Some(secret) => match secret_value(snapshot, namespace, secret, "token") {
+                Ok(t) if !t.is_empty() => Some(ApiToken::new(&t)),
+                Ok(_) | Err(_) => {
+                    let message = match secret_value(snapshot, namespace, secret, "token") {
+                        Err(m) => m,
+                        Ok(_) => format!("Secret {namespace}/{secret} has an empty token"),
+                    };
+                    let kept = before.and_then(|b| b.token.clone());
+                    let message = if kept.is_some() {
+                        format!("{message}; still accepting the last good token")
+                    } else {
+                        format!("{message}; the function cannot call fngate's Dapr API")
+                    };
+                    report.on_function(
+                        Diagnostic::error(message).at_field(format!(
+                            "spec.serving.annotations[{API_TOKEN_ANNOTATION}]"
+                        )),
+                    );
+                    kept
+                }
+            },
+        };
+        if let Some(t) = &token {
+            match token_owner.get(&t.digest) {
+                Some(other) => {
+                    report.on_function(
+                        Diagnostic::error(format!(
+                            "its API token is also the token of app {other:?}; a token must name one app, so neither may call fngate's Dapr API"
+                        ))
+                        .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
+                    );
+                    shared_tokens.push(t.digest);
+                }
+                None => {
+                    token_owner.insert(t.digest, app_id.clone());
+                }
+            }
+        }
+        let mut app = DaprApp {
+            app_id: app_id.clone(),
+            namespace: namespace.to_owned(),
+            function: function.metadata.name.clone(),
+            token,
+            states: BTreeMap::new(),
+            pubsubs: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            outputs: Vec::new(),
+        };
+        for visible in visible_components(snapshot, function, &app_id, &mut report) {
+            let name = visible.id.name.clone();
+            let compiled = if visible.id.owner.is_none() {
+                shared
+                    .entry(visible.id.clone())
+                    .or_insert_with(|| compile_component(snapshot, &visible, &mut report))
+                    .clone()
+            } else {
+                compile_component(snapshot, &visible, &mut report)
+            };
+            let compiled = match compiled {
+                Some(c) => c,
+                None => match last_good(before, &name) {
+                    Some(kept) => {
+                        report.on(
+                            &visible.origin,
+                            Diagnostic::warning(format!(
+                                "component rejected; app {app_id} keeps its last good version"
+                            )),
+                        );
+                        kept
+                    }
+                    None => continue,
+                },
+            };
+            match compiled {
+                Compiled::State(s) => {
+                    app.states.insert(name, s);
+                }
+                Compiled::Pubsub(p) => {
+                    app.pubsubs.insert(name, p);
+                }
+                Compiled::Binding(b) => {
+                    app.bindings.insert(name, b);
+                }
+                Compiled::NotServed => {}
+            }
+        }
+        app.outputs = outputs(function, &app, &mut report);
+        built.push(app);
+    }
+    for mut app in built {
+        if app
+            .token
+            .as_ref()
+            .is_some_and(|t| shared_tokens.contains(&t.digest))
+        {
+            app.token = None;
+        }
+        apps.insert(app);
+    }
+    apps
+}
+
+fn last_good(before: Option<&Arc<DaprApp>>, name: &str) -> Option<Compiled> {
+    let b = before?;
+    if let Some(s) = b.states.get(name) {
+        return Some(Compiled::State(s.clone()));
+    }
+    if let Some(p) = b.pubsubs.get(name) {
+        return Some(Compiled::Pubsub(p.clone()));
+    }
+    b.bindings
+        .get(name)
+        .map(|c| Compiled::Binding(c.clone()))
+}
+
+/// What daprd would load for this app: inline components first (they shadow a Component
+/// of the same name), then the namespace's Components in scope.
+fn visible_components<'a>(
+    snapshot: &'a Snapshot,
+    function: &'a Function,
+    app_id: &str,
+    report: &mut Report<'_>,
+) -> Vec<Visible<'a>> {
+    let namespace = function.metadata.namespace_or_default();
+    let mut out: Vec<Visible<'a>> = Vec::new();
+    let Some(serving) = function.spec.serving.as_ref() else {
+        return out;
+    };
+    let (label, file) = (report.function_label.clone(), report.function_file.cloned());
+    let inline = |field: &str, name: &str| Origin {
+        label: label.clone(),
+        file: file.clone(),
+        metadata_field: format!("spec.serving.{field}.{name}.metadata"),
+    };
+    let id = |name: &str| ComponentId {
+        namespace: namespace.to_owned(),
+        owner: Some(function.metadata.name.clone()),
+        name: name.to_owned(),
+    };
+    for (field, map) in [("bindings", &serving.bindings), ("pubsub", &serving.pubsub)] {
+        for (name, spec) in map.iter().flatten() {
+            out.push(Visible {
+                id: id(name),
+                spec: Cow::Borrowed(spec),
+                origin: inline(field, name),
+            });
+        }
+    }
+    for (name, raw) in serving.states.iter().flatten() {
+        let store = match serde_yaml::from_value::<StateStore>(raw.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                report.on_function(
+                    Diagnostic::error(format!(
+                        "not a component spec (type, version, metadata), bare or under spec: {e}"
+                    ))
+                    .at_field(format!("spec.serving.states.{name}")),
+                );
+                continue;
+            }
+        };
+        let metadata_field = match &store {
+            StateStore::Wrapped { .. } => format!("spec.serving.states.{name}.spec.metadata"),
+            StateStore::Bare(_) => format!("spec.serving.states.{name}.metadata"),
+        };
+        out.push(Visible {
+            id: id(name),
+            spec: Cow::Owned(store.into_spec()),
+            origin: Origin {
+                metadata_field,
+                ..inline("states", name)
+            },
+        });
+    }
+    let start = ObjectKey::new(ObjectKind::Component, namespace, "");
+    for (key, entry) in snapshot.objects.range(start..) {
+        if key.kind != ObjectKind::Component || key.namespace != namespace {
+            break;
+        }
+        let ParsedObject::Component(component) = &*entry.object else {
+            continue;
+        };
+        if !component.scopes.is_empty() && !component.scopes.iter().any(|s| s == app_id) {
+            continue;
+        }
+        if out.iter().any(|v| v.id.name == key.name) {
+            continue;
+        }
+        out.push(Visible {
+            id: ComponentId {
+                namespace: namespace.to_owned(),
+                owner: None,
+                name: key.name.clone(),
+            },
+            spec: Cow::Borrowed(&component.spec),
+            origin: Origin {
+                label: key.to_string(),
+                file: entry.file.clone(),
+                metadata_field: "spec.metadata".into(),
+            },
+        });
+    }
+    out
+}
+
+/// `None`: the component has errors (reported).
+fn compile_component(
+    snapshot: &Snapshot,
+    visible: &Visible<'_>,
+    report: &mut Report<'_>,
+) -> Option<Compiled> {
+    let kind = visible.spec.kind.as_str();
+    let family = kind.split('.').next().unwrap_or_default();
+    if !matches!(
+        kind,
+        "state.redis" | "pubsub.kafka" | "pubsub.jetstream" | "bindings.kafka" | "bindings.http"
+    ) {
+        if family == "state" && visible.id.owner.is_some() {
+            report.on(
+                &visible.origin,
+                Diagnostic::warning(format!(
+                    "state store type {kind:?} is not served by fngate's Dapr API; it serves state.redis"
+                ))
+                .at_field(visible.origin.metadata_field.replace(".metadata", ".type")),
+            );
+        }
+        return Some(Compiled::NotServed);
+    }
+    let failed_before = report.failed;
+    report.failed = false;
+    let values = resolve_metadata(
+        snapshot,
+        &visible.id.namespace,
+        &visible.spec.metadata,
+        &visible.origin,
+        report,
+    );
+    let namespaced_topics = values.values().any(|(_, v)| v.contains("{namespace}"));
+    let mut meta = Metadata {
+        values,
+        used: Default::default(),
+        origin: &visible.origin,
+    };
+    let id = visible.id.clone();
+    let compiled = match kind {
+        "state.redis" => redis_state(&mut meta, report).map(|(backend, key_prefix, ttl)| {
+            Compiled::State(Arc::new(StateComponent {
+                id,
+                kind: kind.to_owned(),
+                version: visible.spec.version.clone().unwrap_or_else(|| "v1".into()),
+                key_prefix,
+                default_ttl: ttl,
+                backend: StateBackend::Redis(backend),
+            }))
+        }),
+        "pubsub.kafka" => kafka_producer(&mut meta, report).map(|k| {
+            Compiled::Pubsub(Arc::new(PubsubComponent {
+                id,
+                kind: kind.to_owned(),
+                namespaced_topics,
+                backend: BrokerBackend::Kafka(k),
+            }))
+        }),
+        "pubsub.jetstream" => match meta.take("natsURL") {
+            Some(nats_url) => Some(Compiled::Pubsub(Arc::new(PubsubComponent {
+                id,
+                kind: kind.to_owned(),
+                namespaced_topics,
+                backend: BrokerBackend::Jetstream { nats_url },
+            }))),
+            None => {
+                meta.error("natsURL", "natsURL is required (nats://host:port)".into(), report);
+                None
+            }
+        },
+        "bindings.kafka" => match meta.take("publishTopic") {
+            // Input only: nothing to invoke.
+            None => Some(Compiled::NotServed),
+            Some(publish_topic) => kafka_producer(&mut meta, report).map(|producer| {
+                Compiled::Binding(Arc::new(BindingComponent {
+                    id,
+                    kind: kind.to_owned(),
+                    backend: BindingBackend::Kafka {
+                        producer,
+                        publish_topic,
+                    },
+                }))
+            }),
+        },
+        "bindings.http" => match meta.take("url") {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(Compiled::Binding(Arc::new(BindingComponent {
+                    id,
+                    kind: kind.to_owned(),
+                    backend: BindingBackend::Http { url },
+                })))
+            }
+            Some(url) => {
+                meta.error("url", format!("{url:?} is not an http:// or https:// URL"), report);
+                None
+            }
+            None => {
+                meta.error("url", "url is required".into(), report);
+                None
+            }
+        },
+        _ => unreachable!("matched above"),
+    };
+    let failed = report.failed;
+    report.failed = failed_before || failed;
+    if failed {
+        None
+    } else {
+        compiled
+    }
+}
+
+fn kafka_producer(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<KafkaProducerSettings> {
+    let brokers = meta.take("brokers");
+    if brokers.is_none() {
+        meta.error(
+            "brokers",
+            "brokers is required (host:port, comma-separated)".into(),
+            report,
+        );
+    }
+    let auth = kafka_auth(meta, report);
+    let client_id = meta.take("clientID").or_else(|| meta.take("clientId"));
+    Some(KafkaProducerSettings {
+        brokers: brokers?,
+        auth,
+        client_id,
+    })
+}
+
+fn redis_state(
+    meta: &mut Metadata<'_>,
+    report: &mut Report<'_>,
+) -> Option<(RedisSettings, KeyPrefix, Option<i64>)> {
+    let host = meta.take("redisHost");
+    if host.is_none() {
+        meta.error("redisHost", "redisHost is required (host:port)".into(), report);
+    }
+    if let Some(t) = meta.take("redisType").filter(|t| !t.eq_ignore_ascii_case("node")) {
+        meta.error(
+            "redisType",
+            format!("redisType {t:?} is not supported by fngate; it connects to one node"),
+            report,
+        );
+    }
+    if meta.parse::<bool>("failover", "true or false", report) == Some(true) {
+        meta.error(
+            "failover",
+            "Sentinel failover is not supported by fngate; name the master in redisHost".into(),
+            report,
+        );
+    }
+    let key_prefix = match meta
+        .values
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("keyPrefix"))
+        .map(|(k, (_, v))| (k.clone(), v.trim().to_lowercase()))
+    {
+        None => KeyPrefix::AppId,
+        Some((k, v)) => {
+            meta.take(&k);
+            match v.as_str() {
+                "" | "appid" => KeyPrefix::AppId,
+                "name" => KeyPrefix::Name,
+                "namespace" => KeyPrefix::Namespace,
+                "none" => KeyPrefix::None,
+                other if other.contains("||") => {
+                    meta.error(&k, format!("keyPrefix {other:?} can't contain '||'"), report);
+                    KeyPrefix::AppId
+                }
+                other => KeyPrefix::Custom(other.to_owned()),
+            }
+        }
+    };
+    let ttl = meta.parse::<i64>("ttlInSeconds", "a whole number of seconds", report);
+    let timeout = |meta: &mut Metadata<'_>, key: &str, report: &mut Report<'_>| {
+        meta.duration(key, report).filter(|d| !d.is_zero())
+    };
+    let dial_timeout = timeout(meta, "dialTimeout", report).unwrap_or(Duration::from_secs(5));
+    let read = timeout(meta, "readTimeout", report);
+    let write = timeout(meta, "writeTimeout", report);
+    // go-redis: read 3s, write = read.
+    let command_timeout = read.or(write).unwrap_or(Duration::from_secs(3));
+    let settings = RedisSettings {
+        host: host?,
+        username: meta.take("redisUsername"),
+        password: meta.take("redisPassword"),
+        db: meta.parse::<i64>("redisDB", "a database number", report).unwrap_or(0),
+        tls: meta.parse::<bool>("enableTLS", "true or false", report).unwrap_or(false),
+        insecure_skip_verify: meta
+            .parse::<bool>("insecureSkipTLSVerify", "true or false", report)
+            .unwrap_or(false),
+        dial_timeout,
+        command_timeout,
+    };
+    Some((settings, key_prefix, ttl))
+}
+
+/// `spec.serving.outputs`: each names a pub/sub (with a topic) or an output binding
+/// (with an operation it supports) that the app can reach.
+fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<OutputRef> {
+    let mut out = Vec::new();
+    let list = function
+        .spec
+        .serving
+        .as_ref()
+        .and_then(|s| s.outputs.as_ref());
+    for (i, output) in list.into_iter().flatten().enumerate() {
+        let field = format!("spec.serving.outputs[{i}].dapr");
+        let Some(dapr) = &output.dapr else {
+            report.on_function(
+                Diagnostic::error("an output needs a dapr component reference").at_field(field),
+            );
+            continue;
+        };
+        let component_type = if let Some(p) = app.pubsubs.get(&dapr.name) {
+            if dapr.topic.as_deref().unwrap_or_default().is_empty() {
+                report.on_function(
+                    Diagnostic::error("a pub/sub output needs a topic")
+                        .at_field(format!("{field}.topic")),
+                );
+                continue;
+            }
+            p.kind.clone()
+        } else if let Some(b) = app.bindings.get(&dapr.name) {
+            let op = dapr.operation.as_deref().unwrap_or_default();
+            if !b.backend.operations().contains(&op) {
+                report.on_function(
+                    Diagnostic::error(format!(
+                        "operation {op:?} is not one of {:?}, which {} supports",
+                        b.backend.operations(),
+                        b.kind
+                    ))
+                    .at_field(format!("{field}.operation")),
+                );
+                continue;
+            }
+            b.kind.clone()
+        } else {
+            report.on_function(
+                Diagnostic::error(format!(
+                    "no pub/sub or output binding named {:?} that app {} may use (inline in the Function, or a Component in namespace {} whose scopes include it; an input-only bindings.kafka has no publishTopic)",
+                    dapr.name, app.app_id, app.namespace
+                ))
+                .at_field(format!("{field}.name")),
+            );
+            continue;
+        };
+        out.push(OutputRef {
+            name: dapr.name.clone(),
+            component_type,
+            topic: dapr.topic.clone().filter(|t| !t.is_empty()),
+            operation: dapr.operation.clone().filter(|o| !o.is_empty()),
+            metadata: dapr.metadata.clone().unwrap_or_default().into_iter().collect(),
+        });
+    }
+    out
+}

@@ -1,0 +1,223 @@
+//! The compiled half of the Dapr runtime API: which app an API token belongs to, and the
+//! state stores, pub/subs and output bindings each app may reach. Clients for them live
+//! in `runtime`, keyed by `ComponentId`, beside the plan.
+
+use super::KafkaAuth;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every app fngate serves the Dapr API to, by app-id and by token digest.
+#[derive(Debug, Default)]
+pub struct DaprApps {
+    pub apps: BTreeMap<String, Arc<DaprApp>>,
+    /// SHA-256 of the token -> app. Looking the digest up reveals nothing about the token
+    /// through timing; the token itself is then compared in constant time.
+    by_token: HashMap<[u8; 32], Arc<DaprApp>>,
+}
+
+impl DaprApps {
+    pub fn insert(&mut self, app: DaprApp) {
+        let app = Arc::new(app);
+        if let Some(token) = &app.token {
+            self.by_token.insert(token.digest, app.clone());
+        }
+        self.apps.insert(app.app_id.clone(), app);
+    }
+
+    /// The app whose token this is.
+    pub fn by_token(&self, presented: &[u8]) -> Option<&Arc<DaprApp>> {
+        let app = self.by_token.get(&ApiToken::digest_of(presented))?;
+        let token = app.token.as_ref()?;
+        token.matches(presented).then_some(app)
+    }
+}
+
+/// A function's Dapr API token. Never printed, serialised or labelled.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    value: Box<[u8]>,
+    pub(crate) digest: [u8; 32],
+}
+
+impl ApiToken {
+    pub fn new(value: &str) -> ApiToken {
+        ApiToken {
+            value: value.as_bytes().into(),
+            digest: Self::digest_of(value.as_bytes()),
+        }
+    }
+    fn digest_of(token: &[u8]) -> [u8; 32] {
+        Sha256::digest(token).into()
+    }
+    /// Constant time in the token's content.
+    fn matches(&self, presented: &[u8]) -> bool {
+        if presented.len() != self.value.len() {
+            return false;
+        }
+        presented
+            .iter()
+            .zip(self.value.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+    /// For `fngate env`, which prints it for the function's own process.
+    pub fn expose(&self) -> &str {
+        std::str::from_utf8(&self.value).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// One function as a Dapr app: `<function>-<namespace>`.
+#[derive(Debug)]
+pub struct DaprApp {
+    pub app_id: String,
+    pub namespace: String,
+    pub function: String,
+    pub token: Option<ApiToken>,
+    pub states: BTreeMap<String, Arc<StateComponent>>,
+    pub pubsubs: BTreeMap<String, Arc<PubsubComponent>>,
+    pub bindings: BTreeMap<String, Arc<BindingComponent>>,
+    /// `spec.serving.outputs`, for the function's `FUNC_CONTEXT`.
+    pub outputs: Vec<OutputRef>,
+}
+
+/// Names one component instance; clients are shared per id while its spec is unchanged.
+/// A Function's inline component is its own instance (`owner` = the function's name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ComponentId {
+    pub namespace: String,
+    pub owner: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.owner {
+            Some(o) => write!(f, "{}/{} (inline in Function {o})", self.namespace, self.name),
+            None => write!(f, "{}/{}", self.namespace, self.name),
+        }
+    }
+}
+
+/// How daprd prefixes state keys (component metadata `keyPrefix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPrefix {
+    AppId,
+    /// The component's name.
+    Name,
+    /// `<namespace>.<app-id>`.
+    Namespace,
+    None,
+    Custom(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateComponent {
+    pub id: ComponentId,
+    /// `state.redis`.
+    pub kind: String,
+    pub version: String,
+    pub key_prefix: KeyPrefix,
+    /// Component `ttlInSeconds`: applies when a request names none.
+    pub default_ttl: Option<i64>,
+    pub backend: StateBackend,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateBackend {
+    Redis(RedisSettings),
+}
+
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `host:port`.
+    pub host: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+    pub tls: bool,
+    pub insecure_skip_verify: bool,
+    pub dial_timeout: Duration,
+    /// Bounds every command, so a hung server gives an error, not a hung call.
+    pub command_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("host", &self.host)
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PubsubComponent {
+    pub id: ComponentId,
+    pub kind: String,
+    /// A metadata value contained `{namespace}`: topics become `<namespace><topic>`.
+    pub namespaced_topics: bool,
+    pub backend: BrokerBackend,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BrokerBackend {
+    Kafka(KafkaProducerSettings),
+    Jetstream { nats_url: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaProducerSettings {
+    pub brokers: String,
+    pub auth: KafkaAuth,
+    pub client_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BindingComponent {
+    pub id: ComponentId,
+    pub kind: String,
+    pub backend: BindingBackend,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BindingBackend {
+    Kafka {
+        producer: KafkaProducerSettings,
+        publish_topic: String,
+    },
+    Http {
+        url: String,
+    },
+}
+
+impl BindingBackend {
+    pub fn operations(&self) -> &'static [&'static str] {
+        match self {
+            BindingBackend::Kafka { .. } => &["create"],
+            BindingBackend::Http { .. } => &[
+                "create", "get", "head", "post", "put", "patch", "delete", "options", "trace",
+            ],
+        }
+    }
+}
+
+/// One `spec.serving.outputs` entry, as OpenFunction puts it in `FUNC_CONTEXT`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutputRef {
+    pub name: String,
+    pub component_type: String,
+    pub topic: Option<String>,
+    pub operation: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}

@@ -1,0 +1,151 @@
+//! The Dapr runtime API that functions call — state, publish, output bindings, metadata —
+//! served by fngate for every function behind it, so a function pod needs no daprd
+//! sidecar. The caller's `dapr-api-token` names its app; the compiled plan says which
+//! components that app may reach; clients for those components live here, beside the
+//! plan, and are kept across plans that do not change them.
+
+mod clients;
+mod cloudevent;
+mod env;
+mod error;
+mod grpc;
+mod http;
+mod outputs;
+mod publish_api;
+pub mod state;
+mod state_api;
+
+pub use env::{function_env, shell_export};
+pub use error::ApiError;
+pub use grpc::DaprGrpc;
+pub use http::serve_http;
+pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
+pub use state_api::{BulkItem, StateItem};
+
+use crate::plan::DaprApp;
+use crate::publish::SharedPlan;
+use crate::telemetry::Metrics;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Version daprd reports in the metadata API; fngate answers for this API level.
+pub const RUNTIME_VERSION: &str = "1.18.0-fngate";
+
+/// The Dapr API behind both listeners.
+pub struct DaprApi {
+    plan: SharedPlan,
+    clients: clients::Clients,
+    partitions: outputs::PartitionCounts,
+    http: outputs::HttpClient,
+    metrics: Arc<Metrics>,
+}
+
+impl DaprApi {
+    pub fn new(plan: SharedPlan, metrics: Arc<Metrics>) -> Arc<DaprApi> {
+        Arc::new(DaprApi {
+            plan,
+            clients: clients::Clients::new(metrics.clone()),
+            partitions: outputs::PartitionCounts::default(),
+            http: outputs::http_client(),
+            metrics,
+        })
+    }
+
+    /// The app whose token was presented. A request keeps the app (and its components)
+    /// it started with, whatever plan is published meanwhile.
+    pub fn authenticate(
+        &self,
+        token: Option<&[u8]>,
+        transport: &'static str,
+    ) -> Result<Arc<DaprApp>, ApiError> {
+        let found = match token {
+            None => Err("missing api token in request metadata"),
+            Some(t) => self
+                .plan
+                .load()
+                .dapr
+                .by_token(t)
+                .cloned()
+                .ok_or("authentication error: api token mismatch"),
+        };
+        found.map_err(|detail| {
+            self.metrics
+                .dapr_auth_failures
+                .with_label_values(&[transport])
+                .inc();
+            ApiError::unauthenticated(detail)
+        })
+    }
+
+    /// Components of the app, as the metadata API lists them: (name, type, version,
+    /// capabilities).
+    pub fn components(&self, app: &DaprApp) -> Vec<(String, String, String, Vec<String>)> {
+        let timer = CallTimer::start(self, app, "metadata");
+        let mut out = Vec::new();
+        for (name, s) in &app.states {
+            out.push((
+                name.clone(),
+                s.kind.clone(),
+                s.version.clone(),
+                ["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE"]
+                    .map(String::from)
+                    .to_vec(),
+            ));
+        }
+        for (name, p) in &app.pubsubs {
+            let caps = match p.backend {
+                crate::plan::BrokerBackend::Kafka(_) => vec!["BULK_PUBSUB".to_owned()],
+                crate::plan::BrokerBackend::Jetstream { .. } => Vec::new(),
+            };
+            out.push((name.clone(), p.kind.clone(), "v1".into(), caps));
+        }
+        for (name, b) in &app.bindings {
+            out.push((name.clone(), b.kind.clone(), "v1".into(), Vec::new()));
+        }
+        out.sort();
+        let _ = timer.finish::<()>(Ok(()));
+        out
+    }
+}
+
+/// Counts and times one call: `fngate_dapr_api_calls_total` and its duration.
+pub(crate) struct CallTimer<'a> {
+    api: &'a DaprApi,
+    namespace: &'a str,
+    block: &'static str,
+    component: OnceLock<String>,
+    start: Instant,
+}
+
+impl<'a> CallTimer<'a> {
+    pub(crate) fn start(api: &'a DaprApi, app: &'a DaprApp, block: &'static str) -> Self {
+        CallTimer {
+            api,
+            namespace: &app.namespace,
+            block,
+            component: OnceLock::new(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Only components the app may use become labels (a caller's made-up name never does).
+    pub(crate) fn component(&self, name: &str) {
+        let _ = self.component.set(name.to_owned());
+    }
+
+    pub(crate) fn finish<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.outcome,
+        };
+        let component = self.component.get().map(String::as_str).unwrap_or("");
+        let m = &self.api.metrics;
+        m.dapr_calls
+            .with_label_values(&[self.namespace, self.block, component, outcome])
+            .inc();
+        m.dapr_call_duration
+            .with_label_values(&[self.namespace, self.block, component])
+            .observe(self.start.elapsed().as_secs_f64());
+        result
+    }
+}

@@ -1,0 +1,289 @@
+//! Where published events and binding calls go: Kafka (partitioned as Dapr's Sarama
+//! producer does, so a key lands on the same partition whichever runtime published it),
+//! JetStream (`Nats-Msg-Id` from the event's id), and plain HTTP for `bindings.http`.
+
+use super::clients::Clients;
+use crate::plan::{ComponentId, KafkaProducerSettings};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a topic's partition count is trusted before it is read again.
+const PARTITIONS_TTL: Duration = Duration::from_secs(30);
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sarama's default hash partitioner: FNV-1a 32 of the key, as a signed 32-bit number,
+/// modulo the partition count, negated when negative.
+pub(crate) fn sarama_partition(key: &[u8], partitions: i32) -> i32 {
+    let mut hash: u32 = 0x811c9dc5;
+    for b in key {
+        hash ^= *b as u32;
+        hash = hash.wrapping_mul(0x01000193);
+    }
+    let p = (hash as i32) % partitions;
+    if p < 0 {
+        -p
+    } else {
+        p
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct PartitionCounts {
+    counts: Mutex<HashMap<String, (i32, Instant)>>,
+}
+
+/// One Kafka record as Dapr's producer writes it.
+pub(crate) struct KafkaRecord<'a> {
+    pub topic: &'a str,
+    /// `None`: a tombstone (the payload was exactly `null`).
+    pub value: Option<&'a [u8]>,
+    pub metadata: &'a [(String, String)],
+}
+
+impl Clients {
+    pub(crate) async fn kafka_send(
+        &self,
+        id: &ComponentId,
+        settings: &KafkaProducerSettings,
+        counts: &PartitionCounts,
+        record: KafkaRecord<'_>,
+    ) -> Result<(), String> {
+        let producer = self.kafka_producer(id, settings)?;
+        let find = |name: &str| {
+            record
+                .metadata
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let key = find("partitionKey").or(find("__key"));
+        let partition = match find("partitionNumber") {
+            Some(n) => Some(
+                n.parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| format!("partitionNumber {n:?} is not a partition number"))?,
+            ),
+            None => match key {
+                Some(k) => {
+                    let n = partition_count(&producer, counts, &settings.brokers, record.topic).await?;
+                    Some(sarama_partition(k.as_bytes(), n))
+                }
+                None => None,
+            },
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(record.metadata.len());
+        for (k, v) in record.metadata {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut r: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(record.topic).headers(headers);
+        if let Some(v) = record.value {
+            r = r.payload(v);
+        }
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some(p) = partition {
+            r = r.partition(p);
+        }
+        producer
+            .send(r, BROKER_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
+    }
+
+    pub(crate) async fn jetstream_publish(
+        &self,
+        nats_url: &str,
+        subject: &str,
+        data: Bytes,
+    ) -> Result<(), String> {
+        let js = self.jetstream(nats_url).await?;
+        let mut headers = async_nats::HeaderMap::new();
+        // JetStream de-duplicates on the event's id, as Dapr's component asks it to.
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(&data) {
+            if let Some(serde_json::Value::String(id)) = o.get("id") {
+                headers.insert("Nats-Msg-Id", id.as_str());
+            }
+        }
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, data)
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+async fn partition_count(
+    producer: &FutureProducer,
+    counts: &PartitionCounts,
+    brokers: &str,
+    topic: &str,
+) -> Result<i32, String> {
+    let cache_key = format!("{brokers}\0{topic}");
+    if let Some((n, at)) = counts.counts.lock().expect("not poisoned").get(&cache_key) {
+        if at.elapsed() < PARTITIONS_TTL {
+            return Ok(*n);
+        }
+    }
+    let producer = producer.clone();
+    let t = topic.to_owned();
+    let n = tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&t), BROKER_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|m| m.name() == t)
+            .ok_or_else(|| format!("topic {t} not in the broker's metadata"))?;
+        if let Some(e) = topic.error() {
+            return Err(format!("topic {t}: {e:?}"));
+        }
+        Ok(topic.partitions().len() as i32)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if n == 0 {
+        return Err(format!("topic {topic} has no partitions"));
+    }
+    counts
+        .counts
+        .lock()
+        .expect("not poisoned")
+        .insert(cache_key, (n, Instant::now()));
+    Ok(n)
+}
+
+/// The answer of a `bindings.http` call.
+pub(crate) struct HttpBindingReply {
+    pub status: u16,
+    pub body: Bytes,
+    pub metadata: Vec<(String, String)>,
+}
+
+pub(crate) type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub(crate) fn http_client() -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+/// `bindings.http`: the operation is the method (`create` = POST), metadata `path` is
+/// joined to the URL, metadata keys that start with an uppercase letter are headers.
+pub(crate) async fn http_binding(
+    client: &HttpClient,
+    url: &str,
+    operation: &str,
+    data: Bytes,
+    metadata: &[(String, String)],
+) -> Result<HttpBindingReply, String> {
+    let method = match operation {
+        "create" | "post" => http::Method::POST,
+        "get" => http::Method::GET,
+        "head" => http::Method::HEAD,
+        "put" => http::Method::PUT,
+        "patch" => http::Method::PATCH,
+        "delete" => http::Method::DELETE,
+        "options" => http::Method::OPTIONS,
+        "trace" => http::Method::TRACE,
+        _ => return Err("invalid operation".into()),
+    };
+    let find = |name: &str| metadata.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let target = match find("path").filter(|p| !p.is_empty()) {
+        Some(p) => format!("{}/{}", url.trim_end_matches('/'), p.trim_start_matches('/')),
+        None => url.to_owned(),
+    };
+    let with_body = matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+    let mut request = http::Request::builder().method(method).uri(&target);
+    let has = |name: &str| metadata.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    if with_body && !has("Content-Type") {
+        request = request.header("Content-Type", "application/json; charset=utf-8");
+    }
+    if !has("Accept") {
+        request = request.header("Accept", "application/json; charset=utf-8");
+    }
+    for (k, v) in metadata {
+        if k.starts_with(|c: char| c.is_ascii_uppercase()) || k == "traceparent" || k == "tracestate" {
+            request = request.header(k.as_str(), v.as_str());
+        }
+    }
+    let request = request
+        .body(Full::new(if with_body { data } else { Bytes::new() }))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(BROKER_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| format!("no response from {target} within {BROKER_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let mut out = vec![
+        ("statusCode".to_owned(), status.as_u16().to_string()),
+        (
+            "status".to_owned(),
+            format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+        ),
+    ];
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for (name, value) in response.headers() {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let name = canonical_header(name.as_str());
+        match joined.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&v);
+            }
+            None => joined.push((name, v)),
+        }
+    }
+    out.extend(joined);
+    let body = tokio::time::timeout(BROKER_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| format!("body from {target} not read within {BROKER_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(HttpBindingReply {
+        status: status.as_u16(),
+        body,
+        metadata: out,
+    })
+}
+
+/// Go's canonical header form (`content-type` -> `Content-Type`), as daprd reports them.
+fn canonical_header(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c });
+        upper = c == '-';
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_land_on_the_partitions_saramas_hash_partitioner_picks() {
+        // FNV-1a 32 of "a" is 0xe40c292c: negative as int32 (-468965076).
+        assert_eq!(sarama_partition(b"a", 3), 468965076 % 3);
+        // Of "foo": 0xa9f37ed7 = -1443660073 as int32; Go's % keeps the sign: -3 -> 3.
+        assert_eq!(sarama_partition(b"foo", 10), 3);
+        assert_eq!(sarama_partition(b"", 5), (0x811c9dc5u32 as i32 % 5).abs());
+    }
+}

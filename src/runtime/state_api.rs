@@ -1,0 +1,421 @@
+//! The state building block: one handler per Dapr call, shared by the gRPC and HTTP
+//! surfaces. Transport-specific parts (value encoding, empty-key messages) stay in them.
+
+use super::error::ApiError;
+use super::state::{Concurrency, DeleteRequest, SetRequest, StateStore, StoreError, StoredItem};
+use super::{CallTimer, DaprApi};
+use crate::plan::{DaprApp, KeyPrefix, StateComponent};
+use bytes::Bytes;
+use std::sync::Arc;
+use tonic::Code;
+
+pub(crate) const BLOCK: &str = "state";
+
+/// One item of a save, bulk delete or transaction, as both transports decode it.
+#[derive(Clone, Debug, Default)]
+pub struct StateItem {
+    pub key: String,
+    pub value: Bytes,
+    pub etag: Option<String>,
+    pub concurrency: String,
+    pub consistency: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A key of a bulk get, answered with its item or its error.
+#[derive(Debug)]
+pub struct BulkItem {
+    pub key: String,
+    pub result: Result<Option<StoredItem>, String>,
+}
+
+pub(crate) struct ResolvedStore {
+    pub component: Arc<StateComponent>,
+    pub store: Arc<dyn StateStore>,
+}
+
+impl DaprApi {
+    pub(crate) fn state_store(&self, app: &DaprApp, name: &str) -> Result<ResolvedStore, ApiError> {
+        let app_info = || vec![("appID".to_owned(), app.app_id.clone())];
+        if app.states.is_empty() {
+            return Err(ApiError::rich(
+                Code::FailedPrecondition,
+                500,
+                "ERR_STATE_STORE_NOT_CONFIGURED",
+                "DAPR_STATE_NOT_CONFIGURED",
+                format!("state store {name} is not configured"),
+            )
+            .with_http_info(app_info()));
+        }
+        let Some(component) = app.states.get(name) else {
+            return Err(ApiError::rich(
+                Code::InvalidArgument,
+                400,
+                "ERR_STATE_STORE_NOT_FOUND",
+                "DAPR_STATE_NOT_FOUND",
+                format!("state store {name} is not found"),
+            )
+            .with_http_info(app_info()));
+        };
+        let store = self.clients.state_store(component).map_err(|e| {
+            ApiError::basic(
+                Code::Internal,
+                500,
+                "ERR_STATE_STORE_NOT_CONFIGURED",
+                format!("state store {name} could not be set up: {e}"),
+            )
+        })?;
+        // The gauge shows the outcome of this store's previous call.
+        self.clients.observe_store(component, &*store);
+        Ok(ResolvedStore {
+            component: component.clone(),
+            store,
+        })
+    }
+
+    pub async fn get_state(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        key: &str,
+        consistency: &str,
+    ) -> Result<Option<StoredItem>, ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            check_consistency(consistency).map_err(|e| get_error(key, store, &e))?;
+            let stored_key = stored_key(app, &s.component, key)?;
+            s.store
+                .get(&stored_key)
+                .await
+                .map_err(|e| get_error(key, store, &e.to_string()))
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    pub async fn get_bulk_state(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        keys: Vec<String>,
+        parallelism: usize,
+    ) -> Result<Vec<BulkItem>, ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            let mut stored = Vec::with_capacity(keys.len());
+            for k in &keys {
+                stored.push(stored_key(app, &s.component, k)?);
+            }
+            // Order kept, as daprd's default bulk get keeps it; `parallelism` keys at a
+            // time (0: all at once).
+            let limit = if parallelism == 0 { stored.len().max(1) } else { parallelism };
+            let mut results = Vec::with_capacity(stored.len());
+            for chunk in stored.chunks(limit) {
+                let gets = chunk.iter().map(|k| {
+                    let (store, k) = (s.store.clone(), k.clone());
+                    async move { store.get(&k).await.map_err(|e| e.to_string()) }
+                });
+                results.extend(futures::future::join_all(gets).await);
+            }
+            Ok(keys
+                .into_iter()
+                .zip(results)
+                .map(|(key, result)| BulkItem { key, result })
+                .collect())
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    /// SaveState: items are written independently and in parallel, as daprd does.
+    pub async fn save_state(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        items: Vec<StateItem>,
+    ) -> Result<(), ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            let mut requests = Vec::with_capacity(items.len());
+            for item in &items {
+                requests.push(set_request(app, &s.component, item).map_err(|e| match e {
+                    Prepared::Api(e) => e,
+                    Prepared::Store(e) => save_error(store, &e),
+                })?);
+            }
+            let results = futures::future::join_all(
+                requests.into_iter().map(|r| s.store.set(r)),
+            )
+            .await;
+            match results.into_iter().find_map(Result::err) {
+                Some(e) => Err(save_error(store, &e)),
+                None => Ok(()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    pub async fn delete_state(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        item: StateItem,
+    ) -> Result<(), ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            let request = delete_request(app, &s.component, &item)?;
+            s.store
+                .delete(request)
+                .await
+                .map_err(|e| delete_error(&item.key, &e))
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    /// DeleteBulkState: independent parallel deletes.
+    pub async fn delete_bulk_state(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        items: Vec<StateItem>,
+    ) -> Result<(), ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            let mut requests = Vec::with_capacity(items.len());
+            for item in &items {
+                requests.push(delete_request(app, &s.component, item)?);
+            }
+            let results =
+                futures::future::join_all(requests.into_iter().map(|r| s.store.delete(r))).await;
+            match results.into_iter().find_map(Result::err) {
+                Some(e) => {
+                    let code = match e {
+                        StoreError::EtagMismatch(_) => Code::Aborted,
+                        StoreError::EtagInvalid(_) => Code::InvalidArgument,
+                        _ => Code::Internal,
+                    };
+                    Err(ApiError::basic(
+                        code,
+                        if code == Code::Aborted { 409 } else { 500 },
+                        "ERR_STATE_BULK_DELETE",
+                        format!("failed deleting state in state store {store}: {e}"),
+                    ))
+                }
+                None => Ok(()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    /// ExecuteStateTransaction: `operations` are (`upsert` | `delete`, item).
+    pub async fn execute_state_transaction(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        operations: Vec<(String, StateItem)>,
+    ) -> Result<(), ApiError> {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = async {
+            let s = self.state_store(app, store)?;
+            timer.component(&s.component.id.name);
+            let tx_error = |e: String| {
+                ApiError::basic(
+                    Code::Internal,
+                    500,
+                    "ERR_STATE_TRANSACTION",
+                    format!("error while executing state transaction: {e}"),
+                )
+            };
+            let mut ops = Vec::with_capacity(operations.len());
+            for (op, item) in &operations {
+                ops.push(match op.as_str() {
+                    "upsert" => super::state::TransactionOp::Upsert(
+                        set_request(app, &s.component, item).map_err(|e| match e {
+                            Prepared::Api(e) => e,
+                            Prepared::Store(e) => tx_error(e.to_string()),
+                        })?,
+                    ),
+                    "delete" => super::state::TransactionOp::Delete(delete_request(
+                        app,
+                        &s.component,
+                        item,
+                    )?),
+                    other => {
+                        return Err(ApiError::basic(
+                            Code::Unimplemented,
+                            400,
+                            "ERR_NOT_SUPPORTED_STATE_OPERATION",
+                            format!("operation type {other} not supported"),
+                        ))
+                    }
+                });
+            }
+            if ops.is_empty() {
+                return Ok(());
+            }
+            s.store
+                .transact(ops)
+                .await
+                .map_err(|e| tx_error(e.to_string()))
+        }
+        .await;
+        timer.finish(result)
+    }
+}
+
+/// The key as daprd stores it (`GetModifiedStateKey`).
+pub(crate) fn stored_key(
+    app: &DaprApp,
+    component: &StateComponent,
+    key: &str,
+) -> Result<String, ApiError> {
+    let illegal = |k: &str| {
+        ApiError::rich(
+            Code::InvalidArgument,
+            400,
+            "ERR_MALFORMED_REQUEST",
+            "DAPR_STATE_ILLEGAL_KEY",
+            format!("input key/keyPrefix '{k}' can't contain '||'"),
+        )
+    };
+    if key.contains("||") {
+        return Err(illegal(key));
+    }
+    Ok(match &component.key_prefix {
+        KeyPrefix::AppId => format!("{}||{key}", app.app_id),
+        KeyPrefix::Name => format!("{}||{key}", component.id.name),
+        KeyPrefix::Namespace => format!("{}.{}||{key}", app.namespace, app.app_id),
+        KeyPrefix::None => key.to_owned(),
+        KeyPrefix::Custom(p) => format!("{p}||{key}"),
+    })
+}
+
+enum Prepared {
+    Api(ApiError),
+    Store(StoreError),
+}
+
+impl From<ApiError> for Prepared {
+    fn from(e: ApiError) -> Self {
+        Prepared::Api(e)
+    }
+}
+
+fn set_request(
+    app: &DaprApp,
+    component: &StateComponent,
+    item: &StateItem,
+) -> Result<SetRequest, Prepared> {
+    let key = stored_key(app, component, &item.key)?;
+    let concurrency =
+        Concurrency::parse(&item.concurrency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
+    check_consistency(&item.consistency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
+    let ttl = match item
+        .metadata
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "ttlInSeconds")
+    {
+        Some((_, v)) => Some(v.parse::<i64>().map_err(|_| {
+            Prepared::Store(StoreError::Failed(format!(
+                "failed to parse ttlInSeconds: strconv.ParseInt: parsing {v:?}: invalid syntax"
+            )))
+        })?),
+        None => component.default_ttl,
+    };
+    Ok(SetRequest {
+        key,
+        value: item.value.clone(),
+        etag: item.etag.clone().filter(|e| !e.is_empty()),
+        concurrency,
+        ttl,
+    })
+}
+
+fn delete_request(
+    app: &DaprApp,
+    component: &StateComponent,
+    item: &StateItem,
+) -> Result<DeleteRequest, ApiError> {
+    Ok(DeleteRequest {
+        key: stored_key(app, component, &item.key)?,
+        etag: item.etag.clone().filter(|e| !e.is_empty()),
+    })
+}
+
+fn check_consistency(c: &str) -> Result<(), String> {
+    match c {
+        "" | "strong" | "eventual" => Ok(()),
+        other => Err(format!("unrecognized consistency model '{other}'")),
+    }
+}
+
+fn save_error(store: &str, e: &StoreError) -> ApiError {
+    let prefix = format!("failed saving state in state store {store}");
+    match e {
+        StoreError::EtagMismatch(inner) => ApiError::basic(
+            Code::Aborted,
+            409,
+            "ERR_STATE_SAVE",
+            format!("{prefix}: possible etag mismatch. error from state store: {inner}"),
+        ),
+        StoreError::EtagInvalid(inner) => ApiError::basic(
+            Code::InvalidArgument,
+            400,
+            "ERR_STATE_SAVE",
+            format!("{prefix}: invalid etag value: {inner}"),
+        ),
+        other => ApiError::basic(
+            Code::Internal,
+            500,
+            "ERR_STATE_SAVE",
+            format!("{prefix}: {other}"),
+        ),
+    }
+}
+
+fn delete_error(key: &str, e: &StoreError) -> ApiError {
+    let prefix = format!("failed deleting state with key {key}");
+    match e {
+        StoreError::EtagMismatch(inner) => ApiError::basic(
+            Code::Aborted,
+            409,
+            "ERR_STATE_DELETE",
+            format!("{prefix}: possible etag mismatch. error from state store: {inner}"),
+        ),
+        StoreError::EtagInvalid(inner) => ApiError::basic(
+            Code::InvalidArgument,
+            400,
+            "ERR_STATE_DELETE",
+            format!("{prefix}: invalid etag value: {inner}"),
+        ),
+        other => ApiError::basic(
+            Code::Internal,
+            500,
+            "ERR_STATE_DELETE",
+            format!("{prefix}: {other}"),
+        ),
+    }
+}
+
+fn get_error(key: &str, store: &str, e: &str) -> ApiError {
+    ApiError::basic(
+        Code::Internal,
+        500,
+        "ERR_STATE_GET",
+        format!("fail to get {key} from state store {store}: {e}"),
+    )
+}
