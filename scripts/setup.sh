@@ -2,10 +2,11 @@
 # Installs what building and testing fngate needs on a fresh Debian machine:
 # cmake, a C toolchain, perl and OpenSSL headers for pingora; curl and openssl for the
 # TLS test; nginx and wrk for the proxy benchmark; nats-server for the event-trigger
-# tests; protoc for the KEDA external scaler's proto. Skips apt when all are present.
+# tests; protoc for the KEDA external scaler's proto; redis-server for the Dapr state tests
+# (each starts its own). Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk nats-server protobuf-compiler)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk nats-server protobuf-compiler redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -118,12 +118,10 @@ fn is_unreachable(e: &RedisError) -> bool {
         || matches!(e.kind(), ErrorKind::Io)
 }
 
-/// A script's own refusal (`failed to set key ...`), as opposed to a store failure.
+/// A script's own refusal (`failed to set key ...`), as opposed to a store failure. Redis
+/// clients read the reply's first word as its code: here `failed`.
 fn refused(e: &RedisError) -> bool {
-    !is_unreachable(e)
-        && e.detail()
-            .or(Some(&e.to_string()))
-            .is_some_and(|d| d.contains("failed to set key") || d.contains("failed to delete"))
+    !is_unreachable(e) && e.code() == Some("failed")
 }
 
 fn unavailable(e: RedisError) -> StoreError {
