@@ -196,3 +196,122 @@ fn a_trigger_that_turns_invalid_keeps_its_last_good_version_running() {
     assert!(!errors(&second).is_empty());
     assert_eq!(second.triggers, first.triggers, "last good trigger kept");
 }
+
+const DAPR_APP: &str = r#"
+apiVersion: core.openfunction.io/v1beta2
+kind: Function
+metadata: {name: cart, namespace: shop}
+spec:
+  serving:
+    annotations:
+      dapr.io/api-token-secret: cart-token
+    states:
+      carts:
+        spec:
+          type: state.redis
+          metadata:
+            - {name: redisHost, value: "10.0.0.1:6379"}
+            - name: redisPassword
+              secretKeyRef: {name: redis-auth, key: password}
+            - {name: keyPrefix, value: Namespace}
+      broken:
+        spec:
+          type: state.redis
+          metadata:
+            - {name: redisDB, value: "zero"}
+      elsewhere:
+        spec: {type: state.mysql}
+    outputs:
+      - dapr: {name: events, topic: created}
+      - dapr: {name: nowhere, topic: x}
+      - dapr: {name: billing-only, operation: create}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cart-token, namespace: shop}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: redis-auth, namespace: shop}
+stringData: {password: pw}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: events, namespace: shop}
+spec:
+  type: pubsub.kafka
+  metadata:
+    - {name: brokers, value: "k:9092"}
+    - {name: topics, value: "{namespace}"}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: billing-only, namespace: shop}
+spec:
+  type: bindings.http
+  metadata:
+    - {name: url, value: "http://billing/api"}
+scopes: [billing-shop]
+"#;
+
+#[test]
+fn dapr_api_components_compile_per_app_with_scopes_secrets_and_diagnostics_naming_the_field() {
+    let p = plan(DAPR_APP);
+    let app = p.dapr.apps.get("cart-shop").expect("the app");
+    // The good store serves; its secret is resolved; keyPrefix is read case-insensitively.
+    let carts = app.states.get("carts").expect("carts");
+    assert_eq!(carts.key_prefix, fngate::plan::KeyPrefix::Namespace);
+    let fngate::plan::StateBackend::Redis(r) = &carts.backend;
+    assert_eq!(r.password.as_deref(), Some("pw"));
+    // The broken one is left out and named with its field.
+    assert!(!app.states.contains_key("broken"));
+    let errs = errors(&p);
+    assert!(
+        errs.iter().any(|e| e.contains("Function shop/cart")
+            && e.contains("spec.serving.states.broken.spec.metadata")
+            && e.contains("redisHost")),
+        "{errs:#?}"
+    );
+    // A store type fngate does not serve is a warning, not an error.
+    assert!(p.diagnostics.iter().any(|d| !d.is_error()
+        && d.to_string().contains("state.mysql")));
+    // Outputs: the pub/sub in scope is kept; the unknown and the out-of-scope are errors.
+    assert_eq!(app.outputs.len(), 1);
+    assert_eq!(app.outputs[0].name, "events");
+    assert!(app.pubsubs["events"].namespaced_topics);
+    assert!(errs.iter().any(|e| e.contains("outputs[1]") && e.contains("nowhere")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("outputs[2]") && e.contains("billing-only")), "{errs:#?}");
+    assert!(!app.bindings.contains_key("billing-only"));
+    // The token selects the app; it never appears in a diagnostic.
+    assert_eq!(p.dapr.by_token(b"s3cret").map(|a| a.app_id.as_str()), Some("cart-shop"));
+    assert!(p.dapr.by_token(b"s3cre").is_none());
+    assert!(!format!("{:?}", p.diagnostics).contains("s3cret"));
+    assert!(!format!("{:?}", app).contains("s3cret"));
+}
+
+#[test]
+fn a_missing_token_secret_or_a_shared_token_is_reported_and_keeps_the_last_good_token() {
+    let good = plan(DAPR_APP);
+    let without_secret = DAPR_APP.replace("name: cart-token", "name: other-token");
+    let snapshot = snapshot_from_texts([("t.yaml", without_secret.as_str())]);
+    let p = compile(&snapshot, &CompileSettings::default(), Some(&good));
+    let errs = errors(&p);
+    assert!(
+        errs.iter().any(|e| e.contains("dapr.io/api-token-secret")
+            && e.contains("Secret shop/cart-token not found")
+            && e.contains("last good token")),
+        "{errs:#?}"
+    );
+    assert!(p.dapr.by_token(b"s3cret").is_some());
+    // Without a previous plan the app cannot call at all.
+    let fresh = plan(&without_secret);
+    assert!(fresh.dapr.by_token(b"s3cret").is_none());
+    // Two apps with one token: neither may call.
+    let twin = format!(
+        "{DAPR_APP}---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {{name: twin, namespace: shop}}\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: cart-token\n"
+    );
+    let p = plan(&twin);
+    assert!(p.dapr.by_token(b"s3cret").is_none());
+    assert!(errors(&p).iter().any(|e| e.contains("also the token of app")));
+}

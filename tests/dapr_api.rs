@@ -997,3 +997,22 @@ fn fngate_env_prints_what_the_functions_process_needs() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+#[test]
+fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
+    let redis = Redis::start();
+    let dir = catalog(&redis, "");
+    let gate = Gate::start(dir.path());
+    assert_eq!(gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"").status, 204);
+    let before = gate.fngate.revision();
+    let text = std::fs::read_to_string(dir.path().join("catalog.yaml"))
+        .unwrap()
+        .replace("token: tok-orders", "token: tok-orders-rotated");
+    write_atomically(dir.path(), "catalog.yaml", &text);
+    gate.fngate.wait_for_revision_after(before);
+    assert_eq!(gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"").status, 401);
+    assert_eq!(
+        gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders-rotated"), b"").status,
+        204
+    );
+}
