@@ -2,6 +2,8 @@
 //! binary and the `echo` example function — and a small HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

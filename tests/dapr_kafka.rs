@@ -1,0 +1,218 @@
+//! Publishing and output bindings to Kafka through fngate's Dapr API, read back with a
+//! plain librdkafka consumer from tansu (a Kafka-protocol broker): daprd's envelope,
+//! metadata as record headers, keys on the partitions Dapr's Sarama producer picks.
+
+mod common;
+
+use common::kafka::{Kafka, Record};
+use common::*;
+use dapr::dapr::proto::runtime::v1 as rt;
+use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("dapr-api-token", "tok-pub".parse().unwrap());
+    r
+}
+
+fn header<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn publish_and_bindings_reach_kafka_as_daprd_sends_them() {
+    let kafka = Kafka::start();
+    let topic = unique("orders-");
+    let out = unique("out-");
+    kafka.create_topic(&topic, 3);
+    kafka.create_topic(&out, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = &kafka.brokers;
+    std::fs::write(
+        dir.path().join("catalog.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: pub-token, namespace: shop}}
+stringData: {{token: tok-pub}}
+---
+apiVersion: core.openfunction.io/v1beta2
+kind: Function
+metadata: {{name: publisher, namespace: shop}}
+spec:
+  serving:
+    annotations:
+      dapr.io/api-token-secret: pub-token
+    outputs:
+      - dapr: {{name: kbus, topic: {topic}}}
+      - dapr: {{name: kout, operation: create}}
+    pubsub:
+      kbus:
+        type: pubsub.kafka
+        metadata:
+          - {{name: brokers, value: "{brokers}"}}
+    bindings:
+      kout:
+        type: bindings.kafka
+        metadata:
+          - {{name: brokers, value: "{brokers}"}}
+          - {{name: publishTopic, value: "{out}"}}
+"#
+        ),
+    )
+    .unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let fngate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\n"),
+        "",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match DaprClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+                Ok(c) => return c,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // 15 events on five keys, JSON, with a cloudevent override and a TTL.
+    rt.block_on(async {
+        for i in 0..15 {
+            let mut metadata = HashMap::new();
+            metadata.insert("partitionKey".to_owned(), format!("key-{}", i % 5));
+            metadata.insert("ttlInSeconds".to_owned(), "60".to_owned());
+            metadata.insert("cloudevent.type".to_owned(), "order.created".to_owned());
+            c.publish_event(with_token(rt::PublishEventRequest {
+                pubsub_name: "kbus".into(),
+                topic: topic.clone(),
+                data: format!(r#"{{"n":{i}}}"#).into_bytes(),
+                data_content_type: "application/json".into(),
+                metadata,
+            }))
+            .await
+            .unwrap();
+        }
+        // Bulk: each entry wrapped on its own.
+        let entries = (0..3)
+            .map(|i| rt::BulkPublishRequestEntry {
+                entry_id: format!("e{i}"),
+                event: format!("bulk {i}").into_bytes(),
+                content_type: "text/plain".into(),
+                metadata: HashMap::new(),
+            })
+            .collect();
+        let r = c
+            .bulk_publish_event(with_token(rt::BulkPublishRequest {
+                pubsub_name: "kbus".into(),
+                topic: topic.clone(),
+                entries,
+                metadata: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.failed_entries.is_empty());
+    });
+    let records = kafka.read_records(&topic, 18);
+    assert_eq!(records.len(), 18);
+    // Sarama's FNV-1a partitions for three partitions (computed independently).
+    let expected: HashMap<&str, i32> = [("key-0", 0), ("key-1", 1), ("key-2", 2), ("key-3", 0), ("key-4", 2)]
+        .into_iter()
+        .collect();
+    let mut seen = 0;
+    for r in records.iter().filter(|r| r.key.is_some()) {
+        let key = r.key.as_deref().unwrap();
+        assert_eq!(r.partition, expected[key], "key {key}");
+        // Every metadata entry becomes a header, as daprd's producer sends it.
+        assert_eq!(header(r, "partitionKey"), Some(key));
+        assert_eq!(header(r, "cloudevent.type"), Some("order.created"));
+        let ce: serde_json::Value = serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
+        assert_eq!(ce["source"], "publisher-shop");
+        assert_eq!(ce["type"], "order.created");
+        assert_eq!(ce["pubsubname"], "kbus");
+        assert_eq!(ce["topic"], topic.as_str());
+        assert!(ce["data"]["n"].is_number());
+        assert!(ce["expiration"].is_string(), "ttlInSeconds adds expiration");
+        seen += 1;
+    }
+    assert_eq!(seen, 15);
+    let bulk: Vec<String> = records
+        .iter()
+        .filter(|r| r.key.is_none())
+        .map(|r| {
+            let ce: serde_json::Value = serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
+            ce["data"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut bulk_sorted = bulk.clone();
+    bulk_sorted.sort();
+    assert_eq!(bulk_sorted, vec!["bulk 0", "bulk 1", "bulk 2"]);
+
+    // bindings.kafka: raw data to publishTopic; `null` is a tombstone; HTTP data is
+    // marshalled JSON (a string keeps its quotes).
+    rt.block_on(async {
+        let mut metadata = HashMap::new();
+        metadata.insert("partitionKey".to_owned(), "k".to_owned());
+        c.invoke_binding(with_token(rt::InvokeBindingRequest {
+            name: "kout".into(),
+            operation: "create".into(),
+            data: b"raw bytes".to_vec(),
+            metadata: metadata.clone(),
+        }))
+        .await
+        .unwrap();
+        c.invoke_binding(with_token(rt::InvokeBindingRequest {
+            name: "kout".into(),
+            operation: "create".into(),
+            data: b"null".to_vec(),
+            metadata,
+        }))
+        .await
+        .unwrap();
+        let e = c
+            .invoke_binding(with_token(rt::InvokeBindingRequest {
+                name: "kout".into(),
+                operation: "delete".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert!(
+            e.message()
+                .contains("binding kout does not support operation delete"),
+            "{}",
+            e.message()
+        );
+    });
+    let r = request(
+        format!("127.0.0.1:{http}").parse().unwrap(),
+        "POST",
+        "",
+        "/v1.0/bindings/kout",
+        &[("dapr-api-token", "tok-pub")],
+        br#"{"data":"hi","operation":"create","metadata":{"partitionKey":"k"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let out_records = kafka.read_records(&out, 3);
+    let payloads: Vec<Option<&[u8]>> = out_records.iter().map(|r| r.payload.as_deref()).collect();
+    assert_eq!(
+        payloads,
+        vec![Some(&b"raw bytes"[..]), None, Some(&br#""hi""#[..])]
+    );
+    assert!(out_records.iter().all(|r| r.partition == 1 && r.key.as_deref() == Some("k")));
+    // gRPC binding calls carry the call's headers, as daprd copies them.
+    assert!(header(&out_records[0], "user-agent").is_some());
+    assert!(header(&out_records[0], "dapr-api-token").is_none());
+    drop(fngate);
+}
