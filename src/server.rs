@@ -7,7 +7,7 @@ use crate::catalog::{watch_scope, DirCatalog, EventCounter, KubeCatalog};
 use crate::config::KubernetesSettings;
 use crate::config::Settings;
 use crate::proxy::{FunctionProxy, ProxyLimits};
-use crate::publish::PlanPublisher;
+use crate::plan_swap::PlanSwap;
 use crate::status::StatusWriter;
 use crate::telemetry::{AdminApp, Metrics};
 use crate::triggers::TriggerSupervisor;
@@ -99,18 +99,18 @@ impl BackgroundService for DaprApiService {
 }
 
 struct CatalogFollower {
-    job: Mutex<Option<(PlanPublisher, DirCatalog, Duration)>>,
+    job: Mutex<Option<(PlanSwap, DirCatalog, Duration)>>,
 }
 
 #[async_trait]
 impl BackgroundService for CatalogFollower {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some((publisher, catalog, debounce)) = self.job.lock().expect("not poisoned").take()
+        let Some((plan_swap, catalog, debounce)) = self.job.lock().expect("not poisoned").take()
         else {
             return;
         };
         tokio::select! {
-            _ = publisher.follow_dir(catalog, debounce) => {}
+            _ = plan_swap.follow_dir(catalog, debounce) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -123,7 +123,7 @@ struct KubeFollower {
 }
 
 struct KubeJob {
-    publisher: PlanPublisher,
+    plan_swap: PlanSwap,
     client_config: kube::Config,
     settings: KubernetesSettings,
     metrics: Arc<Metrics>,
@@ -168,15 +168,15 @@ impl BackgroundService for KubeFollower {
             let writer = StatusWriter::new(
                 client.clone(),
                 status,
-                job.publisher.plan(),
-                job.publisher.revisions(),
+                job.plan_swap.plan(),
+                job.plan_swap.revisions(),
                 catalog.clone(),
                 job.metrics.clone(),
             );
             tokio::spawn(writer.run(writer_stopped))
         });
         tokio::select! {
-            _ = job.publisher.follow_kube(catalog, changed, job.settings.debounce) => {}
+            _ = job.plan_swap.follow_kube(catalog, changed, job.settings.debounce) => {}
             _ = shutdown.changed() => {}
         }
         tasks.abort_all();
@@ -250,9 +250,9 @@ const CONNECTION_READ_BUFFER: usize = 8 * 1024;
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let publisher = PlanPublisher::new(settings.compile_settings(), metrics.clone());
-    let plan = publisher.plan();
-    let revisions = publisher.revisions();
+    let plan_swap = PlanSwap::new(settings.compile_settings(), metrics.clone());
+    let plan = plan_swap.plan();
+    let revisions = plan_swap.revisions();
 
     let conf = ServerConf {
         threads: settings.threads.max(1),
@@ -276,7 +276,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     };
     let activator = Arc::new(Activator::new(
         plan.clone(),
-        publisher.revisions(),
+        plan_swap.revisions(),
         settings.hold.clone(),
         metrics.clone(),
         webhook,
@@ -351,7 +351,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 "catalog",
                 KubeFollower {
                     job: Mutex::new(Some(KubeJob {
-                        publisher,
+                        plan_swap,
                         client_config,
                         settings: kube_settings.clone(),
                         metrics: metrics_for_triggers.clone(),
@@ -365,7 +365,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             Box::new(background_service(
                 "catalog",
                 CatalogFollower {
-                    job: Mutex::new(Some((publisher, catalog, settings.reload_debounce))),
+                    job: Mutex::new(Some((plan_swap, catalog, settings.reload_debounce))),
                 },
             ))
         }

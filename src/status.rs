@@ -11,7 +11,7 @@ use crate::api::ObjectKind;
 use crate::catalog::{resource_version, FunctionStatusView, KubeCatalog, WatchedKind};
 use crate::config::StatusSettings;
 use crate::plan::Plan;
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::routing::PathCondition;
 use crate::telemetry::Metrics;
 use kube::api::{

@@ -44,7 +44,7 @@ stringData: {{token: tok-pub}}
 ---
 apiVersion: core.openfunction.io/v1beta2
 kind: Function
-metadata: {{name: publisher, namespace: shop}}
+metadata: {{name: plan_swap, namespace: shop}}
 spec:
   serving:
     annotations:
@@ -136,7 +136,7 @@ spec:
         assert_eq!(header(r, "partitionKey"), Some(key));
         assert_eq!(header(r, "cloudevent.type"), Some("order.created"));
         let ce: serde_json::Value = serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
-        assert_eq!(ce["source"], "publisher-shop");
+        assert_eq!(ce["source"], "plan_swap-shop");
         assert_eq!(ce["type"], "order.created");
         assert_eq!(ce["pubsubname"], "kbus");
         assert_eq!(ce["topic"], topic.as_str());

@@ -13,7 +13,7 @@ mod webhook;
 pub use webhook::Webhook;
 
 use crate::plan::{choose_port, EndpointAddress, ServiceEndpoints, ServiceKey};
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::routing::HoldPolicy;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;

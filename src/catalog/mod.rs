@@ -1,5 +1,5 @@
 //! Where objects come from. A catalog only produces `Snapshot`s and signals changes; the
-//! compile loop (`publish`) decides when to compile.
+//! compile loop (`plan_swap`) decides when to compile.
 
 mod dir;
 mod kube;

@@ -56,7 +56,7 @@ impl Default for CompileSettings {
 }
 
 /// Compiles a snapshot. `previous` supplies last good versions of Functions that are now
-/// invalid. The returned plan has revision 0; the publisher numbers it.
+/// invalid. The returned plan has revision 0; the plan_swap numbers it.
 ///
 /// Incremental where it is safe: a Function whose version and Gateways are those of the
 /// previous plan keeps its compiled entries (and their diagnostics), endpoints are reused

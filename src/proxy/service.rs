@@ -2,7 +2,7 @@ use super::context::RequestCtx;
 use super::{headers, mirror};
 use crate::activator::{Activator, Held};
 use crate::plan::{ServiceEndpoints, ServiceKey};
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::routing::{RequestView, Rule};
 use crate::telemetry::{status_class, Metrics};
 use async_trait::async_trait;

@@ -23,7 +23,7 @@ pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
 pub use state_api::{BulkItem, StateItem};
 
 use crate::plan::DaprApp;
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::telemetry::Metrics;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

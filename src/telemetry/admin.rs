@@ -1,5 +1,5 @@
 use super::Metrics;
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;

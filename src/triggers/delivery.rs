@@ -6,7 +6,7 @@ use super::app::{Answer, App, Route};
 use super::event::Event;
 use crate::activator::Activator;
 use crate::plan::{TriggerKey, TriggerSpec};
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::telemetry::{event_outcome, Metrics};
 use async_trait::async_trait;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@ use super::delivery::TriggerRuntime;
 use super::{jetstream, kafka};
 use crate::activator::Activator;
 use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
-use crate::publish::SharedPlan;
+use crate::plan_swap::SharedPlan;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 /// The current plan, shared by every data-plane component.
 pub type SharedPlan = Arc<ArcSwap<Plan>>;
 
-pub struct PlanPublisher {
+pub struct PlanSwap {
     plan: SharedPlan,
     settings: CompileSettings,
     metrics: Arc<Metrics>,
@@ -23,10 +23,10 @@ pub struct PlanPublisher {
     last_snapshot_diagnostics: Vec<crate::api::Diagnostic>,
 }
 
-impl PlanPublisher {
+impl PlanSwap {
     pub fn new(settings: CompileSettings, metrics: Arc<Metrics>) -> Self {
         let (revision_tx, _) = watch::channel(0);
-        PlanPublisher {
+        PlanSwap {
             plan: Arc::new(ArcSwap::from_pointee(Plan::default())),
             settings,
             metrics,
@@ -39,14 +39,14 @@ impl PlanPublisher {
         self.plan.clone()
     }
 
-    /// Revision of the published plan; 0 until the first compile.
+    /// Revision of the serving plan; 0 until the first compile.
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision_tx.subscribe()
     }
 
-    /// Compiles and publishes `snapshot` unless its content equals the current plan's.
-    /// Returns whether a new plan was published.
-    pub fn publish(&mut self, snapshot: &Snapshot) -> bool {
+    /// Compiles `snapshot` and swaps the result in unless its content equals the current plan's.
+    /// Returns whether a new plan was swapped in.
+    pub fn swap_in(&mut self, snapshot: &Snapshot) -> bool {
         let started = Instant::now();
         let content_hash = snapshot.content_hash();
         let current = self.plan.load_full();
@@ -82,7 +82,7 @@ impl PlanPublisher {
             functions = next.functions.len(),
             errors = next.error_count(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "plan published"
+            "plan swapped in"
         );
         self.last_snapshot_diagnostics = snapshot.diagnostics.clone();
         let revision = next.revision;
@@ -118,11 +118,11 @@ impl PlanPublisher {
                 catalog.snapshot()
             };
             // Released at the end of this pass, so the catalog updates it in place.
-            freed.owed |= self.publish(&snapshot);
+            freed.owed |= self.swap_in(&snapshot);
         }
     }
 
-    /// Follows a directory until the process ends: one scan and publish per burst of
+    /// Follows a directory until the process ends: one scan and swap per burst of
     /// file events, after `debounce` of quiet. A full rescan also runs every
     /// `RESYNC_EVERY`, so a lost event (inotify queue overflow, a folder that did not
     /// exist yet when watching started) cannot leave a stale plan for long.
@@ -131,7 +131,7 @@ impl PlanPublisher {
         let signal = Arc::new(Notify::new());
         let mut watch = None;
         let mut freed = FreedMemory {
-            owed: self.publish(&catalog.scan()),
+            owed: self.swap_in(&catalog.scan()),
         };
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.tick().await;
@@ -155,7 +155,7 @@ impl PlanPublisher {
                 }
                 _ = resync.tick() => {}
             }
-            freed.owed |= self.publish(&catalog.scan());
+            freed.owed |= self.swap_in(&catalog.scan());
         }
     }
 }

@@ -1,0 +1,451 @@
+//! The Dapr API's cost: state save + get through fngate (gRPC and HTTP) against the same
+//! operations made directly with the store client fngate uses (`RedisStore`: the same
+//! Lua scripts and HGETALL on one multiplexed connection), same concurrency, same run;
+//! publish through fngate against the raw JetStream client; memory per idle function.
+//!
+//! `cargo bench --bench dapr_state [-- SECONDS]` (default 5 s per throughput phase).
+//! fngate runs alone on CPU 1 (`taskset`, one worker thread); redis-server, nats-server and
+//! this process (the load generator) share CPU 0, so the ratio measures fngate, not the
+//! sharing of two cores. fngate's CPU per operation is read from `/proc/<pid>/stat`.
+
+mod support;
+
+use bytes::Bytes;
+use dapr::dapr::proto::runtime::v1 as rt;
+use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use fngate::plan::RedisSettings;
+use fngate::runtime::state::{RedisStore, SetRequest, StateStore};
+use http_body_util::{BodyExt, Full};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{free_port, pct, rss_kb};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CONCURRENCY: usize = 16;
+const TOKEN: &str = "bench-token";
+const VALUE: &[u8] = &[b'v'; 256];
+const NATS: &str = "nats://127.0.0.1:4222";
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn catalog(dir: &std::path::Path, redis: u16, functions: usize, with_dapr: bool) {
+    let mut yaml = String::new();
+    for i in 0..functions {
+        let name = if i == 0 { "bench".to_owned() } else { format!("idle{i}") };
+        if with_dapr {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-token, namespace: default}}\nstringData: {{token: {}}}\n---\n",
+                if i == 0 { TOKEN.to_owned() } else { format!("token-{i}") }
+            ));
+        }
+        yaml.push_str(&format!(
+            "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  serving:\n"
+        ));
+        if with_dapr {
+            yaml.push_str(&format!(
+                "    annotations:\n      dapr.io/api-token-secret: {name}-token\n    states:\n      store:\n        spec:\n          type: state.redis\n          metadata:\n            - {{name: redisHost, value: \"127.0.0.1:{redis}\"}}\n    pubsub:\n      bus:\n        type: pubsub.jetstream\n        metadata:\n          - {{name: natsURL, value: \"{NATS}\"}}\n"
+            ));
+        } else {
+            yaml.push_str("    labels: {idle: \"true\"}\n");
+        }
+        yaml.push_str("---\n");
+    }
+    std::fs::write(dir.join("catalog.yaml"), yaml).unwrap();
+}
+
+struct Gate {
+    proc: Proc,
+    grpc: u16,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn start_fngate(redis: u16, functions: usize, with_dapr: bool, cpu: &str) -> Gate {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = dir.path().join("functions");
+    std::fs::create_dir(&fns).unwrap();
+    catalog(&fns, redis, functions, with_dapr);
+    let (grpc, http, admin, proxy) = (free_port(), free_port(), free_port(), free_port());
+    let settings = dir.path().join("fngate.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen:\n  http: 127.0.0.1:{proxy}\n  admin: 127.0.0.1:{admin}\n  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\ncatalog:\n  dir: functions\nthreads: 1\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", cpu, env!("CARGO_BIN_EXE_fngate"), "run", "--config"])
+        .arg(&settings)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("taskset (util-linux) and the fngate binary");
+    let proc = Proc(child);
+    wait_port(http);
+    wait_port(grpc);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !support::http_get(admin, "x", "/readyz").contains("200 OK") {
+        assert!(Instant::now() < deadline, "fngate never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Gate {
+        proc,
+        grpc,
+        http,
+        _dir: dir,
+    }
+}
+
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Clone)]
+enum Target {
+    Direct(Arc<RedisStore>),
+    Grpc(DaprClient<tonic::transport::Channel>),
+    Http(HttpClient, u16),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Direct(_) => "direct",
+            Target::Grpc(_) => "fngate gRPC",
+            Target::Http(..) => "fngate HTTP",
+        }
+    }
+
+    async fn save(&mut self, key: &str) {
+        match self {
+            Target::Direct(store) => store
+                .set(SetRequest {
+                    key: format!("bench-default||{key}"),
+                    value: Bytes::from_static(VALUE),
+                    etag: None,
+                    concurrency: Default::default(),
+                    ttl: None,
+                })
+                .await
+                .unwrap(),
+            Target::Grpc(c) => {
+                let mut r = tonic::Request::new(rt::SaveStateRequest {
+                    store_name: "store".into(),
+                    states: vec![dapr::dapr::proto::common::v1::StateItem {
+                        key: key.into(),
+                        value: VALUE.to_vec(),
+                        ..Default::default()
+                    }],
+                });
+                r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                c.save_state(r).await.unwrap();
+            }
+            Target::Http(c, port) => {
+                let body = format!(
+                    r#"[{{"key":"{key}","value":"{}"}}]"#,
+                    std::str::from_utf8(VALUE).unwrap()
+                );
+                let req = http::Request::post(format!("http://127.0.0.1:{port}/v1.0/state/store"))
+                    .header("dapr-api-token", TOKEN)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let resp = c.request(req).await.unwrap();
+                assert_eq!(resp.status(), 204);
+                resp.into_body().collect().await.unwrap();
+            }
+        }
+    }
+
+    async fn get(&mut self, key: &str) {
+        match self {
+            Target::Direct(store) => {
+                store.get(&format!("bench-default||{key}")).await.unwrap();
+            }
+            Target::Grpc(c) => {
+                let mut r = tonic::Request::new(rt::GetStateRequest {
+                    store_name: "store".into(),
+                    key: key.into(),
+                    ..Default::default()
+                });
+                r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                c.get_state(r).await.unwrap();
+            }
+            Target::Http(c, port) => {
+                let req = http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/store/{key}"))
+                    .header("dapr-api-token", TOKEN)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = c.request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+        }
+    }
+}
+
+/// `CONCURRENCY` workers alternating save and get for `secs`: operations per second.
+async fn throughput(target: &Target, secs: f64) -> (f64, u64) {
+    let ops = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (mut t, ops) = (target.clone(), ops.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                let key = format!("w{w}-{}", i % 64);
+                t.save(&key).await;
+                t.get(&key).await;
+                ops.fetch_add(2, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = ops.load(Ordering::Relaxed);
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
+/// Latency of single operations issued at `rate` per second (open loop): p50, p99 in ms.
+async fn latency_at(target: &Target, rate: u64, count: u64) -> (f64, f64) {
+    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        interval.tick().await;
+        let mut t = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("lat-{}", i % 100);
+            let start = Instant::now();
+            if i % 2 == 0 {
+                t.save(&key).await;
+            } else {
+                t.get(&key).await;
+            }
+            start.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5.0);
+    // This process (the load generator) and the peers on CPU 0, fngate alone on CPU 1.
+    let _ = Command::new("taskset")
+        .args(["-a", "-pc", "0", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+    let redis_port = free_port();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let _redis = Proc(
+        Command::new("taskset")
+            .args(["-c", "0", "redis-server", "--port", &redis_port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(redis_dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait_port(redis_port);
+    let gate = start_fngate(redis_port, 1, true, "1");
+    let pid = gate.proc.0.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(
+            RedisStore::new(&RedisSettings {
+                host: format!("127.0.0.1:{redis_port}"),
+                username: None,
+                password: None,
+                db: 0,
+                tls: false,
+                insecure_skip_verify: false,
+                dial_timeout: Duration::from_secs(5),
+                command_timeout: Duration::from_secs(5),
+            })
+            .unwrap(),
+        );
+        let grpc = DaprClient::connect(format!("http://127.0.0.1:{}", gate.grpc))
+            .await
+            .unwrap();
+        let http: HttpClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(CONCURRENCY)
+                .build_http();
+        let targets = [
+            Target::Direct(store),
+            Target::Grpc(grpc.clone()),
+            Target::Http(http, gate.http),
+        ];
+        println!("state save+get, {CONCURRENCY} concurrent, {secs} s each, 256-byte values");
+        println!("{:<12} {:>10} {:>8} {:>16}", "path", "ops/s", "ratio", "fngate CPU/op");
+        let mut direct_rate = 0.0;
+        for t in &targets {
+            // Warm up connections and script caches.
+            throughput(t, 0.5).await;
+            let cpu0 = cpu_seconds(pid);
+            let (rate, n) = throughput(t, secs).await;
+            let cpu = (cpu_seconds(pid) - cpu0) / n as f64 * 1e6;
+            if let Target::Direct(_) = t {
+                direct_rate = rate;
+                println!("{:<12} {:>10.0} {:>8} {:>16}", t.name(), rate, "1.00", "-");
+            } else {
+                println!(
+                    "{:<12} {:>10.0} {:>8.2} {:>13.1} µs",
+                    t.name(),
+                    rate,
+                    rate / direct_rate,
+                    cpu
+                );
+            }
+        }
+        println!("\nlatency at 1,000 ops/s (3,000 ops, half saves), ms");
+        println!("{:<12} {:>8} {:>8} {:>14}", "path", "p50", "p99", "p99 added");
+        let mut direct_p99 = 0.0;
+        for t in &targets {
+            let (p50, p99) = latency_at(t, 1000, 3000).await;
+            if let Target::Direct(_) = t {
+                direct_p99 = p99;
+                println!("{:<12} {:>8.3} {:>8.3} {:>14}", t.name(), p50, p99, "-");
+            } else {
+                println!(
+                    "{:<12} {:>8.3} {:>8.3} {:>14.3}",
+                    t.name(),
+                    p50,
+                    p99,
+                    p99 - direct_p99
+                );
+            }
+        }
+        publish(grpc, pid, secs).await;
+    });
+    drop(gate);
+    memory(redis_port);
+}
+
+/// PublishEvent to JetStream through fngate against async-nats publishing the same
+/// bytes, same concurrency.
+async fn publish(grpc: DaprClient<tonic::transport::Channel>, pid: u32, secs: f64) {
+    let subject = format!("bench-dapr-publish-{}", std::process::id());
+    let client = async_nats::connect(NATS).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = format!("BENCH_DAPR_PUBLISH_{}", std::process::id());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![subject.clone()],
+        max_messages: 100_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let run = |through_fngate: bool| {
+        let (js, grpc, subject, payload) = (js.clone(), grpc.clone(), subject.clone(), payload.clone());
+        async move {
+            let ops = Arc::new(AtomicU64::new(0));
+            let stop = Instant::now() + Duration::from_secs_f64(secs);
+            let mut tasks = Vec::new();
+            for _ in 0..CONCURRENCY {
+                let (js, mut grpc, subject, payload, ops) =
+                    (js.clone(), grpc.clone(), subject.clone(), payload.clone(), ops.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        if through_fngate {
+                            let mut r = tonic::Request::new(rt::PublishEventRequest {
+                                pubsub_name: "bus".into(),
+                                topic: subject.clone(),
+                                data: payload.to_vec(),
+                                data_content_type: "application/octet-stream".into(),
+                                ..Default::default()
+                            });
+                            r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                            grpc.publish_event(r).await.unwrap();
+                        } else {
+                            js.publish(subject.clone(), payload.clone())
+                                .await
+                                .unwrap()
+                                .await
+                                .unwrap();
+                        }
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            let started = Instant::now();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let n = ops.load(Ordering::Relaxed);
+            (n as f64 / started.elapsed().as_secs_f64(), n)
+        }
+    };
+    run(false).await;
+    let (raw, _) = run(false).await;
+    let cpu0 = cpu_seconds(pid);
+    let (through, n) = run(true).await;
+    let cpu = (cpu_seconds(pid) - cpu0) / n as f64 * 1e6;
+    println!("\npublish 1 KiB to JetStream, {CONCURRENCY} concurrent, {secs} s");
+    println!("raw async-nats {raw:.0}/s, fngate gRPC {through:.0}/s, ratio {:.2}, fngate CPU {cpu:.1} µs per publish", through / raw);
+    let _ = js.delete_stream(&stream).await;
+}
+
+/// RSS of 1,000 idle Functions, each with a token and two components, against the same
+/// Functions without them.
+fn memory(redis_port: u16) {
+    const N: usize = 1000;
+    let mut rss = [0u64; 2];
+    for (i, with_dapr) in [false, true].into_iter().enumerate() {
+        let gate = start_fngate(redis_port, N, with_dapr, "0-1");
+        std::thread::sleep(Duration::from_millis(500));
+        rss[i] = rss_kb(gate.proc.0.id());
+    }
+    println!(
+        "\nmemory: {N} idle Functions {} KB RSS; with a token and two components each {} KB: {:.2} KiB per function for the Dapr API",
+        rss[0],
+        rss[1],
+        (rss[1] as f64 - rss[0] as f64) / N as f64
+    );
+}
