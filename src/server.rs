@@ -57,6 +57,7 @@ impl BackgroundService for ScalerService {
 /// Serves Dapr's runtime API to functions: gRPC (h2c) and HTTP, each when configured.
 struct DaprApiService {
     api: Arc<crate::runtime::DaprApi>,
+    revisions: tokio::sync::watch::Receiver<u64>,
     grpc: Option<std::net::SocketAddr>,
     http: Option<std::net::SocketAddr>,
 }
@@ -92,9 +93,15 @@ impl BackgroundService for DaprApiService {
                 }
             })
         });
+        let api = self.api.clone();
+        let follow = tokio::spawn({
+            let revisions = self.revisions.clone();
+            async move { api.follow_plan(revisions).await }
+        });
         for task in [grpc, http].into_iter().flatten() {
             let _ = task.await;
         }
+        follow.abort();
     }
 }
 
@@ -331,6 +338,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     }
 
     let dapr_api = crate::runtime::DaprApi::new(plan.clone(), metrics.clone());
+    let dapr_revisions = plan_swap.revisions();
     let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
     let mut admin = Service::new("fngate admin".to_owned(), AdminApp { plan, metrics });
     admin.add_tcp(&settings.listen_admin.to_string());
@@ -407,6 +415,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
             "dapr api",
             DaprApiService {
                 api: dapr_api,
+                revisions: dapr_revisions,
                 grpc: settings.listen_dapr_grpc,
                 http: settings.listen_dapr_http,
             },

@@ -5,82 +5,18 @@
 
 mod common;
 
+use common::redis_server::Redis;
 use common::*;
 use dapr::dapr::proto::common::v1 as common_v1;
 use dapr::dapr::proto::runtime::v1 as rt;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use prost::Message;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
 
 const NATS: &str = "nats://127.0.0.1:4222";
-
-/// A redis-server of the test's own, appending to a file so a restart keeps the data.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.connection().is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(format!("redis://{}", self.addr()))?.get_connection()
-    }
-
-    fn hash(&self, key: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
-        redis::cmd("HGETALL")
-            .arg(key)
-            .query(&mut self.connection().unwrap())
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn catalog(redis: &Redis, extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -1015,4 +951,157 @@ fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
         gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders-rotated"), b"").status,
         204
     );
+}
+
+/// A venv with the official Dapr Python SDK (`tests/python/requirements.txt`), made once
+/// under the target folder.
+fn python_sdk() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dapr-python-venv");
+    let python = venv.join("bin").join("python");
+    let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
+    let marker = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(requirements).unwrap();
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "-r", requirements])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install of the Dapr Python SDK failed");
+        std::fs::write(&marker, wanted).unwrap();
+    }
+    python
+}
+
+#[test]
+fn the_official_python_sdk_works_against_fngate() {
+    let python = python_sdk();
+    let redis = Redis::start();
+    let subject = unique("fngate-py-sdk.");
+    let stream_name = unique("FNGATE_PY_SDK_").replace('.', "_");
+    let extra = format!(
+        "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: bus\n  namespace: shop\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - name: natsURL\n      value: {NATS}\n"
+    );
+    let dir = catalog(&redis, &extra);
+    let gate = Gate::start(dir.path());
+    let nats_rt = tokio::runtime::Runtime::new().unwrap();
+    let js = nats_rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    });
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dapr_sdk_check.py"))
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
+        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
+        .env("DAPR_API_TOKEN", "tok-orders")
+        .env("DAPR_HEALTH_TIMEOUT", "30")
+        .env("SUBJECT", &subject)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python SDK check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the SDK wrote is in Dapr's layout; what it published is in the stream.
+    assert_eq!(redis.hash("orders-shop||py-b")["data"], b"B");
+    let published = nats_rt.block_on(async {
+        let mut stream = js.get_stream(&stream_name).await.unwrap();
+        let n = stream.info().await.unwrap().state.messages;
+        let _ = js.delete_stream(&stream_name).await;
+        n
+    });
+    assert_eq!(published, 3);
+}
+
+#[test]
+fn a_redis_behind_tls_with_a_password_from_a_secret_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&cert)
+        .args(["--tls-auth-clients", "no", "--requirepass", "redis-pw", "--save", ""])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let catalog_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        catalog_dir.path().join("c.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: t, namespace: shop}}
+stringData: {{token: tok-tls, redis: redis-pw}}
+---
+apiVersion: core.openfunction.io/v1beta2
+kind: Function
+metadata: {{name: secure, namespace: shop}}
+spec:
+  serving:
+    annotations:
+      dapr.io/api-token-secret: t
+    states:
+      vault:
+        spec:
+          type: state.redis
+          metadata:
+            - {{name: redisHost, value: "127.0.0.1:{port}"}}
+            - {{name: enableTLS, value: "true"}}
+            - {{name: insecureSkipTLSVerify, value: "true"}}
+            - name: redisPassword
+              secretKeyRef: {{name: t, key: redis}}
+"#
+        ),
+    )
+    .unwrap();
+    let gate = Gate::start(catalog_dir.path());
+    let r = gate.http(
+        "POST",
+        "/v1.0/state/vault",
+        Some("tok-tls"),
+        br#"[{"key":"k","value":{"secret":true}}]"#,
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let r = gate.http("GET", "/v1.0/state/vault/k", Some("tok-tls"), b"");
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"secret": true})));
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -4,11 +4,12 @@
 
 use super::state::{RedisStore, StateStore};
 use crate::plan::{
-    ComponentId, KafkaAuth, KafkaProducerSettings, StateBackend, StateComponent,
+    BrokerBackend, ComponentId, DaprApps, KafkaAuth, KafkaProducerSettings, StateBackend,
+    StateComponent,
 };
 use crate::telemetry::Metrics;
 use rdkafka::producer::FutureProducer;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 type Keyed<S, C> = Mutex<HashMap<ComponentId, (S, C)>>;
@@ -101,6 +102,34 @@ impl Clients {
         tracing::info!(component = %id, brokers = %settings.brokers, "kafka producer created");
         producers.insert(id.clone(), (settings.clone(), producer.clone()));
         Ok(producer)
+    }
+
+    /// Drops the clients of components no app can reach any more (their connections close).
+    pub(crate) fn retain(&self, apps: &DaprApps) {
+        let mut ids = HashSet::new();
+        let mut urls = HashSet::new();
+        for app in apps.apps.values() {
+            ids.extend(app.states.values().map(|s| &s.id));
+            ids.extend(app.bindings.values().map(|b| &b.id));
+            for p in app.pubsubs.values() {
+                ids.insert(&p.id);
+                if let BrokerBackend::Jetstream { nats_url } = &p.backend {
+                    urls.insert(nats_url.as_str());
+                }
+            }
+        }
+        self.states
+            .lock()
+            .expect("not poisoned")
+            .retain(|id, _| ids.contains(id));
+        self.kafka
+            .lock()
+            .expect("not poisoned")
+            .retain(|id, _| ids.contains(id));
+        self.nats
+            .lock()
+            .expect("not poisoned")
+            .retain(|url, _| urls.contains(url.as_str()));
     }
 
     /// One NATS connection per URL, shared by the components that name it.

@@ -77,6 +77,13 @@ impl DaprApi {
         })
     }
 
+    /// Follows the plan: clients of components that left it are dropped.
+    pub async fn follow_plan(&self, mut revisions: tokio::sync::watch::Receiver<u64>) {
+        while revisions.changed().await.is_ok() {
+            self.clients.retain(&self.plan.load().dapr);
+        }
+    }
+
     /// Components of the app, as the metadata API lists them: (name, type, version,
     /// capabilities).
     pub fn components(&self, app: &DaprApp) -> Vec<(String, String, String, Vec<String>)> {

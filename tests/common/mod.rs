@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod redis_server;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
