@@ -3,7 +3,7 @@
 //! bindings it may reach, as daprd would load them for that app-id: its own inline
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
-use super::triggers::{kafka_auth, resolve_metadata, secret_value, Metadata, Origin, Report};
+use super::triggers::{kafka_auth, kafka_brokers, resolve_metadata, secret_value, Metadata, Origin, Report};
 use super::Snapshot;
 use crate::api::{
     ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateStore,
@@ -405,14 +405,7 @@ fn compile_component(
 }
 
 fn kafka_producer(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<KafkaProducerSettings> {
-    let brokers = meta.take("brokers");
-    if brokers.is_none() {
-        meta.error(
-            "brokers",
-            "brokers is required (host:port, comma-separated)".into(),
-            report,
-        );
-    }
+    let brokers = kafka_brokers(meta, report);
     let auth = kafka_auth(meta, report);
     let client_id = meta.take("clientID").or_else(|| meta.take("clientId"));
     Some(KafkaProducerSettings {

@@ -570,6 +570,19 @@ fn secret_key(secret: &Secret, key: &str) -> Option<Result<String, String>> {
     )
 }
 
+/// `brokers` of a Kafka component (required), shared by consumers and producers.
+pub(super) fn kafka_brokers(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<String> {
+    let brokers = meta.take("brokers");
+    if brokers.is_none() {
+        meta.error(
+            "brokers",
+            "brokers is required (host:port, comma-separated)".into(),
+            report,
+        );
+    }
+    brokers
+}
+
 /// SASL settings of a Kafka component, shared by consumers and producers.
 pub(super) fn kafka_auth(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> KafkaAuth {
     let auth_required = meta.parse::<bool>("authRequired", "true or false", report);
@@ -632,14 +645,7 @@ fn kafka(
     report: &mut Report<'_>,
     defaults: &EventDefaults,
 ) -> Option<KafkaSource> {
-    let brokers = meta.take("brokers");
-    if brokers.is_none() {
-        meta.error(
-            "brokers",
-            "brokers is required (host:port, comma-separated)".into(),
-            report,
-        );
-    }
+    let brokers = kafka_brokers(meta, report);
     let topics: Vec<String> = match kind {
         TriggerKind::Binding => {
             let t: Vec<String> = meta

@@ -92,6 +92,25 @@ pub enum KafkaAuth {
     },
 }
 
+impl KafkaAuth {
+    /// The librdkafka settings for this authentication (consumers and producers alike).
+    pub fn client_settings(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            KafkaAuth::None => Vec::new(),
+            KafkaAuth::Sasl {
+                mechanism,
+                username,
+                password,
+            } => vec![
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", mechanism),
+                ("sasl.username", username),
+                ("sasl.password", password),
+            ],
+        }
+    }
+}
+
 impl fmt::Debug for KafkaAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

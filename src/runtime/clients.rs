@@ -4,7 +4,7 @@
 
 use super::state::{RedisStore, StateStore};
 use crate::plan::{
-    BrokerBackend, ComponentId, DaprApps, KafkaAuth, KafkaProducerSettings, StateBackend,
+    BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings, StateBackend,
     StateComponent,
 };
 use crate::telemetry::Metrics;
@@ -87,16 +87,8 @@ impl Clients {
         if let Some(id) = &settings.client_id {
             c.set("client.id", id);
         }
-        if let KafkaAuth::Sasl {
-            mechanism,
-            username,
-            password,
-        } = &settings.auth
-        {
-            c.set("security.protocol", "SASL_PLAINTEXT")
-                .set("sasl.mechanism", mechanism)
-                .set("sasl.username", username)
-                .set("sasl.password", password);
+        for (k, v) in settings.auth.client_settings() {
+            c.set(k, v);
         }
         let producer: FutureProducer = c.create().map_err(|e| e.to_string())?;
         tracing::info!(component = %id, brokers = %settings.brokers, "kafka producer created");

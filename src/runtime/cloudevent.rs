@@ -26,14 +26,7 @@ pub(crate) struct NotACloudEvent(pub String);
 /// The bytes daprd publishes for a request without `rawPayload`.
 pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEvent> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new(); // name -> JSON text
-    let meta = |name: &str| {
-        input
-            .metadata
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let meta = |name: &str| super::metadata_value(input.metadata, name);
     let media = input
         .content_type
         .split(';')

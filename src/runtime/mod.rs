@@ -115,6 +115,16 @@ impl DaprApi {
     }
 }
 
+/// A request metadata value; of repeated keys the last wins (as in the Go map daprd
+/// builds from them).
+pub(crate) fn metadata_value<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Counts and times one call: `fngate_dapr_api_calls_total` and its duration.
 pub(crate) struct CallTimer<'a> {
     api: &'a DaprApi,

@@ -54,14 +54,7 @@ impl Clients {
         record: KafkaRecord<'_>,
     ) -> Result<(), String> {
         let producer = self.kafka_producer(id, settings)?;
-        let find = |name: &str| {
-            record
-                .metadata
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let find = |name: &str| super::metadata_value(record.metadata, name);
         let key = find("partitionKey").or(find("__key"));
         let partition = match find("partitionNumber") {
             Some(n) => Some(
@@ -204,7 +197,7 @@ pub(crate) async fn http_binding(
         "trace" => http::Method::TRACE,
         _ => return Err("invalid operation".into()),
     };
-    let find = |name: &str| metadata.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let find = |name: &str| super::metadata_value(metadata, name);
     let target = match find("path").filter(|p| !p.is_empty()) {
         Some(p) => format!("{}/{}", url.trim_end_matches('/'), p.trim_start_matches('/')),
         None => url.to_owned(),

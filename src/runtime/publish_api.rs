@@ -171,9 +171,9 @@ impl DaprApi {
         app: &DaprApp,
         request: &PublishRequest,
     ) -> Result<(Bytes, Vec<(String, String)>), ApiError> {
-        let raw = match request.metadata.iter().rev().find(|(k, _)| k == "rawPayload") {
+        let raw = match super::metadata_value(&request.metadata, "rawPayload") {
             None => false,
-            Some((_, v)) => parse_go_bool(v).ok_or_else(|| {
+            Some(v) => parse_go_bool(v).ok_or_else(|| {
                 ApiError::rich(
                     Code::InvalidArgument,
                     400,
@@ -325,11 +325,8 @@ impl DaprApi {
                     let reply = http_binding(&self.http, url, operation, data, &metadata)
                         .await
                         .map_err(failed)?;
-                    let error_if_not_2xx = metadata
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| k == "errorIfNot2XX")
-                        .and_then(|(_, v)| parse_go_bool(v))
+                    let error_if_not_2xx = super::metadata_value(&metadata, "errorIfNot2XX")
+                        .and_then(parse_go_bool)
                         .unwrap_or(true);
                     if error_if_not_2xx && !(200..300).contains(&reply.status) {
                         return Err(failed(format!("received status code {}", reply.status)));

@@ -200,19 +200,11 @@ impl DaprApi {
             let results =
                 futures::future::join_all(requests.into_iter().map(|r| s.store.delete(r))).await;
             match results.into_iter().find_map(Result::err) {
-                Some(e) => {
-                    let code = match e {
-                        StoreError::EtagMismatch(_) => Code::Aborted,
-                        StoreError::EtagInvalid(_) => Code::InvalidArgument,
-                        _ => Code::Internal,
-                    };
-                    Err(ApiError::basic(
-                        code,
-                        if code == Code::Aborted { 409 } else { 500 },
-                        "ERR_STATE_BULK_DELETE",
-                        format!("failed deleting state in state store {store}: {e}"),
-                    ))
-                }
+                Some(e) => Err(store_error(
+                    "ERR_STATE_BULK_DELETE",
+                    format!("failed deleting state in state store {store}"),
+                    &e,
+                )),
                 None => Ok(()),
             }
         }
@@ -323,13 +315,8 @@ fn set_request(
     let concurrency =
         Concurrency::parse(&item.concurrency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
     check_consistency(&item.consistency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
-    let ttl = match item
-        .metadata
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "ttlInSeconds")
-    {
-        Some((_, v)) => Some(v.parse::<i64>().map_err(|_| {
+    let ttl = match super::metadata_value(&item.metadata, "ttlInSeconds") {
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
             Prepared::Store(StoreError::Failed(format!(
                 "failed to parse ttlInSeconds: strconv.ParseInt: parsing {v:?}: invalid syntax"
             )))
@@ -363,52 +350,31 @@ fn check_consistency(c: &str) -> Result<(), String> {
     }
 }
 
-fn save_error(store: &str, e: &StoreError) -> ApiError {
-    let prefix = format!("failed saving state in state store {store}");
-    match e {
-        StoreError::EtagMismatch(inner) => ApiError::basic(
+/// A store failure as daprd reports it under `error_code`: an ETag mismatch is Aborted /
+/// 409, an invalid ETag InvalidArgument / 400, anything else Internal / 500.
+fn store_error(error_code: &'static str, prefix: String, e: &StoreError) -> ApiError {
+    let (code, status, message) = match e {
+        StoreError::EtagMismatch(inner) => (
             Code::Aborted,
             409,
-            "ERR_STATE_SAVE",
             format!("{prefix}: possible etag mismatch. error from state store: {inner}"),
         ),
-        StoreError::EtagInvalid(inner) => ApiError::basic(
+        StoreError::EtagInvalid(inner) => (
             Code::InvalidArgument,
             400,
-            "ERR_STATE_SAVE",
             format!("{prefix}: invalid etag value: {inner}"),
         ),
-        other => ApiError::basic(
-            Code::Internal,
-            500,
-            "ERR_STATE_SAVE",
-            format!("{prefix}: {other}"),
-        ),
-    }
+        other => (Code::Internal, 500, format!("{prefix}: {other}")),
+    };
+    ApiError::basic(code, status, error_code, message)
+}
+
+fn save_error(store: &str, e: &StoreError) -> ApiError {
+    store_error("ERR_STATE_SAVE", format!("failed saving state in state store {store}"), e)
 }
 
 fn delete_error(key: &str, e: &StoreError) -> ApiError {
-    let prefix = format!("failed deleting state with key {key}");
-    match e {
-        StoreError::EtagMismatch(inner) => ApiError::basic(
-            Code::Aborted,
-            409,
-            "ERR_STATE_DELETE",
-            format!("{prefix}: possible etag mismatch. error from state store: {inner}"),
-        ),
-        StoreError::EtagInvalid(inner) => ApiError::basic(
-            Code::InvalidArgument,
-            400,
-            "ERR_STATE_DELETE",
-            format!("{prefix}: invalid etag value: {inner}"),
-        ),
-        other => ApiError::basic(
-            Code::Internal,
-            500,
-            "ERR_STATE_DELETE",
-            format!("{prefix}: {other}"),
-        ),
-    }
+    store_error("ERR_STATE_DELETE", format!("failed deleting state with key {key}"), e)
 }
 
 fn get_error(key: &str, store: &str, e: &str) -> ApiError {

@@ -5,7 +5,7 @@
 
 use super::delivery::{DeadLetterSink, Settled, TriggerRuntime};
 use super::event::Event;
-use crate::plan::{InitialOffset, KafkaAuth, KafkaSource, TriggerKind};
+use crate::plan::{InitialOffset, KafkaSource, TriggerKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -63,16 +63,8 @@ fn client_config(source: &KafkaSource) -> ClientConfig {
     if let Some(id) = &source.client_id {
         c.set("client.id", id);
     }
-    if let KafkaAuth::Sasl {
-        mechanism,
-        username,
-        password,
-    } = &source.auth
-    {
-        c.set("security.protocol", "SASL_PLAINTEXT")
-            .set("sasl.mechanism", mechanism)
-            .set("sasl.username", username)
-            .set("sasl.password", password);
+    for (k, v) in source.auth.client_settings() {
+        c.set(k, v);
     }
     c
 }

@@ -129,27 +129,10 @@ impl Kafka {
 
     /// Payloads in `topic`, read from the start by a fresh consumer group.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<String> {
-        self.rt.block_on(async {
-            let consumer: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.brokers)
-                .set("group.id", unique("reader"))
-                .set("auto.offset.reset", "earliest")
-                .create()
-                .unwrap();
-            consumer.subscribe(&[topic]).unwrap();
-            let mut out = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while out.len() < expected {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => out.push(
-                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    ),
-                    Ok(Err(_)) => {}
-                    Err(_) => break,
-                }
-            }
-            out
-        })
+        self.read_records(topic, expected)
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&r.payload.unwrap_or_default()).into_owned())
+            .collect()
     }
 }
 
