@@ -195,12 +195,13 @@ fn check(paths: &[PathBuf], gateway: String) -> anyhow::Result<ExitCode> {
     print_diagnostics(&plan.diagnostics);
     let errors = plan.error_count();
     println!(
-        "{} files, {} objects, {} HTTP functions, {} routes, {} event triggers, {} errors, {} warnings",
+        "{} files, {} objects, {} HTTP functions, {} routes, {} event triggers, {} Dapr API apps, {} errors, {} warnings",
         files.len(),
         snapshot.objects.len(),
         plan.functions.len(),
         plan.routes.len(),
         plan.triggers.len(),
+        plan.dapr.apps.len(),
         errors,
         plan.diagnostics.len() - errors
     );

@@ -21,14 +21,22 @@ pub struct ApiError {
     /// ErrorInfo reason.
     pub reason: &'static str,
     pub message: String,
-    /// ErrorInfo metadata on gRPC.
-    pub grpc_info: Vec<(String, String)>,
-    /// ErrorInfo metadata on HTTP; `None`: HTTP gets daprd's legacy body without details.
-    pub http_info: Option<Vec<(String, String)>>,
-    /// ResourceInfo (type, name), placed before the ErrorInfo.
-    pub resource: Option<(&'static str, String)>,
     /// Bounded label for `fngate_dapr_api_calls_total{outcome}`.
     pub outcome: &'static str,
+    /// HTTP answers with details (a rich error) rather than daprd's legacy body.
+    pub http_details: bool,
+    /// Rarely set, so kept out of line: every `Result` carrying an `ApiError` stays small.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Extra {
+    /// ErrorInfo metadata on gRPC.
+    grpc_info: Vec<(String, String)>,
+    /// ErrorInfo metadata on HTTP.
+    http_info: Vec<(String, String)>,
+    /// ResourceInfo (type, name), placed before the ErrorInfo.
+    resource: Option<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -41,10 +49,9 @@ impl ApiError {
             error_code,
             reason: error_code,
             message,
-            grpc_info: Vec::new(),
-            http_info: None,
-            resource: None,
             outcome: outcome_of(grpc),
+            http_details: false,
+            extra: None,
         }
     }
 
@@ -58,26 +65,29 @@ impl ApiError {
     ) -> ApiError {
         ApiError {
             reason,
-            http_info: Some(Vec::new()),
+            http_details: true,
             ..ApiError::basic(grpc, http, error_code, message)
         }
     }
 
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
     pub fn with_http_info(mut self, info: Vec<(String, String)>) -> ApiError {
-        self.http_info = Some(info);
+        self.http_details = true;
+        self.extra().http_info = info;
         self
     }
 
     pub fn with_info(mut self, info: Vec<(String, String)>) -> ApiError {
-        self.grpc_info = info.clone();
-        if self.http_info.is_some() {
-            self.http_info = Some(info);
-        }
+        self.extra().grpc_info = info.clone();
+        self.extra().http_info = info;
         self
     }
 
     pub fn with_resource(mut self, kind: &'static str, name: &str) -> ApiError {
-        self.resource = Some((kind, name.to_owned()));
+        self.extra().resource = Some((kind, name.to_owned()));
         self
     }
 
@@ -90,19 +100,19 @@ impl ApiError {
     pub fn unauthenticated(detail: &str) -> ApiError {
         let mut detail = detail.to_owned();
         detail.truncate(63);
-        ApiError {
-            grpc_info: vec![
-                ("http.code".into(), "401".into()),
-                ("http.error_message".into(), detail),
-            ],
-            outcome: "unauthenticated",
-            ..ApiError::basic(Code::Unauthenticated, 401, "Unauthorized", "Unauthorized".into())
-        }
+        let mut e =
+            ApiError::basic(Code::Unauthenticated, 401, "Unauthorized", "Unauthorized".into());
+        e.extra().grpc_info = vec![
+            ("http.code".into(), "401".into()),
+            ("http.error_message".into(), detail),
+        ];
+        e
     }
 
     pub fn to_status(&self) -> tonic::Status {
+        let extra = self.extra.as_deref();
         let mut details = Vec::with_capacity(2);
-        if let Some((kind, name)) = &self.resource {
+        if let Some((kind, name)) = extra.and_then(|x| x.resource.as_ref()) {
             details.push(Any::pack(
                 "type.googleapis.com/google.rpc.ResourceInfo",
                 &ResourceInfo {
@@ -118,7 +128,9 @@ impl ApiError {
             &ErrorInfo {
                 reason: self.reason.to_owned(),
                 domain: DOMAIN.to_owned(),
-                metadata: self.grpc_info.iter().cloned().collect(),
+                metadata: extra
+                    .map(|x| x.grpc_info.iter().cloned().collect())
+                    .unwrap_or_default(),
             },
         ));
         let status = RpcStatus {
@@ -143,9 +155,10 @@ impl ApiError {
             #[serde(skip_serializing_if = "Option::is_none")]
             details: Option<Vec<serde_json::Value>>,
         }
-        let details = self.http_info.as_ref().map(|info| {
+        let extra = self.extra.as_deref();
+        let details = self.http_details.then(|| {
             let mut d = Vec::with_capacity(2);
-            if let Some((kind, name)) = &self.resource {
+            if let Some((kind, name)) = extra.and_then(|x| x.resource.as_ref()) {
                 d.push(serde_json::json!({
                     "@type": "type.googleapis.com/google.rpc.ResourceInfo",
                     "description": self.message,
@@ -154,7 +167,9 @@ impl ApiError {
                     "resource_type": kind,
                 }));
             }
-            let metadata: serde_json::Map<String, serde_json::Value> = info
+            let metadata: serde_json::Map<String, serde_json::Value> = extra
+                .map(|x| x.http_info.as_slice())
+                .unwrap_or_default()
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();

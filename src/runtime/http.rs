@@ -74,10 +74,7 @@ fn error_reply(e: &ApiError) -> Reply {
 }
 
 fn legacy(status: u16, code: &'static str, message: String) -> Reply {
-    error_reply(&ApiError {
-        http: status,
-        ..ApiError::basic(tonic::Code::InvalidArgument, status, code, message)
-    })
+    error_reply(&ApiError::basic(tonic::Code::InvalidArgument, status, code, message))
 }
 
 async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
