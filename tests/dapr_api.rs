@@ -586,8 +586,15 @@ fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
     assert_eq!(r.status, 401);
     assert!(gate.fngate.metric("fngate_dapr_api_auth_failures_total{transport=\"grpc\"}") >= 2.0);
     assert!(gate.fngate.metric("fngate_dapr_api_auth_failures_total{transport=\"http\"}") >= 2.0);
-    // The token never shows in metrics or /routes.
+    // The token never shows in metrics or on the admin listener.
     assert!(!gate.fngate.metrics().contains("tok-orders"));
+    let dapr = admin_get(gate.fngate.admin, "/dapr").unwrap();
+    let listing = String::from_utf8_lossy(&dapr.body).into_owned();
+    assert!(!listing.contains("tok-orders") && !listing.contains("tok-billing"), "{listing}");
+    let apps: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(apps["apps"][0]["app_id"], "billing-shop");
+    assert_eq!(apps["apps"][0]["token"], true);
+    assert_eq!(apps["apps"][0]["states"][1]["name"], "ledger");
 }
 
 #[test]

@@ -51,6 +51,35 @@ impl AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
+            "/dapr" => {
+                // What each app may reach through the Dapr API; never the token itself.
+                let apps: Vec<_> = plan
+                    .dapr
+                    .apps
+                    .values()
+                    .map(|a| {
+                        let names = |m: Vec<(&String, &String)>| {
+                            m.into_iter()
+                                .map(|(n, k)| json!({ "name": n, "type": k }))
+                                .collect::<Vec<_>>()
+                        };
+                        json!({
+                            "app_id": a.app_id,
+                            "token": a.token.is_some(),
+                            "states": names(a.states.iter().map(|(n, c)| (n, &c.kind)).collect()),
+                            "pubsubs": names(a.pubsubs.iter().map(|(n, c)| (n, &c.kind)).collect()),
+                            "bindings": names(a.bindings.iter().map(|(n, c)| (n, &c.kind)).collect()),
+                            "outputs": a.outputs,
+                        })
+                    })
+                    .collect();
+                let body = json!({ "revision": plan.revision, "apps": apps });
+                (
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
+            }
             "/diagnostics" => {
                 let body = json!({ "revision": plan.revision, "diagnostics": plan.diagnostics });
                 (
@@ -62,7 +91,7 @@ impl AdminApp {
             _ => (
                 404,
                 "text/plain",
-                b"not found; try /metrics /healthz /readyz /routes /triggers /diagnostics\n"
+                b"not found; try /metrics /healthz /readyz /routes /triggers /dapr /diagnostics\n"
                     .to_vec(),
             ),
         }
