@@ -46,8 +46,8 @@ pub(super) fn build(
     let mut apps = DaprApps::default();
     // Namespace Components are compiled once however many apps see them.
     let mut shared: HashMap<ComponentId, Option<Compiled>> = HashMap::new();
-    let mut token_owner: HashMap<[u8; 32], String> = HashMap::new();
-    let mut shared_tokens: Vec<[u8; 32]> = Vec::new();
+    let mut token_owner: HashMap<ApiToken, String> = HashMap::new();
+    let mut shared_tokens: Vec<ApiToken> = Vec::new();
     let mut built: Vec<DaprApp> = Vec::new();
     for (key, entry) in snapshot
         .objects
@@ -110,7 +110,7 @@ pub(super) fn build(
             },
         };
         if let Some(t) = &token {
-            match token_owner.get(&t.digest) {
+            match token_owner.get(t) {
                 Some(other) => {
                     report.on_function(
                         Diagnostic::error(format!(
@@ -118,10 +118,10 @@ pub(super) fn build(
                         ))
                         .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
                     );
-                    shared_tokens.push(t.digest);
+                    shared_tokens.push(t.clone());
                 }
                 None => {
-                    token_owner.insert(t.digest, app_id.clone());
+                    token_owner.insert(t.clone(), app_id.clone());
                 }
             }
         }
@@ -180,7 +180,7 @@ pub(super) fn build(
         if app
             .token
             .as_ref()
-            .is_some_and(|t| shared_tokens.contains(&t.digest))
+            .is_some_and(|t| shared_tokens.contains(t))
         {
             app.token = None;
         }

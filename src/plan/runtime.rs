@@ -4,53 +4,51 @@
 
 use super::KafkaAuth;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Every app fngate serves the Dapr API to, by app-id and by token digest.
+/// Every app fngate serves the Dapr API to, by app-id and by token.
 #[derive(Debug, Default)]
 pub struct DaprApps {
     pub apps: BTreeMap<String, Arc<DaprApp>>,
-    /// SHA-256 of the token -> app. Looking the digest up reveals nothing about the token
-    /// through timing; the token itself is then compared in constant time.
-    by_token: HashMap<[u8; 32], Arc<DaprApp>>,
+    /// Keyed hash of the token (random keys per plan) -> apps. Finding the bucket reveals
+    /// nothing usable about a token through timing; the tokens in it are then compared in
+    /// constant time.
+    by_token: HashMap<u64, Vec<Arc<DaprApp>>>,
+    token_hasher: ahash::RandomState,
 }
 
 impl DaprApps {
     pub fn insert(&mut self, app: DaprApp) {
         let app = Arc::new(app);
         if let Some(token) = &app.token {
-            self.by_token.insert(token.digest, app.clone());
+            let bucket = self.token_hasher.hash_one(&*token.value);
+            self.by_token.entry(bucket).or_default().push(app.clone());
         }
         self.apps.insert(app.app_id.clone(), app);
     }
 
     /// The app whose token this is.
     pub fn by_token(&self, presented: &[u8]) -> Option<&Arc<DaprApp>> {
-        let app = self.by_token.get(&ApiToken::digest_of(presented))?;
-        let token = app.token.as_ref()?;
-        token.matches(presented).then_some(app)
+        let bucket = self.by_token.get(&self.token_hasher.hash_one(presented))?;
+        bucket
+            .iter()
+            .find(|app| app.token.as_ref().is_some_and(|t| t.matches(presented)))
     }
 }
 
 /// A function's Dapr API token. Never printed, serialised or labelled.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ApiToken {
     value: Box<[u8]>,
-    pub(crate) digest: [u8; 32],
 }
 
 impl ApiToken {
     pub fn new(value: &str) -> ApiToken {
         ApiToken {
             value: value.as_bytes().into(),
-            digest: Self::digest_of(value.as_bytes()),
         }
-    }
-    fn digest_of(token: &[u8]) -> [u8; 32] {
-        Sha256::digest(token).into()
     }
     /// Constant time in the token's content.
     fn matches(&self, presented: &[u8]) -> bool {

@@ -85,6 +85,8 @@ impl RedisStore {
         let info = redis::IntoConnectionInfo::into_connection_info(format!("redis://{host}:{port}"))
             .map_err(|e| e.to_string())?
             .set_addr(addr)
+            // Small requests and replies: Nagle would hold a write for the previous ACK.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
             .set_redis_settings(redis_info);
         let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
