@@ -9,6 +9,8 @@
 //! fngate runs alone on CPU 1 (`taskset`, one worker thread); redis-server, nats-server and
 //! this process (the load generator) share CPU 0, so the ratio measures fngate, not the
 //! sharing of two cores. fngate's CPU per operation is read from `/proc/<pid>/stat`.
+//! Beside them, on fngate's core, the framework floor: bare tonic and bare hyper servers
+//! answering the same requests at once (no store, no token, no metrics).
 
 mod support;
 
@@ -156,6 +158,9 @@ enum Target {
     Direct(Arc<RedisStore>),
     Grpc(DaprClient<tonic::transport::Channel>),
     Http(HttpClient, u16),
+    /// The same requests to the bare framework servers (see `bare`).
+    BareGrpc(DaprClient<tonic::transport::Channel>),
+    BareHttp(HttpClient, u16),
 }
 
 impl Target {
@@ -164,6 +169,8 @@ impl Target {
             Target::Direct(_) => "direct",
             Target::Grpc(_) => "fngate gRPC",
             Target::Http(..) => "fngate HTTP",
+            Target::BareGrpc(_) => "bare tonic",
+            Target::BareHttp(..) => "bare hyper",
         }
     }
 
@@ -179,7 +186,7 @@ impl Target {
                 })
                 .await
                 .unwrap(),
-            Target::Grpc(c) => {
+            Target::Grpc(c) | Target::BareGrpc(c) => {
                 let mut r = tonic::Request::new(rt::SaveStateRequest {
                     store_name: "store".into(),
                     states: vec![dapr::dapr::proto::common::v1::StateItem {
@@ -191,7 +198,7 @@ impl Target {
                 r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
                 c.save_state(r).await.unwrap();
             }
-            Target::Http(c, port) => {
+            Target::Http(c, port) | Target::BareHttp(c, port) => {
                 let body = format!(
                     r#"[{{"key":"{key}","value":"{}"}}]"#,
                     std::str::from_utf8(VALUE).unwrap()
@@ -213,7 +220,7 @@ impl Target {
             Target::Direct(store) => {
                 store.get(&format!("bench-default||{key}")).await.unwrap();
             }
-            Target::Grpc(c) => {
+            Target::Grpc(c) | Target::BareGrpc(c) => {
                 let mut r = tonic::Request::new(rt::GetStateRequest {
                     store_name: "store".into(),
                     key: key.into(),
@@ -222,7 +229,7 @@ impl Target {
                 r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
                 c.get_state(r).await.unwrap();
             }
-            Target::Http(c, port) => {
+            Target::Http(c, port) | Target::BareHttp(c, port) => {
                 let req = http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/store/{key}"))
                     .header("dapr-api-token", TOKEN)
                     .body(Full::new(Bytes::new()))
@@ -288,6 +295,10 @@ async fn latency_at(target: &Target, rate: u64, count: u64) -> (f64, f64) {
 }
 
 fn main() {
+    if let Ok(ports) = std::env::var("BENCH_PEER") {
+        let (g, h) = ports.split_once(',').unwrap();
+        bare::serve(g.parse().unwrap(), h.parse().unwrap());
+    }
     let secs: f64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -344,15 +355,32 @@ fn main() {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_max_idle_per_host(CONCURRENCY)
                 .build_http();
+        // The framework floor on fngate's core: bare tonic and bare hyper servers.
+        let (peer_grpc, peer_http) = (free_port(), free_port());
+        let peer = Proc(
+            Command::new("taskset")
+                .args(["-c", "1"])
+                .arg(std::env::current_exe().unwrap())
+                .env("BENCH_PEER", format!("{peer_grpc},{peer_http}"))
+                .spawn()
+                .unwrap(),
+        );
+        wait_port(peer_grpc);
+        wait_port(peer_http);
+        let peer_client = DaprClient::connect(format!("http://127.0.0.1:{peer_grpc}"))
+            .await
+            .unwrap();
         let targets: Vec<Target> = [
             Target::Direct(store),
             Target::Grpc(grpc.clone()),
-            Target::Http(http, gate.http),
+            Target::Http(http.clone(), gate.http),
+            Target::BareGrpc(peer_client),
+            Target::BareHttp(http, peer_http),
         ]
         .into_iter()
         .filter(|t| match std::env::var("BENCH_PATH").as_deref() {
-            Ok("grpc") => !matches!(t, Target::Http(..)),
-            Ok("http") => !matches!(t, Target::Grpc(_)),
+            Ok("grpc") => !matches!(t, Target::Http(..) | Target::BareHttp(..)),
+            Ok("http") => !matches!(t, Target::Grpc(_) | Target::BareGrpc(_)),
             _ => true,
         })
         .collect();
@@ -361,19 +389,32 @@ fn main() {
             return;
         }
         println!("state save+get, {CONCURRENCY} concurrent, {secs} s each, 256-byte values");
-        println!("{:<12} {:>10} {:>8} {:>16}", "path", "ops/s", "ratio", "fngate CPU/op");
+        println!("{:<12} {:>10} {:>8} {:>16}", "path", "ops/s", "ratio", "server CPU/op");
         let mut direct_rate = 0.0;
         for t in &targets {
             // Warm up connections and script caches.
             throughput(t, 0.5).await;
-            let (user0, sys0) = cpu_split(pid);
+            // For the direct path the store client runs in this process: its CPU per
+            // operation is what any caller of Redis pays, fngate included.
+            let server = match t {
+                Target::BareGrpc(_) | Target::BareHttp(..) => peer.0.id(),
+                Target::Direct(_) => std::process::id(),
+                _ => pid,
+            };
+            let (user0, sys0) = cpu_split(server);
             let (rate, n) = throughput(t, secs).await;
-            let (user1, sys1) = cpu_split(pid);
+            let (user1, sys1) = cpu_split(server);
             let cpu = (user1 + sys1 - user0 - sys0) / n as f64 * 1e6;
             let sys_share = (sys1 - sys0) / (user1 + sys1 - user0 - sys0).max(1e-9);
             if let Target::Direct(_) = t {
                 direct_rate = rate;
-                println!("{:<12} {:>10.0} {:>8} {:>16}", t.name(), rate, "1.00", "-");
+                println!(
+                    "{:<12} {:>10.0} {:>8} {:>13.1} µs (the store client itself, in the load generator)",
+                    t.name(),
+                    rate,
+                    "1.00",
+                    cpu
+                );
             } else {
                 println!(
                     "{:<12} {:>10.0} {:>8.2} {:>13.1} µs ({:.0}% in the kernel)",
@@ -385,11 +426,11 @@ fn main() {
                 );
             }
         }
-        println!("\nlatency at 1,000 ops/s (3,000 ops, half saves), ms");
+        println!("\nlatency at 1,000 ops/s (5,000 ops, half saves), ms");
         println!("{:<12} {:>8} {:>8} {:>14}", "path", "p50", "p99", "p99 added");
         let mut direct_p99 = 0.0;
         for t in &targets {
-            let (p50, p99) = latency_at(t, 1000, 3000).await;
+            let (p50, p99) = latency_at(t, 1000, 5000).await;
             if let Target::Direct(_) = t {
                 direct_p99 = p99;
                 println!("{:<12} {:>8.3} {:>8.3} {:>14}", t.name(), p50, p99, "-");
@@ -495,4 +536,121 @@ fn memory(redis_port: u16) {
         rss[1],
         (rss[1] as f64 - rss[0] as f64) / N as f64
     );
+}
+
+/// The framework floor: a gRPC server (tonic, as fngate's) and an HTTP/1 server (hyper, as
+/// fngate's) that answer SaveState / GetState and the HTTP state routes at once, with no
+/// store, no token check and no metrics. Run as its own process on fngate's core
+/// (`BENCH_PEER=grpc_port,http_port`), so its CPU per request is read the same way.
+mod bare {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::marker::PhantomData;
+    use std::pin::Pin;
+    use tonic::codegen::{http as thttp, Body as HttpBody, BoxFuture, Service, StdError};
+
+    #[derive(Clone)]
+    struct BareDapr;
+
+    impl tonic::server::NamedService for BareDapr {
+        const NAME: &'static str = "dapr.proto.runtime.v1.Dapr";
+    }
+
+    struct Answer<Req, Resp>(Resp, PhantomData<fn(Req)>);
+
+    impl<Req: Send + 'static, Resp: Clone + Send + 'static> tonic::server::UnaryService<Req>
+        for Answer<Req, Resp>
+    {
+        type Response = Resp;
+        type Future =
+            Pin<Box<dyn Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send>>;
+        fn call(&mut self, _: tonic::Request<Req>) -> Self::Future {
+            let r = self.0.clone();
+            Box::pin(async move { Ok(tonic::Response::new(r)) })
+        }
+    }
+
+    impl<B> Service<thttp::Request<B>> for BareDapr
+    where
+        B: HttpBody + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = thttp::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Infallible>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: thttp::Request<B>) -> Self::Future {
+            Box::pin(async move {
+                Ok(match req.uri().path() {
+                    "/dapr.proto.runtime.v1.Dapr/SaveState" => {
+                        let mut g = tonic::server::Grpc::new(
+                            tonic_prost::ProstCodec::<(), rt::SaveStateRequest>::default(),
+                        );
+                        g.unary(Answer((), PhantomData), req).await
+                    }
+                    _ => {
+                        let mut g = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                            rt::GetStateResponse,
+                            rt::GetStateRequest,
+                        >::default());
+                        let answer = rt::GetStateResponse {
+                            data: VALUE.to_vec(),
+                            etag: "1".into(),
+                            ..Default::default()
+                        };
+                        g.unary(Answer(answer, PhantomData), req).await
+                    }
+                })
+            })
+        }
+    }
+
+    pub fn serve(grpc: u16, http: u16) -> ! {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", http)).await.unwrap();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                            let get = req.method() == http::Method::GET;
+                            let _ = req.into_body().collect().await;
+                            let response = if get {
+                                http::Response::builder()
+                                    .status(200)
+                                    .header("content-type", "application/json")
+                                    .header("etag", "1")
+                                    .body(Full::new(Bytes::from_static(b"\"v\"")))
+                            } else {
+                                http::Response::builder().status(204).body(Full::new(Bytes::new()))
+                            };
+                            Ok::<_, Infallible>(response.unwrap())
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(BareDapr)
+                .serve(([127, 0, 0, 1], grpc).into())
+                .await
+                .unwrap();
+        });
+        std::process::exit(0)
+    }
 }

@@ -2,7 +2,7 @@
 //! OpenFunction v1.1.0's conversion webhook does (runtime knative -> HTTP trigger,
 //! runtime async + inputs -> Dapr triggers).
 
-use super::{ComponentSpec, ObjectMeta, RouteSpec, StringMap};
+use super::{ComponentSpec, ObjectMeta, RouteSpec, SortedMap, StringMap};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -51,11 +51,11 @@ pub struct ServingSpec {
     )]
     pub readiness_path: Option<String>,
     #[serde(default)]
-    pub bindings: Option<BTreeMap<String, ComponentSpec>>,
+    pub bindings: Option<SortedMap<ComponentSpec>>,
     #[serde(default)]
-    pub pubsub: Option<BTreeMap<String, ComponentSpec>>,
+    pub pubsub: Option<SortedMap<ComponentSpec>>,
     #[serde(default)]
-    pub states: Option<BTreeMap<String, Yaml>>,
+    pub states: Option<SortedMap<StateEntry>>,
     #[serde(default)]
     pub outputs: Option<Vec<FunctionOutput>>,
 }
@@ -102,9 +102,27 @@ pub struct TriggerInput {
     pub dapr: Option<DaprIo>,
 }
 
-/// One `spec.serving.states` entry: v1beta2 wraps the component spec in `spec`; the
-/// state-management proposal shows it bare. Both are read. (`ServingSpec.states` stays
-/// YAML so a malformed entry is a diagnostic on that entry, not a rejected Function.)
+/// One `spec.serving.states` entry, read leniently: a malformed entry keeps its error
+/// (reported at compile, naming the entry) instead of rejecting the whole Function.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StateEntry {
+    Store(StateStore),
+    Invalid(String),
+}
+
+impl<'de> Deserialize<'de> for StateEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Yaml::deserialize(d)?;
+        Ok(match serde_yaml::from_value::<StateStore>(raw) {
+            Ok(store) => StateEntry::Store(store),
+            Err(e) => StateEntry::Invalid(e.to_string()),
+        })
+    }
+}
+
+/// A well-formed `spec.serving.states` entry: v1beta2 wraps the component spec in `spec`;
+/// the state-management proposal shows it bare. Both are read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum StateStore {
@@ -113,7 +131,7 @@ pub enum StateStore {
 }
 
 impl StateStore {
-    pub fn into_spec(self) -> ComponentSpec {
+    pub fn spec(&self) -> &ComponentSpec {
         match self {
             StateStore::Wrapped { spec } | StateStore::Bare(spec) => spec,
         }
@@ -256,11 +274,11 @@ pub(crate) struct ServingV1beta1 {
     #[serde(default)]
     pub outputs: Option<Vec<IoV1beta1>>,
     #[serde(default)]
-    pub bindings: Option<BTreeMap<String, ComponentSpec>>,
+    pub bindings: Option<SortedMap<ComponentSpec>>,
     #[serde(default)]
-    pub pubsub: Option<BTreeMap<String, ComponentSpec>>,
+    pub pubsub: Option<SortedMap<ComponentSpec>>,
     #[serde(default)]
-    pub states: Option<BTreeMap<String, Yaml>>,
+    pub states: Option<SortedMap<StateEntry>>,
     /// KEDA triggers in v1beta1 (a list): read so the object loads; not fngate's concern.
     #[serde(default)]
     #[allow(dead_code)]

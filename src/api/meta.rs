@@ -77,14 +77,23 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// Labels and annotations: one sorted boxed slice. Most objects carry a few entries (an
-/// EndpointSlice one), and a `BTreeMap` allocates room for eleven — at 10,000 objects
-/// that is megabytes of empty slots.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StringMap(Box<[(String, String)]>);
+/// A small map as one sorted boxed slice: labels, annotations, a Function's inline
+/// components. Most objects carry a few entries, and a `BTreeMap` allocates room for
+/// eleven — at 10,000 objects that is megabytes of empty slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortedMap<V>(Box<[(String, V)]>);
 
-impl StringMap {
-    pub fn get(&self, key: &str) -> Option<&String> {
+/// Labels and annotations.
+pub type StringMap = SortedMap<String>;
+
+impl<V> Default for SortedMap<V> {
+    fn default() -> Self {
+        SortedMap(Box::new([]))
+    }
+}
+
+impl<V> SortedMap<V> {
+    pub fn get(&self, key: &str) -> Option<&V> {
         self.0
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
@@ -95,29 +104,35 @@ impl StringMap {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 }
 
-impl FromIterator<(String, String)> for StringMap {
-    /// A repeated key keeps its last value, as a map would.
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let map: BTreeMap<String, String> = iter.into_iter().collect();
-        StringMap(map.into_iter().collect())
+impl<'a, V> IntoIterator for &'a SortedMap<V> {
+    type Item = (&'a String, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, V)>, fn(&'a (String, V)) -> (&'a String, &'a V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 }
 
-impl Serialize for StringMap {
+impl<V> FromIterator<(String, V)> for SortedMap<V> {
+    /// A repeated key keeps its last value, as a map would.
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
+        let map: BTreeMap<String, V> = iter.into_iter().collect();
+        SortedMap(map.into_iter().collect())
+    }
+}
+
+impl<V: Serialize> Serialize for SortedMap<V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.iter())
     }
 }
 
-impl<'de> Deserialize<'de> for StringMap {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SortedMap<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(BTreeMap::<String, String>::deserialize(d)?
-            .into_iter()
-            .collect())
+        Ok(BTreeMap::<String, V>::deserialize(d)?.into_iter().collect())
     }
 }

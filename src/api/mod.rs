@@ -19,7 +19,7 @@ pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use function::{
     DaprIo, DaprTrigger, Function, FunctionOutput, FunctionSpec, FunctionStatus, HttpTrigger,
-    ServingSpec, ServingStatus, StateStore, TriggerInput, Triggers,
+    ServingSpec, ServingStatus, StateEntry, StateStore, TriggerInput, Triggers,
 };
 pub use gateway::{Gateway, GatewayListener, GatewayListeners, GatewaySpec};
 pub use httproute::{
@@ -27,5 +27,5 @@ pub use httproute::{
     PathModifier, QueryMatch, RequestMirror, RequestRedirect, RouteMatch, RouteRule, RouteSpec,
     RuleTimeouts, UrlRewrite,
 };
-pub use meta::{ObjectKey, ObjectKind, ObjectMeta, StringMap};
+pub use meta::{ObjectKey, ObjectKind, ObjectMeta, SortedMap, StringMap};
 pub use parse::{parse_documents, parse_object, ParsedDocument, ParsedObject};

@@ -6,15 +6,14 @@
 use super::triggers::{kafka_auth, kafka_brokers, resolve_metadata, secret_value, Metadata, Origin, Report};
 use super::Snapshot;
 use crate::api::{
-    ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateStore,
+    ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateEntry, StateStore,
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
     KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings,
     StateBackend, StateComponent,
 };
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,9 @@ enum Compiled {
 /// A component visible to one app, before compiling.
 struct Visible<'a> {
     id: ComponentId,
-    spec: Cow<'a, ComponentSpec>,
+    /// In the Function itself (compiled per Function) rather than a namespace Component.
+    inline: bool,
+    spec: &'a ComponentSpec,
     origin: Origin,
 }
 
@@ -49,6 +50,7 @@ pub(super) fn build(
     let mut token_owner: HashMap<ApiToken, String> = HashMap::new();
     let mut shared_tokens: Vec<ApiToken> = Vec::new();
     let mut built: Vec<DaprApp> = Vec::new();
+    let mut interned = Interned::default();
     for (key, entry) in snapshot
         .objects
         .range(ObjectKey::new(ObjectKind::Function, "", "")..)
@@ -125,19 +127,11 @@ pub(super) fn build(
                 }
             }
         }
-        let mut app = DaprApp {
-            app_id: app_id.clone(),
-            namespace: namespace.to_owned(),
-            function: function.metadata.name.clone(),
-            token,
-            states: BTreeMap::new(),
-            pubsubs: BTreeMap::new(),
-            bindings: BTreeMap::new(),
-            outputs: Vec::new(),
-        };
+        let (mut states, mut pubsubs, mut bindings) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for visible in visible_components(snapshot, function, &app_id, &mut report) {
             let name = visible.id.name.clone();
-            let compiled = if visible.id.owner.is_none() {
+            let compiled = if !visible.inline {
                 shared
                     .entry(visible.id.clone())
                     .or_insert_with(|| compile_component(snapshot, &visible, &mut report))
@@ -162,17 +156,27 @@ pub(super) fn build(
             };
             match compiled {
                 Compiled::State(s) => {
-                    app.states.insert(name, s);
+                    states.insert(name, interned.state(s));
                 }
                 Compiled::Pubsub(p) => {
-                    app.pubsubs.insert(name, p);
+                    pubsubs.insert(name, interned.pubsub(p));
                 }
                 Compiled::Binding(b) => {
-                    app.bindings.insert(name, b);
+                    bindings.insert(name, interned.binding(b));
                 }
                 Compiled::NotServed => {}
             }
         }
+        let mut app = DaprApp {
+            app_id: app_id.clone(),
+            namespace: namespace.to_owned(),
+            function: function.metadata.name.clone(),
+            token,
+            states: states.into(),
+            pubsubs: pubsubs.into(),
+            bindings: bindings.into(),
+            outputs: Vec::new(),
+        };
         app.outputs = outputs(function, &app, &mut report);
         built.push(app);
     }
@@ -187,6 +191,37 @@ pub(super) fn build(
         apps.insert(app);
     }
     apps
+}
+
+/// One `Arc` per distinct compiled component: a thousand Functions with the same inline
+/// store share it.
+#[derive(Default)]
+struct Interned {
+    states: HashSet<Arc<StateComponent>>,
+    pubsubs: HashSet<Arc<PubsubComponent>>,
+    bindings: HashSet<Arc<BindingComponent>>,
+}
+
+impl Interned {
+    fn state(&mut self, c: Arc<StateComponent>) -> Arc<StateComponent> {
+        intern(&mut self.states, c)
+    }
+    fn pubsub(&mut self, c: Arc<PubsubComponent>) -> Arc<PubsubComponent> {
+        intern(&mut self.pubsubs, c)
+    }
+    fn binding(&mut self, c: Arc<BindingComponent>) -> Arc<BindingComponent> {
+        intern(&mut self.bindings, c)
+    }
+}
+
+fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<Arc<T>>, c: Arc<T>) -> Arc<T> {
+    match set.get(&c) {
+        Some(existing) => existing.clone(),
+        None => {
+            set.insert(c.clone());
+            c
+        }
+    }
 }
 
 fn last_good(before: Option<&Arc<DaprApp>>, name: &str) -> Option<Compiled> {
@@ -223,22 +258,22 @@ fn visible_components<'a>(
     };
     let id = |name: &str| ComponentId {
         namespace: namespace.to_owned(),
-        owner: Some(function.metadata.name.clone()),
         name: name.to_owned(),
     };
     for (field, map) in [("bindings", &serving.bindings), ("pubsub", &serving.pubsub)] {
         for (name, spec) in map.iter().flatten() {
             out.push(Visible {
                 id: id(name),
-                spec: Cow::Borrowed(spec),
+                inline: true,
+                spec,
                 origin: inline(field, name),
             });
         }
     }
-    for (name, raw) in serving.states.iter().flatten() {
-        let store = match serde_yaml::from_value::<StateStore>(raw.clone()) {
-            Ok(s) => s,
-            Err(e) => {
+    for (name, entry) in serving.states.iter().flatten() {
+        let store = match entry {
+            StateEntry::Store(s) => s,
+            StateEntry::Invalid(e) => {
                 report.on_function(
                     Diagnostic::error(format!(
                         "not a component spec (type, version, metadata), bare or under spec: {e}"
@@ -248,13 +283,14 @@ fn visible_components<'a>(
                 continue;
             }
         };
-        let metadata_field = match &store {
+        let metadata_field = match store {
             StateStore::Wrapped { .. } => format!("spec.serving.states.{name}.spec.metadata"),
             StateStore::Bare(_) => format!("spec.serving.states.{name}.metadata"),
         };
         out.push(Visible {
             id: id(name),
-            spec: Cow::Owned(store.into_spec()),
+            inline: true,
+            spec: store.spec(),
             origin: Origin {
                 metadata_field,
                 ..inline("states", name)
@@ -278,10 +314,10 @@ fn visible_components<'a>(
         out.push(Visible {
             id: ComponentId {
                 namespace: namespace.to_owned(),
-                owner: None,
                 name: key.name.clone(),
             },
-            spec: Cow::Borrowed(&component.spec),
+            inline: false,
+            spec: &component.spec,
             origin: Origin {
                 label: key.to_string(),
                 file: entry.file.clone(),
@@ -304,7 +340,7 @@ fn compile_component(
         kind,
         "state.redis" | "pubsub.kafka" | "pubsub.jetstream" | "bindings.kafka" | "bindings.http"
     ) {
-        if family == "state" && visible.id.owner.is_some() {
+        if family == "state" && visible.inline {
             report.on(
                 &visible.origin,
                 Diagnostic::warning(format!(
@@ -495,8 +531,10 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
     for (i, output) in list.into_iter().flatten().enumerate() {
         let field = format!("spec.serving.outputs[{i}].dapr");
         let Some(dapr) = &output.dapr else {
+            // Other shapes (OpenFunction's proposals) are not Dapr outputs.
             report.on_function(
-                Diagnostic::error("an output needs a dapr component reference").at_field(field),
+                Diagnostic::warning("an output without `dapr` is not a Dapr output; ignored")
+                    .at_field(field),
             );
             continue;
         };
@@ -524,8 +562,9 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
             }
             b.kind.clone()
         } else {
+            // A warning, as for triggers: the Component may simply not have arrived yet.
             report.on_function(
-                Diagnostic::error(format!(
+                Diagnostic::warning(format!(
                     "no pub/sub or output binding named {:?} that app {} may use (inline in the Function, or a Component in namespace {} whose scopes include it; an input-only bindings.kafka has no publishTopic)",
                     dapr.name, app.app_id, app.namespace
                 ))

@@ -80,33 +80,70 @@ pub struct DaprApp {
     pub namespace: String,
     pub function: String,
     pub token: Option<ApiToken>,
-    pub states: BTreeMap<String, Arc<StateComponent>>,
-    pub pubsubs: BTreeMap<String, Arc<PubsubComponent>>,
-    pub bindings: BTreeMap<String, Arc<BindingComponent>>,
+    pub states: NamedMap<StateComponent>,
+    pub pubsubs: NamedMap<PubsubComponent>,
+    pub bindings: NamedMap<BindingComponent>,
     /// `spec.serving.outputs`, for the function's `FUNC_CONTEXT`.
     pub outputs: Vec<OutputRef>,
 }
 
-/// Names one component instance; clients are shared per id while its spec is unchanged.
-/// A Function's inline component is its own instance (`owner` = the function's name).
+/// Components by the name an app calls them, in a sorted slice: a handful per app, and a
+/// `BTreeMap` would allocate a node with room for eleven (thousands of apps add up).
+#[derive(Debug)]
+pub struct NamedMap<T>(Box<[(Box<str>, Arc<T>)]>);
+
+impl<T> Default for NamedMap<T> {
+    fn default() -> Self {
+        NamedMap(Box::new([]))
+    }
+}
+
+impl<T> NamedMap<T> {
+    pub fn get(&self, name: &str) -> Option<&Arc<T>> {
+        self.0
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<T>)> {
+        self.0.iter().map(|(n, c)| (&**n, c))
+    }
+    pub fn values(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.0.iter().map(|(_, c)| c)
+    }
+}
+
+impl<T> From<BTreeMap<String, Arc<T>>> for NamedMap<T> {
+    fn from(m: BTreeMap<String, Arc<T>>) -> Self {
+        NamedMap(m.into_iter().map(|(n, c)| (n.into_boxed_str(), c)).collect())
+    }
+}
+
+/// A component as an app names it: its namespace and name (a Function's inline component
+/// shadows a Component object of the same name, as in daprd).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ComponentId {
     pub namespace: String,
-    pub owner: Option<String>,
     pub name: String,
 }
 
 impl std::fmt::Display for ComponentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.owner {
-            Some(o) => write!(f, "{}/{} (inline in Function {o})", self.namespace, self.name),
-            None => write!(f, "{}/{}", self.namespace, self.name),
-        }
+        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 
 /// How daprd prefixes state keys (component metadata `keyPrefix`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KeyPrefix {
     AppId,
     /// The component's name.
@@ -117,7 +154,8 @@ pub enum KeyPrefix {
     Custom(String),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Equal components (the same inline spec in many Functions) are compiled into one `Arc`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StateComponent {
     pub id: ComponentId,
     /// `state.redis`.
@@ -129,12 +167,13 @@ pub struct StateComponent {
     pub backend: StateBackend,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Where a store lives; equal backends share one client, whichever apps name them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StateBackend {
     Redis(RedisSettings),
 }
 
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisSettings {
     /// `host:port`.
     pub host: String,
@@ -159,7 +198,7 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PubsubComponent {
     pub id: ComponentId,
     pub kind: String,
@@ -168,27 +207,28 @@ pub struct PubsubComponent {
     pub backend: BrokerBackend,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BrokerBackend {
     Kafka(KafkaProducerSettings),
     Jetstream { nats_url: String },
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Equal settings share one producer, whichever apps name them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KafkaProducerSettings {
     pub brokers: String,
     pub auth: KafkaAuth,
     pub client_id: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BindingComponent {
     pub id: ComponentId,
     pub kind: String,
     pub backend: BindingBackend,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BindingBackend {
     Kafka {
         producer: KafkaProducerSettings,

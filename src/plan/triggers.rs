@@ -79,7 +79,7 @@ pub enum InitialOffset {
     Oldest,
 }
 
-#[derive(Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum KafkaAuth {
     None,

@@ -1,10 +1,12 @@
-//! Store and broker clients, one per component instance, made on first use and kept while
-//! the component's spec is unchanged: a new plan that leaves a component alone reuses its
-//! connections; one that changes it gets a new client.
+//! Store and broker clients, made on first use and keyed by where they connect (host,
+//! database, credentials...), not by component: every app and component naming the same
+//! Redis or Kafka cluster shares one client, so a thousand functions with the same inline
+//! store cost one connection, not a thousand sidecars' worth. A new plan that leaves a
+//! backend alone keeps its client; a changed one gets a new client.
 
 use super::state::{RedisStore, StateStore};
 use crate::plan::{
-    BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings, StateBackend,
+    BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings, StateBackend,
     StateComponent,
 };
 use crate::telemetry::Metrics;
@@ -12,11 +14,9 @@ use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-type Keyed<S, C> = Mutex<HashMap<ComponentId, (S, C)>>;
-
 pub(crate) struct Clients {
-    states: Keyed<StateBackend, Arc<dyn StateStore>>,
-    kafka: Keyed<KafkaProducerSettings, FutureProducer>,
+    states: Mutex<HashMap<StateBackend, Arc<dyn StateStore>>>,
+    kafka: Mutex<HashMap<KafkaProducerSettings, FutureProducer>>,
     nats: Mutex<HashMap<String, async_nats::jetstream::Context>>,
     metrics: Arc<Metrics>,
 }
@@ -36,19 +36,14 @@ impl Clients {
         component: &StateComponent,
     ) -> Result<Arc<dyn StateStore>, String> {
         let mut states = self.states.lock().expect("not poisoned");
-        if let Some((backend, store)) = states.get(&component.id) {
-            if *backend == component.backend {
-                return Ok(store.clone());
-            }
+        if let Some(store) = states.get(&component.backend) {
+            return Ok(store.clone());
         }
         let store: Arc<dyn StateStore> = match &component.backend {
             StateBackend::Redis(settings) => Arc::new(RedisStore::new(settings)?),
         };
         tracing::info!(component = %component.id, kind = %component.kind, "state store client created");
-        states.insert(
-            component.id.clone(),
-            (component.backend.clone(), store.clone()),
-        );
+        states.insert(component.backend.clone(), store.clone());
         Ok(store)
     }
 
@@ -70,10 +65,8 @@ impl Clients {
         settings: &KafkaProducerSettings,
     ) -> Result<FutureProducer, String> {
         let mut producers = self.kafka.lock().expect("not poisoned");
-        if let Some((s, p)) = producers.get(id) {
-            if s == settings {
-                return Ok(p.clone());
-            }
+        if let Some(p) = producers.get(settings) {
+            return Ok(p.clone());
         }
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &settings.brokers)
@@ -92,32 +85,41 @@ impl Clients {
         }
         let producer: FutureProducer = c.create().map_err(|e| e.to_string())?;
         tracing::info!(component = %id, brokers = %settings.brokers, "kafka producer created");
-        producers.insert(id.clone(), (settings.clone(), producer.clone()));
+        producers.insert(settings.clone(), producer.clone());
         Ok(producer)
     }
 
-    /// Drops the clients of components no app can reach any more (their connections close).
+    /// Drops the clients of backends no app can reach any more (their connections close).
     pub(crate) fn retain(&self, apps: &DaprApps) {
-        let mut ids = HashSet::new();
+        let mut stores = HashSet::new();
+        let mut producers = HashSet::new();
         let mut urls = HashSet::new();
         for app in apps.apps.values() {
-            ids.extend(app.states.values().map(|s| &s.id));
-            ids.extend(app.bindings.values().map(|b| &b.id));
+            stores.extend(app.states.values().map(|s| &s.backend));
+            for b in app.bindings.values() {
+                if let BindingBackend::Kafka { producer, .. } = &b.backend {
+                    producers.insert(producer);
+                }
+            }
             for p in app.pubsubs.values() {
-                ids.insert(&p.id);
-                if let BrokerBackend::Jetstream { nats_url } = &p.backend {
-                    urls.insert(nats_url.as_str());
+                match &p.backend {
+                    BrokerBackend::Jetstream { nats_url } => {
+                        urls.insert(nats_url.as_str());
+                    }
+                    BrokerBackend::Kafka(k) => {
+                        producers.insert(k);
+                    }
                 }
             }
         }
         self.states
             .lock()
             .expect("not poisoned")
-            .retain(|id, _| ids.contains(id));
+            .retain(|b, _| stores.contains(b));
         self.kafka
             .lock()
             .expect("not poisoned")
-            .retain(|id, _| ids.contains(id));
+            .retain(|k, _| producers.contains(k));
         self.nats
             .lock()
             .expect("not poisoned")

@@ -121,11 +121,11 @@ pub fn function_env(
                 },
             );
         }
-        for (n, s) in &app.states {
+        for (n, s) in app.states.iter() {
             states.insert(
-                n.clone(),
+                n.to_owned(),
                 StateRef {
-                    component_name: n.clone(),
+                    component_name: n.to_owned(),
                     component_type: s.kind.clone(),
                 },
             );

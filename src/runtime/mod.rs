@@ -89,9 +89,9 @@ impl DaprApi {
     pub fn components(&self, app: &DaprApp) -> Vec<(String, String, String, Vec<String>)> {
         let timer = CallTimer::start(self, app, "metadata");
         let mut out = Vec::new();
-        for (name, s) in &app.states {
+        for (name, s) in app.states.iter() {
             out.push((
-                name.clone(),
+                name.to_owned(),
                 s.kind.clone(),
                 s.version.clone(),
                 ["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE"]
@@ -99,15 +99,15 @@ impl DaprApi {
                     .to_vec(),
             ));
         }
-        for (name, p) in &app.pubsubs {
+        for (name, p) in app.pubsubs.iter() {
             let caps = match p.backend {
                 crate::plan::BrokerBackend::Kafka(_) => vec!["BULK_PUBSUB".to_owned()],
                 crate::plan::BrokerBackend::Jetstream { .. } => Vec::new(),
             };
-            out.push((name.clone(), p.kind.clone(), "v1".into(), caps));
+            out.push((name.to_owned(), p.kind.clone(), "v1".into(), caps));
         }
-        for (name, b) in &app.bindings {
-            out.push((name.clone(), b.kind.clone(), "v1".into(), Vec::new()));
+        for (name, b) in app.bindings.iter() {
+            out.push((name.to_owned(), b.kind.clone(), "v1".into(), Vec::new()));
         }
         out.sort();
         let _ = timer.finish::<()>(Ok(()));

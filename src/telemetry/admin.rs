@@ -58,7 +58,7 @@ impl AdminApp {
                     .apps
                     .values()
                     .map(|a| {
-                        let names = |m: Vec<(&String, &String)>| {
+                        let names = |m: Vec<(&str, &String)>| {
                             m.into_iter()
                                 .map(|(n, k)| json!({ "name": n, "type": k }))
                                 .collect::<Vec<_>>()
