@@ -23,8 +23,14 @@ pub(crate) struct EnvelopeInput<'a> {
 #[derive(Debug)]
 pub(crate) struct NotACloudEvent(pub String);
 
+/// An envelope, and its `id` when it has one (JetStream de-duplicates on it).
+pub(crate) struct Envelope {
+    pub bytes: Vec<u8>,
+    pub id: Option<String>,
+}
+
 /// The bytes daprd publishes for a request without `rawPayload`.
-pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEvent> {
+pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudEvent> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new(); // name -> JSON text
     let meta = |name: &str| super::metadata_value(input.metadata, name);
     let media = input
@@ -70,10 +76,8 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEv
                 })
                 .map(|(_, v)| v.as_str())
         };
-        fields.insert(
-            "id".into(),
-            quote(&ce("id").map_or_else(uuid_v4, str::to_owned)),
-        );
+        let id = ce("id").map_or_else(uuid_v4, str::to_owned);
+        fields.insert("id".into(), quote(&id));
         let source = ce("source").unwrap_or(if input.app_id.is_empty() {
             "Dapr"
         } else {
@@ -105,10 +109,12 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEv
             "application/octet-stream"
             | "application/cloudevents+protobuf"
             | "application/x-protobuf" => {
-                fields.insert(
-                    "data_base64".into(),
-                    quote(&base64::engine::general_purpose::STANDARD.encode(input.data)),
-                );
+                // The base64 alphabet needs no JSON escape: written between quotes as is.
+                let mut b64 = String::with_capacity(input.data.len() * 4 / 3 + 6);
+                b64.push('"');
+                base64::engine::general_purpose::STANDARD.encode_string(input.data, &mut b64);
+                b64.push('"');
+                fields.insert("data_base64".into(), b64);
             }
             _ => {
                 fields.insert("data".into(), quote(&String::from_utf8_lossy(input.data)));
@@ -141,6 +147,10 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEv
             quote(&rfc3339(expires.to_offset(time::UtcOffset::UTC))),
         );
     }
+    // The id as a string, whichever case set it (a caller's CloudEvent may carry any JSON).
+    let id = fields
+        .get("id")
+        .and_then(|raw| serde_json::from_str::<String>(raw).ok());
     let mut out = Vec::with_capacity(256 + input.data.len());
     out.push(b'{');
     for (i, (k, v)) in fields.iter().enumerate() {
@@ -152,7 +162,7 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEv
         out.extend_from_slice(v.as_bytes());
     }
     out.push(b'}');
-    Ok(out)
+    Ok(Envelope { bytes: out, id })
 }
 
 /// `ttlInSeconds` as daprd reads it: integer seconds, or a Go duration (`30s`, `1m`).
@@ -181,18 +191,19 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 pub(crate) fn uuid_v4() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex(&b[0..4]),
-        hex(&b[4..6]),
-        hex(&b[6..8]),
-        hex(&b[8..10]),
-        hex(&b[10..16])
-    )
+    let mut out = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[(byte >> 4) as usize] as char);
+        out.push(HEX[(byte & 0xf) as usize] as char);
+    }
+    out
 }
 
 /// A JSON text as Go re-marshals it: object keys sorted, strings escaped the Go way,
@@ -248,6 +259,15 @@ fn write_canonical(json: &str, out: &mut String) -> Result<(), String> {
 pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
+    // Most strings (ids, base64, names) need no escape: copied whole.
+    let plain = s.bytes().all(|b| {
+        b >= 0x20 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xe2)
+    });
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -286,10 +306,14 @@ mod tests {
         }
     }
 
+    fn envelope_bytes(input: &EnvelopeInput<'_>) -> Result<Vec<u8>, NotACloudEvent> {
+        envelope(input).map(|e| e.bytes)
+    }
+
     #[test]
     fn a_json_payload_is_wrapped_as_daprd_writes_it() {
         let meta = vec![("cloudevent.id".to_owned(), "e1".to_owned())];
-        let out = envelope(&input(br#"{"b":2, "a":1.50,"c":"<&>"}"#, "application/json", &meta)).unwrap();
+        let out = envelope_bytes(&input(br#"{"b":2, "a":1.50,"c":"<&>"}"#, "application/json", &meta)).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"data":{"a":1.50,"b":2,"c":"\u003c\u0026\u003e"},"datacontenttype":"application/json","id":"e1","pubsubname":"kafka-pubsub","source":"fn-ns","specversion":"1.0","time":"2026-05-01T10:00:00Z","topic":"orders","traceid":"","traceparent":"","tracestate":"","type":"com.dapr.event.sent"}"#
@@ -297,21 +321,34 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_version_4_uuids() {
+        let id = uuid_v4();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+        assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+        assert_ne!(uuid_v4(), id);
+        assert_eq!(quote("plain id"), "\"plain id\"");
+        assert_eq!(quote("a\u{2028}<"), "\"a\\u2028\\u003c\"");
+    }
+
+    #[test]
     fn content_types_choose_data_or_data_base64_and_ttl_adds_expiration() {
         let meta = vec![("ttlInSeconds".to_owned(), "60".to_owned())];
         let text: serde_json::Value =
-            serde_json::from_slice(&envelope(&input(b"{\"a\":1}", "", &meta)).unwrap()).unwrap();
+            serde_json::from_slice(&envelope_bytes(&input(b"{\"a\":1}", "", &meta)).unwrap()).unwrap();
         assert_eq!(text["data"], "{\"a\":1}");
         assert_eq!(text["datacontenttype"], "text/plain");
         assert_eq!(text["expiration"], "2026-05-01T10:01:00Z");
         let bin: serde_json::Value = serde_json::from_slice(
-            &envelope(&input(&[0, 255], "application/octet-stream", &[])).unwrap(),
+            &envelope_bytes(&input(&[0, 255], "application/octet-stream", &[])).unwrap(),
         )
         .unwrap();
         assert_eq!(bin["data_base64"], "AP8=");
         assert!(bin.get("data").is_none());
         let bad_json: serde_json::Value =
-            serde_json::from_slice(&envelope(&input(b"{nope", "application/json", &[])).unwrap())
+            serde_json::from_slice(&envelope_bytes(&input(b"{nope", "application/json", &[])).unwrap())
                 .unwrap();
         assert_eq!(bad_json["data"], "{nope");
     }
@@ -320,7 +357,7 @@ mod tests {
     fn a_cloudevent_input_keeps_its_fields_gets_no_id_and_is_retargeted() {
         let ce = br#"{"specversion":"1.0","type":"t","source":"s","topic":"x","data":{"k":1}}"#;
         let v: serde_json::Value = serde_json::from_slice(
-            &envelope(&input(ce, "application/cloudevents+json", &[])).unwrap(),
+            &envelope_bytes(&input(ce, "application/cloudevents+json", &[])).unwrap(),
         )
         .unwrap();
         assert!(v.get("id").is_none());
@@ -329,5 +366,7 @@ mod tests {
         assert_eq!(v["source"], "s");
         assert_eq!(v["traceid"], "");
         assert!(envelope(&input(b"[1]", "application/cloudevents+json", &[])).is_err());
+        let e = envelope(&input(b"x", "", &[("cloudevent.id".to_owned(), "e-7".to_owned())])).unwrap();
+        assert_eq!(e.id.as_deref(), Some("e-7"));
     }
 }

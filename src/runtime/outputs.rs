@@ -96,18 +96,31 @@ impl Clients {
             .map_err(|(e, _)| e.to_string())
     }
 
+    /// `msg_id`: the event's id when fngate built the envelope; otherwise it is looked
+    /// for in the payload, as Dapr's component does.
     pub(crate) async fn jetstream_publish(
         &self,
         nats_url: &str,
         subject: &str,
         data: Bytes,
+        msg_id: Option<&str>,
     ) -> Result<(), String> {
         let js = self.jetstream(nats_url).await?;
         let mut headers = async_nats::HeaderMap::new();
-        // JetStream de-duplicates on the event's id, as Dapr's component asks it to.
-        if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(&data) {
-            if let Some(serde_json::Value::String(id)) = o.get("id") {
-                headers.insert("Nats-Msg-Id", id.as_str());
+        // JetStream de-duplicates on the event's id, as Dapr's component asks it to. Only
+        // `id` is kept; the rest of the document is skipped without building values.
+        #[derive(serde::Deserialize)]
+        struct EventId<'a> {
+            #[serde(borrow)]
+            id: Option<std::borrow::Cow<'a, str>>,
+        }
+        match msg_id {
+            Some(id) => headers.insert("Nats-Msg-Id", id),
+            None => {
+                if let Ok(EventId { id: Some(id) }) = serde_json::from_slice::<EventId<'_>>(&data)
+                {
+                    headers.insert("Nats-Msg-Id", &*id);
+                }
             }
         }
         let ack = js

@@ -39,6 +39,14 @@ pub struct BindingResponse {
     pub metadata: Vec<(String, String)>,
 }
 
+/// What goes to the broker for one publish.
+struct Event {
+    bytes: Bytes,
+    metadata: Vec<(String, String)>,
+    /// The envelope's id (none for a raw payload).
+    id: Option<String>,
+}
+
 fn pubsub_error(code: Code, http: u16, error_code: &'static str, reason: &'static str, message: String) -> ApiError {
     ApiError::rich(code, http, error_code, reason, message)
 }
@@ -81,8 +89,8 @@ impl DaprApi {
         let result = async {
             let component = self.pubsub(app, &request.pubsub, &request.topic)?;
             timer.component(&request.pubsub);
-            let (bytes, metadata) = self.event_bytes(app, &request)?;
-            self.send_event(&component, &request.topic, bytes, &metadata)
+            let event = self.event_bytes(app, &request)?;
+            self.send_event(&component, &request.topic, event)
                 .await
                 .map_err(|e| publish_failed(&request.pubsub, &request.topic, e))
         }
@@ -133,18 +141,17 @@ impl DaprApi {
                     grpc,
                     ..PublishRequest::default()
                 };
-                let (bytes, meta) = self.event_bytes(app, &request)?;
-                prepared.push((e.entry_id, bytes, meta));
+                prepared.push((e.entry_id, self.event_bytes(app, &request)?));
             }
             // At most 100 in flight, as daprd's fallback bulk publisher.
             let mut results: Vec<(String, Result<(), String>)> = Vec::with_capacity(prepared.len());
             let mut prepared = prepared.into_iter().peekable();
             while prepared.peek().is_some() {
                 let batch: Vec<_> = prepared.by_ref().take(100).collect();
-                let sends = batch.into_iter().map(|(id, bytes, meta)| {
+                let sends = batch.into_iter().map(|(id, event)| {
                     let component = component.clone();
                     async move {
-                        let sent = self.send_event(&component, topic, bytes, &meta).await;
+                        let sent = self.send_event(&component, topic, event).await;
                         (id, sent)
                     }
                 });
@@ -166,11 +173,7 @@ impl DaprApi {
         timer.finish(result)
     }
 
-    fn event_bytes(
-        &self,
-        app: &DaprApp,
-        request: &PublishRequest,
-    ) -> Result<(Bytes, Vec<(String, String)>), ApiError> {
+    fn event_bytes(&self, app: &DaprApp, request: &PublishRequest) -> Result<Event, ApiError> {
         let raw = match super::metadata_value(&request.metadata, "rawPayload") {
             None => false,
             Some(v) => parse_go_bool(v).ok_or_else(|| {
@@ -197,9 +200,13 @@ impl DaprApi {
                     request.tracestate.clone().unwrap_or_default(),
                 ));
             }
-            return Ok((request.data.clone(), metadata));
+            return Ok(Event {
+                bytes: request.data.clone(),
+                metadata,
+                id: None,
+            });
         }
-        let bytes = envelope(&EnvelopeInput {
+        let envelope = envelope(&EnvelopeInput {
             app_id: &app.app_id,
             pubsub: &request.pubsub,
             topic: &request.topic,
@@ -220,16 +227,25 @@ impl DaprApi {
                 "cannot create cloudevent".into(),
             )
         })?;
-        Ok((Bytes::from(bytes), metadata))
+        Ok(Event {
+            bytes: Bytes::from(envelope.bytes),
+            metadata,
+            id: envelope.id,
+        })
     }
 
     async fn send_event(
         &self,
         component: &PubsubComponent,
         topic: &str,
-        bytes: Bytes,
-        metadata: &[(String, String)],
+        event: Event,
     ) -> Result<(), String> {
+        let Event {
+            bytes,
+            metadata,
+            id,
+        } = event;
+        let metadata = &metadata[..];
         let topic = if component.namespaced_topics {
             format!("{}{topic}", component.id.namespace)
         } else {
@@ -252,7 +268,9 @@ impl DaprApi {
                     .await
             }
             BrokerBackend::Jetstream { nats_url } => {
-                self.clients.jetstream_publish(nats_url, &topic, bytes).await
+                self.clients
+                    .jetstream_publish(nats_url, &topic, bytes, id.as_deref())
+                    .await
             }
         };
         self.metrics
