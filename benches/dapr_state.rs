@@ -41,7 +41,12 @@ fn cpu_split(pid: u32) -> (f64, f64) {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
@@ -81,7 +86,11 @@ fn wait_port(port: u16) {
 fn catalog(dir: &std::path::Path, redis: u16, functions: usize, with_dapr: bool) {
     let mut yaml = String::new();
     for i in 0..functions {
-        let name = if i == 0 { "bench".to_owned() } else { format!("idle{i}") };
+        let name = if i == 0 {
+            "bench".to_owned()
+        } else {
+            format!("idle{i}")
+        };
         if with_dapr {
             yaml.push_str(&format!(
                 "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-token, namespace: default}}\nstringData: {{token: {}}}\n---\n",
@@ -150,8 +159,10 @@ fn start_fngate(redis: u16, functions: usize, with_dapr: bool, cpu: &str) -> Gat
     }
 }
 
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 #[derive(Clone)]
 enum Target {
@@ -195,7 +206,8 @@ impl Target {
                         ..Default::default()
                     }],
                 });
-                r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                r.metadata_mut()
+                    .insert("dapr-api-token", TOKEN.parse().unwrap());
                 c.save_state(r).await.unwrap();
             }
             Target::Http(c, port) | Target::BareHttp(c, port) => {
@@ -226,16 +238,22 @@ impl Target {
                     key: key.into(),
                     ..Default::default()
                 });
-                r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                r.metadata_mut()
+                    .insert("dapr-api-token", TOKEN.parse().unwrap());
                 c.get_state(r).await.unwrap();
             }
             Target::Http(c, port) | Target::BareHttp(c, port) => {
-                let req = http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/store/{key}"))
-                    .header("dapr-api-token", TOKEN)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
+                let req =
+                    http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/store/{key}"))
+                        .header("dapr-api-token", TOKEN)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
                 let resp = c.request(req).await.unwrap();
-                assert!(resp.status() == 200 || resp.status() == 204, "{}", resp.status());
+                assert!(
+                    resp.status() == 200 || resp.status() == 204,
+                    "{}",
+                    resp.status()
+                );
                 resp.into_body().collect().await.unwrap();
             }
         }
@@ -471,14 +489,20 @@ async fn publish(grpc: DaprClient<tonic::transport::Channel>, pid: u32, secs: f6
     .unwrap();
     let payload = Bytes::from(vec![b'x'; 1024]);
     let run = |through_fngate: bool| {
-        let (js, grpc, subject, payload) = (js.clone(), grpc.clone(), subject.clone(), payload.clone());
+        let (js, grpc, subject, payload) =
+            (js.clone(), grpc.clone(), subject.clone(), payload.clone());
         async move {
             let ops = Arc::new(AtomicU64::new(0));
             let stop = Instant::now() + Duration::from_secs_f64(secs);
             let mut tasks = Vec::new();
             for _ in 0..CONCURRENCY {
-                let (js, mut grpc, subject, payload, ops) =
-                    (js.clone(), grpc.clone(), subject.clone(), payload.clone(), ops.clone());
+                let (js, mut grpc, subject, payload, ops) = (
+                    js.clone(),
+                    grpc.clone(),
+                    subject.clone(),
+                    payload.clone(),
+                    ops.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < stop {
                         if through_fngate {
@@ -489,7 +513,8 @@ async fn publish(grpc: DaprClient<tonic::transport::Channel>, pid: u32, secs: f6
                                 data_content_type: "application/octet-stream".into(),
                                 ..Default::default()
                             });
-                            r.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+                            r.metadata_mut()
+                                .insert("dapr-api-token", TOKEN.parse().unwrap());
                             grpc.publish_event(r).await.unwrap();
                         } else {
                             js.publish(subject.clone(), payload.clone())
@@ -592,9 +617,10 @@ mod bare {
             Box::pin(async move {
                 Ok(match req.uri().path() {
                     "/dapr.proto.runtime.v1.Dapr/SaveState" => {
-                        let mut g = tonic::server::Grpc::new(
-                            tonic_prost::ProstCodec::<(), rt::SaveStateRequest>::default(),
-                        );
+                        let mut g = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                            (),
+                            rt::SaveStateRequest,
+                        >::default());
                         g.unary(Answer((), PhantomData), req).await
                     }
                     _ => {
@@ -622,25 +648,31 @@ mod bare {
             .unwrap();
         rt.block_on(async move {
             tokio::spawn(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", http)).await.unwrap();
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", http))
+                    .await
+                    .unwrap();
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                            let get = req.method() == http::Method::GET;
-                            let _ = req.into_body().collect().await;
-                            let response = if get {
-                                http::Response::builder()
-                                    .status(200)
-                                    .header("content-type", "application/json")
-                                    .header("etag", "1")
-                                    .body(Full::new(Bytes::from_static(b"\"v\"")))
-                            } else {
-                                http::Response::builder().status(204).body(Full::new(Bytes::new()))
-                            };
-                            Ok::<_, Infallible>(response.unwrap())
-                        });
+                        let service = hyper::service::service_fn(
+                            |req: http::Request<hyper::body::Incoming>| async move {
+                                let get = req.method() == http::Method::GET;
+                                let _ = req.into_body().collect().await;
+                                let response = if get {
+                                    http::Response::builder()
+                                        .status(200)
+                                        .header("content-type", "application/json")
+                                        .header("etag", "1")
+                                        .body(Full::new(Bytes::from_static(b"\"v\"")))
+                                } else {
+                                    http::Response::builder()
+                                        .status(204)
+                                        .body(Full::new(Bytes::new()))
+                                };
+                                Ok::<_, Infallible>(response.unwrap())
+                            },
+                        );
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                             .await;

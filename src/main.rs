@@ -93,7 +93,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env { function, config } => {
             let settings = load_settings(&config)?;
             if settings.kubernetes.is_some() {
-                anyhow::bail!("catalog.kubernetes is enabled: `fngate env` reads a catalog directory");
+                anyhow::bail!(
+                    "catalog.kubernetes is enabled: `fngate env` reads a catalog directory"
+                );
             }
             let (namespace, name) = function
                 .split_once('/')

@@ -276,23 +276,37 @@ fn dapr_api_components_compile_per_app_with_scopes_secrets_and_diagnostics_namin
     );
     // A malformed entry is an error on that entry; the Function still loads.
     assert!(
-        errs.iter().any(|e| e.contains("field spec.serving.states.weird: not a component spec")),
+        errs.iter()
+            .any(|e| e.contains("field spec.serving.states.weird: not a component spec")),
         "{errs:#?}"
     );
     // A store type fngate does not serve is a warning, not an error.
-    assert!(p.diagnostics.iter().any(|d| !d.is_error()
-        && d.to_string().contains("state.mysql")));
+    assert!(p
+        .diagnostics
+        .iter()
+        .any(|d| !d.is_error() && d.to_string().contains("state.mysql")));
     // Outputs: the pub/sub in scope is kept; the unknown and the out-of-scope are reported
     // (warnings, as for triggers: the Component may not have arrived yet).
     assert_eq!(app.outputs.len(), 1);
     assert_eq!(app.outputs[0].name, "events");
     assert!(app.pubsubs.get("events").unwrap().namespaced_topics);
     let all: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
-    assert!(all.iter().any(|e| e.contains("outputs[1]") && e.contains("nowhere")), "{all:#?}");
-    assert!(all.iter().any(|e| e.contains("outputs[2]") && e.contains("billing-only")), "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|e| e.contains("outputs[1]") && e.contains("nowhere")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.contains("outputs[2]") && e.contains("billing-only")),
+        "{all:#?}"
+    );
     assert!(!app.bindings.contains_key("billing-only"));
     // The token selects the app; it never appears in a diagnostic.
-    assert_eq!(p.dapr.by_token(b"s3cret").map(|a| a.app_id.as_str()), Some("cart-shop"));
+    assert_eq!(
+        p.dapr.by_token(b"s3cret").map(|a| a.app_id.as_str()),
+        Some("cart-shop")
+    );
     assert!(p.dapr.by_token(b"s3cre").is_none());
     assert!(!format!("{:?}", p.diagnostics).contains("s3cret"));
     assert!(!format!("{:?}", app).contains("s3cret"));
@@ -321,5 +335,7 @@ fn a_missing_token_secret_or_a_shared_token_is_reported_and_keeps_the_last_good_
     );
     let p = plan(&twin);
     assert!(p.dapr.by_token(b"s3cret").is_none());
-    assert!(errors(&p).iter().any(|e| e.contains("also the token of app")));
+    assert!(errors(&p)
+        .iter()
+        .any(|e| e.contains("also the token of app")));
 }

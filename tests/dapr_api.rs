@@ -203,7 +203,11 @@ fn reason(status: &tonic::Status) -> String {
     }
     let s = RpcStatus::decode(status.details()).expect("rich error details");
     assert_eq!(s.code, status.code() as i32, "details code = status code");
-    assert_eq!(s.message, status.message(), "details message = status message");
+    assert_eq!(
+        s.message,
+        status.message(),
+        "details message = status message"
+    );
     let info = s
         .details
         .iter()
@@ -229,7 +233,10 @@ fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((got.data.as_slice(), got.etag.as_str()), (&b"hello"[..], "1"));
+        assert_eq!(
+            (got.data.as_slice(), got.etag.as_str()),
+            (&b"hello"[..], "1")
+        );
 
         c.save_state(with_token(save("k", b"hello again"), "tok-orders"))
             .await
@@ -248,12 +255,18 @@ fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Aborted);
         assert_eq!(reason(&e), "ERR_STATE_SAVE");
-        assert!(e.message().contains("possible etag mismatch"), "{}", e.message());
+        assert!(
+            e.message().contains("possible etag mismatch"),
+            "{}",
+            e.message()
+        );
         assert_eq!(redis.hash("orders-shop||k")["data"], b"hello again");
 
         // A non-numeric ETag is invalid, not a mismatch.
         let mut invalid = save("k", b"x");
-        invalid.states[0].etag = Some(common_v1::Etag { value: "abc".into() });
+        invalid.states[0].etag = Some(common_v1::Etag {
+            value: "abc".into(),
+        });
         let e = c
             .save_state(with_token(invalid, "tok-orders"))
             .await
@@ -375,7 +388,10 @@ fn data_written_by_daprd_is_read_with_its_etag_and_fngates_writes_continue_its_v
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((plain.data.as_slice(), plain.etag.as_str()), (&b"raw"[..], ""));
+        assert_eq!(
+            (plain.data.as_slice(), plain.etag.as_str()),
+            (&b"raw"[..], "")
+        );
         // Writing over it replaces it with Dapr's hash.
         c.save_state(with_token(save("plain", b"now a hash"), "tok-orders"))
             .await
@@ -420,7 +436,11 @@ fn bulk_ttl_and_transactions_over_grpc() {
             .collect();
         assert_eq!(
             got,
-            vec![("c", &b"3"[..], "1"), ("missing", &b""[..], ""), ("a", &b"1"[..], "1")]
+            vec![
+                ("c", &b"3"[..], "1"),
+                ("missing", &b""[..], ""),
+                ("a", &b"1"[..], "1")
+            ]
         );
 
         // A transaction: upsert and delete together.
@@ -520,17 +540,26 @@ fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
     let mut c = gate.client();
     gate.rt.block_on(async {
         // No token and a wrong token: Unauthenticated, as daprd.
-        let e = c.get_state(tonic::Request::new(get("k"))).await.unwrap_err();
+        let e = c
+            .get_state(tonic::Request::new(get("k")))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert_eq!(e.message(), "Unauthorized");
         assert_eq!(reason(&e), "Unauthorized");
-        let e = c.get_state(with_token(get("k"), "tok-nobody")).await.unwrap_err();
+        let e = c
+            .get_state(with_token(get("k"), "tok-nobody"))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
 
         // Each app's keys are its own: billing cannot read orders' key.
-        c.save_state(with_token(save("shared-name", b"orders' data"), "tok-orders"))
-            .await
-            .unwrap();
+        c.save_state(with_token(
+            save("shared-name", b"orders' data"),
+            "tok-orders",
+        ))
+        .await
+        .unwrap();
         let billing = c
             .get_state(with_token(get("shared-name"), "tok-billing"))
             .await
@@ -577,20 +606,34 @@ fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
         assert_eq!(e.code(), Code::Unimplemented);
     });
     // HTTP: healthz needs no token; everything else does.
-    assert_eq!(gate.http("GET", "/v1.0/healthz/outbound", None, b"").status, 204);
+    assert_eq!(
+        gate.http("GET", "/v1.0/healthz/outbound", None, b"").status,
+        204
+    );
     assert_eq!(gate.http("GET", "/v1.0/healthz", None, b"").status, 204);
     let r = gate.http("GET", "/v1.0/state/cart/k", None, b"");
     assert_eq!(r.status, 401);
     assert_eq!(r.body, b"invalid api token\n");
     let r = gate.http("GET", "/v1.0/state/cart/k", Some("wrong"), b"");
     assert_eq!(r.status, 401);
-    assert!(gate.fngate.metric("fngate_dapr_api_auth_failures_total{transport=\"grpc\"}") >= 2.0);
-    assert!(gate.fngate.metric("fngate_dapr_api_auth_failures_total{transport=\"http\"}") >= 2.0);
+    assert!(
+        gate.fngate
+            .metric("fngate_dapr_api_auth_failures_total{transport=\"grpc\"}")
+            >= 2.0
+    );
+    assert!(
+        gate.fngate
+            .metric("fngate_dapr_api_auth_failures_total{transport=\"http\"}")
+            >= 2.0
+    );
     // The token never shows in metrics or on the admin listener.
     assert!(!gate.fngate.metrics().contains("tok-orders"));
     let dapr = admin_get(gate.fngate.admin, "/dapr").unwrap();
     let listing = String::from_utf8_lossy(&dapr.body).into_owned();
-    assert!(!listing.contains("tok-orders") && !listing.contains("tok-billing"), "{listing}");
+    assert!(
+        !listing.contains("tok-orders") && !listing.contains("tok-billing"),
+        "{listing}"
+    );
     let apps: serde_json::Value = serde_json::from_str(&listing).unwrap();
     assert_eq!(apps["apps"][0]["app_id"], "billing-shop");
     assert_eq!(apps["apps"][0]["token"], true);
@@ -621,7 +664,10 @@ fn state_over_http_stores_json_as_daprd_does() {
     assert_eq!(r.body, br#""hello""#);
     assert_eq!(r.header("etag"), Some("1"));
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(gate.http("GET", "/v1.0/state/cart/nothing", t, b"").status, 204);
+    assert_eq!(
+        gate.http("GET", "/v1.0/state/cart/nothing", t, b"").status,
+        204
+    );
 
     let r = gate.http(
         "POST",
@@ -702,14 +748,20 @@ fn a_store_restarted_mid_run_gives_errors_while_down_and_serves_again_after() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Internal);
         assert_eq!(reason(&e), "ERR_STATE_SAVE");
-        let e = c.get_state(with_token(get("before"), "tok-orders")).await.unwrap_err();
+        let e = c
+            .get_state(with_token(get("before"), "tok-orders"))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Internal);
     });
     redis.spawn();
     gate.rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match c.save_state(with_token(save("after", b"new"), "tok-orders")).await {
+            match c
+                .save_state(with_token(save("after", b"new"), "tok-orders"))
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
             }
@@ -720,7 +772,10 @@ fn a_store_restarted_mid_run_gives_errors_while_down_and_serves_again_after() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((before.data.as_slice(), before.etag.as_str()), (&b"kept"[..], "1"));
+        assert_eq!(
+            (before.data.as_slice(), before.etag.as_str()),
+            (&b"kept"[..], "1")
+        );
     });
     assert!(redis.hash("orders-shop||during").is_empty());
     assert_eq!(redis.hash("orders-shop||after")["data"], b"new");
@@ -822,7 +877,10 @@ scopes:
         assert!(ce.get(f).is_some(), "{f} missing in {text}");
     }
     // Go's encoding: keys sorted, HTML escaped.
-    assert!(text.starts_with(r#"{"data":{"a":"\u003cx\u003e","b":2},"datacontenttype""#), "{text}");
+    assert!(
+        text.starts_with(r#"{"data":{"a":"\u003cx\u003e","b":2},"datacontenttype""#),
+        "{text}"
+    );
     assert_eq!(
         message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
         ce["id"].as_str()
@@ -834,7 +892,10 @@ scopes:
         "POST",
         "",
         &format!("/v1.0/publish/bus/{subject}"),
-        &[("dapr-api-token", "tok-orders"), ("Content-Type", "text/plain")],
+        &[
+            ("dapr-api-token", "tok-orders"),
+            ("Content-Type", "text/plain"),
+        ],
         b"plain words",
     )
     .unwrap();
@@ -867,7 +928,10 @@ scopes:
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(reply.metadata.get("statusCode").map(String::as_str), Some("200"));
+        assert_eq!(
+            reply.metadata.get("statusCode").map(String::as_str),
+            Some("200")
+        );
         let e = c
             .invoke_binding(with_token(
                 rt::InvokeBindingRequest {
@@ -881,11 +945,16 @@ scopes:
             .unwrap_err();
         assert_eq!(e.code(), Code::Internal);
         assert_eq!(reason(&e), "ERR_INVOKE_OUTPUT_BINDING");
-        assert!(e.message().contains("couldn't find output binding hook"), "{}", e.message());
+        assert!(
+            e.message().contains("couldn't find output binding hook"),
+            "{}",
+            e.message()
+        );
     });
     let seen = echo.requests_seen();
     assert!(
-        seen.iter().any(|r| r.starts_with("REQ POST /base/orders/7 bytes=7")),
+        seen.iter()
+            .any(|r| r.starts_with("REQ POST /base/orders/7 bytes=7")),
         "{seen:?}"
     );
     nats_rt.block_on(async {
@@ -913,11 +982,18 @@ fn fngate_env_prints_what_the_functions_process_needs() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("export DAPR_GRPC_PORT='50123'"), "{text}");
     assert!(text.contains("export DAPR_HTTP_PORT='3555'"), "{text}");
-    assert!(text.contains("export DAPR_API_TOKEN='tok-orders'"), "{text}");
+    assert!(
+        text.contains("export DAPR_API_TOKEN='tok-orders'"),
+        "{text}"
+    );
     let ctx_line = text
         .lines()
         .find(|l| l.starts_with("export FUNC_CONTEXT='"))
@@ -946,16 +1022,25 @@ fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
     let gate = Gate::start(dir.path());
-    assert_eq!(gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"").status, 204);
+    assert_eq!(
+        gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"")
+            .status,
+        204
+    );
     let before = gate.fngate.revision();
     let text = std::fs::read_to_string(dir.path().join("catalog.yaml"))
         .unwrap()
         .replace("token: tok-orders", "token: tok-orders-rotated");
     write_atomically(dir.path(), "catalog.yaml", &text);
     gate.fngate.wait_for_revision_after(before);
-    assert_eq!(gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"").status, 401);
     assert_eq!(
-        gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders-rotated"), b"").status,
+        gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"")
+            .status,
+        401
+    );
+    assert_eq!(
+        gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders-rotated"), b"")
+            .status,
         204
     );
 }
@@ -979,7 +1064,10 @@ fn python_sdk() -> std::path::PathBuf {
             .args(["-m", "pip", "install", "-q", "-r", requirements])
             .status()
             .unwrap();
-        assert!(installed.success(), "pip install of the Dapr Python SDK failed");
+        assert!(
+            installed.success(),
+            "pip install of the Dapr Python SDK failed"
+        );
         std::fs::write(&marker, wanted).unwrap();
     }
     python
@@ -1009,7 +1097,10 @@ fn the_official_python_sdk_works_against_fngate() {
         js
     });
     let out = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dapr_sdk_check.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/dapr_sdk_check.py"
+        ))
         .env("DAPR_RUNTIME_HOST", "127.0.0.1")
         .env("DAPR_GRPC_PORT", gate.grpc.to_string())
         .env("DAPR_HTTP_PORT", gate.http.port().to_string())
@@ -1040,7 +1131,9 @@ fn a_redis_behind_tls_with_a_password_from_a_secret_is_reached() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -1051,14 +1144,28 @@ fn a_redis_behind_tls_with_a_password_from_a_secret_is_reached() {
     assert!(made.success());
     let port = free_port();
     let mut server = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
         .arg("--tls-cert-file")
         .arg(&cert)
         .arg("--tls-key-file")
         .arg(&key)
         .arg("--tls-ca-cert-file")
         .arg(&cert)
-        .args(["--tls-auth-clients", "no", "--requirepass", "redis-pw", "--save", ""])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "redis-pw",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
@@ -1108,7 +1215,10 @@ spec:
     );
     assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     let r = gate.http("GET", "/v1.0/state/vault/k", Some("tok-tls"), b"");
-    assert_eq!((r.status, r.json()), (200, serde_json::json!({"secret": true})));
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"secret": true}))
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -125,9 +125,15 @@ spec:
     let records = kafka.read_records(&topic, 18);
     assert_eq!(records.len(), 18);
     // Sarama's FNV-1a partitions for three partitions (computed independently).
-    let expected: HashMap<&str, i32> = [("key-0", 0), ("key-1", 1), ("key-2", 2), ("key-3", 0), ("key-4", 2)]
-        .into_iter()
-        .collect();
+    let expected: HashMap<&str, i32> = [
+        ("key-0", 0),
+        ("key-1", 1),
+        ("key-2", 2),
+        ("key-3", 0),
+        ("key-4", 2),
+    ]
+    .into_iter()
+    .collect();
     let mut seen = 0;
     for r in records.iter().filter(|r| r.key.is_some()) {
         let key = r.key.as_deref().unwrap();
@@ -149,7 +155,8 @@ spec:
         .iter()
         .filter(|r| r.key.is_none())
         .map(|r| {
-            let ce: serde_json::Value = serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
+            let ce: serde_json::Value =
+                serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
             ce["data"].as_str().unwrap().to_owned()
         })
         .collect();
@@ -210,7 +217,9 @@ spec:
         payloads,
         vec![Some(&b"raw bytes"[..]), None, Some(&br#""hi""#[..])]
     );
-    assert!(out_records.iter().all(|r| r.partition == 1 && r.key.as_deref() == Some("k")));
+    assert!(out_records
+        .iter()
+        .all(|r| r.partition == 1 && r.key.as_deref() == Some("k")));
     // gRPC binding calls carry the call's headers, as daprd copies them.
     assert!(header(&out_records[0], "user-agent").is_some());
     assert!(header(&out_records[0], "dapr-api-token").is_none());

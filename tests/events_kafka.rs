@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::*;
 use common::kafka::Kafka;
+use common::*;
 use std::collections::{HashMap, HashSet};
 
 fn component(name: &str, kind: &str, brokers: &str, extra: &str) -> String {

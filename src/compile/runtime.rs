@@ -3,15 +3,18 @@
 //! bindings it may reach, as daprd would load them for that app-id: its own inline
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
-use super::triggers::{kafka_auth, kafka_brokers, resolve_metadata, secret_value, Metadata, Origin, Report};
+use super::triggers::{
+    kafka_auth, kafka_brokers, resolve_metadata, secret_value, Metadata, Origin, Report,
+};
 use super::Snapshot;
 use crate::api::{
-    ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateEntry, StateStore,
+    ComponentSpec, Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject, StateEntry,
+    StateStore,
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings,
-    StateBackend, StateComponent,
+    KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings, StateBackend,
+    StateComponent,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -103,9 +106,8 @@ pub(super) fn build(
                         format!("{message}; the function cannot call fngate's Dapr API")
                     };
                     report.on_function(
-                        Diagnostic::error(message).at_field(format!(
-                            "spec.serving.annotations[{API_TOKEN_ANNOTATION}]"
-                        )),
+                        Diagnostic::error(message)
+                            .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
                     );
                     kept
                 }
@@ -232,9 +234,7 @@ fn last_good(before: Option<&Arc<DaprApp>>, name: &str) -> Option<Compiled> {
     if let Some(p) = b.pubsubs.get(name) {
         return Some(Compiled::Pubsub(p.clone()));
     }
-    b.bindings
-        .get(name)
-        .map(|c| Compiled::Binding(c.clone()))
+    b.bindings.get(name).map(|c| Compiled::Binding(c.clone()))
 }
 
 /// What daprd would load for this app: inline components first (they shadow a Component
@@ -394,7 +394,11 @@ fn compile_component(
                 backend: BrokerBackend::Jetstream { nats_url },
             }))),
             None => {
-                meta.error("natsURL", "natsURL is required (nats://host:port)".into(), report);
+                meta.error(
+                    "natsURL",
+                    "natsURL is required (nats://host:port)".into(),
+                    report,
+                );
                 None
             }
         },
@@ -421,7 +425,11 @@ fn compile_component(
                 })))
             }
             Some(url) => {
-                meta.error("url", format!("{url:?} is not an http:// or https:// URL"), report);
+                meta.error(
+                    "url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                    report,
+                );
                 None
             }
             None => {
@@ -440,7 +448,10 @@ fn compile_component(
     }
 }
 
-fn kafka_producer(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<KafkaProducerSettings> {
+fn kafka_producer(
+    meta: &mut Metadata<'_>,
+    report: &mut Report<'_>,
+) -> Option<KafkaProducerSettings> {
     let brokers = kafka_brokers(meta, report);
     let auth = kafka_auth(meta, report);
     let client_id = meta.take("clientID").or_else(|| meta.take("clientId"));
@@ -457,9 +468,16 @@ fn redis_state(
 ) -> Option<(RedisSettings, KeyPrefix, Option<i64>)> {
     let host = meta.take("redisHost");
     if host.is_none() {
-        meta.error("redisHost", "redisHost is required (host:port)".into(), report);
+        meta.error(
+            "redisHost",
+            "redisHost is required (host:port)".into(),
+            report,
+        );
     }
-    if let Some(t) = meta.take("redisType").filter(|t| !t.eq_ignore_ascii_case("node")) {
+    if let Some(t) = meta
+        .take("redisType")
+        .filter(|t| !t.eq_ignore_ascii_case("node"))
+    {
         meta.error(
             "redisType",
             format!("redisType {t:?} is not supported by fngate; it connects to one node"),
@@ -488,7 +506,11 @@ fn redis_state(
                 "namespace" => KeyPrefix::Namespace,
                 "none" => KeyPrefix::None,
                 other if other.contains("||") => {
-                    meta.error(&k, format!("keyPrefix {other:?} can't contain '||'"), report);
+                    meta.error(
+                        &k,
+                        format!("keyPrefix {other:?} can't contain '||'"),
+                        report,
+                    );
                     KeyPrefix::AppId
                 }
                 other => KeyPrefix::Custom(other.to_owned()),
@@ -508,8 +530,12 @@ fn redis_state(
         host: host?,
         username: meta.take("redisUsername"),
         password: meta.take("redisPassword"),
-        db: meta.parse::<i64>("redisDB", "a database number", report).unwrap_or(0),
-        tls: meta.parse::<bool>("enableTLS", "true or false", report).unwrap_or(false),
+        db: meta
+            .parse::<i64>("redisDB", "a database number", report)
+            .unwrap_or(0),
+        tls: meta
+            .parse::<bool>("enableTLS", "true or false", report)
+            .unwrap_or(false),
         insecure_skip_verify: meta
             .parse::<bool>("insecureSkipTLSVerify", "true or false", report)
             .unwrap_or(false),
@@ -577,7 +603,12 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
             component_type,
             topic: dapr.topic.clone().filter(|t| !t.is_empty()),
             operation: dapr.operation.clone().filter(|o| !o.is_empty()),
-            metadata: dapr.metadata.clone().unwrap_or_default().into_iter().collect(),
+            metadata: dapr
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         });
     }
     out

@@ -124,7 +124,11 @@ impl<T> NamedMap<T> {
 
 impl<T> From<BTreeMap<String, Arc<T>>> for NamedMap<T> {
     fn from(m: BTreeMap<String, Arc<T>>) -> Self {
-        NamedMap(m.into_iter().map(|(n, c)| (n.into_boxed_str(), c)).collect())
+        NamedMap(
+            m.into_iter()
+                .map(|(n, c)| (n.into_boxed_str(), c))
+                .collect(),
+        )
     }
 }
 

@@ -51,11 +51,7 @@ impl Clients {
     pub(crate) fn observe_store(&self, component: &StateComponent, store: &dyn StateStore) {
         self.metrics
             .dapr_component_connected
-            .with_label_values(&[
-                &component.id.namespace,
-                &component.id.name,
-                &component.kind,
-            ])
+            .with_label_values(&[&component.id.namespace, &component.id.name, &component.kind])
             .set(store.connected() as i64);
     }
 

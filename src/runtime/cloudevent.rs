@@ -43,8 +43,8 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudE
     let now = rfc3339(input.now);
     if media == "application/cloudevents+json" {
         // The caller's event, completed: no id added, topic and pubsubname overwritten.
-        let parsed: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(input.data)
-            .map_err(|e| NotACloudEvent(e.to_string()))?;
+        let parsed: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(input.data).map_err(|e| NotACloudEvent(e.to_string()))?;
         for (k, v) in parsed {
             fields.insert(k, canonical(v.get()).map_err(NotACloudEvent)?);
         }
@@ -57,11 +57,15 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudE
         fields
             .entry("tracestate".into())
             .or_insert_with(|| quote(input.tracestate.unwrap_or("")));
-        fields.entry("source".into()).or_insert_with(|| quote("Dapr"));
+        fields
+            .entry("source".into())
+            .or_insert_with(|| quote("Dapr"));
         fields
             .entry("type".into())
             .or_insert_with(|| quote("com.dapr.event.sent"));
-        fields.entry("specversion".into()).or_insert_with(|| quote("1.0"));
+        fields
+            .entry("specversion".into())
+            .or_insert_with(|| quote("1.0"));
     } else {
         // `cloudevent.*` overrides, matched case-insensitively as mapstructure does.
         let ce = |name: &str| {
@@ -185,7 +189,11 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     } else {
         let secs = off.whole_seconds();
         let sign = if secs < 0 { '-' } else { '+' };
-        format!("{sign}{:02}:{:02}", secs.abs() / 3600, (secs.abs() % 3600) / 60)
+        format!(
+            "{sign}{:02}:{:02}",
+            secs.abs() / 3600,
+            (secs.abs() % 3600) / 60
+        )
     };
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{zone}")
 }
@@ -260,9 +268,9 @@ pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     // Most strings (ids, base64, names) need no escape: copied whole.
-    let plain = s.bytes().all(|b| {
-        b >= 0x20 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xe2)
-    });
+    let plain = s
+        .bytes()
+        .all(|b| b >= 0x20 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xe2));
     if plain {
         out.push_str(s);
         out.push('"');
@@ -292,7 +300,11 @@ pub(crate) fn quote(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn input<'a>(data: &'a [u8], content_type: &'a str, metadata: &'a [(String, String)]) -> EnvelopeInput<'a> {
+    fn input<'a>(
+        data: &'a [u8],
+        content_type: &'a str,
+        metadata: &'a [(String, String)],
+    ) -> EnvelopeInput<'a> {
         EnvelopeInput {
             app_id: "fn-ns",
             pubsub: "kafka-pubsub",
@@ -313,7 +325,12 @@ mod tests {
     #[test]
     fn a_json_payload_is_wrapped_as_daprd_writes_it() {
         let meta = vec![("cloudevent.id".to_owned(), "e1".to_owned())];
-        let out = envelope_bytes(&input(br#"{"b":2, "a":1.50,"c":"<&>"}"#, "application/json", &meta)).unwrap();
+        let out = envelope_bytes(&input(
+            br#"{"b":2, "a":1.50,"c":"<&>"}"#,
+            "application/json",
+            &meta,
+        ))
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"data":{"a":1.50,"b":2,"c":"\u003c\u0026\u003e"},"datacontenttype":"application/json","id":"e1","pubsubname":"kafka-pubsub","source":"fn-ns","specversion":"1.0","time":"2026-05-01T10:00:00Z","topic":"orders","traceid":"","traceparent":"","tracestate":"","type":"com.dapr.event.sent"}"#
@@ -324,7 +341,10 @@ mod tests {
     fn ids_are_version_4_uuids() {
         let id = uuid_v4();
         let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12]
+        );
         assert!(parts[2].starts_with('4'));
         assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
         assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
@@ -337,7 +357,8 @@ mod tests {
     fn content_types_choose_data_or_data_base64_and_ttl_adds_expiration() {
         let meta = vec![("ttlInSeconds".to_owned(), "60".to_owned())];
         let text: serde_json::Value =
-            serde_json::from_slice(&envelope_bytes(&input(b"{\"a\":1}", "", &meta)).unwrap()).unwrap();
+            serde_json::from_slice(&envelope_bytes(&input(b"{\"a\":1}", "", &meta)).unwrap())
+                .unwrap();
         assert_eq!(text["data"], "{\"a\":1}");
         assert_eq!(text["datacontenttype"], "text/plain");
         assert_eq!(text["expiration"], "2026-05-01T10:01:00Z");
@@ -347,9 +368,10 @@ mod tests {
         .unwrap();
         assert_eq!(bin["data_base64"], "AP8=");
         assert!(bin.get("data").is_none());
-        let bad_json: serde_json::Value =
-            serde_json::from_slice(&envelope_bytes(&input(b"{nope", "application/json", &[])).unwrap())
-                .unwrap();
+        let bad_json: serde_json::Value = serde_json::from_slice(
+            &envelope_bytes(&input(b"{nope", "application/json", &[])).unwrap(),
+        )
+        .unwrap();
         assert_eq!(bad_json["data"], "{nope");
     }
 
@@ -366,7 +388,12 @@ mod tests {
         assert_eq!(v["source"], "s");
         assert_eq!(v["traceid"], "");
         assert!(envelope(&input(b"[1]", "application/cloudevents+json", &[])).is_err());
-        let e = envelope(&input(b"x", "", &[("cloudevent.id".to_owned(), "e-7".to_owned())])).unwrap();
+        let e = envelope(&input(
+            b"x",
+            "",
+            &[("cloudevent.id".to_owned(), "e-7".to_owned())],
+        ))
+        .unwrap();
         assert_eq!(e.id.as_deref(), Some("e-7"));
     }
 }

@@ -100,8 +100,12 @@ impl ApiError {
     pub fn unauthenticated(detail: &str) -> ApiError {
         let mut detail = detail.to_owned();
         detail.truncate(63);
-        let mut e =
-            ApiError::basic(Code::Unauthenticated, 401, "Unauthorized", "Unauthorized".into());
+        let mut e = ApiError::basic(
+            Code::Unauthenticated,
+            401,
+            "Unauthorized",
+            "Unauthorized".into(),
+        );
         e.extra().grpc_info = vec![
             ("http.code".into(), "401".into()),
             ("http.error_message".into(), detail),

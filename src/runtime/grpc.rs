@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture, Body as HttpBody, Service, StdError};
+use tonic::codegen::{http, Body as HttpBody, BoxFuture, Service, StdError};
 use tonic::{Code, Request, Response, Status};
 
 const SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
@@ -177,7 +177,12 @@ where
             let ops = r
                 .operations
                 .into_iter()
-                .map(|op| (op.operation_type, op.request.map(raw_item).unwrap_or_default()))
+                .map(|op| {
+                    (
+                        op.operation_type,
+                        op.request.map(raw_item).unwrap_or_default(),
+                    )
+                })
                 .collect();
             api.execute_state_transaction(&app, &r.store_name, ops)
                 .await
@@ -213,8 +218,7 @@ where
                     entry_id: e.entry_id,
                     event: Bytes::from(e.event),
                     content_type: e.content_type,
-                    metadata: (!e.metadata.is_empty())
-                        .then(|| e.metadata.into_iter().collect()),
+                    metadata: (!e.metadata.is_empty()).then(|| e.metadata.into_iter().collect()),
                 })
                 .collect();
             let failed = api
@@ -275,18 +279,21 @@ where
                 registered_components: api
                     .components(&app)
                     .into_iter()
-                    .map(|(name, r#type, version, capabilities)| rt::RegisteredComponents {
-                        name,
-                        r#type,
-                        version,
-                        capabilities,
-                    })
+                    .map(
+                        |(name, r#type, version, capabilities)| rt::RegisteredComponents {
+                            name,
+                            r#type,
+                            version,
+                            capabilities,
+                        },
+                    )
                     .collect(),
                 ..Default::default()
             }))
         }),
-        other => Status::unimplemented(format!("method {other} is not served by fngate"))
-            .into_http(),
+        other => {
+            Status::unimplemented(format!("method {other} is not served by fngate")).into_http()
+        }
     }
 }
 
@@ -407,4 +414,3 @@ where
 
 /// daprd's default `--max-body-size`.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
-

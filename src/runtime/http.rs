@@ -74,7 +74,12 @@ fn error_reply(e: &ApiError) -> Reply {
 }
 
 fn legacy(status: u16, code: &'static str, message: String) -> Reply {
-    error_reply(&ApiError::basic(tonic::Code::InvalidArgument, status, code, message))
+    error_reply(&ApiError::basic(
+        tonic::Code::InvalidArgument,
+        status,
+        code,
+        message,
+    ))
 }
 
 async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
@@ -94,7 +99,10 @@ async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
             let (code, what) = if rest == "healthz" {
                 ("ERR_HEALTH_NOT_READY", "dapr is not ready: [catalog]")
             } else {
-                ("ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+                (
+                    "ERR_OUTBOUND_HEALTH_NOT_READY",
+                    "dapr outbound is not ready",
+                )
             };
             legacy(500, code, what.into())
         };
@@ -103,7 +111,11 @@ async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
     let app = match api.authenticate(token, "http") {
         Ok(app) => app,
         Err(_) => {
-            return reply(401, Some("text/plain; charset=utf-8"), "invalid api token\n");
+            return reply(
+                401,
+                Some("text/plain; charset=utf-8"),
+                "invalid api token\n",
+            );
         }
     };
     let segments: Vec<String> = rest.split('/').map(query_unescape).collect();
@@ -134,7 +146,8 @@ async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
             delete(api, &app, store, key, etag, &query).await
         }
         (_, ["publish", "bulk", pubsub, topic @ ..]) if writes && !topic.is_empty() => {
-            let (pubsub, topic, meta) = (pubsub.to_string(), topic.join("/"), query.metadata.clone());
+            let (pubsub, topic, meta) =
+                (pubsub.to_string(), topic.join("/"), query.metadata.clone());
             with_body(req, |b| bulk_publish(api, &app, pubsub, topic, b, meta)).await
         }
         ("v1.0", ["publish", pubsub, topic @ ..]) if writes => {
@@ -228,7 +241,8 @@ fn query_unescape(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(x) => {
                         out.push(x);
                         i += 2;
@@ -245,8 +259,11 @@ fn query_unescape(s: &str) -> String {
 
 /// A JSON object member looked up as mapstructure does: case-insensitively.
 fn member<'a>(o: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    o.get(name)
-        .or_else(|| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    o.get(name).or_else(|| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
 }
 
 fn string_map(v: Option<&Value>) -> Vec<(String, String)> {
@@ -392,7 +409,12 @@ async fn bulk_get(api: &DaprApi, app: &DaprApp, store: &str, body: Bytes) -> Rep
         }
     };
     let items = match api
-        .get_bulk_state(app, store, request.keys, request.parallelism.max(0) as usize)
+        .get_bulk_state(
+            app,
+            store,
+            request.keys,
+            request.parallelism.max(0) as usize,
+        )
         .await
     {
         Ok(i) => i,
@@ -542,7 +564,13 @@ async fn bulk_publish(
     };
     let mut converted = Vec::with_capacity(entries.len());
     for e in entries {
-        let media = e.content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let media = e
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         let event = match (media.as_str(), &e.event) {
             ("application/octet-stream", Value::String(s)) => {
                 match base64::engine::general_purpose::STANDARD.decode(s) {
@@ -554,7 +582,10 @@ async fn bulk_publish(
                 Bytes::from(s.clone())
             }
             (m, _) if m.starts_with("text/") || m == "application/xml" => {
-                return malformed(format!("entry {}: the event must be a JSON string", e.entry_id))
+                return malformed(format!(
+                    "entry {}: the event must be a JSON string",
+                    e.entry_id
+                ))
             }
             ("application/json" | "application/cloudevents+json", v) => {
                 match super::cloudevent::canonical(&v.to_string()) {
@@ -681,8 +712,13 @@ mod tests {
         assert_eq!(query_unescape("a+b%2Fc"), "a b/c");
         assert_eq!(query_unescape("100%"), "100%");
         assert_eq!(query_unescape("%zz"), "%zz");
-        let q = Query::parse(Some("metadata.ttlInSeconds=60&metadata.ttlInSeconds=9&consistency=strong"));
-        assert_eq!(q.metadata, vec![("ttlInSeconds".to_owned(), "60".to_owned())]);
+        let q = Query::parse(Some(
+            "metadata.ttlInSeconds=60&metadata.ttlInSeconds=9&consistency=strong",
+        ));
+        assert_eq!(
+            q.metadata,
+            vec![("ttlInSeconds".to_owned(), "60".to_owned())]
+        );
         assert_eq!(q.get("consistency"), "strong");
     }
 }

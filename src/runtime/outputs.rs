@@ -65,7 +65,8 @@ impl Clients {
             ),
             None => match key {
                 Some(k) => {
-                    let n = partition_count(&producer, counts, &settings.brokers, record.topic).await?;
+                    let n =
+                        partition_count(&producer, counts, &settings.brokers, record.topic).await?;
                     Some(sarama_partition(k.as_bytes(), n))
                 }
                 None => None,
@@ -78,8 +79,7 @@ impl Clients {
                 value: Some(v.as_bytes()),
             });
         }
-        let mut r: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(record.topic).headers(headers);
+        let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(record.topic).headers(headers);
         if let Some(v) = record.value {
             r = r.payload(v);
         }
@@ -117,8 +117,7 @@ impl Clients {
         match msg_id {
             Some(id) => headers.insert("Nats-Msg-Id", id),
             None => {
-                if let Ok(EventId { id: Some(id) }) = serde_json::from_slice::<EventId<'_>>(&data)
-                {
+                if let Ok(EventId { id: Some(id) }) = serde_json::from_slice::<EventId<'_>>(&data) {
                     headers.insert("Nats-Msg-Id", &*id);
                 }
             }
@@ -180,8 +179,10 @@ pub(crate) struct HttpBindingReply {
     pub metadata: Vec<(String, String)>,
 }
 
-pub(crate) type HttpClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 pub(crate) fn http_client() -> HttpClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -212,10 +213,17 @@ pub(crate) async fn http_binding(
     };
     let find = |name: &str| super::metadata_value(metadata, name);
     let target = match find("path").filter(|p| !p.is_empty()) {
-        Some(p) => format!("{}/{}", url.trim_end_matches('/'), p.trim_start_matches('/')),
+        Some(p) => format!(
+            "{}/{}",
+            url.trim_end_matches('/'),
+            p.trim_start_matches('/')
+        ),
         None => url.to_owned(),
     };
-    let with_body = matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+    let with_body = matches!(
+        method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
     let mut request = http::Request::builder().method(method).uri(&target);
     let has = |name: &str| metadata.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     if with_body && !has("Content-Type") {
@@ -225,7 +233,10 @@ pub(crate) async fn http_binding(
         request = request.header("Accept", "application/json; charset=utf-8");
     }
     for (k, v) in metadata {
-        if k.starts_with(|c: char| c.is_ascii_uppercase()) || k == "traceparent" || k == "tracestate" {
+        if k.starts_with(|c: char| c.is_ascii_uppercase())
+            || k == "traceparent"
+            || k == "tracestate"
+        {
             request = request.header(k.as_str(), v.as_str());
         }
     }
@@ -241,7 +252,11 @@ pub(crate) async fn http_binding(
         ("statusCode".to_owned(), status.as_u16().to_string()),
         (
             "status".to_owned(),
-            format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+            format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
         ),
     ];
     let mut joined: Vec<(String, String)> = Vec::new();

@@ -47,12 +47,23 @@ struct Event {
     id: Option<String>,
 }
 
-fn pubsub_error(code: Code, http: u16, error_code: &'static str, reason: &'static str, message: String) -> ApiError {
+fn pubsub_error(
+    code: Code,
+    http: u16,
+    error_code: &'static str,
+    reason: &'static str,
+    message: String,
+) -> ApiError {
     ApiError::rich(code, http, error_code, reason, message)
 }
 
 impl DaprApi {
-    fn pubsub(&self, app: &DaprApp, name: &str, topic: &str) -> Result<Arc<PubsubComponent>, ApiError> {
+    fn pubsub(
+        &self,
+        app: &DaprApp,
+        name: &str,
+        topic: &str,
+    ) -> Result<Arc<PubsubComponent>, ApiError> {
         if name.is_empty() {
             return Err(pubsub_error(
                 Code::InvalidArgument,

@@ -73,6 +73,27 @@ impl DaprApi {
         })
     }
 
+    /// Resolves the app's store, runs `call` with it, and counts and times the call.
+    async fn state_call<T, Fut>(
+        &self,
+        app: &DaprApp,
+        store: &str,
+        call: impl FnOnce(ResolvedStore) -> Fut,
+    ) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let timer = CallTimer::start(self, app, BLOCK);
+        let result = match self.state_store(app, store) {
+            Ok(s) => {
+                timer.component(&s.component.id.name);
+                call(s).await
+            }
+            Err(e) => Err(e),
+        };
+        timer.finish(result)
+    }
+
     pub async fn get_state(
         &self,
         app: &DaprApp,
@@ -80,19 +101,15 @@ impl DaprApi {
         key: &str,
         consistency: &str,
     ) -> Result<Option<StoredItem>, ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             check_consistency(consistency).map_err(|e| get_error(key, store, &e))?;
             let stored_key = stored_key(app, &s.component, key)?;
             s.store
                 .get(&stored_key)
                 .await
                 .map_err(|e| get_error(key, store, &e.to_string()))
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 
     pub async fn get_bulk_state(
@@ -102,17 +119,18 @@ impl DaprApi {
         keys: Vec<String>,
         parallelism: usize,
     ) -> Result<Vec<BulkItem>, ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             let mut stored = Vec::with_capacity(keys.len());
             for k in &keys {
                 stored.push(stored_key(app, &s.component, k)?);
             }
             // Order kept, as daprd's default bulk get keeps it; `parallelism` keys at a
             // time (0: all at once).
-            let limit = if parallelism == 0 { stored.len().max(1) } else { parallelism };
+            let limit = if parallelism == 0 {
+                stored.len().max(1)
+            } else {
+                parallelism
+            };
             let mut results = Vec::with_capacity(stored.len());
             for chunk in stored.chunks(limit) {
                 let gets = chunk.iter().map(|k| {
@@ -126,9 +144,8 @@ impl DaprApi {
                 .zip(results)
                 .map(|(key, result)| BulkItem { key, result })
                 .collect())
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 
     /// SaveState: items are written independently and in parallel, as daprd does.
@@ -138,10 +155,7 @@ impl DaprApi {
         store: &str,
         items: Vec<StateItem>,
     ) -> Result<(), ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             let mut requests = Vec::with_capacity(items.len());
             for item in &items {
                 requests.push(set_request(app, &s.component, item).map_err(|e| match e {
@@ -149,17 +163,14 @@ impl DaprApi {
                     Prepared::Store(e) => save_error(store, &e),
                 })?);
             }
-            let results = futures::future::join_all(
-                requests.into_iter().map(|r| s.store.set(r)),
-            )
-            .await;
+            let results =
+                futures::future::join_all(requests.into_iter().map(|r| s.store.set(r))).await;
             match results.into_iter().find_map(Result::err) {
                 Some(e) => Err(save_error(store, &e)),
                 None => Ok(()),
             }
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 
     pub async fn delete_state(
@@ -168,18 +179,14 @@ impl DaprApi {
         store: &str,
         item: StateItem,
     ) -> Result<(), ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             let request = delete_request(app, &s.component, &item)?;
             s.store
                 .delete(request)
                 .await
                 .map_err(|e| delete_error(&item.key, &e))
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 
     /// DeleteBulkState: independent parallel deletes.
@@ -189,10 +196,7 @@ impl DaprApi {
         store: &str,
         items: Vec<StateItem>,
     ) -> Result<(), ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             let mut requests = Vec::with_capacity(items.len());
             for item in &items {
                 requests.push(delete_request(app, &s.component, item)?);
@@ -207,9 +211,8 @@ impl DaprApi {
                 )),
                 None => Ok(()),
             }
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 
     /// ExecuteStateTransaction: `operations` are (`upsert` | `delete`, item).
@@ -219,10 +222,7 @@ impl DaprApi {
         store: &str,
         operations: Vec<(String, StateItem)>,
     ) -> Result<(), ApiError> {
-        let timer = CallTimer::start(self, app, BLOCK);
-        let result = async {
-            let s = self.state_store(app, store)?;
-            timer.component(&s.component.id.name);
+        self.state_call(app, store, |s| async move {
             let tx_error = |e: String| {
                 ApiError::basic(
                     Code::Internal,
@@ -262,9 +262,8 @@ impl DaprApi {
                 .transact(ops)
                 .await
                 .map_err(|e| tx_error(e.to_string()))
-        }
-        .await;
-        timer.finish(result)
+        })
+        .await
     }
 }
 
@@ -312,8 +311,8 @@ fn set_request(
     item: &StateItem,
 ) -> Result<SetRequest, Prepared> {
     let key = stored_key(app, component, &item.key)?;
-    let concurrency =
-        Concurrency::parse(&item.concurrency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
+    let concurrency = Concurrency::parse(&item.concurrency)
+        .map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
     check_consistency(&item.consistency).map_err(|e| Prepared::Store(StoreError::Failed(e)))?;
     let ttl = match super::metadata_value(&item.metadata, "ttlInSeconds") {
         Some(v) => Some(v.parse::<i64>().map_err(|_| {
@@ -370,11 +369,19 @@ fn store_error(error_code: &'static str, prefix: String, e: &StoreError) -> ApiE
 }
 
 fn save_error(store: &str, e: &StoreError) -> ApiError {
-    store_error("ERR_STATE_SAVE", format!("failed saving state in state store {store}"), e)
+    store_error(
+        "ERR_STATE_SAVE",
+        format!("failed saving state in state store {store}"),
+        e,
+    )
 }
 
 fn delete_error(key: &str, e: &StoreError) -> ApiError {
-    store_error("ERR_STATE_DELETE", format!("failed deleting state with key {key}"), e)
+    store_error(
+        "ERR_STATE_DELETE",
+        format!("failed deleting state with key {key}"),
+        e,
+    )
 }
 
 fn get_error(key: &str, store: &str, e: &str) -> ApiError {

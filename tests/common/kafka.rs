@@ -143,7 +143,6 @@ impl Drop for Kafka {
     }
 }
 
-
 /// One record as a consumer sees it.
 #[derive(Debug)]
 pub struct Record {

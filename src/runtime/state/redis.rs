@@ -82,12 +82,13 @@ impl RedisStore {
         if let Some(p) = &settings.password {
             redis_info = redis_info.set_password(p);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(format!("redis://{host}:{port}"))
-            .map_err(|e| e.to_string())?
-            .set_addr(addr)
-            // Small requests and replies: Nagle would hold a write for the previous ACK.
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-            .set_redis_settings(redis_info);
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://{host}:{port}"))
+                .map_err(|e| e.to_string())?
+                .set_addr(addr)
+                // Small requests and replies: Nagle would hold a write for the previous ACK.
+                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+                .set_redis_settings(redis_info);
         let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.dial_timeout))
@@ -153,9 +154,8 @@ fn set_args(request: &SetRequest) -> Result<(String, &'static str, String), Stor
 impl StateStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<StoredItem>, StoreError> {
         let mut c = self.connection.clone();
-        let reply: Result<Vec<(Vec<u8>, Vec<u8>)>, RedisError> = self.track(
-            redis::cmd("HGETALL").arg(key).query_async(&mut c).await,
-        );
+        let reply: Result<Vec<(Vec<u8>, Vec<u8>)>, RedisError> =
+            self.track(redis::cmd("HGETALL").arg(key).query_async(&mut c).await);
         let fields = match reply {
             Ok(f) => f,
             Err(e) if e.code() == Some("WRONGTYPE") => {
@@ -283,4 +283,3 @@ impl StateStore for RedisStore {
         self.connected.load(Ordering::Relaxed)
     }
 }
-
