@@ -51,6 +51,7 @@ struct RawEvents {
     retry_max: Option<String>,
     max_attempts: Option<u32>,
     kafka_fetch_wait: Option<String>,
+    kafka_instance_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -272,6 +273,12 @@ impl Settings {
                 "100ms",
             )?
             .unwrap_or(event_defaults.kafka_fetch_wait),
+            kafka_instance_id: raw
+                .events
+                .kafka_instance_id
+                .clone()
+                .or_else(|| std::env::var("POD_NAME").ok())
+                .filter(|s| !s.is_empty()),
         };
         let hold_defaults = crate::activator::HoldLimits::default();
         let hold = crate::activator::HoldLimits {

@@ -339,3 +339,26 @@ fn a_missing_token_secret_or_a_shared_token_is_reported_and_keeps_the_last_good_
         .iter()
         .any(|e| e.contains("also the token of app")));
 }
+
+#[test]
+fn a_replica_identity_gives_each_kafka_trigger_a_stable_static_membership_id() {
+    let yaml = format!(
+        "{FUNCTION}---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: bus, namespace: shop}}\nspec:\n  type: pubsub.kafka\n  metadata:\n    - {{name: brokers, value: \"k:9092\"}}\n"
+    );
+    let snapshot = snapshot_from_texts([("t.yaml", yaml.as_str())]);
+    let mut settings = CompileSettings::default();
+    let dynamic = compile(&snapshot, &settings, None);
+    let SourceSpec::Kafka(k) = &dynamic.triggers.triggers.values().next().unwrap().source else {
+        panic!("kafka")
+    };
+    assert_eq!(k.group_instance_id, None, "no identity: dynamic membership");
+    settings.events.kafka_instance_id = Some("fngate-0".into());
+    let p = compile(&snapshot, &settings, None);
+    let SourceSpec::Kafka(k) = &p.triggers.triggers.values().next().unwrap().source else {
+        panic!("kafka")
+    };
+    assert_eq!(
+        k.group_instance_id.as_deref(),
+        Some("fngate-0.shop.orders.bus.created")
+    );
+}

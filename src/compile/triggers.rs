@@ -34,6 +34,9 @@ pub struct EventDefaults {
     pub max_attempts: u32,
     /// Kafka fetch.wait.max.ms: how long a broker may hold a fetch when no data is there.
     pub kafka_fetch_wait: Duration,
+    /// This replica's stable identity for Kafka static membership (`events.kafka_instance_id`,
+    /// else `POD_NAME`); `None`: dynamic membership.
+    pub kafka_instance_id: Option<String>,
 }
 
 impl Default for EventDefaults {
@@ -43,6 +46,7 @@ impl Default for EventDefaults {
             retry_max: Duration::from_secs(10),
             max_attempts: 5,
             kafka_fetch_wait: Duration::from_millis(100),
+            kafka_instance_id: None,
         }
     }
 }
@@ -388,7 +392,7 @@ fn compile_trigger(
     };
     policy.dead_letter_topic = meta.take("deadLetterTopic");
     meta.warn_unused(report);
-    let Some((kind, source, topic)) = result else {
+    let Some((kind, mut source, topic)) = result else {
         return Vec::new();
     };
     if report.failed {
@@ -400,6 +404,9 @@ fn compile_trigger(
         component: trigger.name.clone(),
         topic,
     };
+    if let (SourceSpec::Kafka(k), Some(instance)) = (&mut source, &defaults.kafka_instance_id) {
+        k.group_instance_id = Some(group_instance_id(instance, &key));
+    }
     vec![(
         key,
         TriggerSpec {
@@ -411,6 +418,32 @@ fn compile_trigger(
             policy,
         },
     )]
+}
+
+/// Unique per replica and per trigger (two triggers of one process may share a consumer
+/// group), stable across restarts; Kafka allows 249 characters of `[A-Za-z0-9._-]`.
+fn group_instance_id(instance: &str, key: &TriggerKey) -> String {
+    let raw = format!(
+        "{instance}.{}.{}.{}.{}",
+        key.namespace, key.function, key.component, key.topic
+    );
+    let mut id: String = raw
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    if id.len() > 249 {
+        // Keep it unique: a digest of the whole in place of the tail.
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(raw.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        id.truncate(249 - 17);
+        id.push('-');
+        id.push_str(&hex);
+    }
+    id
 }
 
 /// Resolved metadata of one component, tracking which keys were read.
@@ -714,6 +747,7 @@ fn kafka(
         max_message_bytes,
         client_id,
         fetch_wait: defaults.kafka_fetch_wait,
+        group_instance_id: None,
     })
 }
 

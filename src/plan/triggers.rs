@@ -70,6 +70,9 @@ pub struct KafkaSource {
     /// fngate's `events.kafka_fetch_wait` setting (librdkafka `fetch.wait.max.ms`).
     #[serde(with = "secs")]
     pub fetch_wait: Duration,
+    /// Static group membership (KIP-345, `group.instance.id`): this replica's stable
+    /// identity plus the trigger, so a restarted replica takes its partitions back at once.
+    pub group_instance_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -51,6 +51,10 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if reason.contains("FENCED_INSTANCE_ID") || reason.contains("fenced") {
+            tracing::error!(trigger = %self.rt.key, %error, reason, "another live consumer holds this trigger's group.instance.id: give every replica its own events.kafka_instance_id (or POD_NAME)");
+            return;
+        }
         tracing::warn!(trigger = %self.rt.key, %error, reason, "kafka client error");
     }
 }
@@ -193,6 +197,11 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         );
     if let Some(max) = source.max_message_bytes {
         config.set("fetch.message.max.bytes", max.max(1000).to_string());
+    }
+    if let Some(id) = &source.group_instance_id {
+        // Static membership: a restarted replica rejoins as the same member and gets its
+        // partitions back at once, without waiting for the dead session to expire.
+        config.set("group.instance.id", id);
     }
     let consumer: Arc<StreamConsumer<KafkaContext>> = match config
         .create_with_context(KafkaContext { rt: rt.clone() })
