@@ -36,7 +36,9 @@ pub async fn serve_http(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
                     tracing::warn!(error = %e, "Dapr HTTP API: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -51,6 +53,9 @@ pub async fn serve_http(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                // A client that never finishes its request head is dropped.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
