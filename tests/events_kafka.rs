@@ -247,3 +247,62 @@ fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership(
         });
     });
 }
+
+/// Successful deliveries this replica made, from its metrics.
+fn delivered(gate: &Fngate) -> f64 {
+    gate.metrics()
+        .lines()
+        .filter(|l| l.starts_with("fngate_events_total{") && l.contains("outcome=\"success\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start_with_storage("sqlite://tansu.db", store.path());
+    let topic = unique("shared");
+    kafka.create_topic(&topic, 4);
+    let app = DaprApp::start("grpc", "", &format!("sps:{topic}:/orders"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component("sps", "pubsub.kafka", &kafka.brokers, ""),
+            dapr_function_yaml("shared", "sps", Some(&topic), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "shared", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let total = 2000;
+    let (id_a, id_b) = (
+        "events:\n  kafka_instance_id: replica-a\n",
+        "events:\n  kafka_instance_id: replica-b\n",
+    );
+    let a = Fngate::start_with(dir.path(), id_a);
+    let b = Fngate::start_with(dir.path(), id_b);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            for i in 0..total {
+                kafka.produce(&topic, &format!("k{}", i % 16), &format!("m{i}"), &[]);
+                if i % 100 == 99 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        });
+        // Both replicas deliver: the group split the partitions between them.
+        a.wait_until(
+            || delivered(&a) > 0.0 && delivered(&b) > 0.0,
+            "both replicas delivering",
+        );
+        a.kill_hard();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _a = Fngate::start_with(dir.path(), id_a);
+        producer.join().unwrap();
+        app.wait_for("every event with one replica restarted", |e| {
+            accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
+        });
+    });
+    drop(b);
+}
