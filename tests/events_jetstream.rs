@@ -646,3 +646,46 @@ fn bulk_subscribers_get_batches_and_each_entry_settles_on_its_own() {
         );
     }
 }
+
+#[test]
+fn two_replicas_share_a_durable_consumer_keep_order_and_lose_nothing_when_one_dies() {
+    let id = unique("r");
+    let stream = format!("FNG_{id}");
+    let subject = format!("{id}.feed");
+    let broker = Broker::with_stream(&stream, &id);
+    let app = DaprApp::start("grpc", "", &format!("ps:{subject}"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component("ps", ""),
+            dapr_function_yaml("feed", "ps", Some(&subject), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "feed", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let total = 400;
+    for i in 0..total {
+        broker.publish(&subject, &format!("e{i}"), &[]);
+    }
+    // Both replicas pull from the same durable consumer (`<app-id>-<subject>`).
+    let a = Fngate::start(dir.path());
+    let _b = Fngate::start(dir.path());
+    app.wait_for("some events", |e| e.len() >= 40);
+    a.kill_hard();
+    let events = app.wait_for("every event from the surviving replica", |e| {
+        let distinct: std::collections::HashSet<_> = accepted_data(e).into_iter().collect();
+        distinct.len() == total
+    });
+    // One event in flight per subject across replicas: first deliveries in publish order.
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in accepted_data(&events) {
+        if seen.insert(d.clone()) {
+            firsts.push(d);
+        }
+    }
+    let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    assert_eq!(firsts, expected);
+}
