@@ -128,19 +128,7 @@ impl Gate {
     }
 
     fn client(&self) -> DaprClient<Channel> {
-        let url = format!("http://127.0.0.1:{}", self.grpc);
-        self.rt.block_on(async {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match DaprClient::connect(url.clone()).await {
-                    Ok(c) => return c,
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "gRPC API not listening: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        })
+        dapr_client(&self.rt, self.grpc)
     }
 
     fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
@@ -150,13 +138,6 @@ impl Gate {
         }
         request(self.http, method, "", path, &headers, body).expect("HTTP API answers")
     }
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("dapr-api-token", token.parse().unwrap());
-    r
 }
 
 fn item(key: &str, value: &[u8]) -> common_v1::StateItem {
@@ -174,12 +155,36 @@ fn save(key: &str, value: &[u8]) -> rt::SaveStateRequest {
     }
 }
 
+fn delete_with_etag(key: &str, etag: &str) -> rt::DeleteStateRequest {
+    rt::DeleteStateRequest {
+        store_name: "cart".into(),
+        key: key.into(),
+        etag: Some(common_v1::Etag { value: etag.into() }),
+        ..Default::default()
+    }
+}
+
 fn get(key: &str) -> rt::GetStateRequest {
     rt::GetStateRequest {
         store_name: "cart".into(),
         key: key.into(),
         ..Default::default()
     }
+}
+
+/// The orders app reads a key of its store `cart`.
+async fn read(c: &mut DaprClient<Channel>, key: &str) -> rt::GetStateResponse {
+    c.get_state(with_token(get(key), "tok-orders"))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The orders app writes a key of its store `cart` (raw bytes, no ETag).
+async fn write(c: &mut DaprClient<Channel>, key: &str, value: &[u8]) {
+    c.save_state(with_token(save(key, value), "tok-orders"))
+        .await
+        .unwrap();
 }
 
 /// ErrorInfo.reason from `grpc-status-details-bin`, checking (as the Python SDK does)
@@ -225,22 +230,14 @@ fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
     let gate = Gate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
-        c.save_state(with_token(save("k", b"hello"), "tok-orders"))
-            .await
-            .unwrap();
-        let got = c
-            .get_state(with_token(get("k"), "tok-orders"))
-            .await
-            .unwrap()
-            .into_inner();
+        write(&mut c, "k", b"hello").await;
+        let got = read(&mut c, "k").await;
         assert_eq!(
             (got.data.as_slice(), got.etag.as_str()),
             (&b"hello"[..], "1")
         );
 
-        c.save_state(with_token(save("k", b"hello again"), "tok-orders"))
-            .await
-            .unwrap();
+        write(&mut c, "k", b"hello again").await;
         // Dapr's layout: a hash under <app-id>||<key>, raw bytes, the version as ETag.
         let h = redis.hash("orders-shop||k");
         assert_eq!(h["data"], b"hello again");
@@ -294,35 +291,15 @@ fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
 
         // Delete: a wrong ETag is refused, the right one deletes, a missing key is empty.
         let e = c
-            .delete_state(with_token(
-                rt::DeleteStateRequest {
-                    store_name: "cart".into(),
-                    key: "k".into(),
-                    etag: Some(common_v1::Etag { value: "9".into() }),
-                    ..Default::default()
-                },
-                "tok-orders",
-            ))
+            .delete_state(with_token(delete_with_etag("k", "9"), "tok-orders"))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Aborted);
         assert_eq!(reason(&e), "ERR_STATE_DELETE");
-        c.delete_state(with_token(
-            rt::DeleteStateRequest {
-                store_name: "cart".into(),
-                key: "k".into(),
-                etag: Some(common_v1::Etag { value: "2".into() }),
-                ..Default::default()
-            },
-            "tok-orders",
-        ))
-        .await
-        .unwrap();
-        let got = c
-            .get_state(with_token(get("k"), "tok-orders"))
+        c.delete_state(with_token(delete_with_etag("k", "2"), "tok-orders"))
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
+        let got = read(&mut c, "k").await;
         assert!(got.data.is_empty() && got.etag.is_empty());
         assert!(redis.hash("orders-shop||k").is_empty());
 
@@ -371,11 +348,7 @@ fn data_written_by_daprd_is_read_with_its_etag_and_fngates_writes_continue_its_v
         .query(&mut con)
         .unwrap();
     gate.rt.block_on(async {
-        let got = c
-            .get_state(with_token(get("legacy"), "tok-orders"))
-            .await
-            .unwrap()
-            .into_inner();
+        let got = read(&mut c, "legacy").await;
         assert_eq!(got.data, br#"{"qty":3}"#);
         assert_eq!(got.etag, "7");
         let mut next = save("legacy", br#"{"qty":4}"#);
@@ -383,19 +356,13 @@ fn data_written_by_daprd_is_read_with_its_etag_and_fngates_writes_continue_its_v
         c.save_state(with_token(next, "tok-orders")).await.unwrap();
         assert_eq!(redis.hash("orders-shop||legacy")["version"], b"8");
 
-        let plain = c
-            .get_state(with_token(get("plain"), "tok-orders"))
-            .await
-            .unwrap()
-            .into_inner();
+        let plain = read(&mut c, "plain").await;
         assert_eq!(
             (plain.data.as_slice(), plain.etag.as_str()),
             (&b"raw"[..], "")
         );
         // Writing over it replaces it with Dapr's hash.
-        c.save_state(with_token(save("plain", b"now a hash"), "tok-orders"))
-            .await
-            .unwrap();
+        write(&mut c, "plain", b"now a hash").await;
         assert_eq!(redis.hash("orders-shop||plain")["version"], b"1");
     });
 }
@@ -518,11 +485,7 @@ fn bulk_ttl_and_transactions_over_grpc() {
         assert_eq!(ttl, 1);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let got = c
-                .get_state(with_token(get("ttl"), "tok-orders"))
-                .await
-                .unwrap()
-                .into_inner();
+            let got = read(&mut c, "ttl").await;
             if got.data.is_empty() {
                 break;
             }
@@ -736,9 +699,7 @@ fn a_store_restarted_mid_run_gives_errors_while_down_and_serves_again_after() {
     let gate = Gate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
-        c.save_state(with_token(save("before", b"kept"), "tok-orders"))
-            .await
-            .unwrap();
+        write(&mut c, "before", b"kept").await;
     });
     redis.stop();
     gate.rt.block_on(async {
@@ -767,11 +728,7 @@ fn a_store_restarted_mid_run_gives_errors_while_down_and_serves_again_after() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let before = c
-            .get_state(with_token(get("before"), "tok-orders"))
-            .await
-            .unwrap()
-            .into_inner();
+        let before = read(&mut c, "before").await;
         assert_eq!(
             (before.data.as_slice(), before.etag.as_str()),
             (&b"kept"[..], "1")

@@ -7,15 +7,10 @@ mod common;
 use common::kafka::{Kafka, Record};
 use common::*;
 use dapr::dapr::proto::runtime::v1 as rt;
-use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 fn with_token<T>(message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("dapr-api-token", "tok-pub".parse().unwrap());
-    r
+    common::with_token(message, "tok-pub")
 }
 
 fn header<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
@@ -74,16 +69,7 @@ spec:
         "",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut c = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match DaprClient::connect(format!("http://127.0.0.1:{grpc}")).await {
-                Ok(c) => return c,
-                Err(e) => assert!(Instant::now() < deadline, "{e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let mut c = dapr_client(&rt, grpc);
     // 15 events on five keys, JSON, with a cloudevent override and a TTL.
     rt.block_on(async {
         for i in 0..15 {

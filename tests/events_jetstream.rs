@@ -297,12 +297,19 @@ fn http_app_at_zero_gets_its_backlog_once_an_endpoint_is_ready_and_a_removed_tri
     assert_eq!(accepted_data(&events)[3], "job 4");
 }
 
-#[test]
-fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
-    let id = unique("k");
-    let stream = format!("FNG_{id}");
+/// A stream of its own, a gRPC app subscribed to `<id>.feed` as Function `feed`, and the
+/// catalog that says so.
+struct Feed {
+    broker: Broker,
+    subject: String,
+    app: DaprApp,
+    dir: tempfile::TempDir,
+}
+
+fn feed(prefix: &str) -> Feed {
+    let id = unique(prefix);
+    let broker = Broker::with_stream(&format!("FNG_{id}"), &id);
     let subject = format!("{id}.feed");
-    let broker = Broker::with_stream(&stream, &id);
     let app = DaprApp::start("grpc", "", &format!("ps:{subject}"));
     let dir = tempfile::tempdir().unwrap();
     write_atomically(
@@ -315,6 +322,31 @@ fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
         ]
         .join("---\n"),
     );
+    Feed {
+        broker,
+        subject,
+        app,
+        dir,
+    }
+}
+
+/// The accepted events' data, each at its first delivery only.
+fn first_deliveries(events: &[serde_json::Value]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    accepted_data(events)
+        .into_iter()
+        .filter(|d| seen.insert(d.clone()))
+        .collect()
+}
+
+#[test]
+fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
+    let Feed {
+        broker,
+        subject,
+        app,
+        dir,
+    } = feed("k");
     let total = 300;
     for i in 0..total {
         broker.publish(&subject, &format!("e{i}"), &[]);
@@ -333,15 +365,8 @@ fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
         distinct.len() == total
     });
     // Order holds across the restart: first deliveries come in publish order.
-    let mut firsts = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for d in accepted_data(&events) {
-        if seen.insert(d.clone()) {
-            firsts.push(d);
-        }
-    }
     let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
-    assert_eq!(firsts, expected);
+    assert_eq!(first_deliveries(&events), expected);
 }
 
 /// A NATS server of the test's own (port and store), so it can be restarted.
@@ -649,22 +674,12 @@ fn bulk_subscribers_get_batches_and_each_entry_settles_on_its_own() {
 
 #[test]
 fn two_replicas_share_a_durable_consumer_keep_order_and_lose_nothing_when_one_dies() {
-    let id = unique("r");
-    let stream = format!("FNG_{id}");
-    let subject = format!("{id}.feed");
-    let broker = Broker::with_stream(&stream, &id);
-    let app = DaprApp::start("grpc", "", &format!("ps:{subject}"));
-    let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            component("ps", ""),
-            dapr_function_yaml("feed", "ps", Some(&subject), "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "feed", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    let Feed {
+        broker,
+        subject,
+        app,
+        dir,
+    } = feed("r");
     let total = 400;
     for i in 0..total {
         broker.publish(&subject, &format!("e{i}"), &[]);
@@ -679,13 +694,6 @@ fn two_replicas_share_a_durable_consumer_keep_order_and_lose_nothing_when_one_di
         distinct.len() == total
     });
     // One event in flight per subject across replicas: first deliveries in publish order.
-    let mut firsts = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for d in accepted_data(&events) {
-        if seen.insert(d.clone()) {
-            firsts.push(d);
-        }
-    }
     let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
-    assert_eq!(firsts, expected);
+    assert_eq!(first_deliveries(&events), expected);
 }

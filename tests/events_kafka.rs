@@ -203,13 +203,22 @@ fn a_broker_restart_loses_nothing() {
     }
 }
 
-#[test]
-fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership() {
-    // SQLite storage: tansu's memory store does not resume a group from a committed offset.
+/// A pub/sub Function `function` subscribed over gRPC to a fresh topic of `partitions`, on a
+/// broker with SQLite storage: tansu's memory store does not resume a group from a
+/// committed offset, and these tests restart consumers.
+struct Restartable {
+    _store: tempfile::TempDir,
+    kafka: Kafka,
+    topic: String,
+    app: DaprApp,
+    dir: tempfile::TempDir,
+}
+
+fn restartable(function: &str, partitions: u32) -> Restartable {
     let store = tempfile::tempdir().unwrap();
     let kafka = Kafka::start_with_storage("sqlite://tansu.db", store.path());
-    let topic = unique("static");
-    kafka.create_topic(&topic, 3);
+    let topic = unique(function);
+    kafka.create_topic(&topic, partitions);
     let app = DaprApp::start("grpc", "", &format!("sps:{topic}:/orders"));
     let dir = tempfile::tempdir().unwrap();
     write_atomically(
@@ -217,23 +226,45 @@ fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership(
         "fn.yaml",
         &[
             component("sps", "pubsub.kafka", &kafka.brokers, ""),
-            dapr_function_yaml("statics", "sps", Some(&topic), "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "statics", &[app.addr], true),
+            dapr_function_yaml(function, "sps", Some(&topic), "grpc", app.addr.port(), ""),
+            endpoint_slice("default", function, &[app.addr], true),
         ]
         .join("---\n"),
     );
+    Restartable {
+        _store: store,
+        kafka,
+        topic,
+        app,
+        dir,
+    }
+}
+
+/// `total` events on `keys` keys, paced so they keep arriving while replicas come and go.
+fn produce_paced(kafka: &Kafka, topic: &str, total: usize, keys: usize) {
+    for i in 0..total {
+        kafka.produce(topic, &format!("k{}", i % keys), &format!("e{i}"), &[]);
+        if i % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership() {
+    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
+    let Restartable {
+        _store,
+        kafka,
+        topic,
+        app,
+        dir,
+    } = restartable("statics", 3);
     let total = 3000;
     let identity = "events:\n  kafka_instance_id: replica-a\n";
     std::thread::scope(|scope| {
         // Events keep arriving while the replica dies and comes back.
-        let producer = scope.spawn(|| {
-            for i in 0..total {
-                kafka.produce(&topic, &format!("k{}", i % 12), &format!("s{i}"), &[]);
-                if i % 100 == 99 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-        });
+        let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 12));
         let gate = Fngate::start_with(dir.path(), identity);
         app.wait_for("some events", |e| e.len() >= 60);
         // A container restart: killed, and the same replica back half a second later,
@@ -259,22 +290,14 @@ fn delivered(gate: &Fngate) -> f64 {
 
 #[test]
 fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
-    let store = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start_with_storage("sqlite://tansu.db", store.path());
-    let topic = unique("shared");
-    kafka.create_topic(&topic, 4);
-    let app = DaprApp::start("grpc", "", &format!("sps:{topic}:/orders"));
-    let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            component("sps", "pubsub.kafka", &kafka.brokers, ""),
-            dapr_function_yaml("shared", "sps", Some(&topic), "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "shared", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
+    let Restartable {
+        _store,
+        kafka,
+        topic,
+        app,
+        dir,
+    } = restartable("shared", 4);
     let total = 2000;
     let (id_a, id_b) = (
         "events:\n  kafka_instance_id: replica-a\n",
@@ -283,14 +306,7 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
     let a = Fngate::start_with(dir.path(), id_a);
     let b = Fngate::start_with(dir.path(), id_b);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| {
-            for i in 0..total {
-                kafka.produce(&topic, &format!("k{}", i % 16), &format!("m{i}"), &[]);
-                if i % 100 == 99 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-        });
+        let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 16));
         // Both replicas deliver: the group split the partitions between them.
         a.wait_until(
             || delivered(&a) > 0.0 && delivered(&b) > 0.0,

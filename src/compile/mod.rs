@@ -15,7 +15,7 @@ pub use route::HOLD_TIMEOUT_ANNOTATION;
 pub use runtime::API_TOKEN_ANNOTATION;
 pub use triggers::{EventDefaults, CONCURRENCY_ANNOTATION, MAX_ATTEMPTS_ANNOTATION};
 
-use crate::api::{Diagnostic, ObjectKey, ObjectKind, ParsedObject};
+use crate::api::{Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject};
 use crate::plan::{CompiledFunction, Plan};
 use crate::routing::{EntrySet, RouteTable};
 use sha2::{Digest, Sha256};
@@ -90,16 +90,7 @@ pub fn compile_hashed(
     let mut functions: BTreeMap<ObjectKey, Arc<CompiledFunction>> = BTreeMap::new();
     let (mut removed, mut added): (Vec<EntrySet>, Vec<EntrySet>) = (Vec::new(), Vec::new());
 
-    for (key, entry) in snapshot
-        .objects
-        .range(ObjectKey::new(ObjectKind::Function, "", "")..)
-    {
-        if key.kind != ObjectKind::Function {
-            break;
-        }
-        let ParsedObject::Function(function) = &*entry.object else {
-            continue;
-        };
+    for (key, entry, function) in snapshot.functions() {
         let Some(_) = function.http_trigger() else {
             continue;
         };
@@ -204,6 +195,17 @@ fn gateway_fingerprint(snapshot: &Snapshot, settings: &CompileSettings) -> u64 {
 }
 
 impl Snapshot {
+    /// Every Function, in key order (the `Function` range of the sorted object map).
+    pub fn functions(&self) -> impl Iterator<Item = (&ObjectKey, &CatalogEntry, &Function)> {
+        self.objects
+            .range(ObjectKey::new(ObjectKind::Function, "", "")..)
+            .take_while(|(key, _)| key.kind == ObjectKind::Function)
+            .filter_map(|(key, entry)| match &*entry.object {
+                ParsedObject::Function(f) => Some((key, entry, &**f)),
+                _ => None,
+            })
+    }
+
     /// Hash of every object's identity and version (hex); equal means same content.
     pub fn content_hash(&self) -> String {
         let mut h = Sha256::new();

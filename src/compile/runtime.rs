@@ -54,16 +54,7 @@ pub(super) fn build(
     let mut shared_tokens: Vec<ApiToken> = Vec::new();
     let mut built: Vec<DaprApp> = Vec::new();
     let mut interned = Interned::default();
-    for (key, entry) in snapshot
-        .objects
-        .range(ObjectKey::new(ObjectKind::Function, "", "")..)
-    {
-        if key.kind != ObjectKind::Function {
-            break;
-        }
-        let ParsedObject::Function(function) = &*entry.object else {
-            continue;
-        };
+    for (key, entry, function) in snapshot.functions() {
         let Some(serving) = function.spec.serving.as_ref() else {
             continue;
         };
@@ -82,37 +73,7 @@ pub(super) fn build(
             function_file: entry.file.as_ref(),
             failed: false,
         };
-        let token = match token_secret {
-            None => {
-                report.on_function(
-                    Diagnostic::warning(format!(
-                        "the function has Dapr states or outputs but no {API_TOKEN_ANNOTATION} annotation; it cannot call fngate's Dapr API"
-                    ))
-                    .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
-                );
-                None
-            }
-            Some(secret) => match secret_value(snapshot, namespace, secret, "token") {
-                Ok(t) if !t.is_empty() => Some(ApiToken::new(&t)),
-                Ok(_) | Err(_) => {
-                    let message = match secret_value(snapshot, namespace, secret, "token") {
-                        Err(m) => m,
-                        Ok(_) => format!("Secret {namespace}/{secret} has an empty token"),
-                    };
-                    let kept = before.and_then(|b| b.token.clone());
-                    let message = if kept.is_some() {
-                        format!("{message}; still accepting the last good token")
-                    } else {
-                        format!("{message}; the function cannot call fngate's Dapr API")
-                    };
-                    report.on_function(
-                        Diagnostic::error(message)
-                            .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
-                    );
-                    kept
-                }
-            },
-        };
+        let token = app_token(snapshot, namespace, token_secret, before, &mut report);
         if let Some(t) = &token {
             match token_owner.get(t) {
                 Some(other) => {
@@ -120,7 +81,7 @@ pub(super) fn build(
                         Diagnostic::error(format!(
                             "its API token is also the token of app {other:?}; a token must name one app, so neither may call fngate's Dapr API"
                         ))
-                        .at_field(format!("spec.serving.annotations[{API_TOKEN_ANNOTATION}]")),
+                        .at_field(TOKEN_FIELD),
                     );
                     shared_tokens.push(t.clone());
                 }
@@ -193,6 +154,42 @@ pub(super) fn build(
         apps.insert(app);
     }
     apps
+}
+
+const TOKEN_FIELD: &str = "spec.serving.annotations[dapr.io/api-token-secret]";
+
+/// The app's API token from the Secret its annotation names; a missing or empty one is
+/// reported, and the last good token (if any) kept.
+fn app_token(
+    snapshot: &Snapshot,
+    namespace: &str,
+    secret: Option<&String>,
+    before: Option<&Arc<DaprApp>>,
+    report: &mut Report<'_>,
+) -> Option<ApiToken> {
+    let Some(secret) = secret else {
+        report.on_function(
+            Diagnostic::warning(format!(
+                "the function has Dapr states or outputs but no {API_TOKEN_ANNOTATION} annotation; it cannot call fngate's Dapr API"
+            ))
+            .at_field(TOKEN_FIELD),
+        );
+        return None;
+    };
+    let problem = match secret_value(snapshot, namespace, secret, "token") {
+        Ok(t) if !t.is_empty() => return Some(ApiToken::new(&t)),
+        Ok(_) => format!("Secret {namespace}/{secret} has an empty token"),
+        Err(m) => m,
+    };
+    let kept = before.and_then(|b| b.token.clone());
+    let consequence = if kept.is_some() {
+        "still accepting the last good token"
+    } else {
+        "the function cannot call fngate's Dapr API"
+    };
+    report
+        .on_function(Diagnostic::error(format!("{problem}; {consequence}")).at_field(TOKEN_FIELD));
+    kept
 }
 
 /// One `Arc` per distinct compiled component: a thousand Functions with the same inline

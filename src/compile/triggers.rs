@@ -91,14 +91,7 @@ pub(super) fn build(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> TriggerSet {
     let mut set = TriggerSet::default();
-    let start = ObjectKey::new(ObjectKind::Function, "", "");
-    for (key, entry) in snapshot.objects.range(start..) {
-        if key.kind != ObjectKind::Function {
-            break;
-        }
-        let ParsedObject::Function(function) = &*entry.object else {
-            continue;
-        };
+    for (key, entry, function) in snapshot.functions() {
         let Some(triggers) = function
             .spec
             .serving

@@ -33,13 +33,7 @@ pub(crate) struct Envelope {
 pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudEvent> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new(); // name -> JSON text
     let meta = |name: &str| super::metadata_value(input.metadata, name);
-    let media = input
-        .content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let media = media_type(input.content_type);
     let now = rfc3339(input.now);
     if media == "application/cloudevents+json" {
         // The caller's event, completed: no id added, topic and pubsubname overwritten.
@@ -167,6 +161,17 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudE
     }
     out.push(b'}');
     Ok(Envelope { bytes: out, id })
+}
+
+/// A content type's media type: parameters dropped, lower case (`Application/JSON;
+/// charset=utf-8` -> `application/json`).
+pub(crate) fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// `ttlInSeconds` as daprd reads it: integer seconds, or a Go duration (`30s`, `1m`).

@@ -22,6 +22,39 @@ use tonic::{Code, Request, Response, Status};
 
 const SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
 
+/// The methods fngate answers; every other one is `Unimplemented`.
+#[derive(Clone, Copy)]
+enum Method {
+    GetState,
+    GetBulkState,
+    SaveState,
+    DeleteState,
+    DeleteBulkState,
+    ExecuteStateTransaction,
+    PublishEvent,
+    BulkPublishEvent,
+    InvokeBinding,
+    GetMetadata,
+}
+
+impl Method {
+    fn named(name: &str) -> Option<Method> {
+        Some(match name {
+            "GetState" => Method::GetState,
+            "GetBulkState" => Method::GetBulkState,
+            "SaveState" => Method::SaveState,
+            "DeleteState" => Method::DeleteState,
+            "DeleteBulkState" => Method::DeleteBulkState,
+            "ExecuteStateTransaction" => Method::ExecuteStateTransaction,
+            "PublishEvent" => Method::PublishEvent,
+            "BulkPublishEvent" | "BulkPublishEventAlpha1" => Method::BulkPublishEvent,
+            "InvokeBinding" => Method::InvokeBinding,
+            "GetMetadata" => Method::GetMetadata,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct DaprGrpc {
     api: Arc<DaprApi>,
@@ -66,13 +99,15 @@ where
         Ok(app) => app,
         Err(e) => return e.to_status().into_http(),
     };
-    let method = req
+    let name = req
         .uri()
         .path()
         .strip_prefix("/dapr.proto.runtime.v1.Dapr/")
-        .unwrap_or_default()
-        .to_owned();
-    let authority = req.uri().authority().map(|a| a.to_string());
+        .unwrap_or_default();
+    // Resolved before `req` moves into the handler: no copy of the name per call.
+    let Some(method) = Method::named(name) else {
+        return Status::unimplemented(format!("method {name} is not served by fngate")).into_http();
+    };
     macro_rules! unary {
         (|$r:ident: $req:ty| $body:expr) => {{
             let (api, app) = (api.clone(), app.clone());
@@ -83,8 +118,8 @@ where
             .await
         }};
     }
-    match method.as_str() {
-        "GetState" => unary!(|r: rt::GetStateRequest| {
+    match method {
+        Method::GetState => unary!(|r: rt::GetStateRequest| {
             let r = r.into_inner();
             let consistency = consistency_name(r.consistency);
             let item = api
@@ -98,7 +133,7 @@ where
                 metadata: item.metadata.into_iter().collect(),
             }))
         }),
-        "GetBulkState" => unary!(|r: rt::GetBulkStateRequest| {
+        Method::GetBulkState => unary!(|r: rt::GetBulkStateRequest| {
             let r = r.into_inner();
             let items = api
                 .get_bulk_state(&app, &r.store_name, r.keys, r.parallelism.max(0) as usize)
@@ -127,7 +162,7 @@ where
                     .collect(),
             }))
         }),
-        "SaveState" => unary!(|r: rt::SaveStateRequest| {
+        Method::SaveState => unary!(|r: rt::SaveStateRequest| {
             let r = r.into_inner();
             let mut items = Vec::with_capacity(r.states.len());
             for s in r.states {
@@ -147,7 +182,7 @@ where
                 .map_err(|e| e.to_status())?;
             Ok(Response::new(()))
         }),
-        "DeleteState" => unary!(|r: rt::DeleteStateRequest| {
+        Method::DeleteState => unary!(|r: rt::DeleteStateRequest| {
             let r = r.into_inner();
             let (concurrency, consistency) = options(r.options.as_ref());
             let item = StateItem {
@@ -163,7 +198,7 @@ where
                 .map_err(|e| e.to_status())?;
             Ok(Response::new(()))
         }),
-        "DeleteBulkState" => unary!(|r: rt::DeleteBulkStateRequest| {
+        Method::DeleteBulkState => unary!(|r: rt::DeleteBulkStateRequest| {
             let r = r.into_inner();
             let items = r.states.into_iter().map(raw_item).collect();
             api.delete_bulk_state(&app, &r.store_name, items)
@@ -171,7 +206,7 @@ where
                 .map_err(|e| e.to_status())?;
             Ok(Response::new(()))
         }),
-        "ExecuteStateTransaction" => unary!(|r: rt::ExecuteStateTransactionRequest| {
+        Method::ExecuteStateTransaction => unary!(|r: rt::ExecuteStateTransactionRequest| {
             let r = r.into_inner();
             // Values are raw bytes here, whatever contentType says (as daprd).
             let ops = r
@@ -189,7 +224,7 @@ where
                 .map_err(|e| e.to_status())?;
             Ok(Response::new(()))
         }),
-        "PublishEvent" => unary!(|r: rt::PublishEventRequest| {
+        Method::PublishEvent => unary!(|r: rt::PublishEventRequest| {
             let (traceparent, tracestate) = trace_context(r.metadata());
             let r = r.into_inner();
             api.publish(
@@ -209,7 +244,7 @@ where
             .map_err(|e| e.to_status())?;
             Ok(Response::new(()))
         }),
-        "BulkPublishEvent" | "BulkPublishEventAlpha1" => unary!(|r: rt::BulkPublishRequest| {
+        Method::BulkPublishEvent => unary!(|r: rt::BulkPublishRequest| {
             let r = r.into_inner();
             let entries = r
                 .entries
@@ -239,8 +274,8 @@ where
                     .collect(),
             }))
         }),
-        "InvokeBinding" => {
-            let authority = authority.clone();
+        Method::InvokeBinding => {
+            let authority = req.uri().authority().map(|a| a.to_string());
             unary!(|r: rt::InvokeBindingRequest| {
                 let mut metadata: Vec<(String, String)> = Vec::new();
                 let headers = binding_headers(r.metadata(), authority.as_deref());
@@ -272,7 +307,7 @@ where
                 Ok(response)
             })
         }
-        "GetMetadata" => unary!(|_r: rt::GetMetadataRequest| {
+        Method::GetMetadata => unary!(|_r: rt::GetMetadataRequest| {
             Ok(Response::new(rt::GetMetadataResponse {
                 id: app.app_id.clone(),
                 runtime_version: super::RUNTIME_VERSION.into(),
@@ -291,9 +326,6 @@ where
                 ..Default::default()
             }))
         }),
-        other => {
-            Status::unimplemented(format!("method {other} is not served by fngate")).into_http()
-        }
     }
 }
 

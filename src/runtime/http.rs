@@ -569,13 +569,7 @@ async fn bulk_publish(
     };
     let mut converted = Vec::with_capacity(entries.len());
     for e in entries {
-        let media = e
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let media = super::cloudevent::media_type(&e.content_type);
         let event = match (media.as_str(), &e.event) {
             ("application/octet-stream", Value::String(s)) => {
                 match base64::engine::general_purpose::STANDARD.decode(s) {

@@ -94,9 +94,10 @@ impl DaprApi {
                 name.to_owned(),
                 s.kind.clone(),
                 s.version.clone(),
-                ["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE"]
-                    .map(String::from)
-                    .to_vec(),
+                state::features(&s.backend)
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
             ));
         }
         for (name, p) in app.pubsubs.iter() {
@@ -130,7 +131,8 @@ pub(crate) struct CallTimer<'a> {
     api: &'a DaprApi,
     namespace: &'a str,
     block: &'static str,
-    component: OnceLock<String>,
+    /// Borrowed from the app's plan: naming the component costs no allocation.
+    component: OnceLock<&'a str>,
     start: Instant,
 }
 
@@ -146,8 +148,8 @@ impl<'a> CallTimer<'a> {
     }
 
     /// Only components the app may use become labels (a caller's made-up name never does).
-    pub(crate) fn component(&self, name: &str) {
-        let _ = self.component.set(name.to_owned());
+    pub(crate) fn component(&self, name: &'a str) {
+        let _ = self.component.set(name);
     }
 
     pub(crate) fn finish<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {
@@ -155,7 +157,7 @@ impl<'a> CallTimer<'a> {
             Ok(_) => "success",
             Err(e) => e.outcome,
         };
-        let component = self.component.get().map(String::as_str).unwrap_or("");
+        let component = self.component.get().copied().unwrap_or("");
         let m = &self.api.metrics;
         m.dapr_calls
             .with_label_values(&[self.namespace, self.block, component, outcome])

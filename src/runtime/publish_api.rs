@@ -6,7 +6,6 @@ use super::outputs::{http_binding, KafkaRecord};
 use super::{CallTimer, DaprApi};
 use crate::plan::{BindingBackend, BrokerBackend, DaprApp, PubsubComponent};
 use bytes::Bytes;
-use std::sync::Arc;
 use tonic::Code;
 
 /// A publish as both transports decode it.
@@ -58,12 +57,12 @@ fn pubsub_error(
 }
 
 impl DaprApi {
-    fn pubsub(
+    fn pubsub<'a>(
         &self,
-        app: &DaprApp,
+        app: &'a DaprApp,
         name: &str,
         topic: &str,
-    ) -> Result<Arc<PubsubComponent>, ApiError> {
+    ) -> Result<&'a PubsubComponent, ApiError> {
         if name.is_empty() {
             return Err(pubsub_error(
                 Code::InvalidArgument,
@@ -91,7 +90,7 @@ impl DaprApi {
                 format!("topic is empty in pubsub {name}"),
             ));
         }
-        Ok(p.clone())
+        Ok(p)
     }
 
     /// PublishEvent: the CloudEvent envelope (unless `rawPayload`), then the broker.
@@ -99,9 +98,9 @@ impl DaprApi {
         let timer = CallTimer::start(self, app, "publish");
         let result = async {
             let component = self.pubsub(app, &request.pubsub, &request.topic)?;
-            timer.component(&request.pubsub);
+            timer.component(&component.id.name);
             let event = self.event_bytes(app, &request)?;
-            self.send_event(&component, &request.topic, event)
+            self.send_event(component, &request.topic, event)
                 .await
                 .map_err(|e| publish_failed(&request.pubsub, &request.topic, e))
         }
@@ -122,7 +121,7 @@ impl DaprApi {
         let timer = CallTimer::start(self, app, "publish");
         let result = async {
             let component = self.pubsub(app, pubsub, topic)?;
-            timer.component(pubsub);
+            timer.component(&component.id.name);
             let mut seen = std::collections::HashSet::new();
             for e in &entries {
                 if e.entry_id.is_empty() || !seen.insert(e.entry_id.as_str()) {
@@ -159,12 +158,9 @@ impl DaprApi {
             let mut prepared = prepared.into_iter().peekable();
             while prepared.peek().is_some() {
                 let batch: Vec<_> = prepared.by_ref().take(100).collect();
-                let sends = batch.into_iter().map(|(id, event)| {
-                    let component = component.clone();
-                    async move {
-                        let sent = self.send_event(&component, topic, event).await;
-                        (id, sent)
-                    }
+                let sends = batch.into_iter().map(|(id, event)| async move {
+                    let sent = self.send_event(component, topic, event).await;
+                    (id, sent)
                 });
                 results.extend(futures::future::join_all(sends).await);
             }
@@ -316,7 +312,7 @@ impl DaprApi {
             let Some(binding) = app.bindings.get(name) else {
                 return Err(failed(format!("couldn't find output binding {name}")));
             };
-            timer.component(name);
+            timer.component(&binding.id.name);
             let operations = binding.backend.operations();
             if !operations.contains(&operation) {
                 let list: String = operations.iter().map(|o| format!(" {o}")).collect();

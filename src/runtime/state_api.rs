@@ -29,13 +29,18 @@ pub struct BulkItem {
     pub result: Result<Option<StoredItem>, String>,
 }
 
-pub(crate) struct ResolvedStore {
-    pub component: Arc<StateComponent>,
+/// An app's store for one call: the component as the plan has it, and its client.
+pub(crate) struct ResolvedStore<'a> {
+    pub component: &'a StateComponent,
     pub store: Arc<dyn StateStore>,
 }
 
 impl DaprApi {
-    pub(crate) fn state_store(&self, app: &DaprApp, name: &str) -> Result<ResolvedStore, ApiError> {
+    pub(crate) fn state_store<'a>(
+        &self,
+        app: &'a DaprApp,
+        name: &str,
+    ) -> Result<ResolvedStore<'a>, ApiError> {
         let app_info = || vec![("appID".to_owned(), app.app_id.clone())];
         if app.states.is_empty() {
             return Err(ApiError::rich(
@@ -67,18 +72,15 @@ impl DaprApi {
         })?;
         // The gauge shows the outcome of this store's previous call.
         self.clients.observe_store(component, &*store);
-        Ok(ResolvedStore {
-            component: component.clone(),
-            store,
-        })
+        Ok(ResolvedStore { component, store })
     }
 
     /// Resolves the app's store, runs `call` with it, and counts and times the call.
-    async fn state_call<T, Fut>(
-        &self,
-        app: &DaprApp,
+    async fn state_call<'a, T, Fut>(
+        &'a self,
+        app: &'a DaprApp,
         store: &str,
-        call: impl FnOnce(ResolvedStore) -> Fut,
+        call: impl FnOnce(ResolvedStore<'a>) -> Fut,
     ) -> Result<T, ApiError>
     where
         Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -163,12 +165,9 @@ impl DaprApi {
                     Prepared::Store(e) => save_error(store, &e),
                 })?);
             }
-            let results =
-                futures::future::join_all(requests.into_iter().map(|r| s.store.set(r))).await;
-            match results.into_iter().find_map(Result::err) {
-                Some(e) => Err(save_error(store, &e)),
-                None => Ok(()),
-            }
+            first_error(requests.into_iter().map(|r| s.store.set(r)))
+                .await
+                .map_err(|e| save_error(store, &e))
         })
         .await
     }
@@ -201,16 +200,15 @@ impl DaprApi {
             for item in &items {
                 requests.push(delete_request(app, &s.component, item)?);
             }
-            let results =
-                futures::future::join_all(requests.into_iter().map(|r| s.store.delete(r))).await;
-            match results.into_iter().find_map(Result::err) {
-                Some(e) => Err(store_error(
-                    "ERR_STATE_BULK_DELETE",
-                    format!("failed deleting state in state store {store}"),
-                    &e,
-                )),
-                None => Ok(()),
-            }
+            first_error(requests.into_iter().map(|r| s.store.delete(r)))
+                .await
+                .map_err(|e| {
+                    store_error(
+                        "ERR_STATE_BULK_DELETE",
+                        format!("failed deleting state in state store {store}"),
+                        &e,
+                    )
+                })
         })
         .await
     }
@@ -264,6 +262,21 @@ impl DaprApi {
                 .map_err(|e| tx_error(e.to_string()))
         })
         .await
+    }
+}
+
+/// Runs independent store operations in parallel (daprd's bulk save and delete are not
+/// transactions) and reports the first failure.
+async fn first_error(
+    operations: impl Iterator<Item = impl std::future::Future<Output = Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    match futures::future::join_all(operations)
+        .await
+        .into_iter()
+        .find_map(Result::err)
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

@@ -688,3 +688,32 @@ impl Fngate {
             .unwrap_or(0.0)
     }
 }
+
+/// fngate's Dapr gRPC API as a function sees it: the dapr crate's generated client,
+/// connected once the listener answers.
+pub fn dapr_client(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+) -> dapr::dapr::proto::runtime::v1::dapr_client::DaprClient<tonic::transport::Channel> {
+    use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match DaprClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "gRPC API not listening: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A Dapr API request carrying `token` as every Dapr SDK sends it.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("dapr-api-token", token.parse().unwrap());
+    r
+}

@@ -6,6 +6,16 @@ mod redis;
 
 pub use self::redis::RedisStore;
 
+use crate::plan::StateBackend;
+
+/// The Dapr feature names a backend reports, for the metadata API (known without a
+/// client: clients are made on first use).
+pub fn features(backend: &StateBackend) -> &'static [&'static str] {
+    match backend {
+        StateBackend::Redis(_) => self::redis::FEATURES,
+    }
+}
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -80,8 +90,6 @@ pub trait StateStore: Send + Sync {
     async fn delete(&self, request: DeleteRequest) -> Result<(), StoreError>;
     /// Dapr's `Multi`: the store's own transaction semantics.
     async fn transact(&self, ops: Vec<TransactionOp>) -> Result<(), StoreError>;
-    /// Dapr feature names, for the metadata API.
-    fn features(&self) -> &'static [&'static str];
     /// 1 while the last command reached the store.
     fn connected(&self) -> bool;
 }

@@ -11,7 +11,7 @@ use crate::plan::RedisSettings;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
@@ -51,6 +51,9 @@ return redis.error_reply("failed to delete " .. KEYS[1])
 // script missing from the server's cache would fail its command there.
 static SET: LazyLock<Script> = LazyLock::new(|| Script::new(SET_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_LUA));
+
+/// The Dapr features `state.redis` reports (without RedisJSON).
+pub const FEATURES: &[&str] = &["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE"];
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -114,11 +117,7 @@ impl RedisStore {
 }
 
 fn is_unreachable(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(e.kind(), ErrorKind::Io)
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// A script's own refusal (`failed to set key ...`), as opposed to a store failure. Redis
@@ -273,10 +272,6 @@ impl StateStore for RedisStore {
             Err(e) if is_unreachable(&e) => Err(unavailable(e)),
             Err(e) => Err(StoreError::Failed(e.to_string())),
         }
-    }
-
-    fn features(&self) -> &'static [&'static str] {
-        &["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE"]
     }
 
     fn connected(&self) -> bool {
