@@ -6,9 +6,11 @@
 //! Usage: dapr_app --protocol grpc|http [--listen ADDR] [--bindings a,b]
 //!                 [--topics pubsub:topic[:route],...] [--quiet]
 //!                 [--bulk MAX_MESSAGES:MAX_AWAIT_MS [--hold-first-bulk FILE]]
+//!                 [--hold-marked FILE]
 //! `--bulk` subscribes to every topic with Dapr's bulk subscribe (each entry is printed as
 //! its own event, with `bulk` = the batch's size); `--hold-first-bulk` keeps the first
-//! batch unanswered until FILE exists.
+//! batch unanswered until FILE exists; `--hold-marked` keeps every gRPC binding event
+//! whose data contains `held` unanswered until FILE exists.
 //! Prints `listening on ADDR` first. The payload steers the answer: `retry-once` is
 //! answered RETRY the first time its id is seen, `always-retry` always, `drop-me` DROP
 //! (gRPC bindings: UNIMPLEMENTED; HTTP bindings: 404); anything else SUCCESS.
@@ -53,6 +55,8 @@ struct App {
     bulk: Option<(i32, i32)>,
     /// The first batch waits until this file exists.
     hold_first_bulk: Mutex<Option<std::path::PathBuf>>,
+    /// gRPC events whose data contains "held" are answered once this file exists.
+    hold_marked: Option<std::path::PathBuf>,
 }
 
 impl App {
@@ -73,6 +77,18 @@ impl App {
     async fn hold_if_first_batch(&self) {
         let hold = self.hold_first_bulk.lock().unwrap().take();
         if let Some(file) = hold {
+            while !file.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Holds an event marked "held" until the `--hold-marked` file exists.
+    async fn hold_if_marked(&self, data: &[u8]) {
+        let Some(file) = &self.hold_marked else {
+            return;
+        };
+        if String::from_utf8_lossy(data).contains("held") {
             while !file.exists() {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -192,6 +208,7 @@ impl AppCallback for Grpc {
                 )
             })
             .unwrap_or_default();
+        self.0.hold_if_marked(&e.data).await;
         let verdict = self.0.verdict(&id, &e.data);
         self.0.print(
             json!({"protocol": "grpc", "kind": "binding", "name": e.name,
@@ -443,6 +460,7 @@ async fn main() {
             )
         }),
         hold_first_bulk: Mutex::new(arg("--hold-first-bulk").map(Into::into)),
+        hold_marked: arg("--hold-marked").map(Into::into),
     });
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
     let addr = listener.local_addr().unwrap();

@@ -88,6 +88,79 @@ fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() 
 }
 
 #[test]
+fn a_partition_held_by_its_function_does_not_hold_back_the_other_partitions() {
+    let kafka = Kafka::start();
+    let topic = unique("hol");
+    kafka.create_topic(&topic, 3);
+    let release = tempfile::tempdir().unwrap();
+    let release_file = release.path().join("release");
+    let app = DaprApp::start_with(
+        "grpc",
+        "127.0.0.1:0",
+        "kin",
+        "",
+        &["--hold-marked", release_file.to_str().unwrap()],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            component(
+                "kin",
+                "bindings.kafka",
+                &kafka.brokers,
+                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n", unique("g")),
+            ),
+            dapr_function_yaml("ordered", "kin", None, "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "ordered", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    // Partition 0: its first event is held by the function; the rest wait behind it, in
+    // order (one event in flight per partition), far more than a dispatch queue holds.
+    let behind = 200;
+    kafka.produce_to(&topic, 0, "slow", "slow0 held");
+    for i in 1..=behind {
+        kafka.produce_to(&topic, 0, "slow", &format!("slow{i}"));
+    }
+    let gate = Fngate::start(dir.path());
+    gate.wait_until(
+        || gate.metric("fngate_events_in_flight{function=\"ordered\",namespace=\"default\",trigger=\"kin\"}") >= 1.0,
+        "the held event in flight",
+    );
+    // Fetched behind partition 0's backlog, the other partitions still flow.
+    let fast = 50;
+    for i in 0..fast {
+        kafka.produce_to(&topic, 1, "a", &format!("fast-a{i}"));
+        kafka.produce_to(&topic, 2, "b", &format!("fast-b{i}"));
+    }
+    let events = app.wait_for("partitions 1 and 2 while partition 0 is held", |e| {
+        accepted_data(e)
+            .iter()
+            .filter(|d| d.starts_with("fast"))
+            .count()
+            == 2 * fast
+    });
+    assert!(
+        accepted_data(&events).iter().all(|d| d.starts_with("fast")),
+        "nothing of partition 0 passed its held event"
+    );
+    std::fs::write(&release_file, "").unwrap();
+    let events = app.wait_for("partition 0 once released", |e| {
+        accepted_data(e).len() == 2 * fast + behind + 1
+    });
+    let slow: Vec<String> = accepted_data(&events)
+        .into_iter()
+        .filter(|d| d.starts_with("slow"))
+        .collect();
+    let expected: Vec<String> = std::iter::once("slow0 held".to_owned())
+        .chain((1..=behind).map(|i| format!("slow{i}")))
+        .collect();
+    assert_eq!(slow, expected, "partition 0 in order");
+}
+
+#[test]
 fn pubsub_over_http_dead_letters_a_drop_and_survives_sigkill_without_losing_an_event() {
     let kafka = Kafka::start();
     let topic = unique("orders");
@@ -185,7 +258,12 @@ fn a_broker_restart_loses_nothing() {
     let events = app.wait_for("the second batch", |e| {
         accepted_data(e).into_iter().collect::<HashSet<_>>().len() == 100
     });
-    // Per key (so per partition), first deliveries keep the produce order.
+    assert_first_deliveries_in_produce_order_per_key(&events);
+}
+
+/// Per key (so per partition), first deliveries keep the produce order; payloads are a
+/// letter and the produce sequence number.
+fn assert_first_deliveries_in_produce_order_per_key(events: &[serde_json::Value]) {
     let mut firsts: HashMap<String, Vec<usize>> = HashMap::new();
     let mut seen = HashSet::new();
     for e in events.iter().filter(|e| e["answer"] == "SUCCESS") {
@@ -321,4 +399,65 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
         });
     });
     drop(b);
+}
+
+#[test]
+fn replicas_added_and_removed_mid_stream_share_the_topic_and_lose_nothing() {
+    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
+    let Restartable {
+        _store,
+        kafka,
+        topic,
+        app,
+        dir,
+    } = restartable("fleet", 6);
+    let identity = |n: &str| format!("events:\n  kafka_instance_id: replica-{n}\n");
+    let a = Fngate::start_with(dir.path(), &identity("a"));
+    let b = Fngate::start_with(dir.path(), &identity("b"));
+    let producing = std::sync::atomic::AtomicBool::new(true);
+    let total = std::thread::scope(|scope| {
+        // Events keep coming, a paced stream on 24 keys, until the fleet changes are done.
+        let producer = scope.spawn(|| {
+            let mut i = 0;
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                kafka.produce(&topic, &format!("k{}", i % 24), &format!("e{i}"), &[]);
+                i += 1;
+                if i % 100 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            i
+        });
+        a.wait_until(
+            || delivered(&a) > 0.0 && delivered(&b) > 0.0,
+            "two replicas delivering",
+        );
+        // Scaled out: a third replica joins and gets partitions of its own.
+        let c = Fngate::start_with(dir.path(), &identity("c"));
+        c.wait_until(|| delivered(&c) > 0.0, "the added replica delivering");
+        let (a_before, c_before) = (delivered(&a), delivered(&c));
+        // Scaled in: b is stopped for good; a and c take its partitions.
+        b.stop_gracefully();
+        a.wait_until(
+            || delivered(&a) > a_before + 200.0 && delivered(&c) > c_before + 200.0,
+            "the remaining replicas delivering after the removal",
+        );
+        producing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let total = producer.join().unwrap();
+        app.wait_for("every event", |e| {
+            accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
+        });
+        drop(c);
+        total
+    });
+    let events = app.events();
+    assert_eq!(
+        accepted_data(&events)
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len(),
+        total
+    );
+    assert_first_deliveries_in_produce_order_per_key(&events);
+    drop(a);
 }

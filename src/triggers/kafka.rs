@@ -1,7 +1,8 @@
 //! Kafka source (librdkafka): one consumer per trigger in the trigger's consumer group,
-//! one worker per partition. Offsets are stored only up to the last offset whose every
-//! predecessor was settled, and librdkafka commits what is stored; a crash therefore
-//! redelivers, it never skips.
+//! one worker per assigned partition, each reading its partition's own librdkafka queue so
+//! a slow partition never holds the others back. Offsets are stored only up to the last
+//! offset whose every predecessor was settled, and librdkafka commits what is stored; a
+//! crash therefore redelivers, it never skips.
 
 use super::delivery::{DeadLetterSink, Settled, TriggerRuntime};
 use super::event::Event;
@@ -12,19 +13,33 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// Librdkafka context: turns statistics into lag and connection metrics.
+type KafkaConsumer = StreamConsumer<KafkaContext>;
+type PartitionQueue = StreamPartitionQueue<KafkaContext>;
+
+/// What a rebalance did to this consumer, in the order librdkafka did it.
+enum AssignmentChange {
+    Assigned(Partition, Option<PartitionQueue>),
+    Revoked(Partition),
+}
+
+/// Librdkafka context: turns statistics into lag and connection metrics, and gives every
+/// newly assigned partition its own queue before fetching starts.
 struct KafkaContext {
     rt: Arc<TriggerRuntime>,
+    /// Set once the consumer exists; weak, since the consumer owns this context.
+    consumer: OnceLock<Weak<KafkaConsumer>>,
+    changes: mpsc::UnboundedSender<AssignmentChange>,
 }
 
 impl ClientContext for KafkaContext {
@@ -59,7 +74,41 @@ impl ClientContext for KafkaContext {
     }
 }
 
-impl ConsumerContext for KafkaContext {}
+impl ConsumerContext for KafkaContext {
+    /// Runs before librdkafka applies the assignment. A partition split off here has its
+    /// queue marked as the application's, so the assignment does not forward it to the
+    /// consumer's main queue: every message of it is fetched into its own queue, in order.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let consumer = self.consumer.get().and_then(Weak::upgrade);
+                for e in tpl.elements() {
+                    let queue = consumer
+                        .as_ref()
+                        .and_then(|c| c.split_partition_queue(e.topic(), e.partition()));
+                    if queue.is_none() {
+                        tracing::warn!(trigger = %self.rt.key, topic = e.topic(), partition = e.partition(), "partition has no queue of its own; its messages come through the consumer's main queue");
+                    }
+                    let _ = self.changes.send(AssignmentChange::Assigned(
+                        (e.topic().to_owned(), e.partition()),
+                        queue,
+                    ));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                for e in tpl.elements() {
+                    let _ = self.changes.send(AssignmentChange::Revoked((
+                        e.topic().to_owned(),
+                        e.partition(),
+                    )));
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(trigger = %self.rt.key, error = %e, "kafka rebalance failed");
+            }
+        }
+    }
+}
 
 fn client_config(source: &KafkaSource) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -164,15 +213,18 @@ impl DeadLetterSink for KafkaDeadLetter {
 
 type Partition = (String, i32);
 
-/// A partition, the channel to its worker, and the worker.
-type PartitionWorker = (
-    Partition,
-    mpsc::Sender<(i64, Event)>,
-    tokio::task::JoinHandle<()>,
-);
+/// One assigned partition's worker, as the dispatch loop sees it.
+struct PartitionWorker {
+    partition: Partition,
+    /// Messages of this partition that reached the consumer's main queue.
+    strays: mpsc::Sender<(i64, Event)>,
+    /// Dropped or fired when the partition is revoked: the worker takes no new message.
+    revoked: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
 
-/// Runs until the trigger is stopped; then settles or releases what is in flight and
-/// commits what was settled.
+/// Runs until the trigger is stopped; then settles or releases what is in flight, commits
+/// what was settled and leaves the consumer group.
 pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     let mut config = client_config(&source);
     config
@@ -203,9 +255,13 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         // partitions back at once, without waiting for the dead session to expire.
         config.set("group.instance.id", id);
     }
-    let consumer: Arc<StreamConsumer<KafkaContext>> = match config
-        .create_with_context(KafkaContext { rt: rt.clone() })
-    {
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let context = KafkaContext {
+        rt: rt.clone(),
+        consumer: OnceLock::new(),
+        changes: changes_tx,
+    };
+    let consumer: Arc<KafkaConsumer> = match config.create_with_context(context) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(trigger = %rt.key, error = %e, "cannot create the Kafka consumer; trigger idle until its configuration changes");
@@ -213,6 +269,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
             return;
         }
     };
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topics) {
         tracing::error!(trigger = %rt.key, error = %e, "cannot subscribe; trigger idle until its configuration changes");
@@ -233,75 +290,172 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
         None => None,
     };
     tracing::info!(trigger = %rt.key, brokers = %source.brokers, group = %source.consumer_group, topics = ?source.topics, "kafka consumer started");
-    // Messages travel to their partition's worker as events already: one copy of the
-    // payload, taken from librdkafka's buffer.
     // A few partitions per trigger: a list searched without allocating a key.
     let mut workers: Vec<PartitionWorker> = Vec::new();
+    let spawn = |partition: Partition,
+                 queue: Option<PartitionQueue>,
+                 predecessor: Option<tokio::task::JoinHandle<()>>| {
+        let (strays, strays_rx) = mpsc::channel(rt.spec.policy.concurrency.max(1) * 2);
+        let (revoked, revoked_rx) = oneshot::channel();
+        let task = tokio::spawn(partition_worker(
+            rt.clone(),
+            consumer.clone(),
+            partition.clone(),
+            PartitionSource {
+                queue,
+                strays: strays_rx,
+                revoked: revoked_rx,
+                predecessor,
+            },
+            dead_letter.clone(),
+        ));
+        PartitionWorker {
+            partition,
+            strays,
+            revoked: Some(revoked),
+            task,
+        }
+    };
+    // This loop only follows assignments: each partition's worker reads its own queue. It
+    // must keep polling the main queue, which serves rebalances, errors and liveness.
     loop {
-        let message = tokio::select! {
-            _ = rt.stopping() => break,
-            m = consumer.recv() => m,
-        };
-        let (partition, offset, event) = match message {
-            Ok(m) => (
-                m.partition(),
-                m.offset(),
-                to_event(&m, rt.spec.kind, &rt.spec.component),
-            ),
-            Err(e) => {
-                tracing::warn!(trigger = %rt.key, error = %e, "kafka consume error");
-                if !rt.sleep(Duration::from_millis(500)).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let worker = workers
-            .iter()
-            .position(|((t, p), _, _)| *p == partition && *t == event.topic);
-        let worker = match worker {
-            Some(i) => i,
-            None => {
-                let (tx, rx) = mpsc::channel(rt.spec.policy.concurrency.max(1) * 2);
-                let key = (event.topic.clone(), partition);
-                let handle = tokio::spawn(partition_worker(
-                    rt.clone(),
-                    consumer.clone(),
-                    key.clone(),
-                    rx,
-                    dead_letter.clone(),
-                ));
-                workers.push((key, tx, handle));
-                workers.len() - 1
-            }
-        };
-        // A full queue (function slow or at zero) stops polling: backpressure.
         tokio::select! {
+            biased;
             _ = rt.stopping() => break,
-            _ = workers[worker].1.send((offset, event)) => {}
+            Some(change) = changes.recv() => match change {
+                AssignmentChange::Assigned(partition, queue) => {
+                    // A worker still finishing the partition's previous assignment goes
+                    // first: its in-flight events end before the same offsets come again.
+                    let predecessor = workers
+                        .iter()
+                        .position(|w| w.partition == partition)
+                        .map(|i| workers.swap_remove(i).task);
+                    tracing::debug!(trigger = %rt.key, topic = %partition.0, partition = partition.1, "partition assigned");
+                    workers.push(spawn(partition, queue, predecessor));
+                }
+                AssignmentChange::Revoked(partition) => {
+                    tracing::debug!(trigger = %rt.key, topic = %partition.0, partition = partition.1, "partition revoked");
+                    if let Some(w) = workers.iter_mut().find(|w| w.partition == partition) {
+                        if let Some(revoked) = w.revoked.take() {
+                            let _ = revoked.send(());
+                        }
+                    }
+                }
+            },
+            message = consumer.recv() => match message {
+                Ok(m) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    let event = to_event(&m, rt.spec.kind, &rt.spec.component);
+                    drop(m);
+                    let i = match workers
+                        .iter()
+                        .position(|w| w.partition.1 == partition && w.partition.0 == event.topic)
+                    {
+                        Some(i) => i,
+                        None => {
+                            workers.push(spawn((event.topic.clone(), partition), None, None));
+                            workers.len() - 1
+                        }
+                    };
+                    // A full queue (function slow or at zero) stops polling: backpressure.
+                    tokio::select! {
+                        _ = rt.stopping() => break,
+                        _ = workers[i].strays.send((offset, event)) => {}
+                    }
+                }
+                Err(e) => {
+                    if let Some((code, reason)) = consumer.client().fatal_error() {
+                        // Fenced by a newer member with this group.instance.id: rejoining would
+                        // fence that one in turn, back and forth. Stop and say why.
+                        tracing::error!(trigger = %rt.key, ?code, reason, instance = ?source.group_instance_id, "kafka consumer stopped for good: another live replica uses this trigger's group.instance.id; give each replica its own events.kafka_instance_id (or POD_NAME)");
+                        break;
+                    }
+                    tracing::warn!(trigger = %rt.key, error = %e, "kafka consume error");
+                    if !rt.sleep(Duration::from_millis(500)).await {
+                        break;
+                    }
+                }
+            },
         }
     }
-    let handles: Vec<_> = workers.into_iter().map(|(_, _, h)| h).collect();
-    for h in handles {
-        let _ = h.await;
+    // Workers take nothing new once their revocation sender is gone; they finish (or, when
+    // stopping, release) what is in flight and store what settled.
+    let tasks: Vec<_> = workers.into_iter().map(|w| w.task).collect();
+    for task in tasks {
+        let _ = task.await;
     }
-    let closing = consumer.clone();
+    leave_group(&rt, consumer, &mut changes).await;
+    if !rt.stopped() {
+        // Fenced: idle until the configuration changes or the process stops.
+        rt.stopping().await;
+    }
+}
+
+/// Commits what settled and leaves the group at once. A static member does not leave on
+/// close (KIP-345: a restart is expected), so a replica that is stopped unsubscribes first,
+/// which sends the LeaveGroup: the others take its partitions now, not after its session
+/// times out. A crashed replica keeps the quick static rejoin.
+async fn leave_group(
+    rt: &TriggerRuntime,
+    consumer: Arc<KafkaConsumer>,
+    changes: &mut mpsc::UnboundedReceiver<AssignmentChange>,
+) {
+    let committing = consumer.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = closing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        if let Err(e) = committing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit");
         }
     })
     .await;
+    consumer.unsubscribe();
+    // The revocation is served from the main queue: poll it until it has run.
+    let revoked = async {
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Some(AssignmentChange::Revoked(_)) | None => break,
+                    Some(AssignmentChange::Assigned(..)) => {}
+                },
+                _ = consumer.recv() => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), revoked).await;
+    // Closing waits for the LeaveGroup answer: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     tracing::info!(trigger = %rt.key, "kafka consumer stopped");
+}
+
+/// Where a partition worker takes its messages from.
+struct PartitionSource {
+    /// The partition's own queue (none if it could not be split off).
+    queue: Option<PartitionQueue>,
+    strays: mpsc::Receiver<(i64, Event)>,
+    revoked: oneshot::Receiver<()>,
+    /// The worker of this partition's previous assignment, to finish first.
+    predecessor: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The next message of a partition's own queue; never, if it has none.
+async fn recv_from(
+    queue: Option<&PartitionQueue>,
+) -> rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>> {
+    match queue {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn partition_worker(
     rt: Arc<TriggerRuntime>,
-    consumer: Arc<StreamConsumer<KafkaContext>>,
+    consumer: Arc<KafkaConsumer>,
     (topic, partition): Partition,
-    mut rx: mpsc::Receiver<(i64, Event)>,
+    mut source: PartitionSource,
     dead_letter: Option<Arc<KafkaDeadLetter>>,
 ) {
+    if let Some(predecessor) = source.predecessor.take() {
+        let _ = predecessor.await;
+    }
     let concurrency = rt.spec.policy.concurrency.max(1);
     let mut tracker = OffsetTracker::default();
     let mut in_flight = FuturesUnordered::new();
@@ -317,21 +471,27 @@ async fn partition_worker(
             }
         }
     };
+    let queue = source.queue.take();
+    // One receive kept across iterations: not a new stream registration per message.
+    let from_queue = recv_from(queue.as_ref());
+    tokio::pin!(from_queue);
     let mut open = true;
     while open || !in_flight.is_empty() {
+        let mut next = None;
         tokio::select! {
-            m = rx.recv(), if open && in_flight.len() < concurrency => match m {
-                Some((offset, event)) => {
-                    tracker.dispatch(offset);
-                    let rt = rt.clone();
-                    let dl = dead_letter.clone();
-                    in_flight.push(async move {
-                        let settled = rt.settle(&event, dl.as_deref().map(|d| d as &dyn DeadLetterSink)).await;
-                        (offset, settled)
-                    });
-                }
+            biased;
+            _ = &mut source.revoked, if open => open = false,
+            m = source.strays.recv(), if open && in_flight.len() < concurrency => match m {
+                Some(m) => next = Some(m),
                 None => open = false,
             },
+            m = &mut from_queue, if open && in_flight.len() < concurrency => {
+                match m {
+                    Ok(m) => next = Some((m.offset(), to_event(&m, rt.spec.kind, &rt.spec.component))),
+                    Err(e) => tracing::warn!(trigger = %rt.key, topic = %topic, partition, error = %e, "kafka consume error"),
+                }
+                from_queue.set(recv_from(queue.as_ref()));
+            }
             Some(first) = in_flight.next(), if !in_flight.is_empty() => {
                 // A batch settles many events at once: store the offset once for all of
                 // them that are done.
@@ -350,6 +510,17 @@ async fn partition_worker(
                     store(next);
                 }
             }
+        }
+        if let Some((offset, event)) = next {
+            tracker.dispatch(offset);
+            let rt = rt.clone();
+            let dl = dead_letter.clone();
+            in_flight.push(async move {
+                let settled = rt
+                    .settle(&event, dl.as_deref().map(|d| d as &dyn DeadLetterSink))
+                    .await;
+                (offset, settled)
+            });
         }
     }
 }

@@ -127,6 +127,23 @@ impl Kafka {
         });
     }
 
+    /// Writes `payload` to one partition of `topic`, whatever its key would choose.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn produce_to(&self, topic: &str, partition: i32, key: &str, payload: &str) {
+        self.rt.block_on(async {
+            self.producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(partition)
+                        .key(key)
+                        .payload(payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+        });
+    }
+
     /// Payloads in `topic`, read from the start by a fresh consumer group.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<String> {
         self.read_records(topic, expected)
