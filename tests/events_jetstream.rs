@@ -697,3 +697,61 @@ fn two_replicas_share_a_durable_consumer_keep_order_and_lose_nothing_when_one_di
     let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
     assert_eq!(first_deliveries(&events), expected);
 }
+
+#[test]
+fn replicas_added_and_removed_mid_stream_keep_order_and_lose_nothing() {
+    let Feed {
+        broker,
+        subject,
+        app,
+        dir,
+    } = feed("fleet");
+    let a = Fngate::start(dir.path());
+    let b = Fngate::start(dir.path());
+    let producing = std::sync::atomic::AtomicBool::new(true);
+    let total = std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            let mut i = 0;
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                broker.publish(&subject, &format!("e{i}"), &[]);
+                i += 1;
+                if i % 20 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            i
+        });
+        a.wait_until(
+            || a.events_delivered() + b.events_delivered() >= 50.0,
+            "two replicas delivering",
+        );
+        // Scaled out: a third replica pulls from the same durable consumer.
+        let c = Fngate::start(dir.path());
+        c.wait_until(
+            || c.events_delivered() > 0.0,
+            "the added replica delivering",
+        );
+        // Scaled in: b stopped for good (what it pulled and had not started goes back).
+        let before = a.events_delivered() + c.events_delivered();
+        b.stop_gracefully();
+        a.wait_until(
+            || a.events_delivered() + c.events_delivered() >= before + 100.0,
+            "the remaining replicas delivering after the removal",
+        );
+        producing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let total = publisher.join().unwrap();
+        app.wait_for("every event", |e| {
+            accepted_data(e)
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == total
+        });
+        drop(c);
+        total
+    });
+    // One event in flight per subject across replicas: first deliveries in publish order.
+    let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    assert_eq!(first_deliveries(&app.events()), expected);
+    drop(a);
+}

@@ -357,15 +357,6 @@ fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership(
     });
 }
 
-/// Successful deliveries this replica made, from its metrics.
-fn delivered(gate: &Fngate) -> f64 {
-    gate.metrics()
-        .lines()
-        .filter(|l| l.starts_with("fngate_events_total{") && l.contains("outcome=\"success\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
     // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
@@ -387,7 +378,7 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
         let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 16));
         // Both replicas deliver: the group split the partitions between them.
         a.wait_until(
-            || delivered(&a) > 0.0 && delivered(&b) > 0.0,
+            || a.events_delivered() > 0.0 && b.events_delivered() > 0.0,
             "both replicas delivering",
         );
         a.kill_hard();
@@ -429,17 +420,20 @@ fn replicas_added_and_removed_mid_stream_share_the_topic_and_lose_nothing() {
             i
         });
         a.wait_until(
-            || delivered(&a) > 0.0 && delivered(&b) > 0.0,
+            || a.events_delivered() > 0.0 && b.events_delivered() > 0.0,
             "two replicas delivering",
         );
         // Scaled out: a third replica joins and gets partitions of its own.
         let c = Fngate::start_with(dir.path(), &identity("c"));
-        c.wait_until(|| delivered(&c) > 0.0, "the added replica delivering");
-        let (a_before, c_before) = (delivered(&a), delivered(&c));
+        c.wait_until(
+            || c.events_delivered() > 0.0,
+            "the added replica delivering",
+        );
+        let (a_before, c_before) = (a.events_delivered(), c.events_delivered());
         // Scaled in: b is stopped for good; a and c take its partitions.
         b.stop_gracefully();
         a.wait_until(
-            || delivered(&a) > a_before + 200.0 && delivered(&c) > c_before + 200.0,
+            || a.events_delivered() > a_before + 200.0 && c.events_delivered() > c_before + 200.0,
             "the remaining replicas delivering after the removal",
         );
         producing.store(false, std::sync::atomic::Ordering::Relaxed);

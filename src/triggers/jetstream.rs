@@ -9,7 +9,7 @@ use crate::plan::{DeliverPolicy, JetstreamSource};
 use crate::telemetry::event_outcome;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -142,7 +142,10 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
                 p = permits.clone().acquire_owned() => p.expect("never closed"),
             };
             let next = tokio::select! {
-                _ = rt.stopping() => break 'bind,
+                _ = rt.stopping() => {
+                    release_pulled(&mut messages).await;
+                    break 'bind;
+                }
                 m = messages.next() => m,
             };
             match next {
@@ -171,6 +174,14 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
     let _ = permits.acquire_many(concurrency as u32).await;
     connected.set(0);
     tracing::info!(trigger = %rt.key, "jetstream consumer stopped");
+}
+
+/// Naks what was pulled and not yet started, so another replica gets it now rather than
+/// after `ackWait` (with one in flight, that would hold the subject's order as long).
+async fn release_pulled(messages: &mut pull::Stream) {
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
 }
 
 async fn bind(

@@ -687,6 +687,16 @@ impl Fngate {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
+
+    /// Successful event deliveries this replica made, from its metrics.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn events_delivered(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("fngate_events_total{") && l.contains("outcome=\"success\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 /// fngate's Dapr gRPC API as a function sees it: the dapr crate's generated client,
