@@ -273,12 +273,11 @@ impl Settings {
                 "100ms",
             )?
             .unwrap_or(event_defaults.kafka_fetch_wait),
-            kafka_instance_id: raw
-                .events
-                .kafka_instance_id
-                .clone()
-                .or_else(|| std::env::var("POD_NAME").ok())
-                .filter(|s| !s.is_empty()),
+            kafka_instance_id: kafka_instance_id(
+                raw.events.kafka_instance_id.as_deref(),
+                std::env::var("POD_NAME").ok().as_deref(),
+            )
+            .map_err(|m| invalid("events.kafka_instance_id", m))?,
         };
         let hold_defaults = crate::activator::HoldLimits::default();
         let hold = crate::activator::HoldLimits {
@@ -436,5 +435,39 @@ mod tests {
         std::fs::write(&file, "listen:\n  htp: 1\n").unwrap();
         let e = Settings::load(&file).unwrap_err().to_string();
         assert!(e.contains("htp"), "{e}");
+    }
+}
+
+/// This replica's stable identity for Kafka static membership: the setting, else the pod
+/// name. Under Kubernetes every replica reads the same settings file, so a set value that
+/// does not name the pod would be claimed by all of them at once: refused.
+fn kafka_instance_id(set: Option<&str>, pod: Option<&str>) -> Result<Option<String>, String> {
+    let pod = pod.filter(|p| !p.is_empty());
+    match (set.filter(|s| !s.is_empty()), pod) {
+        (Some(set), Some(pod)) if !set.contains(pod) => Err(format!(
+            "{set:?} would be the same in every replica reading this file (POD_NAME is {pod:?}); leave it unset to use the pod name, or include the pod name in it"
+        )),
+        (Some(set), _) => Ok(Some(set.to_owned())),
+        (None, pod) => Ok(pod.map(str::to_owned)),
+    }
+}
+
+#[cfg(test)]
+mod instance_id_tests {
+    use super::kafka_instance_id;
+
+    #[test]
+    fn a_set_instance_id_must_name_the_pod_under_kubernetes() {
+        assert_eq!(kafka_instance_id(None, None), Ok(None));
+        assert_eq!(
+            kafka_instance_id(None, Some("gw-0")),
+            Ok(Some("gw-0".into()))
+        );
+        assert_eq!(kafka_instance_id(Some("a"), None), Ok(Some("a".into())));
+        assert_eq!(
+            kafka_instance_id(Some("east-gw-0"), Some("gw-0")),
+            Ok(Some("east-gw-0".into()))
+        );
+        assert!(kafka_instance_id(Some("fixed"), Some("gw-0")).is_err());
     }
 }

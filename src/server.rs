@@ -251,11 +251,67 @@ impl BackgroundService for TriggerFollower {
     }
 }
 
+/// Claims Kafka instance id `id` on this host: two live processes with one id would take
+/// each other's group membership (on Kafka, fencing each other in turn). A lock on a file
+/// named after the id, released by the kernel when the process exits, even on SIGKILL, so a
+/// restarted replica claims it again at once.
+fn claim_instance_id(id: &str) -> Result<std::fs::File, String> {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("fngate-kafka-instance-{name}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Write as _;
+            let _ = file.set_len(0);
+            let _ = write!(file, "{}", std::process::id());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(format!(
+                "{id:?} is in use by another fngate on this host (pid {}, lock {}); give each replica its own",
+                holder.trim(),
+                path.display()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Read buffer of each client connection of the HTTP listener.
 const CONNECTION_READ_BUFFER: usize = 8 * 1024;
 
 /// Runs fngate until it is signalled to stop (SIGTERM: graceful; SIGINT: fast).
 pub fn run(settings: Settings) -> Result<(), ServerError> {
+    // Held for the process's life: the claim ends when the process does, however it ends.
+    let _instance_claim = match &settings.events.kafka_instance_id {
+        Some(id) => Some(
+            claim_instance_id(id).map_err(|message| ServerError::Settings {
+                field: "events.kafka_instance_id",
+                message,
+            })?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let plan_swap = PlanSwap::new(settings.compile_settings(), metrics.clone());
     let plan = plan_swap.plan();

@@ -339,7 +339,8 @@ fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership(
         dir,
     } = restartable("statics", 3);
     let total = 3000;
-    let identity = "events:\n  kafka_instance_id: replica-a\n";
+    // Unique per test: an instance id is claimed host-wide, and tests run side by side.
+    let identity = &format!("events:\n  kafka_instance_id: {}\n", unique("replica-a"));
     std::thread::scope(|scope| {
         // Events keep arriving while the replica dies and comes back.
         let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 12));
@@ -369,8 +370,8 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
     } = restartable("shared", 4);
     let total = 2000;
     let (id_a, id_b) = (
-        "events:\n  kafka_instance_id: replica-a\n",
-        "events:\n  kafka_instance_id: replica-b\n",
+        &format!("events:\n  kafka_instance_id: {}\n", unique("replica-a")),
+        &format!("events:\n  kafka_instance_id: {}\n", unique("replica-b")),
     );
     let a = Fngate::start_with(dir.path(), id_a);
     let b = Fngate::start_with(dir.path(), id_b);
@@ -402,7 +403,8 @@ fn replicas_added_and_removed_mid_stream_share_the_topic_and_lose_nothing() {
         app,
         dir,
     } = restartable("fleet", 6);
-    let identity = |n: &str| format!("events:\n  kafka_instance_id: replica-{n}\n");
+    let fleet = unique("fleet");
+    let identity = |n: &str| format!("events:\n  kafka_instance_id: {fleet}-{n}\n");
     let a = Fngate::start_with(dir.path(), &identity("a"));
     let b = Fngate::start_with(dir.path(), &identity("b"));
     let producing = std::sync::atomic::AtomicBool::new(true);
@@ -454,4 +456,82 @@ fn replicas_added_and_removed_mid_stream_share_the_topic_and_lose_nothing() {
     );
     assert_first_deliveries_in_produce_order_per_key(&events);
     drop(a);
+}
+
+/// `fngate run` with `settings` appended to a minimal settings file; its exit code and stderr,
+/// or None if it is still running after it had time to claim its identity.
+fn run_briefly(dir: &std::path::Path, settings: &str, pod: Option<&str>) -> Option<(i32, String)> {
+    let file = dir.join(format!("{}.yaml", unique("settings")));
+    std::fs::write(
+        &file,
+        format!(
+            "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  dapr_grpc: \"\"\n  dapr_http: \"\"\ncatalog:\n  dir: {}\n{settings}",
+            free_port(),
+            free_port(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fngate"));
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "error")
+        .env_remove("POD_NAME")
+        .stderr(std::process::Stdio::piped());
+    if let Some(pod) = pod {
+        cmd.env("POD_NAME", pod);
+    }
+    let mut child = cmd.spawn().unwrap();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn two_live_processes_cannot_claim_one_kafka_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("twin");
+    let settings = format!("events:\n  kafka_instance_id: {id}\n");
+    let first = Fngate::start_with(dir.path(), &settings);
+    let (code, stderr) =
+        run_briefly(dir.path(), &settings, None).expect("the second process refuses to start");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("events.kafka_instance_id")
+            && stderr.contains("in use by another fngate on this host")
+            && stderr.contains(&first.pid().to_string()),
+        "{stderr}"
+    );
+    // Gone (even killed), its identity is free for the replica that replaces it.
+    first.kill_hard();
+    assert!(
+        run_briefly(dir.path(), &settings, None).is_none(),
+        "the replacement keeps running"
+    );
+    // Under Kubernetes a fixed id in the shared settings file would be every replica's.
+    let (code, stderr) = run_briefly(
+        dir.path(),
+        "events:\n  kafka_instance_id: fixed\n",
+        Some("gw-7"),
+    )
+    .expect("refused at start");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("events.kafka_instance_id") && stderr.contains("gw-7"),
+        "{stderr}"
+    );
 }
