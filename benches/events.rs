@@ -7,6 +7,10 @@
 //!   into a trivial Dapr app over AppCallback gRPC and over Dapr HTTP, ordering relaxed
 //!   (`fngate.io/concurrency: 64`). Prints events/s and the ratio to the ceiling.
 //! - End-to-end latency at 1,000 events/s (ordered, the default): publish → app receives.
+//! - The floor of one call per event: a bare tonic client (the channel fngate delivers
+//!   through) and a bare hyper client sending the same binding events into the same apps,
+//!   each alone on one thread; their CPU per call beside fngate's CPU per event
+//!   (`BENCH_ONLY=floor` runs only this).
 //!
 //! Both apps run in this process (real gRPC and HTTP servers on loopback); fngate is the
 //! release binary, so everything shares the machine's cores.
@@ -349,7 +353,7 @@ fn start_fngate(objects: &str) -> Fngate {
     std::fs::create_dir(dir.path().join("fns")).unwrap();
     std::fs::write(dir.path().join("fns/f.yaml"), objects).unwrap();
     let settings = dir.path().join("fngate.yaml");
-    std::fs::write(&settings, format!("listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\ncatalog:\n  dir: fns\nthreads: 2\nevents:\n  kafka_fetch_wait: {FETCH_WAIT_MS}ms\n", free_port(), free_port())).unwrap();
+    std::fs::write(&settings, format!("listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\ncatalog:\n  dir: fns\nthreads: {}\nevents:\n  kafka_fetch_wait: {FETCH_WAIT_MS}ms\n", free_port(), free_port(), std::env::var("BENCH_FNGATE_THREADS").unwrap_or_else(|_| "2".into()))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
         .args(["run", "--config"])
         .arg(&settings)
@@ -419,6 +423,126 @@ fn cpu_seconds(pid: u32) -> f64 {
         .filter_map(|t| t.parse().ok())
         .collect();
     ticks.iter().sum::<f64>() / 100.0
+}
+
+/// CPU time (user + system) the calling thread has used so far, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    ticks.iter().sum::<f64>() / 100.0
+}
+
+/// Broker metadata as fngate gives a Kafka binding event.
+fn binding_metadata(i: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("__key", format!("k{}", i % 64)),
+        ("__offset", i.to_string()),
+        ("__partition", (i % 3).to_string()),
+        ("__topic", "bench".into()),
+        ("__timestamp", "1764500000000".into()),
+    ]
+}
+
+/// One call per event through the client libraries alone: `n` binding events, 64 in flight
+/// (as fngate's runs), from one thread of its own; calls/s and that thread's CPU per call.
+fn client_floor(protocol: &'static str, addr: SocketAddr, n: usize) -> (f64, f64) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let calls: Box<dyn Fn(usize) -> futures::future::BoxFuture<'static, ()>> = if protocol
+                == "grpc"
+            {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .unwrap();
+                Box::new(move |i| {
+                    let mut client = app_callback_client::AppCallbackClient::new(channel.clone());
+                    Box::pin(async move {
+                        let request = BindingEventRequest {
+                            name: "kin".into(),
+                            data: payload(i),
+                            metadata: binding_metadata(i)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_owned(), v))
+                                .collect(),
+                        };
+                        client.on_binding_event(request).await.unwrap();
+                    })
+                })
+            } else {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+                Box::new(move |i| {
+                    let client = client.clone();
+                    Box::pin(async move {
+                        let mut request = hyper::Request::post(format!("http://{addr}/kin"))
+                            .header("content-type", "application/octet-stream");
+                        for (k, v) in binding_metadata(i) {
+                            request = request.header(k, v);
+                        }
+                        let request = request
+                            .body(http_body_util::Full::new(bytes::Bytes::from(payload(i))))
+                            .unwrap();
+                        let response = client.request(request).await.unwrap();
+                        use http_body_util::BodyExt;
+                        let _ = response.into_body().collect().await;
+                    })
+                })
+            };
+            // Warm up (connections, pools), then measure.
+            futures::stream::iter((0..1000).map(&calls))
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await;
+            let (cpu, started) = (thread_cpu_seconds(), Instant::now());
+            futures::stream::iter((0..n).map(&calls))
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await;
+            (
+                n as f64 / started.elapsed().as_secs_f64(),
+                (thread_cpu_seconds() - cpu) * 1e6 / n as f64,
+            )
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// The floor rows: each client library alone, into this process's trivial apps.
+async fn floor(n: usize, rows: &mut Vec<Row>) {
+    for protocol in ["grpc", "http"] {
+        let sink = Arc::new(Sink::default());
+        let addr = serve(protocol, false, sink, "bench".into()).await;
+        let (rate, cpu) = tokio::task::spawn_blocking(move || client_floor(protocol, addr, n))
+            .await
+            .unwrap();
+        let client = if protocol == "grpc" {
+            "bare tonic client"
+        } else {
+            "bare hyper client"
+        };
+        rows.push(Row(
+            format!("floor  {client} -> {protocol} app, one call per event (client CPU)"),
+            rate,
+            None,
+            Some(cpu),
+        ));
+    }
 }
 
 /// Waits for `n` events; the rate, and fngate's CPU µs per event from the first one on.
@@ -831,18 +955,22 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     let mut latency = Vec::new();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     rt.block_on(async {
-        if std::env::var("BENCH_ONLY").as_deref() != Ok("nats") {
+        if only.is_empty() || only == "kafka" {
             kafka(n, &mut rows, &mut latency).await;
         }
-        if std::env::var("BENCH_ONLY").as_deref() != Ok("kafka") {
+        if only.is_empty() || only == "nats" {
             jetstream(n, &mut rows, &mut latency).await;
+        }
+        if only.is_empty() || only == "floor" {
+            floor(n, &mut rows).await;
         }
     });
     println!("\n{n} messages of 1 KiB");
     println!(
         "{:<75} {:>12} {:>10} {:>14}",
-        "path", "events/s", "/ceiling", "fngate CPU/ev"
+        "path", "events/s", "/ceiling", "CPU/event"
     );
     for Row(name, rate, ratio, cpu) in &rows {
         println!(

@@ -52,6 +52,7 @@ struct RawEvents {
     max_attempts: Option<u32>,
     kafka_fetch_wait: Option<String>,
     kafka_instance_id: Option<String>,
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -154,6 +155,8 @@ pub struct Settings {
     pub upstream_read_timeout: Option<Duration>,
     pub reload_debounce: Duration,
     pub threads: usize,
+    /// Threads of the event triggers' runtime.
+    pub event_threads: usize,
     /// Event delivery defaults: backoff between attempts, attempts before dead-lettering.
     pub events: crate::compile::EventDefaults,
     /// Scale from zero: bounds and default wait of held requests.
@@ -401,6 +404,13 @@ impl Settings {
                     .map(|n| n.get())
                     .unwrap_or(1)
             }),
+            // One thread keeps an event's hops (consumer, delivery, answer) on one core:
+            // measured 15% less CPU per event than two, and more events/s on two cores.
+            event_threads: match raw.events.threads {
+                Some(0) => return Err(invalid("events.threads", "must be at least 1".into())),
+                Some(n) => n,
+                None => 1,
+            },
         })
     }
 }

@@ -479,9 +479,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         dapr.threads = Some(settings.threads.max(1));
         server.add_service(dapr);
     }
-    // Event delivery is CPU-bound at high rates: as many threads as the proxy (pingora's
-    // default for a background service is one).
-    triggers.threads = Some(settings.threads.max(1));
+    triggers.threads = Some(settings.event_threads);
     server.add_service(proxy_service);
     server.add_service(triggers);
     server.add_service(admin);
