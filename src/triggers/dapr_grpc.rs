@@ -7,7 +7,7 @@ use super::wire;
 use crate::plan::{TriggerKind, TriggerSpec};
 use dapr::dapr::proto::runtime::v1::{
     app_callback_client::AppCallbackClient, topic_event_response::TopicEventResponseStatus,
-    BindingEventRequest, TopicEventBulkResponse, TopicEventResponse,
+    BindingEventResponse, TopicEventBulkResponse, TopicEventResponse,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -203,22 +203,16 @@ impl GrpcApp {
         event: &Event,
         path: &str,
     ) -> Answer {
-        let mut client = self.client(addr);
         let result = match spec.kind {
             TriggerKind::Binding => {
-                let request = BindingEventRequest {
-                    name: spec.component.clone(),
-                    data: event.data.to_vec(),
-                    metadata: event
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                };
-                client
-                    .on_binding_event(request)
-                    .await
-                    .map(|_| Answer::Success)
+                let request = WireRequest::binding_event(event, &spec.component);
+                self.wire_call::<BindingEventResponse>(
+                    addr,
+                    ON_BINDING_EVENT,
+                    tonic::Request::new(Arc::new(request)),
+                )
+                .await
+                .map(|_| Answer::Success)
             }
             TriggerKind::PubSub => {
                 let request = WireRequest::topic_event(event, spec, path);
@@ -272,6 +266,7 @@ pub struct GrpcBulkEntry {
 }
 
 const ON_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent";
+const ON_BINDING_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent";
 
 /// Where a CloudEvent's fields go in the message that carries it.
 struct CloudEventTags {
@@ -377,6 +372,9 @@ pub fn bulk_entry(event: &Event, spec: &TriggerSpec) -> GrpcBulkEntry {
 /// alpha method, then the stable one.
 struct WireRequest {
     head: Vec<u8>,
+    /// Written after `head` as is: an event's payload, shared with the event.
+    payload: bytes::Bytes,
+    tail: Vec<u8>,
     entries: Vec<GrpcBulkEntry>,
 }
 
@@ -388,7 +386,32 @@ impl WireRequest {
         wire::string(&mut head, 5, pubsub);
         wire::string(&mut head, 6, BULK_EVENT_TYPE);
         wire::string(&mut head, 7, path);
-        WireRequest { head, entries }
+        WireRequest {
+            head,
+            payload: bytes::Bytes::new(),
+            tail: Vec::new(),
+            entries,
+        }
+    }
+
+    /// A `BindingEventRequest`: the component's name, the payload and the broker metadata.
+    fn binding_event(event: &Event, component: &str) -> Self {
+        let mut head = Vec::with_capacity(component.len() + 16);
+        wire::string(&mut head, 1, component);
+        if !event.data.is_empty() {
+            wire::field_head(&mut head, 2, event.data.len());
+        }
+        let mut tail = Vec::with_capacity(256);
+        // Repeated keys: every map decoder keeps the last, as Dapr's own map would.
+        for (k, v) in &event.metadata {
+            wire::map_entry(&mut tail, 3, k, v);
+        }
+        WireRequest {
+            head,
+            payload: event.data.clone(),
+            tail,
+            entries: Vec::new(),
+        }
     }
 
     /// A `TopicEventRequest`.
@@ -401,6 +424,8 @@ impl WireRequest {
         wire::string(&mut head, 9, path);
         WireRequest {
             head,
+            payload: bytes::Bytes::new(),
+            tail: Vec::new(),
             entries: Vec::new(),
         }
     }
@@ -408,6 +433,8 @@ impl WireRequest {
     fn write_to(&self, dst: &mut impl bytes::BufMut) {
         let mut entry_head = Vec::with_capacity(8);
         dst.put_slice(&self.head);
+        dst.put_slice(&self.payload);
+        dst.put_slice(&self.tail);
         for entry in &self.entries {
             entry_head.clear();
             wire::field_head(&mut entry_head, 2, entry.encoded.len());
@@ -502,6 +529,41 @@ mod tests {
         );
         assert_eq!(request.path, "/orders");
         assert_eq!(request.extensions, Some(to_struct(wrapped.extensions)));
+    }
+
+    #[test]
+    fn a_binding_event_written_to_the_wire_decodes_as_the_request_dapr_sends() {
+        let mut raw = event(b"\x00\x01hello");
+        raw.metadata = vec![
+            ("__key".into(), "k1".into()),
+            ("__offset".into(), "7".into()),
+            ("h".into(), "first".into()),
+            ("h".into(), "last".into()),
+            ("empty".into(), "".into()),
+        ];
+        let mut wire_form = Vec::new();
+        WireRequest::binding_event(&raw, "kin").write_to(&mut wire_form);
+        let request =
+            dapr::dapr::proto::runtime::v1::BindingEventRequest::decode(&wire_form[..]).unwrap();
+        assert_eq!(request.name, "kin");
+        assert_eq!(request.data, b"\x00\x01hello");
+        let expected: HashMap<String, String> = [
+            ("__key", "k1"),
+            ("__offset", "7"),
+            ("h", "last"),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(request.metadata, expected);
+        let mut empty = raw.clone();
+        empty.data = bytes::Bytes::new();
+        let mut wire_form = Vec::new();
+        WireRequest::binding_event(&empty, "kin").write_to(&mut wire_form);
+        let request =
+            dapr::dapr::proto::runtime::v1::BindingEventRequest::decode(&wire_form[..]).unwrap();
+        assert!(request.data.is_empty() && request.metadata.len() == 4);
     }
 
     #[test]

@@ -29,7 +29,7 @@ type PartitionQueue = StreamPartitionQueue<KafkaContext>;
 
 /// What a rebalance did to this consumer, in the order librdkafka did it.
 enum AssignmentChange {
-    Assigned(Partition, Option<PartitionQueue>),
+    Assigned(Partition, Option<Arc<PartitionQueue>>),
     Revoked(Partition),
 }
 
@@ -39,7 +39,29 @@ struct KafkaContext {
     rt: Arc<TriggerRuntime>,
     /// Set once the consumer exists; weak, since the consumer owns this context.
     consumer: OnceLock<Weak<KafkaConsumer>>,
+    /// Every partition split off so far, kept for the consumer's life: librdkafka keeps one
+    /// wake-up callback per partition queue, which dropping any handle of it clears, so a
+    /// partition assigned again reuses its queue. Emptied before the consumer is dropped
+    /// (each queue holds the consumer).
+    queues: std::sync::Mutex<Vec<(Partition, Arc<PartitionQueue>)>>,
     changes: mpsc::UnboundedSender<AssignmentChange>,
+}
+
+impl KafkaContext {
+    /// The partition's own queue, split off the first time it is assigned.
+    fn queue_of(&self, topic: &str, partition: i32) -> Option<Arc<PartitionQueue>> {
+        let mut queues = self.queues.lock().expect("not poisoned");
+        if let Some((_, q)) = queues
+            .iter()
+            .find(|((t, p), _)| *p == partition && t == topic)
+        {
+            return Some(q.clone());
+        }
+        let consumer = self.consumer.get().and_then(Weak::upgrade)?;
+        let queue = Arc::new(consumer.split_partition_queue(topic, partition)?);
+        queues.push(((topic.to_owned(), partition), queue.clone()));
+        Some(queue)
+    }
 }
 
 impl ClientContext for KafkaContext {
@@ -81,11 +103,8 @@ impl ConsumerContext for KafkaContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let consumer = self.consumer.get().and_then(Weak::upgrade);
                 for e in tpl.elements() {
-                    let queue = consumer
-                        .as_ref()
-                        .and_then(|c| c.split_partition_queue(e.topic(), e.partition()));
+                    let queue = self.queue_of(e.topic(), e.partition());
                     if queue.is_none() {
                         tracing::warn!(trigger = %self.rt.key, topic = e.topic(), partition = e.partition(), "partition has no queue of its own; its messages come through the consumer's main queue");
                     }
@@ -259,6 +278,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     let context = KafkaContext {
         rt: rt.clone(),
         consumer: OnceLock::new(),
+        queues: std::sync::Mutex::new(Vec::new()),
         changes: changes_tx,
     };
     let consumer: Arc<KafkaConsumer> = match config.create_with_context(context) {
@@ -293,7 +313,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     // A few partitions per trigger: a list searched without allocating a key.
     let mut workers: Vec<PartitionWorker> = Vec::new();
     let spawn = |partition: Partition,
-                 queue: Option<PartitionQueue>,
+                 queue: Option<Arc<PartitionQueue>>,
                  predecessor: Option<tokio::task::JoinHandle<()>>| {
         let (strays, strays_rx) = mpsc::channel(rt.spec.policy.concurrency.max(1) * 2);
         let (revoked, revoked_rx) = oneshot::channel();
@@ -421,6 +441,12 @@ async fn leave_group(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), revoked).await;
+    consumer
+        .context()
+        .queues
+        .lock()
+        .expect("not poisoned")
+        .clear();
     // Closing waits for the LeaveGroup answer: off the async threads.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     tracing::info!(trigger = %rt.key, "kafka consumer stopped");
@@ -429,7 +455,7 @@ async fn leave_group(
 /// Where a partition worker takes its messages from.
 struct PartitionSource {
     /// The partition's own queue (none if it could not be split off).
-    queue: Option<PartitionQueue>,
+    queue: Option<Arc<PartitionQueue>>,
     strays: mpsc::Receiver<(i64, Event)>,
     revoked: oneshot::Receiver<()>,
     /// The worker of this partition's previous assignment, to finish first.
@@ -473,7 +499,7 @@ async fn partition_worker(
     };
     let queue = source.queue.take();
     // One receive kept across iterations: not a new stream registration per message.
-    let from_queue = recv_from(queue.as_ref());
+    let from_queue = recv_from(queue.as_deref());
     tokio::pin!(from_queue);
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -490,7 +516,7 @@ async fn partition_worker(
                     Ok(m) => next = Some((m.offset(), to_event(&m, rt.spec.kind, &rt.spec.component))),
                     Err(e) => tracing::warn!(trigger = %rt.key, topic = %topic, partition, error = %e, "kafka consume error"),
                 }
-                from_queue.set(recv_from(queue.as_ref()));
+                from_queue.set(recv_from(queue.as_deref()));
             }
             Some(first) = in_flight.next(), if !in_flight.is_empty() => {
                 // A batch settles many events at once: store the offset once for all of
