@@ -355,6 +355,9 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
                 }
                 AssignmentChange::Revoked(partition) => {
                     tracing::debug!(trigger = %rt.key, topic = %partition.0, partition = partition.1, "partition revoked");
+                    // Its lag is no longer this replica's to report.
+                    let [ns, f, t] = rt.labels();
+                    let _ = rt.metrics.consumer_lag.remove_label_values(&[ns, f, t, &partition.0, &partition.1.to_string()]);
                     if let Some(w) = workers.iter_mut().find(|w| w.partition == partition) {
                         if let Some(revoked) = w.revoked.take() {
                             let _ = revoked.send(());
