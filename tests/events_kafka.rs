@@ -393,6 +393,59 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
     drop(b);
 }
 
+/// Two replicas, one stopped for good mid-stream (scale-in, SIGTERM): it leaves the group at
+/// once (a static member too) and the other takes its partitions; nothing is lost or
+/// reordered per key. A replica added to a live group is not tested against Kafka: tansu 0.6
+/// gives a live member that rejoins no partitions in the new generation (the code before
+/// per-partition queues too), so the group never covers the topic again.
+#[test]
+fn a_replica_stopped_for_good_mid_stream_hands_its_partitions_over_and_loses_nothing() {
+    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
+    let Restartable {
+        _store,
+        kafka,
+        topic,
+        app,
+        dir,
+    } = restartable("scalein", 6);
+    let fleet = unique("scalein");
+    let identity = |n: &str| format!("events:\n  kafka_instance_id: {fleet}-{n}\n");
+    let a = Fngate::start_with(dir.path(), &identity("a"));
+    let b = Fngate::start_with(dir.path(), &identity("b"));
+    let producing = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        // Events keep coming, a paced stream on 24 keys, until the removal is done.
+        let producer = scope.spawn(|| {
+            let mut i = 0;
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                kafka.produce(&topic, &format!("k{}", i % 24), &format!("e{i}"), &[]);
+                i += 1;
+                if i % 100 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            i
+        });
+        a.wait_until(
+            || a.events_delivered() > 100.0 && b.events_delivered() > 100.0,
+            "both replicas delivering",
+        );
+        let b_before = b.events_delivered();
+        a.stop_gracefully();
+        b.wait_until(
+            || b.events_delivered() > b_before + 1000.0,
+            "the remaining replica delivering after the removal",
+        );
+        producing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let total = producer.join().unwrap();
+        app.wait_for("every event", |e| {
+            accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
+        });
+    });
+    assert_first_deliveries_in_produce_order_per_key(&app.events());
+    drop(b);
+}
+
 /// `fngate run` with `settings` appended to a minimal settings file; its exit code and stderr,
 /// or None if it is still running after it had time to claim its identity.
 fn run_briefly(dir: &std::path::Path, settings: &str, pod: Option<&str>) -> Option<(i32, String)> {

@@ -269,6 +269,10 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: KafkaSource) {
     if let Some(max) = source.max_message_bytes {
         config.set("fetch.message.max.bytes", max.max(1000).to_string());
     }
+    // librdkafka's own debug contexts (e.g. `cgrp,topic`), logged through fngate's log.
+    if let Some(contexts) = std::env::var_os("FNGATE_KAFKA_DEBUG") {
+        config.set("debug", contexts.to_string_lossy());
+    }
     if let Some(id) = &source.group_instance_id {
         // Static membership: a restarted replica rejoins as the same member and gets its
         // partitions back at once, without waiting for the dead session to expire.
@@ -444,6 +448,15 @@ async fn leave_group(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), revoked).await;
+    // librdkafka sends the LeaveGroup once the unassignment completes, on its own thread; a
+    // close that starts first skips it (a terminating static member never leaves). Serve the
+    // main queue a moment longer.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let _ = consumer.recv().await;
+        }
+    })
+    .await;
     consumer
         .context()
         .queues
