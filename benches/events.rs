@@ -411,9 +411,9 @@ fn p(lat: &mut [u64], q: f64) -> f64 {
 /// A path, its events/s, its share of the ceiling, and fngate's CPU time per event (µs).
 struct Row(String, f64, Option<f64>, Option<f64>);
 
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// CPU time (user + system) in seconds from a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let ticks: Vec<f64> = rest
@@ -425,17 +425,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks.iter().sum::<f64>() / 100.0
 }
 
-/// CPU time (user + system) the calling thread has used so far, in seconds.
+/// CPU time a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time the calling thread has used so far, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let ticks: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    ticks.iter().sum::<f64>() / 100.0
+    stat_cpu_seconds("/proc/thread-self/stat")
 }
 
 /// Broker metadata as fngate gives a Kafka binding event.

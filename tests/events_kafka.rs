@@ -13,6 +13,24 @@ fn component(name: &str, kind: &str, brokers: &str, extra: &str) -> String {
     )
 }
 
+/// A `bindings.kafka` component `kin` on `topic` (a consumer group of its own) and Function
+/// `function` triggered by it, delivered to `app` over gRPC.
+fn kafka_binding_function(kafka: &Kafka, topic: &str, function: &str, app: &DaprApp) -> String {
+    [
+        component(
+            "kin",
+            "bindings.kafka",
+            &kafka.brokers,
+            &format!(
+                "    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n",
+                unique("g")
+            ),
+        ),
+        dapr_function_yaml(function, "kin", None, "grpc", app.addr.port(), ""),
+    ]
+    .join("---\n")
+}
+
 #[test]
 fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() {
     let kafka = Kafka::start();
@@ -20,18 +38,11 @@ fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() 
     kafka.create_topic(&topic, 3);
     let app = DaprApp::start("grpc", "kin", "");
     let dir = tempfile::tempdir().unwrap();
-    let group = unique("g");
     write_atomically(
         dir.path(),
         "fn.yaml",
         &[
-            component(
-                "kin",
-                "bindings.kafka",
-                &kafka.brokers,
-                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {group}\n"),
-            ),
-            dapr_function_yaml("ingest", "kin", None, "grpc", app.addr.port(), ""),
+            kafka_binding_function(&kafka, &topic, "ingest", &app),
             endpoint_slice("default", "ingest", &[app.addr], true),
         ]
         .join("---\n"),
@@ -106,13 +117,7 @@ fn a_partition_held_by_its_function_does_not_hold_back_the_other_partitions() {
         dir.path(),
         "fn.yaml",
         &[
-            component(
-                "kin",
-                "bindings.kafka",
-                &kafka.brokers,
-                &format!("    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n", unique("g")),
-            ),
-            dapr_function_yaml("ordered", "kin", None, "grpc", app.addr.port(), ""),
+            kafka_binding_function(&kafka, &topic, "ordered", &app),
             endpoint_slice("default", "ordered", &[app.addr], true),
         ]
         .join("---\n"),
@@ -224,19 +229,7 @@ fn a_broker_restart_loses_nothing() {
     write_atomically(
         dir.path(),
         "fn.yaml",
-        &[
-            component(
-                "kin",
-                "bindings.kafka",
-                &kafka.brokers,
-                &format!(
-                    "    - name: topics\n      value: {topic}\n    - name: consumerGroup\n      value: {}\n",
-                    unique("g")
-                ),
-            ),
-            dapr_function_yaml("restart", "kin", None, "grpc", app.addr.port(), ""),
-        ]
-        .join("---\n"),
+        &kafka_binding_function(&kafka, &topic, "restart", &app),
     );
     let slice = |ready| endpoint_slice("default", "restart", &[app.addr], ready);
     write_atomically(dir.path(), "slice.yaml", &slice(true));

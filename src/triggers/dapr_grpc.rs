@@ -531,16 +531,21 @@ mod tests {
         assert_eq!(request.extensions, Some(to_struct(wrapped.extensions)));
     }
 
-    #[test]
-    fn a_binding_event_written_to_the_wire_decodes_as_the_request_dapr_sends() {
-        let mut raw = event(b"\x00\x01hello");
-        raw.metadata = vec![
+    /// Broker metadata with a header repeated (the last value is the one maps keep).
+    fn broker_metadata() -> Vec<(std::borrow::Cow<'static, str>, String)> {
+        vec![
             ("__key".into(), "k1".into()),
             ("__offset".into(), "7".into()),
             ("h".into(), "first".into()),
             ("h".into(), "last".into()),
-            ("empty".into(), "".into()),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_binding_event_written_to_the_wire_decodes_as_the_request_dapr_sends() {
+        let mut raw = event(b"\x00\x01hello");
+        raw.metadata = broker_metadata();
+        raw.metadata.push(("empty".into(), "".into()));
         let mut wire_form = Vec::new();
         WireRequest::binding_event(&raw, "kin").write_to(&mut wire_form);
         let request =
@@ -569,12 +574,7 @@ mod tests {
     #[test]
     fn a_bulk_request_written_to_the_wire_decodes_as_the_request_dapr_sends() {
         let mut raw = event(b"\x00\x01hello");
-        raw.metadata = vec![
-            ("__key".into(), "k1".into()),
-            ("__offset".into(), "7".into()),
-            ("h".into(), "first".into()),
-            ("h".into(), "last".into()),
-        ];
+        raw.metadata = broker_metadata();
         let already = event(
             br#"{"specversion":"1.0","id":"abc","source":"shop","type":"order.created","data":{"n":1},"nested":{"a":[1,null,true]}}"#,
         );
