@@ -353,7 +353,7 @@ fn start_fngate(objects: &str) -> Fngate {
     std::fs::create_dir(dir.path().join("fns")).unwrap();
     std::fs::write(dir.path().join("fns/f.yaml"), objects).unwrap();
     let settings = dir.path().join("fngate.yaml");
-    std::fs::write(&settings, format!("listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\ncatalog:\n  dir: fns\nthreads: {}\nevents:\n  kafka_fetch_wait: {FETCH_WAIT_MS}ms\n", free_port(), free_port(), std::env::var("BENCH_FNGATE_THREADS").unwrap_or_else(|_| "2".into()))).unwrap();
+    std::fs::write(&settings, format!("listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  dapr_grpc: \"\"\n  dapr_http: \"\"\ncatalog:\n  dir: fns\nthreads: {}\nevents:\n  kafka_fetch_wait: {FETCH_WAIT_MS}ms\n", free_port(), free_port(), std::env::var("BENCH_FNGATE_THREADS").unwrap_or_else(|_| "2".into()))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fngate"))
         .args(["run", "--config"])
         .arg(&settings)
