@@ -113,8 +113,9 @@ impl Drop for Running {
 /// How a hold ended.
 pub enum Held {
     /// Endpoints are ready (from a published plan, or found by the probe). With a release
-    /// limit, the permit this request holds until it ends.
-    Ready(Arc<ServiceEndpoints>, Option<ReleasePermit>),
+    /// limit, the permit this request holds until it ends. The request counts as running
+    /// from before it stops counting as waiting, so its function never looks idle between.
+    Ready(Arc<ServiceEndpoints>, Option<ReleasePermit>, Running),
     /// Too many requests already wait (for this function, or in all): 503 at once.
     Overflow,
     /// No endpoint became ready in time: 504.
@@ -493,7 +494,7 @@ impl Activator {
                     .activator_wait_duration
                     .with_label_values(&labels)
                     .observe(started.elapsed().as_secs_f64());
-                return Held::Ready(eps, permit);
+                return Held::Ready(eps, permit, self.running(labels[0], labels[1]));
             }
             let probe_changed = async {
                 match probed.as_mut() {

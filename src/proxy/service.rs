@@ -242,13 +242,10 @@ impl FunctionProxy {
             }
         };
         match held {
-            Held::Ready(endpoints, permit) => {
+            Held::Ready(endpoints, permit, running) => {
                 ctx.endpoints = Some(endpoints);
                 ctx.release_permit = permit;
-                ctx.running = Some(
-                    self.activator
-                        .running(&rule.function.namespace, &rule.function.name),
-                );
+                ctx.running = Some(running);
                 self.mirror(session, ctx, rule);
                 Ok(false)
             }
@@ -379,7 +376,8 @@ impl ProxyHttp for FunctionProxy {
                 .wait_for_endpoint(rule, ctx.backend, Some(&refused))
                 .await
             {
-                Held::Ready(endpoints, permit) => {
+                // Already counted as running since it first started.
+                Held::Ready(endpoints, permit, _) => {
                     ctx.endpoints = Some(endpoints);
                     ctx.release_permit = permit.or(ctx.release_permit.take());
                     ctx.failed_attempts = 0;
