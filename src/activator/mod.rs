@@ -519,3 +519,57 @@ impl Activator {
         Held::TimedOut
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Endpoints, Plan};
+
+    #[tokio::test]
+    async fn a_released_request_counts_as_running_before_it_stops_counting_as_waiting() {
+        let key = ServiceKey {
+            namespace: "default".into(),
+            name: "cold".into(),
+        };
+        let mut endpoints = Endpoints::default();
+        endpoints.insert_shared(
+            key.clone(),
+            Arc::new(ServiceEndpoints::new(
+                vec![EndpointAddress {
+                    ip: "127.0.0.1".parse().unwrap(),
+                    ports: Arc::from(vec![(None, 8080)]),
+                }],
+                Vec::new(),
+            )),
+        );
+        let plan = Plan {
+            endpoints: Arc::new(endpoints),
+            ..Default::default()
+        };
+        let (_publish, revisions) = watch::channel(0);
+        let activator = Activator::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(plan)),
+            revisions,
+            Default::default(),
+            Arc::new(Metrics::new()),
+            None,
+        );
+        let held = activator
+            .hold(
+                &key,
+                Some(8080),
+                ["default", "cold"],
+                None,
+                &HoldPolicy::default(),
+            )
+            .await;
+        let activity = activator.activity("default", "cold");
+        // Its hold slot is gone; the request is now running, so KEDA still sees it.
+        assert_eq!((activity.waiting(), activity.load()), (0, 1));
+        assert!(*activity.subscribe().borrow());
+        assert!(matches!(held, Held::Ready(..)));
+        drop(held);
+        assert_eq!(activity.load(), 0);
+        assert!(!*activity.subscribe().borrow());
+    }
+}
