@@ -347,6 +347,11 @@ impl Settings {
         } else {
             None
         };
+        let threads = raw.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
         Ok(Settings {
             kubernetes,
             events,
@@ -399,20 +404,12 @@ impl Settings {
                 "50ms",
             )?
             .unwrap_or_default(),
-            threads: raw.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            }),
+            threads,
             event_threads: match raw.events.threads {
                 Some(0) => return Err(invalid("events.threads", "must be at least 1".into())),
                 Some(n) => n,
                 // Event delivery is CPU-bound at high rates: as many threads as the proxy.
-                None => raw.threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                None => threads,
             },
         })
     }

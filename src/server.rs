@@ -260,17 +260,10 @@ fn claim_instance_id(id: &str) -> Result<std::fs::File, String> {
         .map(std::path::PathBuf::from)
         .filter(|d| d.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    let name: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let path = dir.join(format!("fngate-kafka-instance-{name}.lock"));
+    let path = dir.join(format!(
+        "fngate-kafka-instance-{}.lock",
+        crate::compile::kafka_legal(id)
+    ));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

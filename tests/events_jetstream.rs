@@ -711,15 +711,9 @@ fn replicas_added_and_removed_mid_stream_keep_order_and_lose_nothing() {
     let producing = std::sync::atomic::AtomicBool::new(true);
     let total = std::thread::scope(|scope| {
         let publisher = scope.spawn(|| {
-            let mut i = 0;
-            while producing.load(std::sync::atomic::Ordering::Relaxed) {
-                broker.publish(&subject, &format!("e{i}"), &[]);
-                i += 1;
-                if i % 20 == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-            i
+            send_paced_until(&producing, 20, |i| {
+                broker.publish(&subject, &format!("e{i}"), &[])
+            })
         });
         a.wait_until(
             || a.events_delivered() + b.events_delivered() >= 50.0,

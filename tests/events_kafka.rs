@@ -13,6 +13,25 @@ fn component(name: &str, kind: &str, brokers: &str, extra: &str) -> String {
     )
 }
 
+/// Writes the catalog of `kafka_binding_function` with `app` as its ready endpoint.
+fn write_kafka_binding_catalog(
+    dir: &std::path::Path,
+    kafka: &Kafka,
+    topic: &str,
+    function: &str,
+    app: &DaprApp,
+) {
+    write_atomically(
+        dir,
+        "fn.yaml",
+        &[
+            kafka_binding_function(kafka, topic, function, app),
+            endpoint_slice("default", function, &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+}
+
 /// A `bindings.kafka` component `kin` on `topic` (a consumer group of its own) and Function
 /// `function` triggered by it, delivered to `app` over gRPC.
 fn kafka_binding_function(kafka: &Kafka, topic: &str, function: &str, app: &DaprApp) -> String {
@@ -38,15 +57,7 @@ fn binding_over_grpc_gets_dapr_kafka_metadata_in_partition_order_with_retries() 
     kafka.create_topic(&topic, 3);
     let app = DaprApp::start("grpc", "kin", "");
     let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            kafka_binding_function(&kafka, &topic, "ingest", &app),
-            endpoint_slice("default", "ingest", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    write_kafka_binding_catalog(dir.path(), &kafka, &topic, "ingest", &app);
     let gate = Fngate::start(dir.path());
     let total = 30;
     for i in 0..total {
@@ -113,15 +124,7 @@ fn a_partition_held_by_its_function_does_not_hold_back_the_other_partitions() {
         &["--hold-marked", release_file.to_str().unwrap()],
     );
     let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            kafka_binding_function(&kafka, &topic, "ordered", &app),
-            endpoint_slice("default", "ordered", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    write_kafka_binding_catalog(dir.path(), &kafka, &topic, "ordered", &app);
     // Partition 0: its first event is held by the function; the rest wait behind it, in
     // order (one event in flight per partition), far more than a dispatch queue holds.
     let behind = 200;
@@ -409,15 +412,9 @@ fn a_replica_stopped_for_good_mid_stream_hands_its_partitions_over_and_loses_not
     std::thread::scope(|scope| {
         // Events keep coming, a paced stream on 24 keys, until the removal is done.
         let producer = scope.spawn(|| {
-            let mut i = 0;
-            while producing.load(std::sync::atomic::Ordering::Relaxed) {
-                kafka.produce(&topic, &format!("k{}", i % 24), &format!("e{i}"), &[]);
-                i += 1;
-                if i % 100 == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-            i
+            send_paced_until(&producing, 100, |i| {
+                kafka.produce(&topic, &format!("k{}", i % 24), &format!("e{i}"), &[])
+            })
         });
         a.wait_until(
             || a.events_delivered() > 100.0 && b.events_delivered() > 100.0,

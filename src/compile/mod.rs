@@ -13,6 +13,7 @@ mod triggers;
 pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};
 pub use route::HOLD_TIMEOUT_ANNOTATION;
 pub use runtime::API_TOKEN_ANNOTATION;
+pub use triggers::kafka_legal;
 pub use triggers::{EventDefaults, CONCURRENCY_ANNOTATION, MAX_ATTEMPTS_ANNOTATION};
 
 use crate::api::{Diagnostic, Function, ObjectKey, ObjectKind, ParsedObject};

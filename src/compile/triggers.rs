@@ -420,13 +420,7 @@ fn group_instance_id(instance: &str, key: &TriggerKey) -> String {
         "{instance}.{}.{}.{}.{}",
         key.namespace, key.function, key.component, key.topic
     );
-    let mut id: String = raw
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
-            _ => '_',
-        })
-        .collect();
+    let mut id = kafka_legal(&raw);
     if id.len() > 249 {
         // Keep it unique: a digest of the whole in place of the tail.
         use sha2::Digest as _;
@@ -437,6 +431,16 @@ fn group_instance_id(instance: &str, key: &TriggerKey) -> String {
         id.push_str(&hex);
     }
     id
+}
+
+/// `s` with every character Kafka does not allow in an id (`[A-Za-z0-9._-]`) as `_`.
+pub fn kafka_legal(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// Resolved metadata of one component, tracking which keys were read.

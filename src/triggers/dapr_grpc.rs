@@ -374,7 +374,6 @@ struct WireRequest {
     head: Vec<u8>,
     /// Written after `head` as is: an event's payload, shared with the event.
     payload: bytes::Bytes,
-    tail: Vec<u8>,
     entries: Vec<GrpcBulkEntry>,
 }
 
@@ -389,27 +388,25 @@ impl WireRequest {
         WireRequest {
             head,
             payload: bytes::Bytes::new(),
-            tail: Vec::new(),
             entries,
         }
     }
 
-    /// A `BindingEventRequest`: the component's name, the payload and the broker metadata.
+    /// A `BindingEventRequest`: the component's name, the broker metadata, then the
+    /// payload last (protobuf fields may come in any order), so it need not be copied here.
     fn binding_event(event: &Event, component: &str) -> Self {
-        let mut head = Vec::with_capacity(component.len() + 16);
+        let mut head = Vec::with_capacity(component.len() + 256);
         wire::string(&mut head, 1, component);
-        if !event.data.is_empty() {
-            wire::field_head(&mut head, 2, event.data.len());
-        }
-        let mut tail = Vec::with_capacity(256);
         // Repeated keys: every map decoder keeps the last, as Dapr's own map would.
         for (k, v) in &event.metadata {
-            wire::map_entry(&mut tail, 3, k, v);
+            wire::map_entry(&mut head, 3, k, v);
+        }
+        if !event.data.is_empty() {
+            wire::field_head(&mut head, 2, event.data.len());
         }
         WireRequest {
             head,
             payload: event.data.clone(),
-            tail,
             entries: Vec::new(),
         }
     }
@@ -425,7 +422,6 @@ impl WireRequest {
         WireRequest {
             head,
             payload: bytes::Bytes::new(),
-            tail: Vec::new(),
             entries: Vec::new(),
         }
     }
@@ -434,7 +430,6 @@ impl WireRequest {
         let mut entry_head = Vec::with_capacity(8);
         dst.put_slice(&self.head);
         dst.put_slice(&self.payload);
-        dst.put_slice(&self.tail);
         for entry in &self.entries {
             entry_head.clear();
             wire::field_head(&mut entry_head, 2, entry.encoded.len());

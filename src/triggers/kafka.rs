@@ -87,11 +87,8 @@ impl ClientContext for KafkaContext {
         }
     }
 
+    // A fenced consumer's fatal error is reported where the dispatch loop stops for it.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if reason.contains("FENCED_INSTANCE_ID") || reason.contains("fenced") {
-            tracing::error!(trigger = %self.rt.key, %error, reason, "another live consumer holds this trigger's group.instance.id: give every replica its own events.kafka_instance_id (or POD_NAME)");
-            return;
-        }
         tracing::warn!(trigger = %self.rt.key, %error, reason, "kafka client error");
     }
 }
@@ -437,26 +434,22 @@ async fn leave_group(
     consumer.unsubscribe();
     // The revocation is served from the main queue: poll it until it has run.
     let revoked = async {
-        loop {
-            tokio::select! {
-                change = changes.recv() => match change {
-                    Some(AssignmentChange::Revoked(_)) | None => break,
-                    Some(AssignmentChange::Assigned(..)) => {}
-                },
-                _ = consumer.recv() => {}
-            }
-        }
+        while !matches!(
+            changes.recv().await,
+            Some(AssignmentChange::Revoked(_)) | None
+        ) {}
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), revoked).await;
-    // librdkafka sends the LeaveGroup once the unassignment completes, on its own thread; a
-    // close that starts first skips it (a terminating static member never leaves). Serve the
-    // main queue a moment longer.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        loop {
-            let _ = consumer.recv().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            _ = revoked => {}
+            _ = serve_main_queue(&consumer) => {}
         }
     })
     .await;
+    // librdkafka sends the LeaveGroup once the unassignment completes, on its own thread; a
+    // close that starts first skips it (a terminating static member never leaves). Serve the
+    // main queue a moment longer.
+    let _ = tokio::time::timeout(Duration::from_millis(500), serve_main_queue(&consumer)).await;
     consumer
         .context()
         .queues
@@ -466,6 +459,13 @@ async fn leave_group(
     // Closing waits for the LeaveGroup answer: off the async threads.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     tracing::info!(trigger = %rt.key, "kafka consumer stopped");
+}
+
+/// Polls the consumer's main queue (rebalances, errors) for as long as it is awaited.
+async fn serve_main_queue(consumer: &KafkaConsumer) {
+    loop {
+        let _ = consumer.recv().await;
+    }
 }
 
 /// Where a partition worker takes its messages from.
@@ -492,10 +492,16 @@ async fn partition_worker(
     rt: Arc<TriggerRuntime>,
     consumer: Arc<KafkaConsumer>,
     (topic, partition): Partition,
-    mut source: PartitionSource,
+    source: PartitionSource,
     dead_letter: Option<Arc<KafkaDeadLetter>>,
 ) {
-    if let Some(predecessor) = source.predecessor.take() {
+    let PartitionSource {
+        queue,
+        mut strays,
+        mut revoked,
+        predecessor,
+    } = source;
+    if let Some(predecessor) = predecessor {
         let _ = predecessor.await;
     }
     let concurrency = rt.spec.policy.concurrency.max(1);
@@ -513,7 +519,6 @@ async fn partition_worker(
             }
         }
     };
-    let queue = source.queue.take();
     // One receive kept across iterations: not a new stream registration per message.
     let from_queue = recv_from(queue.as_deref());
     tokio::pin!(from_queue);
@@ -522,8 +527,8 @@ async fn partition_worker(
         let mut next = None;
         tokio::select! {
             biased;
-            _ = &mut source.revoked, if open => open = false,
-            m = source.strays.recv(), if open && in_flight.len() < concurrency => match m {
+            _ = &mut revoked, if open => open = false,
+            m = strays.recv(), if open && in_flight.len() < concurrency => match m {
                 Some(m) => next = Some(m),
                 None => open = false,
             },

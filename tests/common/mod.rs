@@ -727,3 +727,22 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         .insert("dapr-api-token", token.parse().unwrap());
     r
 }
+
+/// Calls `send(i)` for i = 0, 1, … until `running` turns false, pausing 20 ms after every
+/// `batch` sends so the stream keeps flowing while replicas come and go; how many were sent.
+#[allow(dead_code)] // not every test binary uses it
+pub fn send_paced_until(
+    running: &std::sync::atomic::AtomicBool,
+    batch: usize,
+    mut send: impl FnMut(usize),
+) -> usize {
+    let mut i = 0;
+    while running.load(std::sync::atomic::Ordering::Relaxed) {
+        send(i);
+        i += 1;
+        if i % batch == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    i
+}
