@@ -281,11 +281,12 @@ fn assert_first_deliveries_in_produce_order_per_key(events: &[serde_json::Value]
 /// broker with SQLite storage: tansu's memory store does not resume a group from a
 /// committed offset, and these tests restart consumers.
 struct Restartable {
-    _store: tempfile::TempDir,
     kafka: Kafka,
     topic: String,
     app: DaprApp,
     dir: tempfile::TempDir,
+    /// Last: fields drop in order, and the SQLite folder must outlive the broker.
+    _store: tempfile::TempDir,
 }
 
 fn restartable(function: &str, partitions: u32) -> Restartable {
@@ -324,31 +325,29 @@ fn produce_paced(kafka: &Kafka, topic: &str, total: usize, keys: usize) {
     }
 }
 
+/// Settings giving a replica Kafka instance id `prefix` made unique: an instance id is
+/// claimed host-wide, and tests run side by side.
+fn instance_settings(prefix: &str) -> String {
+    format!("events:\n  kafka_instance_id: {}\n", unique(prefix))
+}
+
 #[test]
 fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership() {
-    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
-    let Restartable {
-        _store,
-        kafka,
-        topic,
-        app,
-        dir,
-    } = restartable("statics", 3);
+    let r = restartable("statics", 3);
     let total = 3000;
-    // Unique per test: an instance id is claimed host-wide, and tests run side by side.
-    let identity = &format!("events:\n  kafka_instance_id: {}\n", unique("replica-a"));
+    let identity = &instance_settings("replica-a");
     std::thread::scope(|scope| {
         // Events keep arriving while the replica dies and comes back.
-        let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 12));
-        let gate = Fngate::start_with(dir.path(), identity);
-        app.wait_for("some events", |e| e.len() >= 60);
+        let producer = scope.spawn(|| produce_paced(&r.kafka, &r.topic, total, 12));
+        let gate = Fngate::start_with(r.dir.path(), identity);
+        r.app.wait_for("some events", |e| e.len() >= 60);
         // A container restart: killed, and the same replica back half a second later,
         // while the dead member's session is still open on the broker.
         gate.kill_hard();
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let _gate = Fngate::start_with(dir.path(), identity);
+        let _gate = Fngate::start_with(r.dir.path(), identity);
         producer.join().unwrap();
-        app.wait_for("every event after the restart", |e| {
+        r.app.wait_for("every event after the restart", |e| {
             accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
         });
     });
@@ -356,23 +355,16 @@ fn a_replica_restarted_at_once_takes_its_partitions_back_with_static_membership(
 
 #[test]
 fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
-    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
-    let Restartable {
-        _store,
-        kafka,
-        topic,
-        app,
-        dir,
-    } = restartable("shared", 4);
+    let r = restartable("shared", 4);
     let total = 2000;
     let (id_a, id_b) = (
-        &format!("events:\n  kafka_instance_id: {}\n", unique("replica-a")),
-        &format!("events:\n  kafka_instance_id: {}\n", unique("replica-b")),
+        &instance_settings("replica-a"),
+        &instance_settings("replica-b"),
     );
-    let a = Fngate::start_with(dir.path(), id_a);
-    let b = Fngate::start_with(dir.path(), id_b);
+    let a = Fngate::start_with(r.dir.path(), id_a);
+    let b = Fngate::start_with(r.dir.path(), id_b);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| produce_paced(&kafka, &topic, total, 16));
+        let producer = scope.spawn(|| produce_paced(&r.kafka, &r.topic, total, 16));
         // Both replicas deliver: the group split the partitions between them.
         a.wait_until(
             || a.events_delivered() > 0.0 && b.events_delivered() > 0.0,
@@ -380,11 +372,12 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
         );
         a.kill_hard();
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let _a = Fngate::start_with(dir.path(), id_a);
+        let _a = Fngate::start_with(r.dir.path(), id_a);
         producer.join().unwrap();
-        app.wait_for("every event with one replica restarted", |e| {
-            accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
-        });
+        r.app
+            .wait_for("every event with one replica restarted", |e| {
+                accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
+            });
     });
     drop(b);
 }
@@ -396,24 +389,16 @@ fn two_replicas_share_a_topic_and_one_killed_and_restarted_loses_nothing() {
 /// per-partition queues too), so the group never covers the topic again.
 #[test]
 fn a_replica_stopped_for_good_mid_stream_hands_its_partitions_over_and_loses_nothing() {
-    // `_store` is bound, not `..`: the SQLite folder must outlive the broker.
-    let Restartable {
-        _store,
-        kafka,
-        topic,
-        app,
-        dir,
-    } = restartable("scalein", 6);
-    let fleet = unique("scalein");
-    let identity = |n: &str| format!("events:\n  kafka_instance_id: {fleet}-{n}\n");
-    let a = Fngate::start_with(dir.path(), &identity("a"));
-    let b = Fngate::start_with(dir.path(), &identity("b"));
+    let r = restartable("scalein", 6);
+    let a = Fngate::start_with(r.dir.path(), &instance_settings("scalein-a"));
+    let b = Fngate::start_with(r.dir.path(), &instance_settings("scalein-b"));
     let producing = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|scope| {
         // Events keep coming, a paced stream on 24 keys, until the removal is done.
         let producer = scope.spawn(|| {
             send_paced_until(&producing, 100, |i| {
-                kafka.produce(&topic, &format!("k{}", i % 24), &format!("e{i}"), &[])
+                r.kafka
+                    .produce(&r.topic, &format!("k{}", i % 24), &format!("e{i}"), &[])
             })
         });
         a.wait_until(
@@ -428,11 +413,11 @@ fn a_replica_stopped_for_good_mid_stream_hands_its_partitions_over_and_loses_not
         );
         producing.store(false, std::sync::atomic::Ordering::Relaxed);
         let total = producer.join().unwrap();
-        app.wait_for("every event", |e| {
+        r.app.wait_for("every event", |e| {
             accepted_data(e).into_iter().collect::<HashSet<_>>().len() == total
         });
     });
-    assert_first_deliveries_in_produce_order_per_key(&app.events());
+    assert_first_deliveries_in_produce_order_per_key(&r.app.events());
     drop(b);
 }
 
@@ -482,8 +467,7 @@ fn run_briefly(dir: &std::path::Path, settings: &str, pod: Option<&str>) -> Opti
 #[test]
 fn two_live_processes_cannot_claim_one_kafka_instance_id() {
     let dir = tempfile::tempdir().unwrap();
-    let id = unique("twin");
-    let settings = format!("events:\n  kafka_instance_id: {id}\n");
+    let settings = instance_settings("twin");
     let first = Fngate::start_with(dir.path(), &settings);
     let (code, stderr) =
         run_briefly(dir.path(), &settings, None).expect("the second process refuses to start");
