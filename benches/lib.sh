@@ -29,7 +29,8 @@ wait_http() {
   echo "timed out waiting for $1" >&2; return 1
 }
 
-# start_fngate DIR THREADS HTTP_PORT ADMIN_PORT: fngate serving catalog DIR.
+# start_fngate DIR THREADS HTTP_PORT ADMIN_PORT: fngate serving catalog DIR (run under
+# $PIN_FNGATE, e.g. a taskset, when set).
 start_fngate() {
   local dir=$1 threads=$2 http=$3 admin=$4
   cat > "$WORK/fngate-$http.yaml" <<YAML
@@ -41,7 +42,7 @@ catalog:
 threads: $threads
 ${FNGATE_EXTRA:-}
 YAML
-  RUST_LOG=error "$FNGATE" run --config "$WORK/fngate-$http.yaml" &
+  RUST_LOG=error ${PIN_FNGATE:-} "$FNGATE" run --config "$WORK/fngate-$http.yaml" &
   PIDS+=($!)
   FNGATE_PID=$!
   for _ in $(seq 1 600); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && return 0; sleep 0.05; done
@@ -72,10 +73,10 @@ ports: [{port: $port}]
 YAML
 }
 
-# run_wrk URL CONNS SECONDS: prints "req_per_sec p99_ms errors".
+# run_wrk URL CONNS SECONDS (wrk run under $LOADPIN when set): prints "req_per_sec p99_ms errors".
 run_wrk() {
   local out
-  out=$(wrk -t1 -c"$2" -d"$3"s --latency -H 'Host: bench.default.ofn.io' "$1")
+  out=$(${LOADPIN:-} wrk -t1 -c"$2" -d"$3"s --latency -H 'Host: bench.default.ofn.io' "$1")
   local rps p99 p99ms errs non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")

@@ -16,14 +16,19 @@ struct Bare(std::net::SocketAddr);
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
+    // The same framework set-up as fngate's proxy (no compression module, one
+    // current-thread runtime at one thread), so the difference is fngate's own work.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.0, false, String::new())))
     }
 }
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let threads: usize = args[3].parse().unwrap();
     let conf = ServerConf {
-        threads: args[3].parse().unwrap(),
+        threads,
+        work_stealing: threads > 1,
         upstream_keepalive_pool_size: 1024,
         // Exit on SIGTERM as fngate does, instead of pingora's 5-minute grace period
         // (the benchmark waits for each peer to exit).

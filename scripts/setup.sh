@@ -6,7 +6,7 @@
 # (each starts its own). Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light wrk nats-server protobuf-compiler redis-server)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light haproxy nghttp2-client wrk nats-server protobuf-compiler redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

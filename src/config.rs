@@ -33,6 +33,14 @@ struct RawSettings {
     threads: Option<usize>,
     events: RawEvents,
     activator: RawActivator,
+    http2: RawHttp2,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawHttp2 {
+    h2c: Option<bool>,
+    max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -169,6 +177,10 @@ pub struct Settings {
     pub listen_dapr_http: Option<SocketAddr>,
     /// URL told (POST) when a function's first request starts waiting.
     pub scale_webhook: Option<String>,
+    /// HTTP/2 from clients: with prior knowledge on the HTTP listener (h2c).
+    pub h2c: bool,
+    /// Streams one HTTP/2 client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Settings {
@@ -405,6 +417,17 @@ impl Settings {
             )?
             .unwrap_or_default(),
             threads,
+            h2c: raw.http2.h2c.unwrap_or(true),
+            h2_max_concurrent_streams: match raw.http2.max_concurrent_streams {
+                Some(0) => {
+                    return Err(invalid(
+                        "http2.max_concurrent_streams",
+                        "must be at least 1".into(),
+                    ))
+                }
+                Some(n) => n,
+                None => 100,
+            },
             event_threads: match raw.events.threads {
                 Some(0) => return Err(invalid("events.threads", "must be at least 1".into())),
                 Some(n) => n,

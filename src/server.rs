@@ -12,6 +12,8 @@ use crate::status::StatusWriter;
 use crate::telemetry::{AdminApp, Metrics};
 use crate::triggers::TriggerSupervisor;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -290,6 +292,25 @@ fn claim_instance_id(id: &str) -> Result<std::fs::File, String> {
     }
 }
 
+/// HTTP/2 limits for client connections. The h2 crate bounds what hostile clients do
+/// (rapid reset: pending-accept resets; CONTINUATION floods: the decoded header list);
+/// these set the numbers.
+fn h2_options(settings: &Settings) -> H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        // The same bound as an HTTP/1 head (431 beyond it).
+        .max_header_list_size(settings.max_header_bytes.try_into().unwrap_or(u32::MAX))
+        // Streams a client may reset before fngate even accepted them (CVE-2023-44487).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // Streams fngate had to reset for a client's protocol errors before it sends GOAWAY.
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS));
+    options
+}
+
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// Read buffer of each client connection of the HTTP listener.
 const CONNECTION_READ_BUFFER: usize = 8 * 1024;
 
@@ -312,6 +333,10 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
 
     let conf = ServerConf {
         threads: settings.threads.max(1),
+        // One thread: a current-thread runtime, without the work-stealing scheduler's
+        // bookkeeping. More: keep stealing, as pingora's no-steal runtimes poll a
+        // connection on a random runtime while its socket stays with the accepting one.
+        work_stealing: settings.threads > 1,
         // On SIGTERM: a second for background work to finish its goodbyes (event
         // consumers committing, the status writer giving up its Lease) before the
         // runtimes are torn down.
@@ -351,6 +376,13 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     };
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "fngate http");
+    let app = proxy_service
+        .app_logic_mut()
+        .expect("a new service has its app");
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = settings.h2c;
+    app.server_options = Some(server_options);
+    app.h2_options = Some(h2_options(&settings));
     if let Some(addr) = settings.listen_http {
         // pingora's default 64 KiB read buffer per connection is most of what an idle or
         // waiting (scale from zero) connection costs; request heads and bodies are read
@@ -373,16 +405,17 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 });
             }
         }
-        proxy_service
-            .add_tls(
-                &addr.to_string(),
-                &cert.display().to_string(),
-                &key.display().to_string(),
-            )
-            .map_err(|e| ServerError::Tls {
-                addr: addr.to_string(),
-                message: e.to_string(),
-            })?;
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )
+        .map_err(|e| ServerError::Tls {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+        // ALPN: h2 when the client offers it, else HTTP/1.1.
+        tls.enable_h2();
+        proxy_service.add_tls_with_settings(&addr.to_string(), None, tls);
         tracing::info!(%addr, "HTTPS listener");
     }
 

@@ -12,7 +12,7 @@ mod webhook;
 
 pub use webhook::Webhook;
 
-use crate::plan::{choose_port, EndpointAddress, ServiceEndpoints, ServiceKey};
+use crate::plan::{choose_port, EndpointAddress, PortSpec, ServiceEndpoints, ServiceKey};
 use crate::plan_swap::SharedPlan;
 use crate::routing::HoldPolicy;
 use crate::telemetry::Metrics;
@@ -66,6 +66,13 @@ impl Activity {
     /// Waiting plus in flight: the load KEDA scales on.
     pub fn load(&self) -> usize {
         self.waiting() + self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a request being served until the guard drops.
+    pub fn running(this: &Arc<Activity>) -> Running {
+        this.in_flight.fetch_add(1, Ordering::SeqCst);
+        this.update();
+        Running(this.clone())
     }
 
     /// Changes (false -> true, true -> false) of "anything waiting or running".
@@ -359,10 +366,7 @@ impl Activator {
 
     /// Counts a request being served by function `namespace/name` until the guard drops.
     pub fn running(&self, namespace: &str, name: &str) -> Running {
-        let a = self.activity(namespace, name);
-        a.in_flight.fetch_add(1, Ordering::SeqCst);
-        a.update();
-        Running(a)
+        Activity::running(&self.activity(namespace, name))
     }
 
     fn admit(&self, key: &ServiceKey, labels: [&str; 2]) -> Option<Slot<'_>> {
@@ -459,10 +463,22 @@ impl Activator {
                     let up = *rx.borrow_and_update();
                     up.filter(|(_, found)| since.is_none_or(|t| *found > t))
                         .map(|(addr, _)| {
+                            // The probed endpoint's own port list: it says whether the
+                            // port speaks h2c.
+                            let ports = eps
+                                .not_ready
+                                .iter()
+                                .chain(&eps.ready)
+                                .find(|a| {
+                                    a.ip == addr.ip()
+                                        && choose_port(&a.ports, port) == Some(addr.port())
+                                })
+                                .map(|a| a.ports.clone())
+                                .unwrap_or_else(|| Arc::from([PortSpec::plain(addr.port())]));
                             Arc::new(ServiceEndpoints::new(
                                 vec![EndpointAddress {
                                     ip: addr.ip(),
-                                    ports: Arc::from([(None, addr.port())]),
+                                    ports,
                                 }],
                                 Vec::new(),
                             ))
@@ -537,7 +553,7 @@ mod tests {
             Arc::new(ServiceEndpoints::new(
                 vec![EndpointAddress {
                     ip: "127.0.0.1".parse().unwrap(),
-                    ports: Arc::from(vec![(None, 8080)]),
+                    ports: Arc::from(vec![PortSpec::plain(8080)]),
                 }],
                 Vec::new(),
             )),

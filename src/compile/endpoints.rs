@@ -2,11 +2,14 @@
 
 use super::{CatalogEntry, Snapshot};
 use crate::api::{Diagnostic, EndpointSlice, ObjectKey, ObjectKind, ParsedObject};
-use crate::plan::{EndpointAddress, Endpoints, ServiceEndpoints, ServiceKey};
+use crate::plan::{EndpointAddress, Endpoints, PortSpec, ServiceEndpoints, ServiceKey};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// The `appProtocol` Kubernetes defines for HTTP/2 over cleartext (KEP-3726).
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
 pub(super) fn build(snapshot: &Snapshot, previous: Option<&Arc<Endpoints>>) -> Arc<Endpoints> {
     let slices_fingerprint = slices_fingerprint(snapshot);
@@ -112,7 +115,11 @@ fn read_slice(
             .and_then(|n| u16::try_from(n).ok())
             .filter(|n| *n > 0)
         {
-            Some(n) => ports.push((p.name.clone(), n)),
+            Some(n) => ports.push(PortSpec {
+                name: p.name.clone(),
+                number: n,
+                h2c: p.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL),
+            }),
             None => diagnostics.push(
                 Diagnostic::error("port must be a number from 1 to 65535")
                     .on_object(label.clone())
@@ -121,7 +128,7 @@ fn read_slice(
             ),
         }
     }
-    let ports: Arc<[(Option<String>, u16)]> = ports.into();
+    let ports: Arc<[PortSpec]> = ports.into();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         // Kubernetes: an unset `ready` means ready.
         let ready = ep.conditions.ready.unwrap_or(true);

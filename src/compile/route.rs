@@ -34,6 +34,33 @@ const METHODS: [&str; 9] = [
 pub const HOLD_TIMEOUT_ANNOTATION: &str = "fngate.io/hold-timeout";
 pub const RELEASE_CONCURRENCY_ANNOTATION: &str = "fngate.io/release-concurrency";
 pub const READINESS_PATH_ANNOTATION: &str = "fngate.io/readiness-path";
+/// Function annotation: `h2c` sends its requests over HTTP/2 without TLS (gRPC
+/// functions), `http1` over HTTP/1.1; unset, the EndpointSlice port's `appProtocol` says.
+pub const UPSTREAM_PROTOCOL_ANNOTATION: &str = "fngate.io/upstream-protocol";
+
+fn upstream_h2c(f: &Function, diags: &mut Vec<Diagnostic>) -> Option<bool> {
+    match f
+        .metadata
+        .annotations
+        .get(UPSTREAM_PROTOCOL_ANNOTATION)
+        .map(String::as_str)
+    {
+        None => None,
+        Some("http1") => Some(false),
+        Some("h2c") => Some(true),
+        Some(other) => {
+            diags.push(
+                Diagnostic::error(format!(
+                    "{other:?} is not an upstream protocol; use \"h2c\" or \"http1\""
+                ))
+                .at_field(format!(
+                    "metadata.annotations[{UPSTREAM_PROTOCOL_ANNOTATION}]"
+                )),
+            );
+            None
+        }
+    }
+}
 
 /// The path the activator's probe GETs: fngate's annotation, else the HTTP readiness
 /// probe of the function's container (the one named `function`, else the first).
@@ -115,6 +142,8 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
         release_concurrency: release_concurrency(f, &mut diags),
         readiness_path: readiness_path(f),
     });
+    let upstream_h2c = upstream_h2c(f, &mut diags);
+    let serving = Arc::new(crate::routing::ServingSlot::default());
     let default_trigger = HttpTrigger::default();
     let trigger = f.http_trigger().unwrap_or(&default_trigger);
     let default_route = RouteSpec::default();
@@ -291,7 +320,9 @@ pub(super) fn compile_function(f: &Function, gw: &GatewayDefaults) -> CompiledRo
             backends,
             timeouts,
             hold: hold.clone(),
+            upstream_h2c,
             next_pick: Default::default(),
+            serving: serving.clone(),
         });
         for (mi, (path, conditions)) in compiled_matches {
             entries.push(RouteEntry {

@@ -73,8 +73,35 @@ pub struct ServiceKey {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointAddress {
     pub ip: IpAddr,
-    /// (port name, number) pairs from the slice.
-    pub ports: Arc<[(Option<String>, u16)]>,
+    /// The slice's ports.
+    pub ports: Arc<[PortSpec]>,
+}
+
+/// One port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortSpec {
+    pub name: Option<String>,
+    pub number: u16,
+    /// `appProtocol: kubernetes.io/h2c`: the function speaks HTTP/2 without TLS here.
+    pub h2c: bool,
+}
+
+impl PortSpec {
+    pub fn plain(number: u16) -> Self {
+        PortSpec {
+            name: None,
+            number,
+            h2c: false,
+        }
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Its port is declared h2c.
+    pub h2c: bool,
 }
 
 /// The ready endpoints of one Service, merged from all its EndpointSlices.
@@ -98,6 +125,11 @@ impl ServiceEndpoints {
 
     /// Round-robin start index; `attempt` moves to the next endpoint after a failure.
     pub fn pick(&self, attempt: usize, port_hint: Option<u16>) -> Option<SocketAddr> {
+        self.pick_upstream(attempt, port_hint).map(|u| u.addr)
+    }
+
+    /// As `pick`, with the chosen port's protocol.
+    pub fn pick_upstream(&self, attempt: usize, port_hint: Option<u16>) -> Option<Upstream> {
         if self.ready.is_empty() {
             return None;
         }
@@ -107,20 +139,28 @@ impl ServiceEndpoints {
             self.next.load(Ordering::Relaxed).wrapping_sub(1)
         };
         let ep = &self.ready[start.wrapping_add(attempt) % self.ready.len()];
-        let port = choose_port(&ep.ports, port_hint)?;
-        Some(SocketAddr::new(ep.ip, port))
+        let (port, h2c) = choose_port_spec(&ep.ports, port_hint)?;
+        Some(Upstream {
+            addr: SocketAddr::new(ep.ip, port),
+            h2c,
+        })
     }
 }
 
 /// One port: use it. Several: the one whose number matches the hint, else the first.
-pub fn choose_port(ports: &[(Option<String>, u16)], hint: Option<u16>) -> Option<u16> {
+pub fn choose_port(ports: &[PortSpec], hint: Option<u16>) -> Option<u16> {
+    choose_port_spec(ports, hint).map(|(port, _)| port)
+}
+
+/// `choose_port` with whether that port is h2c.
+fn choose_port_spec(ports: &[PortSpec], hint: Option<u16>) -> Option<(u16, bool)> {
     match ports {
-        [] => hint,
-        [(_, p)] => Some(*p),
+        [] => hint.map(|h| (h, false)),
+        [p] => Some((p.number, p.h2c)),
         many => hint
-            .and_then(|h| many.iter().find(|(_, p)| *p == h))
+            .and_then(|h| many.iter().find(|p| p.number == h))
             .or_else(|| many.first())
-            .map(|(_, p)| *p),
+            .map(|p| (p.number, p.h2c)),
     }
 }
 

@@ -19,6 +19,8 @@ pub struct RequestCtx {
     /// Replays after a fresh connection to the function closed without an answer.
     pub unanswered_replays: u8,
     pub body_bytes: u64,
+    /// The request announced a body (HTTP/1 framing headers; HTTP/2 an open stream).
+    pub has_body: bool,
     pub tls: bool,
     /// Mirror copies still receiving the request body.
     pub mirrors: Vec<super::mirror::MirrorBody>,
@@ -41,6 +43,7 @@ impl RequestCtx {
             failed_attempts: 0,
             unanswered_replays: 0,
             body_bytes: 0,
+            has_body: false,
             tls: false,
             mirrors: Vec::new(),
             running: None,

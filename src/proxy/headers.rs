@@ -59,8 +59,17 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
         return;
     }
     let keep = is_upgrade(&req.headers);
+    // `TE: trailers` says the client takes trailers, which gRPC needs end to end (and the
+    // only TE HTTP/2 allows): passed on, unlike any other TE.
+    let trailers = req
+        .headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in hop_by_hop_names(&req.headers, keep) {
         req.remove_header(&name);
+    }
+    if trailers {
+        let _ = req.insert_header("te", "trailers");
     }
 }
 

@@ -6,6 +6,7 @@ mod context;
 mod headers;
 mod mirror;
 mod service;
+mod stats;
 
 pub use context::RequestCtx;
 pub use service::{FunctionProxy, ProxyLimits};

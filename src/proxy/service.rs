@@ -1,4 +1,5 @@
 use super::context::RequestCtx;
+use super::stats::FunctionStats;
 use super::{headers, mirror};
 use crate::activator::{Activator, Held};
 use crate::plan::{ServiceEndpoints, ServiceKey};
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::SocketDigest;
+use pingora::protocols::{SocketDigest, ALPN};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -82,12 +83,56 @@ fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v != "0")
 }
 
+/// Whether the client speaks gRPC: then fngate's own errors must be gRPC statuses, or the
+/// client reports a bare protocol error instead of what happened.
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status fngate answers with (the mapping of gRPC's
+/// "HTTP to gRPC Status Code Mapping", size limits as RESOURCE_EXHAUSTED).
+fn grpc_code(http_status: u16) -> u8 {
+    match http_status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        413 | 431 => 8,        // RESOURCE_EXHAUSTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A trailers-only gRPC answer: HTTP 200, the status and message in the head.
+async fn respond_grpc(session: &mut Session, http_status: u16, message: &str) -> Result<bool> {
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header("content-type", "application/grpc")?;
+    resp.insert_header("grpc-status", grpc_code(http_status).to_string())?;
+    // grpc-message is percent-encoded: keep printable ASCII but '%'.
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.trim_end().bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    resp.insert_header("grpc-message", encoded)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
 async fn respond(
     session: &mut Session,
     status: u16,
     extra: &[(&str, String)],
     body: &'static str,
 ) -> Result<bool> {
+    if is_grpc(session.req_header()) {
+        return respond_grpc(session, status, body).await;
+    }
     let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -138,7 +183,10 @@ impl FunctionProxy {
             return respond(session, 404, &[], "no route for this host and path\n").await;
         };
         let rule: Arc<Rule> = hit.rule.clone();
-        ctx.matched_prefix = hit.matched_prefix.map(Arc::from);
+        // Only redirects and rewrites read it: no copy for a plain rule.
+        if rule.filters.is_some() {
+            ctx.matched_prefix = hit.matched_prefix.map(Arc::from);
+        }
         ctx.rule = Some(rule.clone());
 
         if let Some(redirect) = rule.redirect() {
@@ -179,10 +227,8 @@ impl FunctionProxy {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
             Some(eps) if eps.ready.is_empty() => self.hold(session, ctx, &rule).await,
             Some(_) => {
-                ctx.running = Some(
-                    self.activator
-                        .running(&rule.function.namespace, &rule.function.name),
-                );
+                ctx.running =
+                    Some(FunctionStats::of(&rule, &self.metrics, &self.activator).running());
                 self.mirror(session, ctx, &rule);
                 Ok(false)
             }
@@ -227,7 +273,20 @@ impl FunctionProxy {
                 e
             })
         };
-        let held = if has_body(session.req_header()) {
+        let held = if session.is_http2() {
+            // An HTTP/2 client gives up on a stream with RST_STREAM, not by closing the
+            // connection: watch the stream, without reading its body.
+            let closed = session.downstream_session.watch_h2_stream_close();
+            tokio::select! {
+                held = wait => held,
+                _ = async move {
+                    match closed {
+                        Some(idle) => { let _ = idle.await; }
+                        None => std::future::pending().await,
+                    }
+                } => return client_left(),
+            }
+        } else if ctx.has_body {
             // The body must stay unread for the function: the socket's TCP state tells a
             // hang-up instead.
             let socket = session.digest().and_then(|d| d.socket_digest.clone());
@@ -274,7 +333,7 @@ impl FunctionProxy {
         if rule.mirrors().is_empty() {
             return;
         }
-        let has_body = has_body(session.req_header());
+        let has_body = ctx.has_body;
         let mut copy = session.req_header().clone();
         if let Some(edits) = rule.request_headers() {
             let _ = headers::apply_edits(&mut copy, edits);
@@ -292,6 +351,9 @@ impl FunctionProxy {
         }
     }
 }
+
+/// Concurrent requests on one h2c connection to a function.
+const H2C_STREAMS_PER_CONNECTION: usize = 100;
 
 /// How often a waiting request with a body checks whether its client is still there.
 const HANG_UP_CHECK: Duration = Duration::from_millis(50);
@@ -322,11 +384,21 @@ impl ProxyHttp for FunctionProxy {
         RequestCtx::new(self.plan.load_full())
     }
 
+    /// No modules: pingora's default is a response compressor that is disabled yet still
+    /// allocated and called on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .is_some();
+        ctx.has_body = if session.is_http2() {
+            // HTTP/2 announces a body by not ending the stream with the head.
+            !session.downstream_session.is_body_empty()
+        } else {
+            has_body(session.req_header())
+        };
         if let Some(done) = self.check_limits(session).await? {
             return Ok(done);
         }
@@ -396,14 +468,19 @@ impl ProxyHttp for FunctionProxy {
                 }
             }
         }
-        let addr = ctx
+        let upstream = ctx
             .endpoints
             .as_ref()
-            .and_then(|e| e.pick(ctx.failed_attempts, target.port))
+            .and_then(|e| e.pick_upstream(ctx.failed_attempts, target.port))
             .ok_or_else(|| {
                 Error::explain(ErrorType::HTTPStatus(503), "function has no ready endpoint")
             })?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        if rule.upstream_h2c.unwrap_or(upstream.h2c) {
+            // HTTP/2 with prior knowledge; streams share connections.
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = H2C_STREAMS_PER_CONNECTION;
+        }
         peer.options.connection_timeout = Some(self.limits.connect_timeout);
         // Time to wait on the function between reads: the route's timeouts, else ours.
         let route_limit = match (rule.timeouts.request, rule.timeouts.backend_request) {
@@ -484,12 +561,12 @@ impl ProxyHttp for FunctionProxy {
             return Ok(());
         };
         headers::strip_request_hop_by_hop(upstream);
-        let host = request_host(session.req_header()).to_owned();
+        let host = request_host(session.req_header());
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
-        headers::set_forwarded(upstream, client_ip, ctx.tls, &host)?;
+        headers::set_forwarded(upstream, client_ip, ctx.tls, host)?;
         if let Some(rewrite) = rule.rewrite() {
             if let Some(path_rw) = &rewrite.path {
                 let new_path = path_rw.apply(upstream.uri.path(), ctx.matched_prefix.as_deref());
@@ -547,7 +624,11 @@ impl ProxyHttp for FunctionProxy {
             },
         };
         if code > 0 && session.response_written().is_none() {
-            let _ = session.respond_error(code).await;
+            if is_grpc(session.req_header()) {
+                let _ = respond_grpc(session, code, &e.to_string()).await;
+            } else {
+                let _ = session.respond_error(code).await;
+            }
         }
         FailToProxy {
             error_code: code,
@@ -569,15 +650,23 @@ impl ProxyHttp for FunctionProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        match &ctx.rule {
+            Some(rule) => {
+                FunctionStats::of(rule, &self.metrics, &self.activator).record(status, seconds)
+            }
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&["", "", status_class(status)])
+                    .inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&["", ""])
+                    .observe(seconds);
+            }
+        }
         let (ns, function) = ctx.function_labels();
-        self.metrics
-            .requests
-            .with_label_values(&[ns, function, status_class(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[ns, function])
-            .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(e) = e {
             tracing::debug!(namespace = ns, function, status, error = %e, "request failed");
         }

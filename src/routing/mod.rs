@@ -15,7 +15,7 @@ pub use conditions::{
 };
 pub use rule::{
     BackendTarget, FunctionRef, HeaderEdits, HoldPolicy, PathRewrite, Redirect, Rewrite, Rule,
-    RuleFilters, RuleTimeouts, WeightedBackend,
+    RuleFilters, RuleTimeouts, ServingSlot, WeightedBackend,
 };
 pub use table::{
     normalize_host, EntrySet, RouteEntry, RouteMatch, RouteOrder, RouteSummary, RouteTable,

@@ -175,9 +175,43 @@ pub struct Rule {
     pub backends: Arc<[WeightedBackend]>,
     pub timeouts: RuleTimeouts,
     pub hold: Arc<HoldPolicy>,
+    /// `fngate.io/upstream-protocol`: `Some(true)` h2c to the pods, `Some(false)` HTTP/1.1,
+    /// whatever the EndpointSlices say; `None`: the port's `appProtocol` decides.
+    pub upstream_h2c: Option<bool>,
     /// Which weighted pick comes next.
     #[serde(skip)]
     pub next_pick: PickCounter,
+    /// Shared by the rules of one compiled Function: what the proxy resolves on its first
+    /// request (metric series, activity counter) so later requests need no lookup.
+    #[serde(skip)]
+    pub serving: Arc<ServingSlot>,
+}
+
+/// Opaque to routing (which knows neither metrics nor the activator); not part of a
+/// rule's content.
+#[derive(Default)]
+pub struct ServingSlot(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl ServingSlot {
+    /// The value of type `T` kept here, made by `init` the first time.
+    pub fn get_or_init<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> &T {
+        self.0
+            .get_or_init(|| Arc::new(init()))
+            .downcast_ref::<T>()
+            .expect("one type per slot")
+    }
+}
+
+impl std::fmt::Debug for ServingSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServingSlot")
+    }
+}
+
+impl PartialEq for ServingSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Counts a rule's weighted picks. Not part of the rule's content: equal whatever its

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# CPU per proxied request: nginx, HAProxy, a bare pingora proxy and fngate in front of the
+# same origin, driven by the same wrk, in one run.
+#
+# 1 proxy thread: the proxy alone on CPU 1, wrk and the origin (an nginx serving fixed
+# bodies) on CPU 0, so a proxy's CPU time (utime+stime from /proc, its worker processes
+# included) divided by the requests it served is its cost per request. 2 proxy threads:
+# proxies on both cores, wrk and the origin unpinned; only the ratios mean something there.
+# Small (13-byte) and 16 KiB responses. With h2load installed, also HTTP/2 (h2c prior
+# knowledge) through fngate and nginx.
+#
+# Usage: benches/proxy_cpu.sh [seconds per run, default 8] [connections, default 32]
+# BENCH_THREADS="1 2" and BENCH_SIZES="small 16k" choose the runs.
+source "$(dirname "$0")/lib.sh"
+SECS=${1:-8}
+CONNS=${2:-32}
+THREADS=${BENCH_THREADS:-1 2}
+SIZES=${BENCH_SIZES:-small 16k}
+build
+
+TICKS=$(getconf CLK_TCK)
+# cpu_ticks PID: utime+stime of PID and its child processes (nginx and haproxy workers).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+# The origin: nginx on CPU 0 answering /small with 13 bytes and /16k with 16 KiB.
+ORIGIN=$(free_port)
+mkdir -p "$WORK/origin"
+head -c 16384 /dev/zero | tr '\0' 'x' > "$WORK/origin/16k"
+nginx_common() {
+  cat <<CONF
+pid $1/nginx.pid;
+error_log $1/error.log crit;
+events { worker_connections 4096; }
+CONF
+}
+nginx_temp() {
+  echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"
+}
+{
+  echo "worker_processes 1;"
+  nginx_common "$WORK/origin"
+  cat <<CONF
+http {
+  access_log off;
+  $(nginx_temp "$WORK/origin")
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location = /small { default_type text/plain; return 200 "Hello, world\n"; }
+    location = /16k { default_type text/plain; alias $WORK/origin/16k; }
+    location / { default_type text/plain; return 200 "Hello, world\n"; }
+  }
+}
+CONF
+} > "$WORK/origin/nginx.conf"
+taskset -c 0 nginx -c "$WORK/origin/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$ORIGIN/small"
+bench_catalog "$WORK/catalog" "$ORIGIN"
+
+# start_nginx THREADS PORT [h2]: nginx as a reverse proxy with an upstream keep-alive pool.
+start_nginx() {
+  local workers=$1 port=$2 h2=${3:-} dir="$WORK/nginx-$2"
+  mkdir -p "$dir"
+  {
+    echo "worker_processes $workers;"
+    nginx_common "$dir"
+    cat <<CONF
+http {
+  access_log off;
+  $(nginx_temp "$dir")
+  keepalive_requests 1000000;
+  http2_max_requests 1000000;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port ${h2:+http2};
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  } > "$dir/nginx.conf"
+  $PIN nginx -c "$dir/nginx.conf" -g 'daemon off;' &
+  PROXY_PID=$!; PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/small"
+}
+
+start_haproxy() {
+  local threads=$1 port=$2
+  cat > "$WORK/haproxy-$port.cfg" <<CONF
+global
+  nbthread $threads
+  maxconn 10000
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend in
+  bind 127.0.0.1:$port
+  default_backend origin
+backend origin
+  server o1 127.0.0.1:$ORIGIN
+CONF
+  $PIN haproxy -f "$WORK/haproxy-$port.cfg" -db >/dev/null 2>&1 &
+  PROXY_PID=$!; PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/small"
+}
+
+start_bare() {
+  local threads=$1 port=$2
+  $PIN "$BARE" "127.0.0.1:$port" "127.0.0.1:$ORIGIN" "$threads" 2>/dev/null &
+  PROXY_PID=$!; PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/small"
+}
+
+start_fngate_proxy() {
+  local threads=$1 port=$2 admin
+  admin=$(free_port)
+  PIN_FNGATE="$PIN" start_fngate "$WORK/catalog" "$threads" "$port" "$admin"
+  PROXY_PID=$FNGATE_PID
+}
+
+stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
+
+# measure URL: warms up, then one wrk run; prints "req/s p99_ms errors cpu_us_per_request".
+measure() {
+  local url=$1 before after rps p99 errs
+  $LOADPIN wrk -t1 -c"$CONNS" -d2s -H 'Host: bench.default.ofn.io' "$url" >/dev/null
+  before=$(cpu_ticks "$PROXY_PID")
+  read -r rps p99 errs < <(LOADPIN="$LOADPIN" run_wrk "$url" "$CONNS" "$SECS")
+  after=$(cpu_ticks "$PROXY_PID")
+  awk -v r="$rps" -v p="$p99" -v e="$errs" -v t=$((after - before)) -v hz="$TICKS" -v s="$SECS" \
+    'BEGIN{printf "%.0f %s %d %.2f\n", r, p, e, (r > 0 ? t / hz * 1e6 / (r * s) : 0)}'
+}
+
+declare -A CPU RPS P99
+printf "%-7s %-6s %-8s %10s %9s %7s %12s\n" threads size proxy "req/s" "p99(ms)" errors "CPU µs/req"
+for threads in $THREADS; do
+  if [ "$threads" = 1 ]; then PIN="taskset -c 1"; LOADPIN="taskset -c 0"; else PIN=""; LOADPIN=""; fi
+  export LOADPIN
+  for proxy in nginx haproxy pingora fngate; do
+    port=$(free_port)
+    case $proxy in
+      nginx) start_nginx "$threads" "$port" ;;
+      haproxy) start_haproxy "$threads" "$port" ;;
+      pingora) start_bare "$threads" "$port" ;;
+      fngate) start_fngate_proxy "$threads" "$port" ;;
+    esac
+    for size in $SIZES; do
+      read -r rps p99 errs cpu < <(measure "http://127.0.0.1:$port/$size")
+      printf "%-7s %-6s %-8s %10s %9s %7s %12s\n" "$threads" "$size" "$proxy" "$rps" "$p99" "$errs" "$cpu"
+      CPU[$threads,$size,$proxy]=$cpu; RPS[$threads,$size,$proxy]=$rps; P99[$threads,$size,$proxy]=$p99
+    done
+    stop_proxy
+  done
+done
+
+echo
+for threads in $THREADS; do
+  for size in $SIZES; do
+    awk -v t="$threads" -v s="$size" \
+      -v fc="${CPU[$threads,$size,fngate]}" -v nc="${CPU[$threads,$size,nginx]}" \
+      -v hc="${CPU[$threads,$size,haproxy]}" -v bc="${CPU[$threads,$size,pingora]}" \
+      -v fr="${RPS[$threads,$size,fngate]}" -v nr="${RPS[$threads,$size,nginx]}" \
+      -v fp="${P99[$threads,$size,fngate]}" -v np="${P99[$threads,$size,nginx]}" \
+      'BEGIN{printf "threads=%s %-5s fngate/nginx CPU %.2f  fngate/haproxy CPU %.2f  fngate/bare-pingora CPU %.2f  bare-pingora/nginx CPU %.2f  fngate/nginx req/s %.2f  p99 %.2f\n",
+        t, s, fc/nc, fc/hc, fc/bc, bc/nc, fr/nr, fp/np}'
+  done
+done
+
+# HTTP/2 from the client (h2c prior knowledge; h2load multiplexes 10 streams per connection).
+if command -v h2load >/dev/null && [ -z "${BENCH_NO_H2:-}" ]; then
+  PIN="taskset -c 1"; LOADPIN="taskset -c 0"
+  echo
+  printf "%-8s %-6s %10s %12s\n" proxy size "req/s" "CPU µs/req"
+  declare -A H2CPU
+  for proxy in nginx fngate; do
+    port=$(free_port)
+    case $proxy in
+      nginx) start_nginx 1 "$port" h2 ;;
+      fngate) FNGATE_EXTRA="${FNGATE_EXTRA:-}" start_fngate_proxy 1 "$port" ;;
+    esac
+    for size in $SIZES; do
+      url="http://127.0.0.1:$port/$size"
+      $LOADPIN h2load -c"$CONNS" -m10 -D2 -H 'Host: bench.default.ofn.io' "$url" >/dev/null 2>&1 || true
+      before=$(cpu_ticks "$PROXY_PID")
+      out=$($LOADPIN h2load -c"$CONNS" -m10 -D"$SECS" -H 'Host: bench.default.ofn.io' "$url" 2>&1 || true)
+      after=$(cpu_ticks "$PROXY_PID")
+      done_reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+      rps=$(awk -v n="${done_reqs:-0}" -v s="$SECS" 'BEGIN{printf "%.0f", n/s}')
+      cpu=$(awk -v n="${done_reqs:-0}" -v t=$((after - before)) -v hz="$TICKS" 'BEGIN{printf "%.2f", n>0 ? t/hz*1e6/n : 0}')
+      printf "%-8s %-6s %10s %12s\n" "$proxy" "$size" "$rps" "$cpu"
+      H2CPU[$size,$proxy]=$cpu
+    done
+    stop_proxy
+  done
+  for size in $SIZES; do
+    awk -v s="$size" -v f="${H2CPU[$size,fngate]}" -v n="${H2CPU[$size,nginx]}" \
+      'BEGIN{printf "h2 %-5s fngate/nginx CPU %.2f\n", s, (n > 0 ? f/n : 0)}'
+  done
+fi
