@@ -25,7 +25,7 @@ start_backend() {
 }
 
 wait_http() {
-  for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
+  for _ in $(seq 1 300); do curl -s ${CURL_OPTS:-} -o /dev/null "$1" && return 0; sleep 0.05; done
   echo "timed out waiting for $1" >&2; return 1
 }
 

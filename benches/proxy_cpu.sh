@@ -10,7 +10,10 @@
 # knowledge) through fngate and nginx.
 #
 # Usage: benches/proxy_cpu.sh [seconds per run, default 8] [connections, default 32]
-# BENCH_THREADS="1 2" and BENCH_SIZES="small 16k" choose the runs.
+# BENCH_THREADS="1 2" and BENCH_SIZES="small 16k" choose the runs. BENCH_CALLGRIND=N
+# instead counts the instructions bare pingora and fngate (1 thread) spend on N small
+# requests (valgrind's callgrind, zeroed after a warm-up, so start-up is not counted):
+# exact and repeatable where CPU time is noisy.
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-8}
 CONNS=${2:-32}
@@ -33,6 +36,8 @@ cpu_ticks() {
 ORIGIN=$(free_port)
 mkdir -p "$WORK/origin"
 head -c 16384 /dev/zero | tr '\0' 'x' > "$WORK/origin/16k"
+# nginx workers run as an unprivileged user: the body must be readable by them.
+chmod 755 "$WORK" "$WORK/origin"; chmod 644 "$WORK/origin/16k"
 nginx_common() {
   cat <<CONF
 pid $1/nginx.pid;
@@ -77,7 +82,6 @@ http {
   access_log off;
   $(nginx_temp "$dir")
   keepalive_requests 1000000;
-  http2_max_requests 1000000;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
   server {
     listen 127.0.0.1:$port ${h2:+http2};
@@ -94,7 +98,8 @@ CONF
   } > "$dir/nginx.conf"
   $PIN nginx -c "$dir/nginx.conf" -g 'daemon off;' &
   PROXY_PID=$!; PIDS+=($!)
-  wait_http "http://127.0.0.1:$port/small"
+  # nginx's plaintext http2 port speaks h2 only (prior knowledge).
+  CURL_OPTS="${h2:+--http2-prior-knowledge}" wait_http "http://127.0.0.1:$port/small"
 }
 
 start_haproxy() {
@@ -102,7 +107,7 @@ start_haproxy() {
   cat > "$WORK/haproxy-$port.cfg" <<CONF
 global
   nbthread $threads
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   option forwardfor
@@ -147,6 +152,42 @@ measure() {
   awk -v r="$rps" -v p="$p99" -v e="$errs" -v t=$((after - before)) -v hz="$TICKS" -v s="$SECS" \
     'BEGIN{printf "%.0f %s %d %.2f\n", r, p, e, (r > 0 ? t / hz * 1e6 / (r * s) : 0)}'
 }
+
+# callgrind_per_request NAME: starts the proxy (start_NAME) under callgrind, warms it up,
+# counts N requests; prints instructions per request and leaves the profile in $WORK.
+callgrind_per_request() {
+  local name=$1 n=$BENCH_CALLGRIND port out
+  port=$(free_port)
+  out="$WORK/callgrind.$name"
+  PIN="valgrind --tool=callgrind --callgrind-out-file=$out --collect-atstart=yes"
+  case $name in
+    pingora) start_bare 1 "$port" ;;
+    fngate) start_fngate_proxy 1 "$port" ;;
+  esac
+  local vg_pid
+  vg_pid=$(pgrep -f "callgrind-out-file=$out" | head -1)
+  h2load --h1 -n 2000 -c 8 -H ':authority: bench.default.ofn.io' "http://127.0.0.1:$port/small" >/dev/null
+  callgrind_control -z "$vg_pid" >/dev/null
+  h2load --h1 -n "$n" -c 8 -H ':authority: bench.default.ofn.io' "http://127.0.0.1:$port/small" \
+    | grep -E "^(requests|status codes):" | sed "s/^/$name: /" >&2
+  callgrind_control -d "$vg_pid" >/dev/null
+  sleep 1
+  local total
+  total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+  stop_proxy
+  awk -v t="$total" -v n="$n" -v who="$name" 'BEGIN{printf "%-8s %12.0f instructions per request\n", who, t / n}'
+  cp "$out".* /tmp/ 2>/dev/null || true
+}
+
+if [ -n "${BENCH_CALLGRIND:-}" ]; then
+  command -v valgrind >/dev/null || { echo "valgrind is needed for BENCH_CALLGRIND" >&2; exit 1; }
+  read -r _ bare_ir _ < <(callgrind_per_request pingora)
+  read -r _ fngate_ir _ < <(callgrind_per_request fngate)
+  printf "%-8s %12s\n%-8s %12s\n" pingora "$bare_ir" fngate "$fngate_ir"
+  awk -v f="$fngate_ir" -v b="$bare_ir" 'BEGIN{printf "fngate/bare-pingora instructions %.3f (%+.0f per request)\n", f/b, f-b}'
+  echo "profiles: /tmp/callgrind.pingora.* /tmp/callgrind.fngate.* (callgrind_annotate --inclusive=yes)"
+  exit 0
+fi
 
 declare -A CPU RPS P99
 printf "%-7s %-6s %-8s %10s %9s %7s %12s\n" threads size proxy "req/s" "p99(ms)" errors "CPU µs/req"

@@ -28,7 +28,10 @@ fn main() {
     let threads: usize = args[3].parse().unwrap();
     let conf = ServerConf {
         threads,
-        work_stealing: threads > 1,
+        // BARE_WORK_STEALING=1|0 overrides, for A/B runs of the runtime choice.
+        work_stealing: std::env::var("BARE_WORK_STEALING")
+            .map(|v| v == "1")
+            .unwrap_or(threads > 1),
         upstream_keepalive_pool_size: 1024,
         // Exit on SIGTERM as fngate does, instead of pingora's 5-minute grace period
         // (the benchmark waits for each peer to exit).

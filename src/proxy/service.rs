@@ -51,7 +51,7 @@ impl RequestView for PingoraRequest<'_> {
 
 fn request_host(req: &RequestHeader) -> &str {
     req.headers
-        .get("host")
+        .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
@@ -75,10 +75,10 @@ fn host_without_port(host: &str) -> &str {
 
 /// Whether the request announces a body (chunked, or a non-zero Content-Length).
 fn has_body(req: &RequestHeader) -> bool {
-    req.headers.get("transfer-encoding").is_some()
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers
-            .get("content-length")
+            .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v != "0")
 }
@@ -87,7 +87,7 @@ fn has_body(req: &RequestHeader) -> bool {
 /// client reports a bare protocol error instead of what happened.
 fn is_grpc(req: &RequestHeader) -> bool {
     req.headers
-        .get("content-type")
+        .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
@@ -162,7 +162,7 @@ impl FunctionProxy {
         }
         let declared = req
             .headers
-            .get("content-length")
+            .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
@@ -565,7 +565,7 @@ impl ProxyHttp for FunctionProxy {
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| a.ip());
         headers::set_forwarded(upstream, client_ip, ctx.tls, host)?;
         if let Some(rewrite) = rule.rewrite() {
             if let Some(path_rw) = &rewrite.path {
