@@ -238,13 +238,13 @@ if command -v h2load >/dev/null && [ -z "${BENCH_NO_H2:-}" ]; then
     esac
     for size in $SIZES; do
       url="http://127.0.0.1:$port/$size"
-      $LOADPIN h2load -c"$CONNS" -m10 -D2 -H 'Host: bench.default.ofn.io' "$url" >/dev/null 2>&1 || true
+      $LOADPIN h2load -c"$CONNS" -m10 -D2 -H ':authority: bench.default.ofn.io' "$url" >/dev/null 2>&1 || true
       before=$(cpu_ticks "$PROXY_PID")
-      out=$($LOADPIN h2load -c"$CONNS" -m10 -D"$SECS" -H 'Host: bench.default.ofn.io' "$url" 2>&1 || true)
+      out=$($LOADPIN h2load -c"$CONNS" -m10 -D"$SECS" -H ':authority: bench.default.ofn.io' "$url" 2>&1 || true)
       after=$(cpu_ticks "$PROXY_PID")
       done_reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
       rps=$(awk -v n="${done_reqs:-0}" -v s="$SECS" 'BEGIN{printf "%.0f", n/s}')
-      cpu=$(awk -v n="${done_reqs:-0}" -v t=$((after - before)) -v hz="$TICKS" 'BEGIN{printf "%.2f", n>0 ? t/hz*1e6/n : 0}')
+      cpu=$(awk -v n="${done_reqs:-0}" -v t=$((after - before)) -v hz="$TICKS" 'BEGIN{printf "%.2f", (n > 0 ? t/hz*1e6/n : 0)}')
       printf "%-8s %-6s %10s %12s\n" "$proxy" "$size" "$rps" "$cpu"
       H2CPU[$size,$proxy]=$cpu
     done

@@ -617,7 +617,12 @@ impl ProxyHttp for FunctionProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The client went away (an HTTP/2 client resets its stream): no one to
+                    // answer.
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::H2Error => 0,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -636,12 +641,16 @@ impl ProxyHttp for FunctionProxy {
         }
     }
 
-    /// A client that hangs up mid-request is its own business, not an error of ours.
+    /// A client that hangs up mid-request (or resets its HTTP/2 stream) is its own
+    /// business, not an error of ours.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         error.esource() == &ErrorSource::Downstream
             && matches!(
                 error.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
             )
     }
 
