@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing fngate needs on a fresh Debian machine:
 # cmake, a C toolchain, perl and OpenSSL headers for pingora; curl and openssl for the
-# TLS test; nginx and wrk for the proxy benchmark; nats-server for the event-trigger
+# TLS test; nginx, haproxy, wrk and h2load (nghttp2-client) for the proxy benchmarks;
+# nats-server for the event-trigger
 # tests; protoc for the KEDA external scaler's proto; redis-server for the Dapr state tests
 # (each starts its own). Skips apt when all are present.
 set -euo pipefail

@@ -341,30 +341,7 @@ fn tls_is_terminated_on_the_https_listener() {
     let echo = Echo::start("hello", "default");
     let dir = catalog_with_hello(&echo);
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=hello.default.ofn.io",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed by scripts/setup.sh");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (cert, key) = common::self_signed_cert(certs.path());
     let https_port = common::free_port();
     let gate = Fngate::start_full(
         dir.path(),

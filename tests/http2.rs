@@ -191,40 +191,12 @@ async fn h2c_clients_get_the_same_routes_filters_limits_metrics_and_reloads() {
     );
 }
 
-fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=hello.default.ofn.io",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed by scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 #[test]
 fn tls_clients_get_h2_by_alpn_and_http1_without_it() {
     let echo = Echo::start("hello", "default");
     let dir = hello_catalog(&echo);
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed_cert(certs.path());
+    let (cert, key) = common::self_signed_cert(certs.path());
     let https_port = common::free_port();
     let gate = Fngate::start_full(
         dir.path(),
