@@ -650,3 +650,56 @@ fn the_readiness_path_comes_from_the_annotation_else_the_function_containers_pro
         Some("/ready")
     );
 }
+
+#[test]
+fn the_upstream_protocol_comes_from_the_annotation_else_the_slice_port() {
+    let function = |annotation: &str| {
+        format!("apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: f\n  namespace: default\n{annotation}spec:\n  serving:\n    triggers:\n      http:\n        port: 8080\n")
+    };
+    let slice = |app_protocol: &str| {
+        format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: f\n  namespace: default\n  labels: {{kubernetes.io/service-name: f}}\nendpoints: [{{addresses: [10.0.0.1]}}]\nports: [{{port: 8080{app_protocol}}}]\n")
+    };
+    // Whether a request for f goes out over h2c.
+    let h2c = |plan: &Plan| {
+        let rule = plan
+            .routes
+            .find("f.default.ofn.io", "/", &get())
+            .unwrap()
+            .rule;
+        let target = &rule.backends[0].target;
+        let upstream = plan
+            .endpoints
+            .for_target(target)
+            .unwrap()
+            .pick_upstream(0, target.port)
+            .unwrap();
+        rule.upstream_h2c.unwrap_or(upstream.h2c)
+    };
+    let annotated =
+        |value: &str| format!("  annotations:\n    fngate.io/upstream-protocol: {value}\n");
+    let plan = plan_of(&[("f.yaml", &function("")), ("s.yaml", &slice(""))]);
+    assert!(!h2c(&plan), "HTTP/1.1 unless something says h2c");
+    let h2c_port = ", appProtocol: kubernetes.io/h2c";
+    let plan = plan_of(&[("f.yaml", &function("")), ("s.yaml", &slice(h2c_port))]);
+    assert!(h2c(&plan), "the slice port's appProtocol");
+    let plan = plan_of(&[
+        ("f.yaml", &function(&annotated("h2c"))),
+        ("s.yaml", &slice("")),
+    ]);
+    assert!(h2c(&plan), "the annotation");
+    let plan = plan_of(&[
+        ("f.yaml", &function(&annotated("http1"))),
+        ("s.yaml", &slice(h2c_port)),
+    ]);
+    assert!(!h2c(&plan), "http1 overrides the slice");
+    let plan = plan_of(&[
+        ("f.yaml", &function(&annotated("h3"))),
+        ("s.yaml", &slice("")),
+    ]);
+    assert!(plan
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Error
+            && d.field.as_deref() == Some("metadata.annotations[fngate.io/upstream-protocol]")
+            && d.message.contains("\"h3\"")));
+}
