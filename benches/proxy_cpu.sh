@@ -11,9 +11,10 @@
 #
 # Usage: benches/proxy_cpu.sh [seconds per run, default 8] [connections, default 32]
 # BENCH_THREADS="1 2" and BENCH_SIZES="small 16k" choose the runs. BENCH_CALLGRIND=N
-# instead counts the instructions bare pingora and fngate (1 thread) spend on N small
-# requests (valgrind's callgrind, zeroed after a warm-up, so start-up is not counted):
-# exact and repeatable where CPU time is noisy.
+# instead counts the instructions bare pingora (also with fngate's three forwarding
+# headers) and fngate (1 thread) spend on N small requests (valgrind's callgrind, zeroed
+# after a warm-up, so start-up is not counted): exact and repeatable where CPU time is
+# noisy.
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-8}
 CONNS=${2:-32}
@@ -162,6 +163,7 @@ callgrind_per_request() {
   PIN="valgrind --tool=callgrind --callgrind-out-file=$out --collect-atstart=yes"
   case $name in
     pingora) start_bare 1 "$port" ;;
+    pingora-fwd) export BARE_FORWARDED=1; start_bare 1 "$port"; unset BARE_FORWARDED ;;
     fngate) start_fngate_proxy 1 "$port" ;;
   esac
   local vg_pid
@@ -182,10 +184,13 @@ callgrind_per_request() {
 if [ -n "${BENCH_CALLGRIND:-}" ]; then
   command -v valgrind >/dev/null || { echo "valgrind is needed for BENCH_CALLGRIND" >&2; exit 1; }
   read -r _ bare_ir _ < <(callgrind_per_request pingora)
+  read -r _ fwd_ir _ < <(callgrind_per_request pingora-fwd)
   read -r _ fngate_ir _ < <(callgrind_per_request fngate)
-  printf "%-8s %12s\n%-8s %12s\n" pingora "$bare_ir" fngate "$fngate_ir"
-  awk -v f="$fngate_ir" -v b="$bare_ir" 'BEGIN{printf "fngate/bare-pingora instructions %.3f (%+.0f per request)\n", f/b, f-b}'
-  echo "profiles: /tmp/callgrind.pingora.* /tmp/callgrind.fngate.* (callgrind_annotate --inclusive=yes)"
+  printf "%-12s %12s\n" pingora "$bare_ir" "pingora+fwd" "$fwd_ir" fngate "$fngate_ir"
+  awk -v f="$fngate_ir" -v b="$bare_ir" -v w="$fwd_ir" 'BEGIN{
+    printf "fngate/bare-pingora instructions %.3f (%+.0f per request)\n", f/b, f-b
+    printf "fngate/bare-pingora-with-the-same-forwarding-headers %.3f (%+.0f per request)\n", f/w, f-w}'
+  echo "profiles: /tmp/callgrind.{pingora,pingora-fwd,fngate}.* (callgrind_annotate --inclusive=yes)"
   exit 0
 fi
 
