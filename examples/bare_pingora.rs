@@ -35,7 +35,10 @@ impl ProxyHttp for Bare {
         _ctx: &mut (),
     ) -> Result<()> {
         if self.forwarded {
-            let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
             if let Some(ip) = ip {
                 upstream.insert_header("x-forwarded-for", ip.to_string())?;
             }

@@ -41,6 +41,7 @@ struct RawSettings {
 struct RawHttp2 {
     h2c: Option<bool>,
     max_concurrent_streams: Option<u32>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -181,6 +182,9 @@ pub struct Settings {
     pub h2c: bool,
     /// Streams one HTTP/2 client connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// An HTTP/2 client connection with no open stream for this long is closed; `None`:
+    /// never.
+    pub h2_idle_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -418,6 +422,7 @@ impl Settings {
             .unwrap_or_default(),
             threads,
             h2c: raw.http2.h2c.unwrap_or(true),
+            h2_idle_timeout: dur("http2.idle_timeout", &raw.http2.idle_timeout, "60s")?,
             h2_max_concurrent_streams: match raw.http2.max_concurrent_streams {
                 Some(0) => {
                     return Err(invalid(

@@ -381,6 +381,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         .expect("a new service has its app");
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = settings.h2c;
+    // HTTP/1.1 clients get pingora's 60 s keep-alive; h2 connections would otherwise stay
+    // open for ever.
+    server_options.h2_idle_timeout = settings.h2_idle_timeout;
     app.server_options = Some(server_options);
     app.h2_options = Some(h2_options(&settings));
     if let Some(addr) = settings.listen_http {

@@ -795,3 +795,34 @@ async fn streams_over_the_concurrency_limit_are_refused() {
     drop(write);
     still_serving(&gate).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_after_http2_idle_timeout() {
+    let echo = Echo::start("hello", "default");
+    let dir = hello_catalog(&echo);
+    let gate = Fngate::start_with(dir.path(), "http2:\n  idle_timeout: 300ms\n");
+    // A client that opened a connection, made one request, and went quiet.
+    let (mut read, mut write) = raw_h2(gate.http).await;
+    let request = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("hello.default.ofn.io", "/once"),
+    );
+    write.write_all(&request).await.unwrap();
+    let mut closed = false;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(20), read.read(&mut chunk)).await
+    {
+        if n == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "fngate closed the idle connection");
+    assert!(
+        echo.requests_seen().iter().any(|l| l.contains("/once")),
+        "the request before it was served"
+    );
+    still_serving(&gate).await;
+}
