@@ -340,18 +340,7 @@ fn metrics_count_requests_by_function_and_status_class() {
 fn tls_is_terminated_on_the_https_listener() {
     let echo = Echo::start("hello", "default");
     let dir = catalog_with_hello(&echo);
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = common::self_signed_cert(certs.path());
-    let https_port = common::free_port();
-    let gate = Fngate::start_full(
-        dir.path(),
-        &format!("  https: 127.0.0.1:{https_port}\n"),
-        &format!(
-            "tls:\n  cert: {}\n  key: {}\n",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let (gate, https_port, _certs) = Fngate::start_with_tls(dir.path());
     let out = std::process::Command::new("curl")
         .args([
             "-sk",

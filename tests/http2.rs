@@ -195,18 +195,7 @@ async fn h2c_clients_get_the_same_routes_filters_limits_metrics_and_reloads() {
 fn tls_clients_get_h2_by_alpn_and_http1_without_it() {
     let echo = Echo::start("hello", "default");
     let dir = hello_catalog(&echo);
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = common::self_signed_cert(certs.path());
-    let https_port = common::free_port();
-    let gate = Fngate::start_full(
-        dir.path(),
-        &format!("  https: 127.0.0.1:{https_port}\n"),
-        &format!(
-            "tls:\n  cert: {}\n  key: {}\n",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let (gate, https_port, _certs) = Fngate::start_with_tls(dir.path());
     let curl = |version_flag: &str| {
         let out = std::process::Command::new("curl")
             .args([

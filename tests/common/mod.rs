@@ -775,3 +775,24 @@ pub fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path
     );
     (cert, key)
 }
+
+impl Fngate {
+    /// fngate with an HTTPS listener as well, on a self-signed certificate for
+    /// `hello.default.ofn.io`; also returns the HTTPS port and the certificate's folder
+    /// (keep it while fngate runs).
+    pub fn start_with_tls(catalog: &Path) -> (Fngate, u16, tempfile::TempDir) {
+        let certs = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed_cert(certs.path());
+        let https_port = free_port();
+        let gate = Fngate::start_full(
+            catalog,
+            &format!("  https: 127.0.0.1:{https_port}\n"),
+            &format!(
+                "tls:\n  cert: {}\n  key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        (gate, https_port, certs)
+    }
+}
