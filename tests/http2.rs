@@ -809,9 +809,11 @@ async fn an_idle_h2_connection_is_closed_after_http2_idle_timeout() {
         }
     }
     assert!(closed, "fngate closed the idle connection");
-    assert!(
-        echo.requests_seen().iter().any(|l| l.contains("/once")),
-        "the request before it was served"
-    );
+    tokio::task::block_in_place(|| {
+        gate.wait_until(
+            || echo.requests_seen().iter().any(|l| l.contains("/once")),
+            "the request before it to reach the function",
+        )
+    });
     still_serving(&gate).await;
 }
