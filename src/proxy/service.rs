@@ -641,17 +641,21 @@ impl ProxyHttp for FunctionProxy {
         }
     }
 
-    /// A client that hangs up mid-request (or resets its HTTP/2 stream) is its own
-    /// business, not an error of ours.
+    /// A client that hangs up mid-request (or resets its HTTP/2 stream), or whose request
+    /// fngate refused with a 4xx (a body over the limit), is its own business, not an
+    /// error of ours.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        error.esource() == &ErrorSource::Downstream
+        let client_left = error.esource() == &ErrorSource::Downstream
             && matches!(
                 error.etype(),
                 ErrorType::ConnectionClosed
                     | ErrorType::ReadError
                     | ErrorType::WriteError
                     | ErrorType::H2Error
-            )
+            );
+        let refused =
+            matches!(error.etype(), ErrorType::HTTPStatus(code) if (400..500).contains(code));
+        client_left || refused
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
