@@ -493,6 +493,36 @@ async fn a_grpc_call_to_a_function_at_zero_waits_and_is_released_when_it_is_read
     assert!(answer.get_ref().result);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_resets_a_held_stream_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    common::cold_function(dir.path(), "cold");
+    // A hold longer than the test waits: only the reset can end this one.
+    let gate = Fngate::start_with(dir.path(), "activator:\n  hold_timeout: 300s\n");
+    let mut h2 = h2_connect(gate.http).await;
+    let mut ready = h2.clone().ready().await.unwrap();
+    // A request with a body still to come: fngate must not read it while holding, so
+    // only the stream's reset can tell it the client left.
+    let req = http::Request::post("http://cold.default.ofn.io/wait")
+        .body(())
+        .unwrap();
+    let (response, body) = ready.send_request(req, false).unwrap();
+    let waiting = |gate: &Fngate| gate.metric("fngate_activator_waiting{");
+    tokio::task::block_in_place(|| {
+        gate.wait_until(|| waiting(&gate) >= 1.0, "the request to be held")
+    });
+    // Dropping the response future resets the stream (RST_STREAM CANCEL); the connection
+    // stays open.
+    drop((response, body));
+    tokio::task::block_in_place(|| {
+        gate.wait_until(|| waiting(&gate) == 0.0, "the held slot to be freed")
+    });
+    let r = h2_request(&mut h2, "GET", "http://nobody.default.ofn.io/", &[], b"")
+        .await
+        .expect("the same connection still works");
+    assert_eq!(r.status, 404);
+}
+
 // ---------------------------------------------------------------------------------------
 // Hostile input, written frame by frame.
 
