@@ -90,3 +90,48 @@ run_wrk() {
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
   echo "${rps:-0} ${p99ms} $(( ${errs:-0} + ${non2xx:-0} ))"
 }
+
+# nginx settings every instance here shares: pid, log and temp files under DIR.
+nginx_common() {
+  cat <<CONF
+pid $1/nginx.pid;
+error_log $1/error.log crit;
+events { worker_connections 4096; }
+CONF
+}
+nginx_temp() {
+  echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"
+}
+
+# start_nginx_proxy WORKERS PORT UPSTREAM_PORT [h2]: nginx as a reverse proxy to
+# 127.0.0.1:UPSTREAM_PORT with an upstream keep-alive pool (run under $PIN when set);
+# `h2`: its port speaks HTTP/2 with prior knowledge only. Sets NGINX_PID.
+start_nginx_proxy() {
+  local workers=$1 port=$2 upstream=$3 h2=${4:-} dir="$WORK/nginx-$2"
+  mkdir -p "$dir"
+  {
+    echo "worker_processes $workers;"
+    nginx_common "$dir"
+    cat <<CONF
+http {
+  access_log off;
+  $(nginx_temp "$dir")
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$upstream; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port ${h2:+http2};
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  } > "$dir/nginx.conf"
+  ${PIN:-} nginx -c "$dir/nginx.conf" -g 'daemon off;' &
+  NGINX_PID=$!; PIDS+=($!)
+  CURL_OPTS="${h2:+--http2-prior-knowledge}" wait_http "http://127.0.0.1:$port/"
+}

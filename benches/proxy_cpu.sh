@@ -32,6 +32,10 @@ cpu_ticks() {
   done
   echo "$total"
 }
+# us_per_request TICKS REQUESTS: CPU microseconds per request.
+us_per_request() {
+  awk -v t="$1" -v n="$2" -v hz="$TICKS" 'BEGIN{printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0)}'
+}
 
 # The origin: nginx on CPU 0 answering /small with 13 bytes and /16k with 16 KiB.
 ORIGIN=$(free_port)
@@ -39,16 +43,6 @@ mkdir -p "$WORK/origin"
 head -c 16384 /dev/zero | tr '\0' 'x' > "$WORK/origin/16k"
 # nginx workers run as an unprivileged user: the body must be readable by them.
 chmod 755 "$WORK" "$WORK/origin"; chmod 644 "$WORK/origin/16k"
-nginx_common() {
-  cat <<CONF
-pid $1/nginx.pid;
-error_log $1/error.log crit;
-events { worker_connections 4096; }
-CONF
-}
-nginx_temp() {
-  echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"
-}
 {
   echo "worker_processes 1;"
   nginx_common "$WORK/origin"
@@ -71,36 +65,9 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$ORIGIN/small"
 bench_catalog "$WORK/catalog" "$ORIGIN"
 
-# start_nginx THREADS PORT [h2]: nginx as a reverse proxy with an upstream keep-alive pool.
 start_nginx() {
-  local workers=$1 port=$2 h2=${3:-} dir="$WORK/nginx-$2"
-  mkdir -p "$dir"
-  {
-    echo "worker_processes $workers;"
-    nginx_common "$dir"
-    cat <<CONF
-http {
-  access_log off;
-  $(nginx_temp "$dir")
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port ${h2:+http2};
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-  } > "$dir/nginx.conf"
-  $PIN nginx -c "$dir/nginx.conf" -g 'daemon off;' &
-  PROXY_PID=$!; PIDS+=($!)
-  # nginx's plaintext http2 port speaks h2 only (prior knowledge).
-  CURL_OPTS="${h2:+--http2-prior-knowledge}" wait_http "http://127.0.0.1:$port/small"
+  start_nginx_proxy "$1" "$2" "$ORIGIN" "${3:-}"
+  PROXY_PID=$NGINX_PID
 }
 
 start_haproxy() {
@@ -150,8 +117,8 @@ measure() {
   before=$(cpu_ticks "$PROXY_PID")
   read -r rps p99 errs < <(LOADPIN="$LOADPIN" run_wrk "$url" "$CONNS" "$SECS")
   after=$(cpu_ticks "$PROXY_PID")
-  awk -v r="$rps" -v p="$p99" -v e="$errs" -v t=$((after - before)) -v hz="$TICKS" -v s="$SECS" \
-    'BEGIN{printf "%.0f %s %d %.2f\n", r, p, e, (r > 0 ? t / hz * 1e6 / (r * s) : 0)}'
+  printf "%.0f %s %d %s\n" "$rps" "$p99" "$errs" \
+    "$(us_per_request $((after - before)) "$(awk -v r="$rps" -v s="$SECS" 'BEGIN{print r * s}')")"
 }
 
 # callgrind_per_request NAME: starts the proxy (start_NAME) under callgrind, warms it up,
@@ -249,7 +216,7 @@ if command -v h2load >/dev/null && [ -z "${BENCH_NO_H2:-}" ]; then
       after=$(cpu_ticks "$PROXY_PID")
       done_reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
       rps=$(awk -v n="${done_reqs:-0}" -v s="$SECS" 'BEGIN{printf "%.0f", n/s}')
-      cpu=$(awk -v n="${done_reqs:-0}" -v t=$((after - before)) -v hz="$TICKS" 'BEGIN{printf "%.2f", (n > 0 ? t/hz*1e6/n : 0)}')
+      cpu=$(us_per_request $((after - before)) "${done_reqs:-0}")
       printf "%-8s %-6s %10s %12s\n" "$proxy" "$size" "$rps" "$cpu"
       H2CPU[$size,$proxy]=$cpu
     done

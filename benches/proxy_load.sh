@@ -13,47 +13,13 @@ BACKEND=$(free_port)
 start_backend "$BACKEND" --fixed --threads 1
 bench_catalog "$WORK/catalog" "$BACKEND"
 
-start_nginx() {
-  local workers=$1 port=$2
-  mkdir -p "$WORK/nginx-$port"
-  cat > "$WORK/nginx-$port/nginx.conf" <<CONF
-worker_processes $workers;
-pid $WORK/nginx-$port/nginx.pid;
-error_log $WORK/nginx-$port/error.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-$port;
-  proxy_temp_path $WORK/nginx-$port;
-  fastcgi_temp_path $WORK/nginx-$port;
-  uwsgi_temp_path $WORK/nginx-$port;
-  scgi_temp_path $WORK/nginx-$port;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-  nginx -c "$WORK/nginx-$port/nginx.conf" -g 'daemon off;' &
-  PIDS+=($!)
-  NGINX_PID=$!
-  wait_http "http://127.0.0.1:$port/"
-}
-
 printf "%-8s %-8s %12s %10s %8s\n" threads target "req/s" "p99(ms)" errors
 read -r d_rps d_p99 d_err < <(run_wrk "http://127.0.0.1:$BACKEND/" "$CONNS" "$SECS")
 printf "%-8s %-8s %12s %10s %8s\n" - direct "$d_rps" "$d_p99" "$d_err"
 declare -A RESULT
 for threads in 1 2; do
   NPORT=$(free_port)
-  start_nginx "$threads" "$NPORT"
+  start_nginx_proxy "$threads" "$NPORT" "$BACKEND"
   run_wrk "http://127.0.0.1:$NPORT/" "$CONNS" 2 >/dev/null # warm the keep-alive pool
   read -r n_rps n_p99 n_err < <(run_wrk "http://127.0.0.1:$NPORT/" "$CONNS" "$SECS")
   kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true

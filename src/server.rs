@@ -366,6 +366,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let proxy = FunctionProxy {
         activator,
         plan: plan.clone(),
+        unrouted: crate::proxy::RequestSeries::new(&metrics, "".into(), "".into()),
         metrics: metrics.clone(),
         limits: ProxyLimits {
             max_header_bytes: settings.max_header_bytes,

@@ -10,3 +10,4 @@ mod stats;
 
 pub use context::RequestCtx;
 pub use service::{FunctionProxy, ProxyLimits};
+pub use stats::RequestSeries;

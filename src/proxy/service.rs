@@ -1,11 +1,11 @@
 use super::context::RequestCtx;
-use super::stats::FunctionStats;
+use super::stats::{FunctionStats, RequestSeries};
 use super::{headers, mirror};
 use crate::activator::{Activator, Held};
 use crate::plan::{ServiceEndpoints, ServiceKey};
 use crate::plan_swap::SharedPlan;
 use crate::routing::{RequestView, Rule};
-use crate::telemetry::{status_class, Metrics};
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -32,6 +32,8 @@ pub struct FunctionProxy {
     pub limits: ProxyLimits,
     /// Where requests for a function with no ready endpoint wait.
     pub activator: Arc<Activator>,
+    /// The series of requests no route matched.
+    pub unrouted: RequestSeries,
 }
 
 /// Borrowed view of a pingora request for the route table.
@@ -152,6 +154,11 @@ async fn respond(
 }
 
 impl FunctionProxy {
+    /// `rule`'s Function's metric series and activity counter.
+    fn stats<'r>(&self, rule: &'r Rule) -> &'r FunctionStats {
+        FunctionStats::of(rule, &self.metrics, &self.activator)
+    }
+
     /// Limits that are checked before routing: 431 and 413 by Content-Length.
     async fn check_limits(&self, session: &mut Session) -> Result<Option<bool>> {
         let req = session.req_header();
@@ -227,8 +234,7 @@ impl FunctionProxy {
             None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
             Some(eps) if eps.ready.is_empty() => self.hold(session, ctx, &rule).await,
             Some(_) => {
-                ctx.running =
-                    Some(FunctionStats::of(&rule, &self.metrics, &self.activator).running());
+                ctx.running = Some(self.stats(&rule).running());
                 self.mirror(session, ctx, &rule);
                 Ok(false)
             }
@@ -273,18 +279,12 @@ impl FunctionProxy {
                 e
             })
         };
-        let held = if session.is_http2() {
+        let held = if let Some(closed) = session.downstream_session.watch_h2_stream_close() {
             // An HTTP/2 client gives up on a stream with RST_STREAM, not by closing the
             // connection: watch the stream, without reading its body.
-            let closed = session.downstream_session.watch_h2_stream_close();
             tokio::select! {
                 held = wait => held,
-                _ = async move {
-                    match closed {
-                        Some(idle) => { let _ = idle.await; }
-                        None => std::future::pending().await,
-                    }
-                } => return client_left(),
+                _ = closed => return client_left(),
             }
         } else if ctx.has_body {
             // The body must stay unread for the function: the socket's TCP state tells a
@@ -663,22 +663,11 @@ impl ProxyHttp for FunctionProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let seconds = ctx.started.elapsed().as_secs_f64();
-        match &ctx.rule {
-            Some(rule) => {
-                FunctionStats::of(rule, &self.metrics, &self.activator).record(status, seconds)
-            }
-            None => {
-                self.metrics
-                    .requests
-                    .with_label_values(&["", "", status_class(status)])
-                    .inc();
-                self.metrics
-                    .request_duration
-                    .with_label_values(&["", ""])
-                    .observe(seconds);
-            }
-        }
+        let series = match &ctx.rule {
+            Some(rule) => &self.stats(rule).series,
+            None => &self.unrouted,
+        };
+        series.record(status, ctx.started.elapsed().as_secs_f64());
         let (ns, function) = ctx.function_labels();
         if let Some(e) = e {
             tracing::debug!(namespace = ns, function, status, error = %e, "request failed");

@@ -4,21 +4,52 @@
 
 use crate::activator::{Activator, Activity, Running};
 use crate::routing::Rule;
-use crate::telemetry::{status_class, Metrics};
+use crate::telemetry::{status_class_index, Metrics, STATUS_CLASSES};
 use prometheus::{Histogram, IntCounter};
 use std::sync::{Arc, OnceLock};
 
-/// The status classes of `status_class`, in this order.
-const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-
-pub struct FunctionStats {
+/// One function's request series (empty labels: requests no route matched). Each is made
+/// when first used, so a class never seen stays absent from `/metrics`.
+pub struct RequestSeries {
     namespace: Arc<str>,
     name: Arc<str>,
     metrics: Arc<Metrics>,
-    /// One series per status class, made when the class is first seen (an unseen class
-    /// stays absent from `/metrics`, as before).
-    requests: [OnceLock<IntCounter>; 6],
-    duration: Histogram,
+    /// By `status_class_index`.
+    requests: [OnceLock<IntCounter>; STATUS_CLASSES.len()],
+    duration: OnceLock<Histogram>,
+}
+
+impl RequestSeries {
+    pub fn new(metrics: &Arc<Metrics>, namespace: Arc<str>, name: Arc<str>) -> Self {
+        RequestSeries {
+            namespace,
+            name,
+            metrics: metrics.clone(),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = status_class_index(status);
+        let labels = [&*self.namespace, &*self.name];
+        self.requests[class]
+            .get_or_init(|| {
+                self.metrics.requests.with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    STATUS_CLASSES[class],
+                ])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| self.metrics.request_duration.with_label_values(&labels))
+            .observe(seconds);
+    }
+}
+
+pub struct FunctionStats {
+    pub series: RequestSeries,
     activity: Arc<Activity>,
 }
 
@@ -28,11 +59,7 @@ impl FunctionStats {
         rule.serving.get_or_init(|| {
             let (ns, name) = (&rule.function.namespace, &rule.function.name);
             FunctionStats {
-                namespace: ns.clone(),
-                name: name.clone(),
-                metrics: metrics.clone(),
-                requests: Default::default(),
-                duration: metrics.request_duration.with_label_values(&[ns, name]),
+                series: RequestSeries::new(metrics, ns.clone(), name.clone()),
                 activity: activator.activity(ns, name),
             }
         })
@@ -40,18 +67,5 @@ impl FunctionStats {
 
     pub fn running(&self) -> Running {
         Activity::running(&self.activity)
-    }
-
-    pub fn record(&self, status: u16, seconds: f64) {
-        let class = status_class(status);
-        let index = CLASSES.iter().position(|c| *c == class).unwrap_or(5);
-        self.requests[index]
-            .get_or_init(|| {
-                self.metrics
-                    .requests
-                    .with_label_values(&[&self.namespace, &self.name, class])
-            })
-            .inc();
-        self.duration.observe(seconds);
     }
 }

@@ -69,15 +69,14 @@ pub mod event_outcome {
     pub const NOT_SUBSCRIBED: &str = "not_subscribed";
 }
 
-/// `2xx`, `4xx`... for the `code` label.
-pub fn status_class(status: u16) -> &'static str {
+/// The values of the `code` label (`2xx`, `4xx`...), in `status_class_index` order.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Where `status`'s class is in `STATUS_CLASSES`.
+pub fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => STATUS_CLASSES.len() - 1,
     }
 }
 

@@ -5,4 +5,4 @@ mod admin;
 mod metrics;
 
 pub use admin::AdminApp;
-pub use metrics::{event_outcome, status_class, Metrics};
+pub use metrics::{event_outcome, status_class_index, Metrics, STATUS_CLASSES};
