@@ -99,11 +99,17 @@ fn hello_catalog(echo: &Echo) -> tempfile::TempDir {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_clients_get_the_same_routes_filters_limits_metrics_and_reloads() {
+/// The echo function `hello`, its catalog, and fngate serving it with `settings` added.
+fn hello_gateway(settings: &str) -> (Echo, tempfile::TempDir, Fngate) {
     let echo = Echo::start("hello", "default");
     let dir = hello_catalog(&echo);
-    let gate = Fngate::start(dir.path());
+    let gate = Fngate::start_with(dir.path(), settings);
+    (echo, dir, gate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_get_the_same_routes_filters_limits_metrics_and_reloads() {
+    let (_echo, dir, gate) = hello_gateway("");
     let mut h2 = h2_connect(gate.http).await;
 
     let r = h2_request(
@@ -180,15 +186,17 @@ async fn h2c_clients_get_the_same_routes_filters_limits_metrics_and_reloads() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["service"], "second");
 
-    let metrics = gate.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("fngate_requests_total")
+    // Counted once the request is logged, just after its answer went out.
+    let counted = || {
+        gate.metrics().lines().any(|l| {
+            l.starts_with("fngate_requests_total")
                 && l.contains("function=\"second\"")
-                && l.contains("2xx")),
-        "h2 requests are counted like any other:\n{metrics}"
-    );
+                && l.contains("2xx")
+        })
+    };
+    tokio::task::block_in_place(|| {
+        gate.wait_until(counted, "h2 requests to be counted like any other")
+    });
 }
 
 #[test]
@@ -429,12 +437,19 @@ async fn grpc_functions_work_end_to_end_over_h2c() {
         scaled_object_ref: Some(object("slow")),
         metric_name: "m".into(),
     });
-    req.set_timeout(Duration::from_millis(300));
+    // Long enough for the call to reach the function on a loaded machine.
+    req.set_timeout(Duration::from_secs(1));
     let err = client.get_metrics(req).await.unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
+    tokio::task::block_in_place(|| {
+        gate.wait_until(
+            || !function.deadlines.lock().unwrap().is_empty(),
+            "the slow call to reach the function",
+        )
+    });
     let deadlines = function.deadlines.lock().unwrap().clone();
     assert_eq!(deadlines.len(), 1, "the slow call reached the function");
     assert!(
@@ -663,9 +678,7 @@ async fn still_serving(gate: &Fngate) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_gets_goaway_and_the_gateway_keeps_serving() {
     const STREAMS: u32 = 2000;
-    let echo = Echo::start("hello", "default");
-    let dir = hello_catalog(&echo);
-    let gate = Fngate::start(dir.path());
+    let (echo, _dir, gate) = hello_gateway("");
     let (mut read, mut write) = raw_h2(gate.http).await;
     // CVE-2023-44487: open a stream and cancel it at once, as fast as the socket takes it.
     let mut attack = Vec::new();
@@ -704,9 +717,7 @@ async fn rapid_reset_gets_goaway_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_is_cut_off_and_the_gateway_keeps_serving() {
-    let echo = Echo::start("hello", "default");
-    let dir = hello_catalog(&echo);
-    let gate = Fngate::start(dir.path());
+    let (_echo, _dir, gate) = hello_gateway("");
     let (mut read, mut write) = raw_h2(gate.http).await;
     // CVE-2024-27316 style: a header block that never ends, 16 KiB at a time, up to 64 MiB.
     let writer = tokio::spawn(async move {
@@ -747,9 +758,7 @@ async fn a_continuation_flood_is_cut_off_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_header_list_gets_431_and_the_connection_stays_usable() {
-    let echo = Echo::start("hello", "default");
-    let dir = hello_catalog(&echo);
-    let gate = Fngate::start_with(dir.path(), "limits:\n  max_header_bytes: 8192\n");
+    let (echo, _dir, gate) = hello_gateway("limits:\n  max_header_bytes: 8192\n");
     let mut h2 = h2_connect(gate.http).await;
     let big = "v".repeat(12_000);
     let r = h2_request(
@@ -781,12 +790,8 @@ async fn an_oversized_header_list_gets_431_and_the_connection_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_concurrency_limit_are_refused() {
     const LIMIT: u32 = 8;
-    let echo = Echo::start("hello", "default");
-    let dir = hello_catalog(&echo);
-    let gate = Fngate::start_with(
-        dir.path(),
-        &format!("http2:\n  max_concurrent_streams: {LIMIT}\n"),
-    );
+    let (_echo, _dir, gate) =
+        hello_gateway(&format!("http2:\n  max_concurrent_streams: {LIMIT}\n"));
     let (mut read, mut write) = raw_h2(gate.http).await;
     // The limit binds once the client acknowledged the server's SETTINGS.
     read_frames(&mut read, |f| f.kind == SETTINGS).await;
@@ -817,9 +822,7 @@ async fn streams_over_the_concurrency_limit_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_h2_connection_is_closed_after_http2_idle_timeout() {
-    let echo = Echo::start("hello", "default");
-    let dir = hello_catalog(&echo);
-    let gate = Fngate::start_with(dir.path(), "http2:\n  idle_timeout: 300ms\n");
+    let (echo, _dir, gate) = hello_gateway("http2:\n  idle_timeout: 300ms\n");
     // A client that opened a connection, made one request, and went quiet.
     let (mut read, mut write) = raw_h2(gate.http).await;
     let request = frame(
