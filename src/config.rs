@@ -281,11 +281,12 @@ impl Settings {
                 .unwrap_or(event_defaults.retry_initial),
             retry_max: dur("events.retry_max", &raw.events.retry_max, "10s")?
                 .unwrap_or(event_defaults.retry_max),
-            max_attempts: match raw.events.max_attempts {
-                Some(0) => return Err(invalid("events.max_attempts", "must be at least 1".into())),
-                Some(n) => n,
-                None => event_defaults.max_attempts,
-            },
+            max_attempts: positive(
+                "events.max_attempts",
+                raw.events.max_attempts,
+                event_defaults.max_attempts,
+                &invalid,
+            )?,
             kafka_fetch_wait: dur(
                 "events.kafka_fetch_wait",
                 &raw.events.kafka_fetch_wait,
@@ -423,23 +424,29 @@ impl Settings {
             threads,
             h2c: raw.http2.h2c.unwrap_or(true),
             h2_idle_timeout: dur("http2.idle_timeout", &raw.http2.idle_timeout, "60s")?,
-            h2_max_concurrent_streams: match raw.http2.max_concurrent_streams {
-                Some(0) => {
-                    return Err(invalid(
-                        "http2.max_concurrent_streams",
-                        "must be at least 1".into(),
-                    ))
-                }
-                Some(n) => n,
-                None => 100,
-            },
-            event_threads: match raw.events.threads {
-                Some(0) => return Err(invalid("events.threads", "must be at least 1".into())),
-                Some(n) => n,
-                // Event delivery is CPU-bound at high rates: as many threads as the proxy.
-                None => threads,
-            },
+            h2_max_concurrent_streams: positive(
+                "http2.max_concurrent_streams",
+                raw.http2.max_concurrent_streams,
+                100,
+                &invalid,
+            )?,
+            // Event delivery is CPU-bound at high rates: as many threads as the proxy.
+            event_threads: positive("events.threads", raw.events.threads, threads, &invalid)?,
         })
+    }
+}
+
+/// A count that must be at least 1: `value`, else `default`.
+fn positive<T: Default + PartialEq>(
+    field: &str,
+    value: Option<T>,
+    default: T,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(n) if n == T::default() => Err(invalid(field, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
     }
 }
 
