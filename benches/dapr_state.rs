@@ -191,6 +191,7 @@ impl Target {
                 .set(SetRequest {
                     key: format!("bench-default||{key}"),
                     value: Bytes::from_static(VALUE),
+                    json: false,
                     etag: None,
                     concurrency: Default::default(),
                     ttl: None,

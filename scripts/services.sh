@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the brokers the event-trigger tests use when they are not running:
-# NATS with JetStream on 127.0.0.1:4222. (tansu, the Kafka-protocol broker, is started
+# Starts the servers the tests use when they are not running: NATS with JetStream on
+# 127.0.0.1:4222, PostgreSQL on 5432 (trust auth) and MariaDB on 3306 (root, no password)
+# for the SQL state stores. (tansu, the Kafka-protocol broker, is started
 # by the tests themselves on free ports.)
 set -euo pipefail
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -13,4 +14,19 @@ if ! port_open 4222; then
   for _ in $(seq 1 100); do port_open 4222 && break; sleep 0.1; done
   port_open 4222 || { echo "services: NATS did not start on 127.0.0.1:4222" >&2; exit 1; }
   echo "services: started NATS with JetStream on 127.0.0.1:4222"
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! port_open 5432; then
+  $sudo pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+  for _ in $(seq 1 100); do port_open 5432 && break; sleep 0.1; done
+  port_open 5432 || { echo "services: PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+  echo "services: started PostgreSQL on 127.0.0.1:5432"
+fi
+if ! port_open 3306; then
+  $sudo start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  for _ in $(seq 1 200); do port_open 3306 && break; sleep 0.1; done
+  port_open 3306 || { echo "services: MariaDB did not start on 127.0.0.1:3306" >&2; exit 1; }
+  echo "services: started MariaDB on 127.0.0.1:3306"
 fi

@@ -220,7 +220,17 @@ spec:
           metadata:
             - {name: redisDB, value: "zero"}
       elsewhere:
+        spec: {type: state.cassandra}
+      sqlbroken:
         spec: {type: state.mysql}
+      orders:
+        spec:
+          type: state.postgresql
+          version: v2
+          metadata:
+            - {name: connectionString, value: "postgres://app:pw@db:5432/shop"}
+            - {name: tablePrefix, value: "shop."}
+            - {name: cleanupInterval, value: "0"}
       weird: [1, 2]
     outputs:
       - dapr: {name: events, topic: created}
@@ -263,8 +273,23 @@ fn dapr_api_components_compile_per_app_with_scopes_secrets_and_diagnostics_namin
     // The good store serves; its secret is resolved; keyPrefix is read case-insensitively.
     let carts = app.states.get("carts").expect("carts");
     assert_eq!(carts.key_prefix, fngate::plan::KeyPrefix::Namespace);
-    let fngate::plan::StateBackend::Redis(r) = &carts.backend;
+    let fngate::plan::StateBackend::Redis(r) = &carts.backend else {
+        panic!("carts is on Redis: {:?}", carts.backend)
+    };
     assert_eq!(r.password.as_deref(), Some("pw"));
+    // state.postgresql v2: the table from the prefix, the URL read, cleanup disabled by 0.
+    let orders = app.states.get("orders").expect("orders");
+    let fngate::plan::StateBackend::Postgres(pg) = &orders.backend else {
+        panic!("orders is on PostgreSQL: {:?}", orders.backend)
+    };
+    assert_eq!(pg.layout, fngate::plan::PostgresLayout::V2);
+    assert_eq!(
+        (pg.table.as_str(), pg.cleanup_interval),
+        ("shop.state", None)
+    );
+    assert!(pg
+        .connection
+        .contains(&("dbname".to_owned(), "shop".to_owned())));
     // The broken one is left out and named with its field.
     assert!(!app.states.contains_key("broken"));
     let errs = errors(&p);
@@ -280,11 +305,18 @@ fn dapr_api_components_compile_per_app_with_scopes_secrets_and_diagnostics_namin
             .any(|e| e.contains("field spec.serving.states.weird: not a component spec")),
         "{errs:#?}"
     );
+    assert!(
+        errs.iter().any(
+            |e| e.contains("spec.serving.states.sqlbroken.spec.metadata")
+                && e.contains("connectionString")
+        ),
+        "{errs:#?}"
+    );
     // A store type fngate does not serve is a warning, not an error.
     assert!(p
         .diagnostics
         .iter()
-        .any(|d| !d.is_error() && d.to_string().contains("state.mysql")));
+        .any(|d| !d.is_error() && d.to_string().contains("state.cassandra")));
     // Outputs: the pub/sub in scope is kept; the unknown and the out-of-scope are reported
     // (warnings, as for triggers: the Component may not have arrived yet).
     assert_eq!(app.outputs.len(), 1);

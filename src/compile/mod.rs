@@ -8,6 +8,7 @@ mod filters;
 mod gateway;
 mod route;
 mod runtime;
+mod sql_state;
 mod triggers;
 
 pub use gateway::{GatewayDefaults, DEFAULT_GATEWAY};

@@ -13,8 +13,8 @@ use crate::api::{
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, OutputRef, PubsubComponent, RedisSettings, StateBackend,
-    StateComponent,
+    KafkaProducerSettings, KeyPrefix, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
+    StateBackend, StateComponent,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -335,13 +335,20 @@ fn compile_component(
     let family = kind.split('.').next().unwrap_or_default();
     if !matches!(
         kind,
-        "state.redis" | "pubsub.kafka" | "pubsub.jetstream" | "bindings.kafka" | "bindings.http"
+        "state.redis"
+            | "state.postgresql"
+            | "state.postgres"
+            | "state.mysql"
+            | "pubsub.kafka"
+            | "pubsub.jetstream"
+            | "bindings.kafka"
+            | "bindings.http"
     ) {
         if family == "state" && visible.inline {
             report.on(
                 &visible.origin,
                 Diagnostic::warning(format!(
-                    "state store type {kind:?} is not served by fngate's Dapr API; it serves state.redis"
+                    "state store type {kind:?} is not served by fngate's Dapr API; it serves state.redis, state.postgresql and state.mysql"
                 ))
                 .at_field(visible.origin.metadata_field.replace(".metadata", ".type")),
             );
@@ -364,17 +371,46 @@ fn compile_component(
         origin: &visible.origin,
     };
     let id = visible.id.clone();
+    let version = visible.spec.version.clone().unwrap_or_else(|| "v1".into());
+    let state = |backend, key_prefix, default_ttl| {
+        Compiled::State(Arc::new(StateComponent {
+            id: visible.id.clone(),
+            kind: kind.to_owned(),
+            version: version.clone(),
+            key_prefix,
+            default_ttl,
+            backend,
+        }))
+    };
     let compiled = match kind {
-        "state.redis" => redis_state(&mut meta, report).map(|(backend, key_prefix, ttl)| {
-            Compiled::State(Arc::new(StateComponent {
-                id,
-                kind: kind.to_owned(),
-                version: visible.spec.version.clone().unwrap_or_else(|| "v1".into()),
-                key_prefix,
-                default_ttl: ttl,
-                backend: StateBackend::Redis(backend),
-            }))
-        }),
+        "state.redis" => redis_state(&mut meta, report)
+            .map(|(backend, key_prefix, ttl)| state(StateBackend::Redis(backend), key_prefix, ttl)),
+        "state.postgresql" | "state.postgres" => {
+            // daprd: v1 unless the component asks for v2.
+            let layout = match version.as_str() {
+                "" | "v1" => Some(PostgresLayout::V1),
+                "v2" => Some(PostgresLayout::V2),
+                other => {
+                    report.on(
+                        &visible.origin,
+                        Diagnostic::error(format!(
+                            "state.postgresql version {other:?}: v1 (jsonb, the default) or v2 (bytea)"
+                        ))
+                        .at_field(visible.origin.metadata_field.replace(".metadata", ".version")),
+                    );
+                    None
+                }
+            };
+            let key_prefix = key_prefix(&mut meta, report);
+            layout
+                .and_then(|l| super::sql_state::postgres_state(&mut meta, l, report))
+                .map(|s| state(StateBackend::Postgres(s), key_prefix, None))
+        }
+        "state.mysql" => {
+            let key_prefix = key_prefix(&mut meta, report);
+            super::sql_state::mysql_state(&mut meta, report)
+                .map(|s| state(StateBackend::Mysql(s), key_prefix, None))
+        }
         "pubsub.kafka" => kafka_producer(&mut meta, report).map(|k| {
             Compiled::Pubsub(Arc::new(PubsubComponent {
                 id,
@@ -488,32 +524,7 @@ fn redis_state(
             report,
         );
     }
-    let key_prefix = match meta
-        .values
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("keyPrefix"))
-        .map(|(k, (_, v))| (k.clone(), v.trim().to_lowercase()))
-    {
-        None => KeyPrefix::AppId,
-        Some((k, v)) => {
-            meta.take(&k);
-            match v.as_str() {
-                "" | "appid" => KeyPrefix::AppId,
-                "name" => KeyPrefix::Name,
-                "namespace" => KeyPrefix::Namespace,
-                "none" => KeyPrefix::None,
-                other if other.contains("||") => {
-                    meta.error(
-                        &k,
-                        format!("keyPrefix {other:?} can't contain '||'"),
-                        report,
-                    );
-                    KeyPrefix::AppId
-                }
-                other => KeyPrefix::Custom(other.to_owned()),
-            }
-        }
-    };
+    let key_prefix = key_prefix(meta, report);
     let ttl = meta.parse::<i64>("ttlInSeconds", "a whole number of seconds", report);
     let timeout = |meta: &mut Metadata<'_>, key: &str, report: &mut Report<'_>| {
         meta.duration(key, report).filter(|d| !d.is_zero())
@@ -540,6 +551,37 @@ fn redis_state(
         command_timeout,
     };
     Some((settings, key_prefix, ttl))
+}
+
+/// Component `keyPrefix` (daprd's state_config: the name matched case-insensitively,
+/// the value lower-cased).
+fn key_prefix(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> KeyPrefix {
+    match meta
+        .values
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("keyPrefix"))
+        .map(|(k, (_, v))| (k.clone(), v.trim().to_lowercase()))
+    {
+        None => KeyPrefix::AppId,
+        Some((k, v)) => {
+            meta.take(&k);
+            match v.as_str() {
+                "" | "appid" => KeyPrefix::AppId,
+                "name" => KeyPrefix::Name,
+                "namespace" => KeyPrefix::Namespace,
+                "none" => KeyPrefix::None,
+                other if other.contains("||") => {
+                    meta.error(
+                        &k,
+                        format!("keyPrefix {other:?} can't contain '||'"),
+                        report,
+                    );
+                    KeyPrefix::AppId
+                }
+                other => KeyPrefix::Custom(other.to_owned()),
+            }
+        }
+    }
 }
 
 /// `spec.serving.outputs`: each names a pub/sub (with a topic) or an output binding

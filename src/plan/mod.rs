@@ -5,8 +5,8 @@ mod triggers;
 
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, NamedMap, OutputRef, PubsubComponent, RedisSettings,
-    StateBackend, StateComponent,
+    KafkaProducerSettings, KeyPrefix, MysqlSettings, MysqlTls, NamedMap, OutputRef, PostgresLayout,
+    PostgresSettings, PubsubComponent, RedisSettings, StateBackend, StateComponent,
 };
 pub use triggers::{
     AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,

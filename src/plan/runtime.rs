@@ -175,6 +175,91 @@ pub struct StateComponent {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StateBackend {
     Redis(RedisSettings),
+    Postgres(PostgresSettings),
+    Mysql(MysqlSettings),
+}
+
+/// `state.postgresql`: which of Dapr's two table layouts the component uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PostgresLayout {
+    /// `value jsonb`, `isbinary`, the ETag is `xmin` (component `version: v1`, the default).
+    V1,
+    /// `value bytea`, a uuid `etag` column (`version: v2`).
+    V2,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PostgresSettings {
+    pub layout: PostgresLayout,
+    /// The connection parameters (`connectionString` in either form, or the separate
+    /// `host`/`port`/... keys), normalised to libpq keywords.
+    pub connection: Vec<(String, String)>,
+    /// The state table, possibly `schema.table` (v1 `tableName`; v2 `<tablePrefix>state`).
+    pub table: String,
+    /// v2: the prefix, which also names its migration and cleanup rows.
+    pub table_prefix: String,
+    pub metadata_table: String,
+    /// Bounds connecting and every statement.
+    pub timeout: Duration,
+    /// `None`: expired rows are not deleted in the background.
+    pub cleanup_interval: Option<Duration>,
+    pub max_conns: usize,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connection: Vec<_> = self
+            .connection
+            .iter()
+            .map(|(k, v)| (k, if k == "password" { "<redacted>" } else { v }))
+            .collect();
+        f.debug_struct("PostgresSettings")
+            .field("layout", &self.layout)
+            .field("connection", &connection)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How `state.mysql` connects over TLS (the DSN's `tls` parameter).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MysqlTls {
+    Off,
+    /// `tls=skip-verify`: encrypted, the certificate not checked.
+    SkipVerify,
+    /// `tls=custom` with `pemPath`/`pemContents`: the server's certificate must chain to
+    /// this PEM.
+    CustomRoot(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MysqlSettings {
+    pub user: String,
+    pub password: Option<String>,
+    pub host: String,
+    pub port: u16,
+    /// `schemaName`: the database fngate creates and uses.
+    pub schema: String,
+    pub table: String,
+    pub metadata_table: String,
+    pub timeout: Duration,
+    pub cleanup_interval: Option<Duration>,
+    pub tls: MysqlTls,
+    /// DSN parameters the Go driver sends as `SET name=value` on each connection.
+    pub session_variables: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for MysqlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSettings")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]

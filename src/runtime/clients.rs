@@ -4,7 +4,7 @@
 //! store cost one connection, not a thousand sidecars' worth. A new plan that leaves a
 //! backend alone keeps its client; a changed one gets a new client.
 
-use super::state::{RedisStore, StateStore};
+use super::state::{MysqlStore, PostgresStore, RedisStore, StateStore};
 use crate::plan::{
     BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings, StateBackend,
     StateComponent,
@@ -41,6 +41,8 @@ impl Clients {
         }
         let store: Arc<dyn StateStore> = match &component.backend {
             StateBackend::Redis(settings) => Arc::new(RedisStore::new(settings)?),
+            StateBackend::Postgres(settings) => PostgresStore::new(settings)?,
+            StateBackend::Mysql(settings) => MysqlStore::new(settings)?,
         };
         tracing::info!(component = %component.id, kind = %component.kind, "state store client created");
         states.insert(component.backend.clone(), store.clone());

@@ -335,6 +335,7 @@ fn raw_item(s: common::StateItem) -> StateItem {
     StateItem {
         key: s.key,
         value: Bytes::from(s.value),
+        json: false,
         etag: s.etag.map(|e| e.value),
         concurrency,
         consistency,
@@ -352,6 +353,7 @@ fn save_item(s: common::StateItem) -> Result<StateItem, Status> {
             ApiError::basic(Code::Internal, 500, "ERR_STATE_SAVE", e.to_string()).to_status()
         })?;
         item.value = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serialises"));
+        item.json = true;
     }
     Ok(item)
 }

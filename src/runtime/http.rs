@@ -310,6 +310,7 @@ fn state_item(o: &serde_json::Map<String, Value>) -> Result<StateItem, String> {
         value: Bytes::from(
             serde_json::to_vec(member(o, "value").unwrap_or(&Value::Null)).expect("JSON"),
         ),
+        json: true,
         etag,
         concurrency: option("concurrency"),
         consistency: option("consistency"),

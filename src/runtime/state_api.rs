@@ -16,6 +16,9 @@ pub(crate) const BLOCK: &str = "state";
 pub struct StateItem {
     pub key: String,
     pub value: Bytes,
+    /// `value` is a decoded JSON value re-encoded (HTTP, or gRPC with `contentType:
+    /// application/json`), not raw bytes: SQL stores lay the two out differently.
+    pub json: bool,
     pub etag: Option<String>,
     pub concurrency: String,
     pub consistency: String,
@@ -125,6 +128,22 @@ impl DaprApi {
             let mut stored = Vec::with_capacity(keys.len());
             for k in &keys {
                 stored.push(stored_key(app, &s.component, k)?);
+            }
+            if let Some(answer) = s.store.bulk_get(&stored).await {
+                let found = answer.map_err(|e| {
+                    ApiError::basic(Code::Internal, 500, "ERR_STATE_BULK_GET", e.to_string())
+                })?;
+                // The store's order; keys back as the app sent them.
+                return Ok(found
+                    .into_iter()
+                    .map(|(stored_key, item)| BulkItem {
+                        key: stored
+                            .iter()
+                            .position(|k| *k == stored_key)
+                            .map_or(stored_key, |i| keys[i].clone()),
+                        result: Ok(item),
+                    })
+                    .collect());
             }
             // Order kept, as daprd's default bulk get keeps it; `parallelism` keys at a
             // time (0: all at once).
@@ -338,6 +357,7 @@ fn set_request(
     Ok(SetRequest {
         key,
         value: item.value.clone(),
+        json: item.json,
         etag: item.etag.clone().filter(|e| !e.is_empty()),
         concurrency,
         ttl,

@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod redis_server;
+pub mod sql_servers;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

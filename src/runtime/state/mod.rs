@@ -2,8 +2,13 @@
 //! are the bytes daprd would hand its component (raw on gRPC, re-encoded JSON on HTTP),
 //! so each backend only has to lay them out as Dapr's component for it does.
 
+mod mysql;
+mod postgres;
 mod redis;
+mod sql;
 
+pub use self::mysql::MysqlStore;
+pub use self::postgres::PostgresStore;
 pub use self::redis::RedisStore;
 
 use crate::plan::StateBackend;
@@ -13,6 +18,8 @@ use crate::plan::StateBackend;
 pub fn features(backend: &StateBackend) -> &'static [&'static str] {
     match backend {
         StateBackend::Redis(_) => self::redis::FEATURES,
+        StateBackend::Postgres(_) => self::postgres::FEATURES,
+        StateBackend::Mysql(_) => self::mysql::FEATURES,
     }
 }
 
@@ -44,6 +51,10 @@ impl Concurrency {
 pub struct SetRequest {
     pub key: String,
     pub value: Bytes,
+    /// `value` is JSON that daprd would hold as a decoded value (HTTP saves, gRPC saves
+    /// with `contentType: application/json`); otherwise raw bytes. Redis stores both alike;
+    /// the SQL stores mark raw bytes `isbinary` (base64) and re-encode JSON as Go does.
+    pub json: bool,
     /// Present only when non-empty.
     pub etag: Option<String>,
     pub concurrency: Concurrency,
@@ -90,6 +101,14 @@ pub trait StateStore: Send + Sync {
     async fn delete(&self, request: DeleteRequest) -> Result<(), StoreError>;
     /// Dapr's `Multi`: the store's own transaction semantics.
     async fn transact(&self, ops: Vec<TransactionOp>) -> Result<(), StoreError>;
+    /// A bulk get in one query, answered in the store's own order (found rows first, then
+    /// the missing keys); `None`: the store has none, and each key is read on its own.
+    async fn bulk_get(
+        &self,
+        _keys: &[String],
+    ) -> Option<Result<Vec<(String, Option<StoredItem>)>, StoreError>> {
+        None
+    }
     /// 1 while the last command reached the store.
     fn connected(&self) -> bool;
 }
