@@ -94,52 +94,6 @@ scopes:
     dir
 }
 
-struct Gate {
-    fngate: Fngate,
-    grpc: u16,
-    http: std::net::SocketAddr,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Gate {
-    fn start(catalog: &std::path::Path) -> Gate {
-        let (grpc, http) = (free_port(), free_port());
-        let fngate = Fngate::start_full(
-            catalog,
-            &format!("  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\n"),
-            "",
-        );
-        let http = format!("127.0.0.1:{http}").parse().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let gate = Gate {
-            fngate,
-            grpc,
-            http,
-            rt,
-        };
-        gate.fngate.wait_until(
-            || request(gate.http, "GET", "", "/v1.0/healthz/outbound", &[], b"").is_ok(),
-            "the Dapr HTTP API listening",
-        );
-        gate
-    }
-
-    fn client(&self) -> DaprClient<Channel> {
-        dapr_client(&self.rt, self.grpc)
-    }
-
-    fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(t) = token {
-            headers.push(("dapr-api-token", t));
-        }
-        request(self.http, method, "", path, &headers, body).expect("HTTP API answers")
-    }
-}
-
 fn item(key: &str, value: &[u8]) -> common_v1::StateItem {
     common_v1::StateItem {
         key: key.into(),
@@ -227,7 +181,7 @@ fn reason(status: &tonic::Status) -> String {
 fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, "k", b"hello").await;
@@ -329,7 +283,7 @@ fn state_over_grpc_keeps_daprs_redis_layout_etags_and_first_write() {
 fn data_written_by_daprd_is_read_with_its_etag_and_fngates_writes_continue_its_versions() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     // As daprd's state.redis leaves a key after seven writes over HTTP.
     let mut con = redis.connection().unwrap();
@@ -371,7 +325,7 @@ fn data_written_by_daprd_is_read_with_its_etag_and_fngates_writes_continue_its_v
 fn bulk_ttl_and_transactions_over_grpc() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         c.save_state(with_token(
@@ -499,7 +453,7 @@ fn bulk_ttl_and_transactions_over_grpc() {
 fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         // No token and a wrong token: Unauthenticated, as daprd.
@@ -607,7 +561,7 @@ fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
 fn state_over_http_stores_json_as_daprd_does() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let t = Some("tok-orders");
     let r = gate.http(
         "POST",
@@ -696,7 +650,7 @@ fn state_over_http_stores_json_as_daprd_does() {
 fn a_store_restarted_mid_run_gives_errors_while_down_and_serves_again_after() {
     let mut redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, "before", b"kept").await;
@@ -775,7 +729,7 @@ scopes:
         echo.addr
     );
     let dir = catalog(&redis, &extra);
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     let nats_rt = tokio::runtime::Runtime::new().unwrap();
     let stream = nats_rt.block_on(async {
@@ -978,7 +932,7 @@ fn fngate_env_prints_what_the_functions_process_needs() {
 fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
     let redis = Redis::start();
     let dir = catalog(&redis, "");
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     assert_eq!(
         gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders"), b"")
             .status,
@@ -1040,7 +994,7 @@ fn the_official_python_sdk_works_against_fngate() {
         "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: bus\n  namespace: shop\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - name: natsURL\n      value: {NATS}\n"
     );
     let dir = catalog(&redis, &extra);
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let nats_rt = tokio::runtime::Runtime::new().unwrap();
     let js = nats_rt.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
@@ -1163,7 +1117,7 @@ spec:
         ),
     )
     .unwrap();
-    let gate = Gate::start(catalog_dir.path());
+    let gate = DaprGate::start(catalog_dir.path());
     let r = gate.http(
         "POST",
         "/v1.0/state/vault",

@@ -57,50 +57,9 @@ spec:
     dir
 }
 
-struct Gate {
-    fngate: Fngate,
-    grpc: u16,
-    http: std::net::SocketAddr,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Gate {
-    fn start(catalog: &std::path::Path) -> Gate {
-        let (grpc, http) = (free_port(), free_port());
-        let fngate = Fngate::start_full(
-            catalog,
-            &format!("  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\n"),
-            "",
-        );
-        let http = format!("127.0.0.1:{http}").parse().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let gate = Gate {
-            fngate,
-            grpc,
-            http,
-            rt,
-        };
-        gate.fngate.wait_until(
-            || request(gate.http, "GET", "", "/v1.0/healthz/outbound", &[], b"").is_ok(),
-            "the Dapr HTTP API listening",
-        );
-        gate
-    }
-
-    fn client(&self) -> DaprClient<Channel> {
-        dapr_client(&self.rt, self.grpc)
-    }
-
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        let headers = [
-            ("Content-Type", "application/json"),
-            ("dapr-api-token", TOKEN),
-        ];
-        request(self.http, method, "", path, &headers, body).expect("HTTP API answers")
-    }
+/// The orders app's HTTP call.
+fn http(gate: &DaprGate, method: &str, path: &str, body: &[u8]) -> Response {
+    gate.http(method, path, Some(TOKEN), body)
 }
 
 fn save(key: &str, value: &[u8]) -> rt::SaveStateRequest {
@@ -283,7 +242,7 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
             ("cleanupInterval", "1s"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
@@ -313,7 +272,7 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
         write(&mut c, first_write(save("fresh", b"1"))).await.unwrap();
 
         // HTTP: the JSON value goes to jsonb and comes back as Postgres renders it.
-        let r = gate.http("POST", "/v1.0/state/cart", br#"[{"key":"j","value":{"b":1,"a":"<x>"}}]"#);
+        let r = http(&gate, "POST", "/v1.0/state/cart", br#"[{"key":"j","value":{"b":1,"a":"<x>"}}]"#);
         assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
         let row = db
             .query_one(&format!("SELECT value::text, isbinary, xmin::text FROM {table} WHERE key = 'orders-shop||j'"), &[])
@@ -321,7 +280,7 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), r#"{"a": "<x>", "b": 1}"#);
         assert!(!row.get::<_, bool>(1));
-        let r = gate.http("GET", "/v1.0/state/cart/j", b"");
+        let r = http(&gate, "GET", "/v1.0/state/cart/j", b"");
         assert_eq!(r.body, br#"{"a": "<x>", "b": 1}"#);
         assert_eq!(r.header("etag"), Some(row.get::<_, String>(2).as_str()));
 
@@ -403,14 +362,15 @@ fn postgres_v2_keeps_bytes_and_uuid_etags() {
             ("timeout", "5"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
         write(&mut c, save("raw", &[0, 159, 146, 150]))
             .await
             .unwrap();
-        let r = gate.http(
+        let r = http(
+            &gate,
             "POST",
             "/v1.0/state/cart",
             br#"[{"key":"j","value":{"z":"<&>","a":1.50}}]"#,
@@ -508,7 +468,7 @@ fn postgres_rows_written_by_daprs_sql_and_by_fngate_are_read_by_the_other() {
             ("metadataTableName", &format!("{s}.dapr_metadata")),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
@@ -521,7 +481,7 @@ fn postgres_rows_written_by_daprs_sql_and_by_fngate_are_read_by_the_other() {
             .unwrap()
             .get(0);
         assert_eq!((got.data.as_slice(), got.etag.as_str()), (&b"dapr"[..], xmin.as_str()));
-        assert_eq!(gate.http("GET", "/v1.0/state/cart/json", b"").body, br#"{"n": 1}"#);
+        assert_eq!(http(&gate, "GET", "/v1.0/state/cart/json", b"").body, br#"{"n": 1}"#);
         // fngate's write continues with daprd's ETag, and daprd's own read query sees it.
         write(&mut c, with_etag(save("bytes", b"fngate"), &xmin)).await.unwrap();
         let row = db
@@ -560,7 +520,7 @@ fn two_fngates_creating_the_postgres_tables_at_once_both_serve() {
         ("metadataTableName", &*format!("{s}.dapr_metadata")),
     ];
     let dir = catalog("state.postgresql", "v1", &meta);
-    let (a, b) = (Gate::start(dir.path()), Gate::start(dir.path()));
+    let (a, b) = (DaprGate::start(dir.path()), DaprGate::start(dir.path()));
     let (mut ca, mut cb) = (a.client(), b.client());
     // Both first calls at once: both migrate under the lock row, neither fails.
     let (ra, rb) = std::thread::scope(|scope| {
@@ -596,7 +556,7 @@ fn a_postgres_restarted_mid_run_gives_prompt_errors_then_serves_again() {
             ("timeout", "3s"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"before")).await.unwrap();
@@ -616,6 +576,51 @@ fn a_postgres_restarted_mid_run_gives_prompt_errors_then_serves_again() {
         }
         assert_eq!(read(&mut c, "k").await.data, b"after");
     });
+}
+
+#[test]
+fn postgres_over_tls_checks_the_server_as_sslmode_says() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(certs.path());
+    // The server takes TLS connections only: serving at all proves the connection is TLS.
+    let server = PrivatePostgres::start_with(Some((&cert, &key)));
+    let base = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        server.port
+    );
+    let verified = format!("{base} sslmode=verify-full sslrootcert={}", ca.display());
+    let dir = catalog("state.postgresql", "v1", &[("connectionString", &verified)]);
+    let gate = DaprGate::start(dir.path());
+    let mut c = gate.client();
+    gate.rt.block_on(async {
+        write(&mut c, save("k", b"over tls")).await.unwrap();
+        assert_eq!(read(&mut c, "k").await.data, b"over tls");
+    });
+    // libpq's default (prefer) also encrypts; disable is refused by this server; a CA that
+    // did not sign the server's certificate is refused by fngate.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = ca_and_server_cert(other.path());
+    for (connection, works) in [
+        (base.clone(), true),
+        (format!("{base} sslmode=disable"), false),
+        (
+            format!(
+                "{base} sslmode=verify-ca sslrootcert={}",
+                wrong_ca.display()
+            ),
+            false,
+        ),
+    ] {
+        let dir = catalog(
+            "state.postgresql",
+            "v1",
+            &[("connectionString", &connection), ("timeout", "3s")],
+        );
+        let gate = DaprGate::start(dir.path());
+        let mut c = gate.client();
+        let r = gate.rt.block_on(write(&mut c, save("k", b"again")));
+        assert_eq!(r.is_ok(), works, "{connection}: {r:?}");
+    }
 }
 
 /// A database of the test's own on the shared MariaDB, dropped at the end.
@@ -671,7 +676,7 @@ fn mysql_serves_every_state_call_in_daprs_layout() {
             ("cleanupInterval", "1s"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"hello")).await.unwrap();
@@ -687,11 +692,11 @@ fn mysql_serves_every_state_call_in_daprs_layout() {
         assert_eq!((got.data.as_slice(), got.etag.as_str()), (&b"hello"[..], etag.as_str()));
 
         // HTTP JSON: stored as Go's json.Marshal wrote it, returned as stored.
-        let r = gate.http("POST", "/v1.0/state/cart", br#"[{"key":"j","value":{"b":[1,2],"a":"<x>"}}]"#);
+        let r = http(&gate, "POST", "/v1.0/state/cart", br#"[{"key":"j","value":{"b":[1,2],"a":"<x>"}}]"#);
         assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
         let (value,): (String,) = my.query_first("SELECT value FROM state WHERE id = 'orders-shop||j'").await.unwrap().unwrap();
         assert_eq!(value, r#"{"a":"\u003cx\u003e","b":[1,2]}"#);
-        assert_eq!(gate.http("GET", "/v1.0/state/cart/j", b"").body, value.as_bytes());
+        assert_eq!(http(&gate, "GET", "/v1.0/state/cart/j", b"").body, value.as_bytes());
 
         // ETags: stale → 409; first-write on a live row → 409 too on MySQL.
         let e = write(&mut c, with_etag(save("k", b"lost"), "not-the-etag")).await.unwrap_err();
@@ -770,7 +775,7 @@ fn mysql_rows_written_by_daprs_sql_are_read_and_two_fngates_create_tables_at_onc
         "v1",
         &[("connectionString", SHARED_MARIADB), ("schemaName", name)],
     );
-    let (a, b) = (Gate::start(dir.path()), Gate::start(dir.path()));
+    let (a, b) = (DaprGate::start(dir.path()), DaprGate::start(dir.path()));
     let (mut ca, mut cb) = (a.client(), b.client());
     let (ra, rb) = std::thread::scope(|scope| {
         let ta = scope.spawn(|| a.rt.block_on(read(&mut ca, "old")));
@@ -898,7 +903,7 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
             ("timeoutInSeconds", "3"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"over tls")).await.unwrap();
@@ -951,7 +956,7 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
             ("timeoutInSeconds", "3"),
         ],
     );
-    let gate = Gate::start(dir.path());
+    let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     gate.rt.block_on(async {
         let e = write(&mut c, save("k", b"x")).await.unwrap_err();

@@ -2,7 +2,7 @@
 //! the same keys, aliases, defaults and connection-string forms, each error at its key.
 
 use super::triggers::{Metadata, Report};
-use crate::plan::{MysqlSettings, MysqlTls, PostgresLayout, PostgresSettings};
+use crate::plan::{MysqlSettings, MysqlTls, PostgresLayout, PostgresSettings, PostgresTls};
 use std::time::Duration;
 
 /// libpq keywords fngate's PostgreSQL client honours (`database` is pgx's alias of
@@ -80,24 +80,44 @@ pub(super) fn postgres_state(
         );
         failed = true;
     }
-    if let Some((_, mode)) = connection.iter().find(|(k, _)| k == "sslmode") {
-        if !matches!(mode.as_str(), "disable" | "allow" | "prefer") {
+    let mode = take_keyword(&mut connection, "sslmode").unwrap_or_else(|| "prefer".into());
+    let root = match take_keyword(&mut connection, "sslrootcert") {
+        Some(path) => match std::fs::read(&path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                meta.error(conn_key, format!("sslrootcert {path}: {e}"), report);
+                return None;
+            }
+        },
+        None => None,
+    };
+    let tls = match (mode.as_str(), root) {
+        ("disable", _) => PostgresTls::Disable,
+        // `allow` would try plain first; TLS when offered is the closest fngate makes.
+        ("allow" | "prefer", _) => PostgresTls::Prefer,
+        // libpq: `require` with a root certificate checks the chain, as verify-ca.
+        ("require", None) => PostgresTls::Require,
+        ("require" | "verify-ca", Some(pem)) => PostgresTls::VerifyCa(pem),
+        ("verify-full", Some(pem)) => PostgresTls::VerifyFull(pem),
+        ("verify-ca" | "verify-full", None) => {
             meta.error(
                 conn_key,
-                format!("sslmode={mode} needs TLS to PostgreSQL, which fngate does not speak yet; use disable or prefer"),
+                format!("sslmode={mode} needs sslrootcert (the CA's PEM file)"),
                 report,
             );
-            failed = true;
+            return None;
         }
-    }
-    if connection.iter().any(|(k, _)| k == "sslrootcert") {
-        meta.error(
-            "sslRootCert",
-            "TLS to PostgreSQL is not supported by fngate yet".into(),
-            report,
-        );
-        failed = true;
-    }
+        (other, _) => {
+            meta.error(
+                conn_key,
+                format!(
+                    "sslmode={other}: disable, allow, prefer, require, verify-ca or verify-full"
+                ),
+                report,
+            );
+            return None;
+        }
+    };
     if !connection.iter().any(|(k, _)| k == "user") {
         meta.error(conn_key, "the connection names no user".into(), report);
         failed = true;
@@ -169,6 +189,7 @@ pub(super) fn postgres_state(
     }
     Some(PostgresSettings {
         layout,
+        tls,
         connection,
         table,
         table_prefix,

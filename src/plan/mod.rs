@@ -6,7 +6,7 @@ mod triggers;
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
     KafkaProducerSettings, KeyPrefix, MysqlSettings, MysqlTls, NamedMap, OutputRef, PostgresLayout,
-    PostgresSettings, PubsubComponent, RedisSettings, StateBackend, StateComponent,
+    PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, StateBackend, StateComponent,
 };
 pub use triggers::{
     AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,

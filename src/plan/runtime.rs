@@ -191,6 +191,7 @@ pub enum PostgresLayout {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PostgresSettings {
     pub layout: PostgresLayout,
+    pub tls: PostgresTls,
     /// The connection parameters (`connectionString` in either form, or the separate
     /// `host`/`port`/... keys), normalised to libpq keywords.
     pub connection: Vec<(String, String)>,
@@ -219,6 +220,20 @@ impl std::fmt::Debug for PostgresSettings {
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
+}
+
+/// TLS to PostgreSQL, from libpq's `sslmode` (and `sslrootcert`, read at compile).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PostgresTls {
+    Disable,
+    /// TLS when the server offers it, the certificate not checked (libpq's default).
+    Prefer,
+    /// TLS or no connection, the certificate not checked.
+    Require,
+    /// The chain must lead to this PEM; the host name is not checked.
+    VerifyCa(Vec<u8>),
+    /// The chain and the host name.
+    VerifyFull(Vec<u8>),
 }
 
 /// How `state.mysql` connects over TLS (the DSN's `tls` parameter).

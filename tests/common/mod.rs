@@ -797,3 +797,54 @@ impl Fngate {
         (gate, https_port, certs)
     }
 }
+
+/// fngate serving the Dapr API of a catalog: its gRPC and HTTP ports and a runtime for
+/// the tests' async clients.
+pub struct DaprGate {
+    pub fngate: Fngate,
+    pub grpc: u16,
+    pub http: SocketAddr,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl DaprGate {
+    pub fn start(catalog: &Path) -> DaprGate {
+        let (grpc, http) = (free_port(), free_port());
+        let fngate = Fngate::start_full(
+            catalog,
+            &format!("  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\n"),
+            "",
+        );
+        let http = format!("127.0.0.1:{http}").parse().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let gate = DaprGate {
+            fngate,
+            grpc,
+            http,
+            rt,
+        };
+        gate.fngate.wait_until(
+            || request(gate.http, "GET", "", "/v1.0/healthz/outbound", &[], b"").is_ok(),
+            "the Dapr HTTP API listening",
+        );
+        gate
+    }
+
+    pub fn client(
+        &self,
+    ) -> dapr::dapr::proto::runtime::v1::dapr_client::DaprClient<tonic::transport::Channel> {
+        dapr_client(&self.rt, self.grpc)
+    }
+
+    /// A JSON call to the Dapr HTTP API, with `token` as `dapr-api-token`.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(t) = token {
+            headers.push(("dapr-api-token", t));
+        }
+        request(self.http, method, "", path, &headers, body).expect("HTTP API answers")
+    }
+}

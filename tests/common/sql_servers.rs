@@ -48,10 +48,16 @@ fn pg_bin(name: &str) -> std::path::PathBuf {
 pub struct PrivatePostgres {
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(None)
+    }
+
+    /// With `tls` (certificate, key) the server accepts TLS connections only.
+    pub fn start_with(tls: Option<(&Path, &Path)>) -> PrivatePostgres {
         let dir = tempfile::tempdir().unwrap();
         run(
             Command::new("chown")
@@ -68,9 +74,32 @@ impl PrivatePostgres {
                 .arg(&data),
             "initdb",
         );
+        if let Some((cert, key)) = tls {
+            std::fs::copy(cert, data.join("server.crt")).unwrap();
+            std::fs::copy(key, data.join("server.key")).unwrap();
+            run(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key")),
+                "chown the certificate",
+            );
+            run(
+                Command::new("chmod")
+                    .arg("600")
+                    .arg(data.join("server.key")),
+                "chmod the key",
+            );
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+        }
         let pg = PrivatePostgres {
             port: free_port(),
             dir,
+            tls: tls.is_some(),
         };
         pg.spawn();
         pg
@@ -88,9 +117,10 @@ impl PrivatePostgres {
                 .arg(self.dir.path().join("log"))
                 .arg("-o")
                 .arg(format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1",
+                    "-p {} -k {} -c listen_addresses=127.0.0.1{}",
                     self.port,
-                    self.dir.path().display()
+                    self.dir.path().display(),
+                    if self.tls { " -c ssl=on" } else { "" }
                 ))
                 .args(["-w", "start"])
                 .stdout(Stdio::null()),

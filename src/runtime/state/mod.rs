@@ -3,6 +3,7 @@
 //! so each backend only has to lay them out as Dapr's component for it does.
 
 mod mysql;
+mod pg_tls;
 mod postgres;
 mod redis;
 mod sql;

@@ -133,19 +133,11 @@ impl MysqlStore {
         self.pool.get_conn().await.map_err(my_error)
     }
 
-    /// Runs `f` under the store's timeout, tracking whether the database answered.
     async fn timed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let r = tokio::time::timeout(self.settings.timeout, f)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
-        self.connected.store(
-            !matches!(r, Err(StoreError::Unavailable(_))),
-            Ordering::Relaxed,
-        );
-        r
+        sql::timed(self.settings.timeout, &self.connected, f).await
     }
 
     /// As Dapr's `Init`: the database, the state table (then `expiredate` and `row_id` if a
@@ -411,11 +403,7 @@ impl StateStore for MysqlStore {
                             Some(sql::item(read_json_column(value, isbinary)?, etag, expires)),
                         ));
                     }
-                    for k in keys {
-                        if !out.iter().any(|(found, _)| found == k) {
-                            out.push((k.clone(), None));
-                        }
-                    }
+                    sql::append_missing(&mut out, keys);
                     Ok(out)
                 }
             })

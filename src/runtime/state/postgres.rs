@@ -8,13 +8,14 @@ use super::sql::{self, bytes_column, json_column, read_json_column, ttl_seconds}
 use super::{
     Concurrency, DeleteRequest, SetRequest, StateStore, StoreError, StoredItem, TransactionOp,
 };
-use crate::plan::{PostgresLayout, PostgresSettings};
+use crate::plan::{PostgresLayout, PostgresSettings, PostgresTls};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub const FEATURES: &[&str] = &["ETAG", "TRANSACTIONAL", "TTL"];
 
@@ -112,6 +113,7 @@ fn last_cleanup(metadata_table: &str, key: &str) -> String {
 pub struct PostgresStore {
     settings: PostgresSettings,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     pool: Pool,
     sql: Statements,
     migrated: tokio::sync::OnceCell<()>,
@@ -131,9 +133,15 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(settings.timeout);
         }
+        config.ssl_mode(match settings.tls {
+            PostgresTls::Disable => SslMode::Disable,
+            PostgresTls::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
+        let tls = super::pg_tls::connector(&settings.tls)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // A connection the server closed (a restart) is dropped when taken, not used.
                 recycling_method: RecyclingMethod::Fast,
@@ -151,6 +159,7 @@ impl PostgresStore {
             sql: Statements::new(settings),
             settings: settings.clone(),
             config,
+            tls,
             pool,
             migrated: tokio::sync::OnceCell::new(),
             connected: AtomicBool::new(false),
@@ -181,19 +190,11 @@ impl PostgresStore {
         r
     }
 
-    /// Runs `f` under the store's timeout, tracking whether the database answered.
     async fn timed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let r = tokio::time::timeout(self.settings.timeout, f)
-            .await
-            .unwrap_or_else(|_| Err(unavailable("timed out".into())));
-        self.connected.store(
-            !matches!(r, Err(StoreError::Unavailable(_))),
-            Ordering::Relaxed,
-        );
-        r
+        sql::timed(self.settings.timeout, &self.connected, f).await
     }
 
     /// Dapr's migrations: the metadata table, a lock row held `FOR UPDATE` on its own
@@ -231,7 +232,7 @@ impl PostgresStore {
 
         let (mut lock, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let connection = tokio::spawn(connection);
@@ -328,25 +329,25 @@ impl PostgresStore {
             .map_err(|e| pg_error("failed to execute query", e))
     }
 
+    /// An ETag as the statements take it: v1's `xmin` is a uint32 (anything else is an
+    /// invalid ETag, 400); v2's a uuid (a malformed one is a mismatch, 409, as in Dapr).
+    fn etag_param(&self, e: &str) -> Result<String, StoreError> {
+        match self.settings.layout {
+            PostgresLayout::V1 => e.parse::<u32>().map(|n| n.to_string()).map_err(|err| {
+                StoreError::EtagInvalid(format!("strconv.ParseUint: parsing {e:?}: {err}"))
+            }),
+            PostgresLayout::V2 => sql::parse_uuid(e)
+                .ok_or_else(|| StoreError::EtagMismatch(format!("invalid UUID format: {e:?}"))),
+        }
+    }
+
     async fn set_on(&self, c: &impl GenericClient, request: &SetRequest) -> Result<(), StoreError> {
         let ttl = ttl_seconds(request)?;
-        let etag = match (&request.etag, self.settings.layout) {
-            (None, _) => None,
-            // xmin is a uint32 transaction id; anything else is an invalid ETag.
-            (Some(e), PostgresLayout::V1) => Some(
-                e.parse::<u32>()
-                    .map_err(|err| {
-                        StoreError::EtagInvalid(format!("strconv.ParseUint: parsing {e:?}: {err}"))
-                    })?
-                    .to_string(),
-            ),
-            // v2 answers a malformed uuid as a mismatch.
-            (Some(e), PostgresLayout::V2) => {
-                Some(sql::parse_uuid(e).ok_or_else(|| {
-                    StoreError::EtagMismatch(format!("invalid UUID format: {e:?}"))
-                })?)
-            }
-        };
+        let etag = request
+            .etag
+            .as_deref()
+            .map(|e| self.etag_param(e))
+            .transpose()?;
         let statement = match (&etag, request.concurrency) {
             (Some(_), _) => &self.sql.update_with_etag,
             (None, Concurrency::FirstWrite) => &self.sql.insert_first_write,
@@ -402,19 +403,7 @@ impl PostgresStore {
                 c.execute(&stmt, &[&request.key]).await
             }
             Some(e) => {
-                let etag = match self.settings.layout {
-                    PostgresLayout::V1 => e
-                        .parse::<u32>()
-                        .map_err(|err| {
-                            StoreError::EtagInvalid(format!(
-                                "strconv.ParseUint: parsing {e:?}: {err}"
-                            ))
-                        })?
-                        .to_string(),
-                    PostgresLayout::V2 => sql::parse_uuid(e).ok_or_else(|| {
-                        StoreError::EtagMismatch(format!("invalid UUID format: {e:?}"))
-                    })?,
-                };
+                let etag = self.etag_param(e)?;
                 let stmt = c
                     .prepare_cached(&self.sql.delete_with_etag)
                     .await
@@ -468,11 +457,7 @@ impl PostgresStore {
                 let key: String = row.get(0);
                 out.push((key, Some(self.row_item(row, 1)?)));
             }
-            for k in keys {
-                if !out.iter().any(|(found, _)| found == k) {
-                    out.push((k.clone(), None));
-                }
-            }
+            sql::append_missing(&mut out, keys);
             Ok(out)
         })
         .await

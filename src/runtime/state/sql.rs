@@ -5,6 +5,7 @@
 use super::{SetRequest, StoreError, StoredItem};
 use base64::Engine;
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -205,6 +206,34 @@ fn write_go_string(s: &str, out: &mut String) {
         }
     }
     out.push('"');
+}
+
+/// Runs a store call under the store's timeout, noting in `connected` whether the
+/// database answered (a timeout or a lost connection is `Unavailable`).
+pub(super) async fn timed<T>(
+    timeout: Duration,
+    connected: &AtomicBool,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let r = tokio::time::timeout(timeout, f)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
+    connected.store(
+        !matches!(r, Err(StoreError::Unavailable(_))),
+        Ordering::Relaxed,
+    );
+    r
+}
+
+/// A one-query bulk get's answer: the rows found (in the database's order), then each
+/// requested key that was not, as Dapr's SQL components answer.
+pub(super) fn append_missing(found: &mut Vec<(String, Option<StoredItem>)>, keys: &[String]) {
+    let have: std::collections::HashSet<String> = found.iter().map(|(k, _)| k.clone()).collect();
+    found.extend(
+        keys.iter()
+            .filter(|k| !have.contains(*k))
+            .map(|k| (k.clone(), None)),
+    );
 }
 
 /// Runs `cleanup` every `interval` for as long as the store lives (Dapr's GC ticker: the
