@@ -4,6 +4,9 @@
 //! MariaDB (`state.mysql`).
 //!
 //! `cargo bench --bench dapr_state_sql [-- SECONDS]` (default 5 s per throughput phase).
+//! The latency phase runs twice: with the servers' durable commits, then with commits that
+//! do not wait for the disk (set for the phase and restored), which leaves in the tail
+//! what fngate adds rather than the disk's fsync stalls.
 //! `BENCH_ONLY=pg-v1|pg-v2|mysql` runs one store; `BENCH_RATE` sets the latency phase's
 //! rate (500 ops/s). fngate runs alone on CPU 1 (`taskset`,
 //! one worker thread); the database servers (the machine's PostgreSQL and MariaDB,
@@ -359,30 +362,59 @@ async fn throughput(target: &Target, secs: f64) -> (f64, u64) {
     (n as f64 / started.elapsed().as_secs_f64(), n)
 }
 
-/// Latency of single operations issued at `rate` per second (open loop): p50, p99 in ms.
-async fn latency_at(target: &Target, rate: u64, count: u64) -> (f64, f64) {
+/// Latency at `rate` operations per second in all (open loop), the targets taking turns
+/// request by request so each sees the same database (its fsync stalls included): p50 and
+/// p99 in ms per target.
+async fn latency_interleaved(targets: &[Target], rate: u64, count: u64) -> Vec<(f64, f64)> {
     let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(count as usize);
+    let turns = targets.len() as u64;
     for i in 0..count {
         interval.tick().await;
-        let mut t = target.clone();
+        let which = (i % turns) as usize;
+        let mut t = targets[which].clone();
         tasks.push(tokio::spawn(async move {
             let key = format!("lat-{}", i % 100);
             let start = Instant::now();
-            if i % 2 == 0 {
+            // Each round of turns saves, the next gets: every target does both.
+            if (i / turns) % 2 == 0 {
                 t.save(&key).await;
             } else {
                 t.get(&key).await;
             }
-            start.elapsed().as_secs_f64() * 1000.0
+            (which, start.elapsed().as_secs_f64() * 1000.0)
         }));
     }
-    let mut lat = Vec::with_capacity(tasks.len());
+    let mut lat = vec![Vec::new(); targets.len()];
     for t in tasks {
-        lat.push(t.await.unwrap());
+        let (which, ms) = t.await.unwrap();
+        lat[which].push(ms);
     }
-    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+    lat.iter_mut()
+        .map(|l| (pct(l, 0.5), pct(l, 0.99)))
+        .collect()
+}
+
+/// Commits that return before the disk flush (PostgreSQL `synchronous_commit`, InnoDB
+/// `innodb_flush_log_at_trx_commit`), for the second latency phase only.
+async fn set_async_commit(pg: &tokio_postgres::Client, on: bool) {
+    let pg_sql = if on {
+        "ALTER SYSTEM SET synchronous_commit = off"
+    } else {
+        "ALTER SYSTEM RESET synchronous_commit"
+    };
+    pg.batch_execute(pg_sql).await.unwrap();
+    pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let flush = if on { 2 } else { 1 };
+    let _ = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-uroot", "-e"])
+        .arg(format!(
+            "SET GLOBAL innodb_flush_log_at_trx_commit = {flush}"
+        ))
+        .status();
+    // The reload reaches every backend at its next statement.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 fn main() {
@@ -424,15 +456,19 @@ fn main() {
             .pool_max_idle_per_host(CONCURRENCY)
             .build_http();
         println!("state save+get, {CONCURRENCY} concurrent, {secs} s each, 256-byte values, pools of {POOL}");
-        println!("{:<7} {:<12} {:>9} {:>7} {:>15} {:>9} {:>9} {:>10}", "store", "path", "ops/s", "ratio", "CPU/op", "p50 ms", "p99 ms", "p99 added");
-        println!("(CPU/op: fngate's for the fngate paths, this process's for direct; latency at {rate_per_s} ops/s)");
+        println!(
+            "{:<7} {:<12} {:>9} {:>7} {:>15} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}",
+            "store", "path", "ops/s", "ratio", "CPU/op", "p50 ms", "p99 ms", "p99 added",
+            "async p50", "async p99", "p99 added"
+        );
+        println!("(CPU/op: fngate's for the fngate paths, this process's for direct; latency at {rate_per_s} ops/s in all, the three paths taking turns)");
         for case in &cases {
             let targets = [
                 Target::Direct(case.direct.clone()),
                 Target::Grpc(grpc.clone(), case.name),
                 Target::Http(http.clone(), gate.http, case.name),
             ];
-            let (mut direct_rate, mut direct_p99) = (0.0, 0.0);
+            let mut rows = Vec::new();
             for t in &targets {
                 // Warm up: tables made, connections opened, statements prepared.
                 throughput(t, 0.5).await;
@@ -444,24 +480,32 @@ fn main() {
                 };
                 let before = cpu_seconds(server);
                 let (rate, n) = throughput(t, secs).await;
-                let cpu = (cpu_seconds(server) - before) / n as f64 * 1e6;
-                let (p50, p99) = latency_at(t, rate_per_s, rate_per_s * 5).await;
-                if let Target::Direct(_) = t {
-                    (direct_rate, direct_p99) = (rate, p99);
-                    println!("{:<7} {:<12} {:>9.0} {:>7} {:>12.1} µs {:>9.3} {:>9.3} {:>10}", case.name, t.name(), rate, "1.00", cpu, p50, p99, "-");
-                } else {
-                    println!(
-                        "{:<7} {:<12} {:>9.0} {:>7.2} {:>12.1} µs {:>9.3} {:>9.3} {:>10.3}",
-                        case.name,
-                        t.name(),
-                        rate,
-                        rate / direct_rate,
-                        cpu,
-                        p50,
-                        p99,
-                        p99 - direct_p99
-                    );
-                }
+                rows.push((rate, (cpu_seconds(server) - before) / n as f64 * 1e6));
+            }
+            let lat = latency_interleaved(&targets, rate_per_s, rate_per_s * 10).await;
+            // Again with commits that do not wait for the disk (server settings, restored
+            // below): what fngate adds, without the database's fsync stalls in the tail.
+            set_async_commit(&pg_client, true).await;
+            let fast = latency_interleaved(&targets, rate_per_s, rate_per_s * 10).await;
+            set_async_commit(&pg_client, false).await;
+            let (direct_rate, direct_p99, direct_fast_p99) = (rows[0].0, lat[0].1, fast[0].1);
+            for (((t, (rate, cpu)), (p50, p99)), (fast_p50, fast_p99)) in
+                targets.iter().zip(rows).zip(lat).zip(fast)
+            {
+                println!(
+                    "{:<7} {:<12} {:>9.0} {:>7.2} {:>12.1} µs {:>9.3} {:>9.3} {:>10.3} {:>9.3} {:>9.3} {:>10.3}",
+                    case.name,
+                    t.name(),
+                    rate,
+                    rate / direct_rate,
+                    cpu,
+                    p50,
+                    p99,
+                    p99 - direct_p99,
+                    fast_p50,
+                    fast_p99,
+                    fast_p99 - direct_fast_p99
+                );
             }
         }
         let _ = pg_client.batch_execute(&format!("DROP SCHEMA {tag} CASCADE")).await;
