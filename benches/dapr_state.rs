@@ -18,70 +18,22 @@ use bytes::Bytes;
 use dapr::dapr::proto::runtime::v1 as rt;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use fngate::plan::RedisSettings;
-use fngate::runtime::state::{RedisStore, SetRequest, StateStore};
+use fngate::runtime::state::RedisStore;
 use http_body_util::{BodyExt, Full};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::state::{
+    cpu_seconds, cpu_split, direct_get, direct_save, grpc_get, grpc_save, http_client, http_get,
+    http_save, throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY, TOKEN, VALUE,
+};
 use support::{free_port, pct, rss_kb};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const CONCURRENCY: usize = 16;
-const TOKEN: &str = "bench-token";
-const VALUE: &[u8] = &[b'v'; 256];
 const NATS: &str = "nats://127.0.0.1:4222";
-
-/// (user, system) CPU seconds of `pid`.
-fn cpu_split(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) / 100.0, ticks(12) / 100.0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let (user, sys) = cpu_split(pid);
-    user + sys
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    /// SIGTERM first, so a profiler wrapping fngate writes its output.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    // Generous: fngate may be starting under a profiler.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn catalog(dir: &std::path::Path, redis: u16, functions: usize, with_dapr: bool) {
     let mut yaml = String::new();
@@ -159,11 +111,6 @@ fn start_fngate(redis: u16, functions: usize, with_dapr: bool, cpu: &str) -> Gat
     }
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
 #[derive(Clone)]
 enum Target {
     Direct(Arc<RedisStore>),
@@ -184,107 +131,28 @@ impl Target {
             Target::BareHttp(..) => "bare hyper",
         }
     }
+}
 
+impl StateTarget for Target {
     async fn save(&mut self, key: &str) {
         match self {
-            Target::Direct(store) => store
-                .set(SetRequest {
-                    key: format!("bench-default||{key}"),
-                    value: Bytes::from_static(VALUE),
-                    json: false,
-                    etag: None,
-                    concurrency: Default::default(),
-                    ttl: None,
-                })
-                .await
-                .unwrap(),
-            Target::Grpc(c) | Target::BareGrpc(c) => {
-                let mut r = tonic::Request::new(rt::SaveStateRequest {
-                    store_name: "store".into(),
-                    states: vec![dapr::dapr::proto::common::v1::StateItem {
-                        key: key.into(),
-                        value: VALUE.to_vec(),
-                        ..Default::default()
-                    }],
-                });
-                r.metadata_mut()
-                    .insert("dapr-api-token", TOKEN.parse().unwrap());
-                c.save_state(r).await.unwrap();
-            }
+            Target::Direct(store) => direct_save(&**store, key).await,
+            Target::Grpc(c) | Target::BareGrpc(c) => grpc_save(c, "store", key).await,
             Target::Http(c, port) | Target::BareHttp(c, port) => {
-                let body = format!(
-                    r#"[{{"key":"{key}","value":"{}"}}]"#,
-                    std::str::from_utf8(VALUE).unwrap()
-                );
-                let req = http::Request::post(format!("http://127.0.0.1:{port}/v1.0/state/store"))
-                    .header("dapr-api-token", TOKEN)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap();
-                let resp = c.request(req).await.unwrap();
-                assert_eq!(resp.status(), 204);
-                resp.into_body().collect().await.unwrap();
+                http_save(c, *port, "store", key).await
             }
         }
     }
 
     async fn get(&mut self, key: &str) {
         match self {
-            Target::Direct(store) => {
-                store.get(&format!("bench-default||{key}")).await.unwrap();
-            }
-            Target::Grpc(c) | Target::BareGrpc(c) => {
-                let mut r = tonic::Request::new(rt::GetStateRequest {
-                    store_name: "store".into(),
-                    key: key.into(),
-                    ..Default::default()
-                });
-                r.metadata_mut()
-                    .insert("dapr-api-token", TOKEN.parse().unwrap());
-                c.get_state(r).await.unwrap();
-            }
+            Target::Direct(store) => direct_get(&**store, key).await,
+            Target::Grpc(c) | Target::BareGrpc(c) => grpc_get(c, "store", key).await,
             Target::Http(c, port) | Target::BareHttp(c, port) => {
-                let req =
-                    http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/store/{key}"))
-                        .header("dapr-api-token", TOKEN)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap();
-                let resp = c.request(req).await.unwrap();
-                assert!(
-                    resp.status() == 200 || resp.status() == 204,
-                    "{}",
-                    resp.status()
-                );
-                resp.into_body().collect().await.unwrap();
+                http_get(c, *port, "store", key).await
             }
         }
     }
-}
-
-/// `CONCURRENCY` workers alternating save and get for `secs`: operations per second.
-async fn throughput(target: &Target, secs: f64) -> (f64, u64) {
-    let ops = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for w in 0..CONCURRENCY {
-        let (mut t, ops) = (target.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < stop {
-                let key = format!("w{w}-{}", i % 64);
-                t.save(&key).await;
-                t.get(&key).await;
-                ops.fetch_add(2, Ordering::Relaxed);
-                i += 1;
-            }
-        }));
-    }
-    let started = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = ops.load(Ordering::Relaxed);
-    (n as f64 / started.elapsed().as_secs_f64(), n)
 }
 
 /// Latency of single operations issued at `rate` per second (open loop): p50, p99 in ms.
@@ -370,10 +238,7 @@ fn main() {
         let grpc = DaprClient::connect(format!("http://127.0.0.1:{}", gate.grpc))
             .await
             .unwrap();
-        let http: HttpClient =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(CONCURRENCY)
-                .build_http();
+        let http = http_client();
         // The framework floor on fngate's core: bare tonic and bare hyper servers.
         let (peer_grpc, peer_http) = (free_port(), free_port());
         let peer = Proc(

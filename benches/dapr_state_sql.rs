@@ -15,55 +15,23 @@
 
 mod support;
 
-use bytes::Bytes;
-use dapr::dapr::proto::runtime::v1 as rt;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use fngate::plan::{MysqlSettings, MysqlTls, PostgresLayout, PostgresSettings, PostgresTls};
-use fngate::runtime::state::{MysqlStore, PostgresStore, SetRequest, StateStore};
-use http_body_util::{BodyExt, Full};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use fngate::runtime::state::{MysqlStore, PostgresStore, StateStore};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::state::{
+    cpu_seconds, direct_get, direct_save, grpc_get, grpc_save, http_client, http_get, http_save,
+    throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY, TOKEN,
+};
 use support::{free_port, pct};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const CONCURRENCY: usize = 16;
 const POOL: usize = 16;
-const TOKEN: &str = "bench-token";
-const VALUE: &[u8] = &[b'v'; 256];
 const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| {
-            r.split_whitespace()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect()
-        })
-        .unwrap_or_default();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Every process of the named programs onto `cpus` (new PostgreSQL backends inherit the
 /// postmaster's).
@@ -238,11 +206,6 @@ fn start_fngate(cases: &[Case]) -> Gate {
     }
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
 #[derive(Clone)]
 enum Target {
     Direct(Arc<dyn StateStore>),
@@ -258,108 +221,24 @@ impl Target {
             Target::Http(..) => "fngate HTTP",
         }
     }
+}
 
+impl StateTarget for Target {
     async fn save(&mut self, key: &str) {
         match self {
-            Target::Direct(store) => store
-                .set(SetRequest {
-                    key: format!("bench-default||{key}"),
-                    value: Bytes::from_static(VALUE),
-                    json: false,
-                    etag: None,
-                    concurrency: Default::default(),
-                    ttl: None,
-                })
-                .await
-                .unwrap(),
-            Target::Grpc(c, store) => {
-                let mut r = tonic::Request::new(rt::SaveStateRequest {
-                    store_name: store.to_string(),
-                    states: vec![dapr::dapr::proto::common::v1::StateItem {
-                        key: key.into(),
-                        value: VALUE.to_vec(),
-                        ..Default::default()
-                    }],
-                });
-                r.metadata_mut()
-                    .insert("dapr-api-token", TOKEN.parse().unwrap());
-                c.save_state(r).await.unwrap();
-            }
-            Target::Http(c, port, store) => {
-                let body = format!(
-                    r#"[{{"key":"{key}","value":"{}"}}]"#,
-                    std::str::from_utf8(VALUE).unwrap()
-                );
-                let req =
-                    http::Request::post(format!("http://127.0.0.1:{port}/v1.0/state/{store}"))
-                        .header("dapr-api-token", TOKEN)
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap();
-                let resp = c.request(req).await.unwrap();
-                assert_eq!(resp.status(), 204);
-                resp.into_body().collect().await.unwrap();
-            }
+            Target::Direct(store) => direct_save(&**store, key).await,
+            Target::Grpc(c, store) => grpc_save(c, store, key).await,
+            Target::Http(c, port, store) => http_save(c, *port, store, key).await,
         }
     }
 
     async fn get(&mut self, key: &str) {
         match self {
-            Target::Direct(store) => {
-                store.get(&format!("bench-default||{key}")).await.unwrap();
-            }
-            Target::Grpc(c, store) => {
-                let mut r = tonic::Request::new(rt::GetStateRequest {
-                    store_name: store.to_string(),
-                    key: key.into(),
-                    ..Default::default()
-                });
-                r.metadata_mut()
-                    .insert("dapr-api-token", TOKEN.parse().unwrap());
-                c.get_state(r).await.unwrap();
-            }
-            Target::Http(c, port, store) => {
-                let req =
-                    http::Request::get(format!("http://127.0.0.1:{port}/v1.0/state/{store}/{key}"))
-                        .header("dapr-api-token", TOKEN)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap();
-                let resp = c.request(req).await.unwrap();
-                assert!(
-                    resp.status() == 200 || resp.status() == 204,
-                    "{}",
-                    resp.status()
-                );
-                resp.into_body().collect().await.unwrap();
-            }
+            Target::Direct(store) => direct_get(&**store, key).await,
+            Target::Grpc(c, store) => grpc_get(c, store, key).await,
+            Target::Http(c, port, store) => http_get(c, *port, store, key).await,
         }
     }
-}
-
-/// `CONCURRENCY` workers alternating save and get for `secs`: operations per second.
-async fn throughput(target: &Target, secs: f64) -> (f64, u64) {
-    let ops = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for w in 0..CONCURRENCY {
-        let (mut t, ops) = (target.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < stop {
-                let key = format!("w{w}-{}", i % 64);
-                t.save(&key).await;
-                t.get(&key).await;
-                ops.fetch_add(2, Ordering::Relaxed);
-                i += 1;
-            }
-        }));
-    }
-    let started = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = ops.load(Ordering::Relaxed);
-    (n as f64 / started.elapsed().as_secs_f64(), n)
 }
 
 /// Latency at `rate` operations per second in all (open loop), the targets taking turns
@@ -452,9 +331,7 @@ fn main() {
     let pid = gate.proc.0.id();
     runtime.block_on(async {
         let grpc = DaprClient::connect(format!("http://127.0.0.1:{}", gate.grpc)).await.unwrap();
-        let http: HttpClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(CONCURRENCY)
-            .build_http();
+        let http = http_client();
         println!("state save+get, {CONCURRENCY} concurrent, {secs} s each, 256-byte values, pools of {POOL}");
         println!(
             "{:<7} {:<12} {:>9} {:>7} {:>15} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}",

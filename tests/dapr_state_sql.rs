@@ -172,6 +172,30 @@ async fn bulk_keys(c: &mut DaprClient<Channel>, keys: &[&str]) -> Vec<(String, V
     .collect()
 }
 
+/// With the database stopped a call fails promptly (Internal); once it is started again
+/// the store reconnects by itself and serves.
+fn down_then_back(
+    gate: &DaprGate,
+    c: &mut DaprClient<Channel>,
+    stop: impl FnOnce(),
+    start: impl FnOnce(),
+) {
+    stop();
+    gate.rt.block_on(async {
+        let e = write(c, save("k", b"down")).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{e:?}");
+    });
+    start();
+    gate.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = write(c, save("k", b"after")).await {
+            assert!(Instant::now() < deadline, "never served again: {e:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(read(c, "k").await.data, b"after");
+    });
+}
+
 /// A PostgreSQL connection of the test's own (on the gate's runtime).
 async fn pg(connection: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
@@ -561,21 +585,7 @@ fn a_postgres_restarted_mid_run_gives_prompt_errors_then_serves_again() {
     gate.rt.block_on(async {
         write(&mut c, save("k", b"before")).await.unwrap();
     });
-    server.stop();
-    gate.rt.block_on(async {
-        let e = write(&mut c, save("k", b"down")).await.unwrap_err();
-        assert_eq!(e.code(), Code::Internal, "{e:?}");
-    });
-    server.spawn();
-    gate.rt.block_on(async {
-        // The pool drops the connections the restart closed and reconnects by itself.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = write(&mut c, save("k", b"after")).await {
-            assert!(Instant::now() < deadline, "never served again: {e:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(read(&mut c, "k").await.data, b"after");
-    });
+    down_then_back(&gate, &mut c, || server.stop(), || server.spawn());
 }
 
 #[test]
@@ -889,7 +899,7 @@ fn ca_and_server_cert(
 fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = ca_and_server_cert(certs.path());
-    let mut server = PrivateMariadb::start(Some((cert, key)));
+    let server = PrivateMariadb::start(Some((cert, key)));
     // A user that may only connect over TLS: serving at all proves the connection is TLS.
     server.sql("CREATE USER 'dapr'@'127.0.0.1' IDENTIFIED BY 'pw' REQUIRE SSL; GRANT ALL ON *.* TO 'dapr'@'127.0.0.1'");
     let pem = std::fs::read_to_string(&ca).unwrap();
@@ -909,44 +919,18 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
         write(&mut c, save("k", b"over tls")).await.unwrap();
         assert_eq!(read(&mut c, "k").await.data, b"over tls");
     });
-    server.stop();
-    gate.rt.block_on(async {
-        let e = write(&mut c, save("k", b"down")).await.unwrap_err();
-        assert_eq!(e.code(), Code::Internal, "{e:?}");
-    });
-    server.spawn();
-    gate.rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = write(&mut c, save("k", b"after")).await {
-            assert!(Instant::now() < deadline, "never served again: {e:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(read(&mut c, "k").await.data, b"after");
-    });
+    let server = std::cell::RefCell::new(server);
+    down_then_back(
+        &gate,
+        &mut c,
+        || server.borrow_mut().stop(),
+        || server.borrow_mut().spawn(),
+    );
 
     // Without the server's CA in pemContents the connection is refused, not made in the clear.
     let other = tempfile::tempdir().unwrap();
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(other.path().join("k.pem"))
-        .arg("-out")
-        .arg(other.path().join("c.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let wrong = std::fs::read_to_string(other.path().join("c.pem")).unwrap();
+    let (wrong_ca, _, _) = ca_and_server_cert(other.path());
+    let wrong = std::fs::read_to_string(wrong_ca).unwrap();
     let dir = catalog(
         "state.mysql",
         "v1",

@@ -1,6 +1,8 @@
 //! Helpers the benchmarks share (included with `mod support;`).
 #![allow(dead_code)]
 
+pub mod state;
+
 use std::io::{Read, Write};
 
 pub fn free_port() -> u16 {

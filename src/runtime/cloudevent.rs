@@ -184,7 +184,7 @@ fn parse_ttl_seconds(v: &str) -> Option<i64> {
     })
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.replace_nanosecond(0).unwrap_or(t);
     let (y, mo, d) = (t.year(), t.month() as u8, t.day());
     let (h, mi, s) = (t.hour(), t.minute(), t.second());
@@ -268,7 +268,7 @@ fn write_canonical(json: &str, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
-/// A JSON string as Go's encoder writes it (HTML-safe).
+/// A JSON string as Go's encoder writes it (HTML-safe); also the state stores' encoding.
 pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -288,6 +288,9 @@ pub(crate) fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            // Go 1.22+ writes these two short.
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             '<' => out.push_str("\\u003c"),
             '>' => out.push_str("\\u003e"),
             '&' => out.push_str("\\u0026"),

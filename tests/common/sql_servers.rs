@@ -171,7 +171,7 @@ pub struct PrivateMariadb {
     pub port: u16,
     dir: tempfile::TempDir,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 impl PrivateMariadb {
@@ -187,17 +187,17 @@ impl PrivateMariadb {
                 .arg(format!("--datadir={}", dir.path().join("data").display())),
             "mariadb-install-db",
         );
-        let mut m = PrivateMariadb {
+        let m = PrivateMariadb {
             port: free_port(),
             dir,
             tls,
-            child: None,
+            child: Default::default(),
         };
         m.spawn();
         m
     }
 
-    pub fn spawn(&mut self) {
+    pub fn spawn(&self) {
         let mut cmd = Command::new("mariadbd");
         cmd.args([
             "--no-defaults",
@@ -224,12 +224,14 @@ impl PrivateMariadb {
             cmd.arg(format!("--ssl-cert={}", cert.display()))
                 .arg(format!("--ssl-key={}", key.display()));
         }
-        self.child = Some(cmd.spawn().expect("mariadbd (Debian's mariadb-server)"));
+        *self.child.lock().unwrap() =
+            Some(cmd.spawn().expect("mariadbd (Debian's mariadb-server)"));
         wait_for_port(self.port, "the private MariaDB");
     }
 
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    /// SIGKILL, as a crashed server: InnoDB recovers on the next start.
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -3,6 +3,7 @@
 //! UUID ETags, `ttlExpireTime`, and the background cleanup of expired rows.
 
 use super::{SetRequest, StoreError, StoredItem};
+use crate::runtime::cloudevent::quote;
 use base64::Engine;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,13 +75,7 @@ pub(super) fn ttl_seconds(request: &SetRequest) -> Result<i64, StoreError> {
     }
 }
 
-/// A random (version 4) UUID, lowercase and hyphenated, as `uuid.NewRandom().String()`.
-pub(super) fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid_text(&b)
-}
+pub(super) use crate::runtime::cloudevent::uuid_v4;
 
 fn uuid_text(b: &[u8; 16]) -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -138,7 +133,7 @@ fn write_go(v: &serde_json::Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => write_go_float(n.as_f64().unwrap_or(0.0), out),
-        Value::String(s) => write_go_string(s, out),
+        Value::String(s) => out.push_str(&quote(s)),
         Value::Array(a) => {
             out.push('[');
             for (i, x) in a.iter().enumerate() {
@@ -156,7 +151,7 @@ fn write_go(v: &serde_json::Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_go_string(k, out);
+                out.push_str(&quote(k));
                 out.push(':');
                 write_go(x, out);
             }
@@ -182,30 +177,6 @@ fn write_go_float(f: f64, out: &mut String) {
     } else {
         let _ = write!(out, "{f}");
     }
-}
-
-fn write_go_string(s: &str, out: &mut String) {
-    use std::fmt::Write;
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Runs a store call under the store's timeout, noting in `connected` whether the
