@@ -127,12 +127,13 @@ impl MysqlStore {
         Ok(store)
     }
 
-    /// A pooled connection, the tables made first.
+    /// A pooled connection, the tables made first (callers bound it with `timed`).
     async fn conn(&self) -> Result<mysql_async::Conn, StoreError> {
         self.ready.get_or_try_init(|| self.create_tables()).await?;
         self.pool.get_conn().await.map_err(my_error)
     }
 
+    /// Runs a call under the store's timeout, noting whether the database answered.
     async fn timed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,

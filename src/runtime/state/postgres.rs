@@ -174,22 +174,16 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// A pooled connection, the tables made first. Errors reaching the database are
-    /// `Unavailable`.
+    /// A pooled connection, the tables made first (callers bound it with `timed`).
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        let r = tokio::time::timeout(self.settings.timeout, async {
-            self.migrated.get_or_try_init(|| self.migrate()).await?;
-            self.pool
-                .get()
-                .await
-                .map_err(|e| unavailable(e.to_string()))
-        })
-        .await
-        .unwrap_or_else(|_| Err(unavailable("timed out".into())));
-        self.connected.store(r.is_ok(), Ordering::Relaxed);
-        r
+        self.migrated.get_or_try_init(|| self.migrate()).await?;
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable(e.to_string()))
     }
 
+    /// Runs a call under the store's timeout, noting whether the database answered.
     async fn timed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -314,19 +308,22 @@ impl PostgresStore {
     }
 
     async fn cleanup(&self, interval: std::time::Duration) -> Result<u64, StoreError> {
-        let client = self.client().await?;
         let since_ms = interval.as_millis() as i64 - 100;
-        let go = client
-            .execute(&self.sql.last_cleanup, &[&since_ms])
-            .await
-            .map_err(|e| pg_error("error updating last cleanup time", e))?;
-        if go == 0 {
-            return Ok(0);
-        }
-        client
-            .execute(&self.sql.delete_expired, &[])
-            .await
-            .map_err(|e| pg_error("failed to execute query", e))
+        self.timed(async {
+            let client = self.client().await?;
+            let go = client
+                .execute(&self.sql.last_cleanup, &[&since_ms])
+                .await
+                .map_err(|e| pg_error("error updating last cleanup time", e))?;
+            if go == 0 {
+                return Ok(0);
+            }
+            client
+                .execute(&self.sql.delete_expired, &[])
+                .await
+                .map_err(|e| pg_error("failed to execute query", e))
+        })
+        .await
     }
 
     /// An ETag as the statements take it: v1's `xmin` is a uint32 (anything else is an
