@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::state::{
     cpu_seconds, cpu_split, direct_get, direct_save, grpc_get, grpc_save, http_client, http_get,
-    http_save, throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY, TOKEN, VALUE,
+    http_save, start_fngate, throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY,
+    TOKEN, VALUE,
 };
 use support::{free_port, pct, rss_kb};
 
@@ -35,7 +36,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
-fn catalog(dir: &std::path::Path, redis: u16, functions: usize, with_dapr: bool) {
+/// `functions` Functions; the first (`bench`) with the token, the Redis store and the
+/// JetStream pub/sub when `with_dapr`.
+fn catalog(redis: u16, functions: usize, with_dapr: bool) -> String {
     let mut yaml = String::new();
     for i in 0..functions {
         let name = if i == 0 {
@@ -61,54 +64,7 @@ fn catalog(dir: &std::path::Path, redis: u16, functions: usize, with_dapr: bool)
         }
         yaml.push_str("---\n");
     }
-    std::fs::write(dir.join("catalog.yaml"), yaml).unwrap();
-}
-
-struct Gate {
-    proc: Proc,
-    grpc: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-fn start_fngate(redis: u16, functions: usize, with_dapr: bool, cpu: &str) -> Gate {
-    let dir = tempfile::tempdir().unwrap();
-    let fns = dir.path().join("functions");
-    std::fs::create_dir(&fns).unwrap();
-    catalog(&fns, redis, functions, with_dapr);
-    let (grpc, http, admin, proxy) = (free_port(), free_port(), free_port(), free_port());
-    let settings = dir.path().join("fngate.yaml");
-    std::fs::write(
-        &settings,
-        format!(
-            "listen:\n  http: 127.0.0.1:{proxy}\n  admin: 127.0.0.1:{admin}\n  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\ncatalog:\n  dir: functions\nthreads: 1\n"
-        ),
-    )
-    .unwrap();
-    let prefix = std::env::var("BENCH_FNGATE_PREFIX").unwrap_or_default();
-    let child = Command::new("taskset")
-        .args(["-c", cpu])
-        .args(prefix.split_whitespace())
-        .args([env!("CARGO_BIN_EXE_fngate"), "run", "--config"])
-        .arg(&settings)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("taskset (util-linux) and the fngate binary");
-    let proc = Proc(child);
-    wait_port(http);
-    wait_port(grpc);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !support::http_get(admin, "x", "/readyz").contains("200 OK") {
-        assert!(Instant::now() < deadline, "fngate never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Gate {
-        proc,
-        grpc,
-        http,
-        _dir: dir,
-    }
+    yaml
 }
 
 #[derive(Clone)]
@@ -214,7 +170,7 @@ fn main() {
         memory(redis_port);
         return;
     }
-    let gate = start_fngate(redis_port, 1, true, "1");
+    let gate = start_fngate(&catalog(redis_port, 1, true), "1");
     let pid = gate.proc.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -420,7 +376,7 @@ fn memory(redis_port: u16) {
     const N: usize = 1000;
     let mut rss = [0u64; 2];
     for (i, with_dapr) in [false, true].into_iter().enumerate() {
-        let gate = start_fngate(redis_port, N, with_dapr, "0-1");
+        let gate = start_fngate(&catalog(redis_port, N, with_dapr), "0-1");
         std::thread::sleep(Duration::from_millis(500));
         rss[i] = rss_kb(gate.proc.0.id());
     }

@@ -21,11 +21,11 @@ use fngate::runtime::state::{MysqlStore, PostgresStore, StateStore};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::pct;
 use support::state::{
     cpu_seconds, direct_get, direct_save, grpc_get, grpc_save, http_client, http_get, http_save,
-    throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY, TOKEN,
+    start_fngate, throughput, HttpClient, StateTarget, CONCURRENCY, TOKEN,
 };
-use support::{free_port, pct};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -148,17 +148,8 @@ fn cases(tag: &str) -> Vec<Case> {
     out
 }
 
-struct Gate {
-    proc: Proc,
-    grpc: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-fn start_fngate(cases: &[Case]) -> Gate {
-    let dir = tempfile::tempdir().unwrap();
-    let fns = dir.path().join("functions");
-    std::fs::create_dir(&fns).unwrap();
+/// One Function `bench` whose state stores are the cases, by their names.
+fn catalog(cases: &[Case]) -> String {
     let mut states = String::new();
     for c in cases {
         states.push_str(&format!(
@@ -172,38 +163,10 @@ fn start_fngate(cases: &[Case]) -> Gate {
             ));
         }
     }
-    std::fs::write(
-        fns.join("catalog.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-token, namespace: default}}\nstringData: {{token: {TOKEN}}}\n---\n\
-             apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {{name: bench, namespace: default}}\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: bench-token\n    states:\n{states}"
-        ),
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-token, namespace: default}}\nstringData: {{token: {TOKEN}}}\n---\n\
+         apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {{name: bench, namespace: default}}\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: bench-token\n    states:\n{states}"
     )
-    .unwrap();
-    let (grpc, http, admin, proxy) = (free_port(), free_port(), free_port(), free_port());
-    let settings = dir.path().join("fngate.yaml");
-    std::fs::write(
-        &settings,
-        format!(
-            "listen:\n  http: 127.0.0.1:{proxy}\n  admin: 127.0.0.1:{admin}\n  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\ncatalog:\n  dir: functions\nthreads: 1\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", "1", env!("CARGO_BIN_EXE_fngate"), "run", "--config"])
-        .arg(&settings)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("taskset and the fngate binary");
-    let proc = Proc(child);
-    wait_port(http);
-    wait_port(grpc);
-    Gate {
-        proc,
-        grpc,
-        http,
-        _dir: dir,
-    }
 }
 
 #[derive(Clone)]
@@ -327,7 +290,7 @@ fn main() {
         (c, task)
     });
     let cases = runtime.block_on(async { cases(&tag) });
-    let gate = start_fngate(&cases);
+    let gate = start_fngate(&catalog(&cases), "1");
     let pid = gate.proc.0.id();
     runtime.block_on(async {
         let grpc = DaprClient::connect(format!("http://127.0.0.1:{}", gate.grpc)).await.unwrap();

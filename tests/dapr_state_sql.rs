@@ -57,6 +57,19 @@ spec:
     dir
 }
 
+/// The catalog folder (declared first, so it outlives fngate), fngate serving
+/// `catalog(kind, version, metadata)`, and a gRPC client to it.
+fn serve(
+    kind: &str,
+    version: &str,
+    metadata: &[(&str, &str)],
+) -> (tempfile::TempDir, DaprGate, DaprClient<Channel>) {
+    let dir = catalog(kind, version, metadata);
+    let gate = DaprGate::start(dir.path());
+    let c = gate.client();
+    (dir, gate, c)
+}
+
 /// The orders app's HTTP call.
 fn http(gate: &DaprGate, method: &str, path: &str, body: &[u8]) -> Response {
     gate.http(method, path, Some(TOKEN), body)
@@ -256,7 +269,7 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
     let schema = PgSchema::new(SHARED_POSTGRES);
     let s = &schema.name;
     let table = format!("{s}.state");
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.postgresql",
         "v1",
         &[
@@ -266,8 +279,6 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
             ("cleanupInterval", "1s"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
         write(&mut c, save("k", b"hello")).await.unwrap();
@@ -373,7 +384,7 @@ fn postgres_v1_serves_every_state_call_in_daprs_layout() {
 fn postgres_v2_keeps_bytes_and_uuid_etags() {
     let schema = PgSchema::new(SHARED_POSTGRES);
     let s = &schema.name;
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.postgresql",
         "v2",
         &[
@@ -386,8 +397,6 @@ fn postgres_v2_keeps_bytes_and_uuid_etags() {
             ("timeout", "5"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
         write(&mut c, save("raw", &[0, 159, 146, 150]))
@@ -483,7 +492,7 @@ fn postgres_rows_written_by_daprs_sql_and_by_fngate_are_read_by_the_other() {
         .unwrap();
     });
     drop(gate_rt);
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.postgresql",
         "v1",
         &[
@@ -492,8 +501,6 @@ fn postgres_rows_written_by_daprs_sql_and_by_fngate_are_read_by_the_other() {
             ("metadataTableName", &format!("{s}.dapr_metadata")),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         let db = pg(SHARED_POSTGRES).await;
         // The first call migrates (adding row_id rewrites the rows, so their xmin changes,
@@ -572,7 +579,7 @@ fn two_fngates_creating_the_postgres_tables_at_once_both_serve() {
 #[test]
 fn a_postgres_restarted_mid_run_gives_prompt_errors_then_serves_again() {
     let server = PrivatePostgres::start();
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.postgresql",
         "v1",
         &[
@@ -580,8 +587,6 @@ fn a_postgres_restarted_mid_run_gives_prompt_errors_then_serves_again() {
             ("timeout", "3s"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"before")).await.unwrap();
     });
@@ -599,9 +604,7 @@ fn postgres_over_tls_checks_the_server_as_sslmode_says() {
         server.port
     );
     let verified = format!("{base} sslmode=verify-full sslrootcert={}", ca.display());
-    let dir = catalog("state.postgresql", "v1", &[("connectionString", &verified)]);
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
+    let (_dir, gate, mut c) = serve("state.postgresql", "v1", &[("connectionString", &verified)]);
     gate.rt.block_on(async {
         write(&mut c, save("k", b"over tls")).await.unwrap();
         assert_eq!(read(&mut c, "k").await.data, b"over tls");
@@ -674,7 +677,7 @@ async fn mysql(port: u16, db: &str) -> mysql_async::Conn {
 #[test]
 fn mysql_serves_every_state_call_in_daprs_layout() {
     let db = MyDatabase::new();
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.mysql",
         "v1",
         &[
@@ -686,8 +689,6 @@ fn mysql_serves_every_state_call_in_daprs_layout() {
             ("cleanupInterval", "1s"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"hello")).await.unwrap();
         let mut my = mysql(3306, &db.name).await;
@@ -904,7 +905,7 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
     server.sql("CREATE USER 'dapr'@'127.0.0.1' IDENTIFIED BY 'pw' REQUIRE SSL; GRANT ALL ON *.* TO 'dapr'@'127.0.0.1'");
     let pem = std::fs::read_to_string(&ca).unwrap();
     let dsn = format!("dapr:pw@tcp(127.0.0.1:{})/?tls=custom", server.port);
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.mysql",
         "v1",
         &[
@@ -913,25 +914,17 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
             ("timeoutInSeconds", "3"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         write(&mut c, save("k", b"over tls")).await.unwrap();
         assert_eq!(read(&mut c, "k").await.data, b"over tls");
     });
-    let server = std::cell::RefCell::new(server);
-    down_then_back(
-        &gate,
-        &mut c,
-        || server.borrow_mut().stop(),
-        || server.borrow_mut().spawn(),
-    );
+    down_then_back(&gate, &mut c, || server.stop(), || server.spawn());
 
     // Without the server's CA in pemContents the connection is refused, not made in the clear.
     let other = tempfile::tempdir().unwrap();
     let (wrong_ca, _, _) = ca_and_server_cert(other.path());
     let wrong = std::fs::read_to_string(wrong_ca).unwrap();
-    let dir = catalog(
+    let (_dir, gate, mut c) = serve(
         "state.mysql",
         "v1",
         &[
@@ -940,8 +933,6 @@ fn mysql_over_tls_with_a_pem_and_restarted_mid_run() {
             ("timeoutInSeconds", "3"),
         ],
     );
-    let gate = DaprGate::start(dir.path());
-    let mut c = gate.client();
     gate.rt.block_on(async {
         let e = write(&mut c, save("k", b"x")).await.unwrap_err();
         assert_eq!(e.code(), Code::Internal, "{e:?}");

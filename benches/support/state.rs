@@ -75,6 +75,61 @@ pub fn wait_port(port: u16) {
     }
 }
 
+/// fngate, running `catalog` with one thread, pinned to `cpu`: its Dapr API ports.
+pub struct Gate {
+    pub proc: Proc,
+    pub grpc: u16,
+    pub http: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts fngate on `catalog` (YAML) and waits until it is ready; `BENCH_FNGATE_PREFIX`
+/// (for example `valgrind --tool=callgrind`) runs it under a profiler.
+pub fn start_fngate(catalog: &str, cpu: &str) -> Gate {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = dir.path().join("functions");
+    std::fs::create_dir(&fns).unwrap();
+    std::fs::write(fns.join("catalog.yaml"), catalog).unwrap();
+    let (grpc, http, admin, proxy) = (
+        super::free_port(),
+        super::free_port(),
+        super::free_port(),
+        super::free_port(),
+    );
+    let settings = dir.path().join("fngate.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen:\n  http: 127.0.0.1:{proxy}\n  admin: 127.0.0.1:{admin}\n  dapr_grpc: 127.0.0.1:{grpc}\n  dapr_http: 127.0.0.1:{http}\ncatalog:\n  dir: functions\nthreads: 1\n"
+        ),
+    )
+    .unwrap();
+    let prefix = std::env::var("BENCH_FNGATE_PREFIX").unwrap_or_default();
+    let child = Command::new("taskset")
+        .args(["-c", cpu])
+        .args(prefix.split_whitespace())
+        .args([env!("CARGO_BIN_EXE_fngate"), "run", "--config"])
+        .arg(&settings)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("taskset (util-linux) and the fngate binary");
+    let proc = Proc(child);
+    wait_port(http);
+    wait_port(grpc);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !super::http_get(admin, "x", "/readyz").contains("200 OK") {
+        assert!(Instant::now() < deadline, "fngate never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Gate {
+        proc,
+        grpc,
+        http,
+        _dir: dir,
+    }
+}
+
 /// SaveState of `VALUE` under `key` (raw bytes).
 pub async fn grpc_save(c: &mut DaprClient<tonic::transport::Channel>, store: &str, key: &str) {
     let mut r = tonic::Request::new(rt::SaveStateRequest {

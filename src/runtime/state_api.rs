@@ -134,13 +134,14 @@ impl DaprApi {
                     ApiError::basic(Code::Internal, 500, "ERR_STATE_BULK_GET", e.to_string())
                 })?;
                 // The store's order; keys back as the app sent them.
+                let sent: std::collections::HashMap<&str, &String> =
+                    stored.iter().map(String::as_str).zip(&keys).collect();
                 return Ok(found
                     .into_iter()
                     .map(|(stored_key, item)| BulkItem {
-                        key: stored
-                            .iter()
-                            .position(|k| *k == stored_key)
-                            .map_or(stored_key, |i| keys[i].clone()),
+                        key: sent
+                            .get(stored_key.as_str())
+                            .map_or(stored_key.clone(), |k| (*k).clone()),
                         result: Ok(item),
                     })
                     .collect());

@@ -117,13 +117,11 @@ impl MysqlStore {
             ready: tokio::sync::OnceCell::new(),
             connected: AtomicBool::new(false),
         });
-        if let Some(interval) = settings.cleanup_interval {
-            sql::spawn_cleanup(
-                Arc::downgrade(&store),
-                interval,
-                move |s: Arc<MysqlStore>| async move { s.cleanup(interval).await },
-            );
-        }
+        sql::spawn_cleanup(
+            &store,
+            settings.cleanup_interval,
+            |s: Arc<MysqlStore>, every| async move { s.cleanup(every).await },
+        );
         Ok(store)
     }
 

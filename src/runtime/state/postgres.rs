@@ -164,13 +164,11 @@ impl PostgresStore {
             migrated: tokio::sync::OnceCell::new(),
             connected: AtomicBool::new(false),
         });
-        if let Some(interval) = settings.cleanup_interval {
-            sql::spawn_cleanup(
-                Arc::downgrade(&store),
-                interval,
-                move |s: Arc<PostgresStore>| async move { s.cleanup(interval).await },
-            );
-        }
+        sql::spawn_cleanup(
+            &store,
+            settings.cleanup_interval,
+            |s: Arc<PostgresStore>, every| async move { s.cleanup(every).await },
+        );
         Ok(store)
     }
 

@@ -7,7 +7,7 @@ use crate::runtime::cloudevent::quote;
 use base64::Engine;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The JSON text Dapr's SQL components write for a value, and whether it is `isbinary`:
@@ -207,21 +207,24 @@ pub(super) fn append_missing(found: &mut Vec<(String, Option<StoredItem>)>, keys
     );
 }
 
-/// Runs `cleanup` every `interval` for as long as the store lives (Dapr's GC ticker: the
-/// first run one interval after start). Failures are logged and retried next tick.
-pub(super) fn spawn_cleanup<S, F, Fut>(store: Weak<S>, interval: Duration, cleanup: F)
+/// Runs `cleanup` every `interval` (none: never) for as long as the store lives (Dapr's GC
+/// ticker: the first run one interval after start). Failures are logged and retried next
+/// tick.
+pub(super) fn spawn_cleanup<S, F, Fut>(store: &Arc<S>, interval: Option<Duration>, cleanup: F)
 where
     S: Send + Sync + 'static,
-    F: Fn(std::sync::Arc<S>) -> Fut + Send + 'static,
+    F: Fn(Arc<S>, Duration) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<u64, StoreError>> + Send,
 {
+    let Some(interval) = interval else { return };
+    let store = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             let Some(store) = store.upgrade() else { return };
-            match cleanup(store).await {
+            match cleanup(store, interval).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "state store: removed expired rows"),
                 Err(e) => tracing::warn!(error = %e, "state store: removing expired rows failed"),
