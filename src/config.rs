@@ -34,6 +34,13 @@ struct RawSettings {
     events: RawEvents,
     activator: RawActivator,
     http2: RawHttp2,
+    shutdown: RawShutdown,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawShutdown {
+    drain: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -185,6 +192,8 @@ pub struct Settings {
     /// An HTTP/2 client connection with no open stream for this long is closed; `None`:
     /// never.
     pub h2_idle_timeout: Option<Duration>,
+    /// Longest graceful drain after SIGTERM; `0s` exits once the listeners closed.
+    pub shutdown_drain: Duration,
 }
 
 impl Settings {
@@ -424,6 +433,9 @@ impl Settings {
             threads,
             h2c: raw.http2.h2c.unwrap_or(true),
             h2_idle_timeout: dur("http2.idle_timeout", &raw.http2.idle_timeout, "60s")?,
+            // Under Kubernetes' default 30 s termination grace period, with room for the
+            // endpoints controller to take the pod out of its Services first.
+            shutdown_drain: dur("shutdown.drain", &raw.shutdown.drain, "25s")?.unwrap_or_default(),
             h2_max_concurrent_streams: positive(
                 "http2.max_concurrent_streams",
                 raw.http2.max_concurrent_streams,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod catalog;
 pub mod compile;
 pub mod config;
+pub mod drain;
 pub mod plan;
 pub mod plan_swap;
 pub mod proxy;

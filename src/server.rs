@@ -6,6 +6,7 @@ use crate::activator::{Activator, Webhook};
 use crate::catalog::{watch_scope, DirCatalog, EventCounter, KubeCatalog};
 use crate::config::KubernetesSettings;
 use crate::config::Settings;
+use crate::drain::{Drain, DrainSignals};
 use crate::plan_swap::PlanSwap;
 use crate::proxy::{FunctionProxy, ProxyLimits};
 use crate::status::StatusWriter;
@@ -32,22 +33,26 @@ pub enum ServerError {
     },
 }
 
-/// Serves the KEDA external push scaler until shutdown.
+/// Serves the KEDA external push scaler until the drain lets function-facing listeners go
+/// (held requests still need KEDA to start their function).
 struct ScalerService {
     addr: std::net::SocketAddr,
     scaler: Mutex<Option<Scaler>>,
+    drain: Arc<Drain>,
 }
 
 #[async_trait]
 impl BackgroundService for ScalerService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _: ShutdownWatch) {
         let Some(scaler) = self.scaler.lock().expect("not poisoned").take() else {
             return;
         };
+        let _serving = self.drain.exit_blocker();
+        let mut stop = self.drain.requests_done_watch();
         let served = tonic::transport::Server::builder()
             .add_service(ExternalScalerServer::new(scaler))
             .serve_with_shutdown(self.addr, async move {
-                let _ = shutdown.changed().await;
+                let _ = stop.wait_for(|done| *done).await;
             })
             .await;
         if let Err(e) = served {
@@ -56,17 +61,22 @@ impl BackgroundService for ScalerService {
     }
 }
 
-/// Serves Dapr's runtime API to functions: gRPC (h2c) and HTTP, each when configured.
+/// Serves Dapr's runtime API to functions: gRPC (h2c) and HTTP, each when configured,
+/// until the drain lets function-facing listeners go: a function answering an in-flight
+/// request or event may still call it.
 struct DaprApiService {
     api: Arc<crate::runtime::DaprApi>,
     revisions: tokio::sync::watch::Receiver<u64>,
     grpc: Option<std::net::SocketAddr>,
     http: Option<std::net::SocketAddr>,
+    drain: Arc<Drain>,
 }
 
 #[async_trait]
 impl BackgroundService for DaprApiService {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, _: ShutdownWatch) {
+        let _serving = self.drain.exit_blocker();
+        let shutdown = self.drain.requests_done_watch();
         let grpc = self.grpc.map(|addr| {
             let mut stop = shutdown.clone();
             let service = crate::runtime::DaprGrpc::new(self.api.clone());
@@ -75,7 +85,7 @@ impl BackgroundService for DaprApiService {
                     .tcp_nodelay(true)
                     .add_service(service)
                     .serve_with_shutdown(addr, async move {
-                        let _ = stop.changed().await;
+                        let _ = stop.wait_for(|done| *done).await;
                     })
                     .await;
                 if let Err(e) = served {
@@ -88,7 +98,7 @@ impl BackgroundService for DaprApiService {
             let api = self.api.clone();
             tokio::spawn(async move {
                 let stopped = async move {
-                    let _ = stop.changed().await;
+                    let _ = stop.wait_for(|done| *done).await;
                 };
                 if let Err(e) = crate::runtime::serve_http(api, addr, stopped).await {
                     tracing::error!(%addr, error = %e, "Dapr HTTP API listener failed");
@@ -111,17 +121,16 @@ struct CatalogFollower {
     job: Mutex<Option<(PlanSwap, DirCatalog, Duration)>>,
 }
 
+/// Follows the catalog directory until the process exits: through the drain too, as held
+/// requests wait for their function's endpoints to turn ready.
 #[async_trait]
 impl BackgroundService for CatalogFollower {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _: ShutdownWatch) {
         let Some((plan_swap, catalog, debounce)) = self.job.lock().expect("not poisoned").take()
         else {
             return;
         };
-        tokio::select! {
-            _ = plan_swap.follow_dir(catalog, debounce) => {}
-            _ = shutdown.changed() => {}
-        }
+        plan_swap.follow_dir(catalog, debounce).await;
     }
 }
 
@@ -136,6 +145,7 @@ struct KubeJob {
     client_config: kube::Config,
     settings: KubernetesSettings,
     metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
 }
 
 #[async_trait]
@@ -144,6 +154,8 @@ impl BackgroundService for KubeFollower {
         let Some(job) = self.job.lock().expect("not poisoned").take() else {
             return;
         };
+        // Until the Lease is given up.
+        let _writing = job.drain.exit_blocker();
         let client = match kube::Client::try_from(job.client_config) {
             Ok(c) => c,
             Err(e) => {
@@ -184,16 +196,26 @@ impl BackgroundService for KubeFollower {
             );
             tokio::spawn(writer.run(writer_stopped))
         });
-        tokio::select! {
-            _ = job.plan_swap.follow_kube(catalog, changed, job.settings.debounce) => {}
-            _ = shutdown.changed() => {}
-        }
-        tasks.abort_all();
+        let follow = job
+            .plan_swap
+            .follow_kube(catalog, changed, job.settings.debounce);
+        tokio::pin!(follow);
+        let ended = tokio::select! {
+            _ = &mut follow => true,
+            _ = shutdown.changed() => false,
+        };
         // Give the Lease up, so another replica writes status without waiting it out.
         if let Some(writer) = writer {
             let _ = stop_writer.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
         }
+        drop(_writing);
+        // Keep following through the drain: held requests wait for their function's
+        // endpoints to turn ready.
+        if !ended {
+            follow.await;
+        }
+        tasks.abort_all();
     }
 }
 
@@ -237,19 +259,75 @@ fn kube_client_config(settings: &KubernetesSettings) -> Result<kube::Config, Ser
 /// settles or releases its in-flight events and commits.
 struct TriggerFollower {
     supervisor: Mutex<Option<TriggerSupervisor>>,
+    drain: Arc<Drain>,
 }
 
 #[async_trait]
 impl BackgroundService for TriggerFollower {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(supervisor) = self.supervisor.lock().expect("not poisoned").take() else {
-            return;
-        };
-        supervisor
-            .run(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
+        let supervisor = self.supervisor.lock().expect("not poisoned").take();
+        if let Some(supervisor) = supervisor {
+            supervisor
+                .run(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+        }
+        self.drain.consumers_stopped();
+    }
+}
+
+/// Ends the process once the drain is done (see [`crate::drain`]).
+struct DrainService(Arc<Drain>);
+
+#[async_trait]
+impl BackgroundService for DrainService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.clone().run_to_exit(shutdown).await;
+    }
+}
+
+/// A pingora service that keeps serving through the drain, until the process exits: the
+/// admin listener, so `/readyz` says "draining" instead of refusing connections and
+/// metrics stay scrapeable.
+struct UntilExit<S> {
+    service: S,
+    /// Never sent: the service's shutdown watch must stay open, or it would stop.
+    _never: tokio::sync::watch::Sender<bool>,
+    never: ShutdownWatch,
+}
+
+impl<S> UntilExit<S> {
+    fn new(service: S) -> Self {
+        let (_never, never) = tokio::sync::watch::channel(false);
+        UntilExit {
+            service,
+            _never,
+            never,
+        }
+    }
+}
+
+#[async_trait]
+impl<S: pingora::services::Service> pingora::services::Service for UntilExit<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora::server::ListenFds>,
+        _shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let never = self.never.clone();
+        self.service
+            .start_service(fds, never, listeners_per_fd)
+            .await
+    }
+
+    fn name(&self) -> &str {
+        self.service.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.service.threads()
     }
 }
 
@@ -327,6 +405,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    let drain = Drain::new(settings.shutdown_drain, &metrics);
     let plan_swap = PlanSwap::new(settings.compile_settings(), metrics.clone());
     let plan = plan_swap.plan();
     let revisions = plan_swap.revisions();
@@ -337,11 +416,10 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         // bookkeeping. More: keep stealing, as pingora's no-steal runtimes poll a
         // connection on a random runtime while its socket stays with the accepting one.
         work_stealing: settings.threads > 1,
-        // On SIGTERM: a second for background work to finish its goodbyes (event
-        // consumers committing, the status writer giving up its Lease) before the
-        // runtimes are torn down.
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // On SIGTERM the drain ends the process itself once done, at `shutdown.drain`
+        // at the latest; pingora's grace period is only the backstop.
+        grace_period_seconds: Some(settings.shutdown_drain.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
@@ -368,6 +446,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         plan: plan.clone(),
         unrouted: crate::proxy::RequestSeries::new(&metrics, "".into(), "".into()),
         metrics: metrics.clone(),
+        drain: drain.clone(),
         limits: ProxyLimits {
             max_header_bytes: settings.max_header_bytes,
             max_body_bytes: settings.max_body_bytes,
@@ -426,7 +505,14 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let dapr_api = crate::runtime::DaprApi::new(plan.clone(), metrics.clone());
     let dapr_revisions = plan_swap.revisions();
     let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
-    let mut admin = Service::new("fngate admin".to_owned(), AdminApp { plan, metrics });
+    let mut admin = Service::new(
+        "fngate admin".to_owned(),
+        AdminApp {
+            plan,
+            metrics,
+            drain: drain.clone(),
+        },
+    );
     admin.add_tcp(&settings.listen_admin.to_string());
     admin.threads = Some(1);
     tracing::info!(addr = %settings.listen_admin, "admin listener");
@@ -449,6 +535,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                         client_config,
                         settings: kube_settings.clone(),
                         metrics: metrics_for_triggers.clone(),
+                        drain: drain.clone(),
                     })),
                 },
             ))
@@ -474,6 +561,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 metrics_for_triggers.clone(),
                 shared_activator.clone(),
             ))),
+            drain: drain.clone(),
         },
     );
 
@@ -487,6 +575,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                     activator: shared_activator,
                     metrics: metrics_for_triggers.clone(),
                 })),
+                drain: drain.clone(),
             },
         ));
     }
@@ -504,6 +593,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 revisions: dapr_revisions,
                 grpc: settings.listen_dapr_grpc,
                 http: settings.listen_dapr_http,
+                drain: drain.clone(),
             },
         );
         dapr.threads = Some(settings.threads.max(1));
@@ -512,7 +602,11 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     triggers.threads = Some(settings.event_threads);
     server.add_service(proxy_service);
     server.add_service(triggers);
-    server.add_service(admin);
+    server.add_service(UntilExit::new(admin));
     server.add_boxed_service(follower);
-    server.run_forever()
+    server.add_service(background_service("drain", DrainService(drain.clone())));
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(DrainSignals(drain)),
+    });
+    std::process::exit(0)
 }

@@ -369,6 +369,39 @@ fn fngate_killed_mid_stream_and_restarted_delivers_every_event_at_least_once() {
     assert_eq!(first_deliveries(&events), expected);
 }
 
+#[test]
+fn fngate_stopped_with_sigterm_mid_stream_exits_zero_and_a_restart_delivers_every_event_once() {
+    let Feed {
+        broker,
+        subject,
+        app,
+        dir,
+    } = feed("drain");
+    let total = 300;
+    for i in 0..total {
+        broker.publish(&subject, &format!("e{i}"), &[]);
+    }
+    let mut gate = Fngate::start(dir.path());
+    app.wait_for("some events", |e| e.len() >= 20);
+    gate.terminate();
+    let status = gate.wait_exit();
+    assert!(status.success(), "fngate exits 0 after its drain: {status}");
+    let seen_at_stop = app.events().len();
+    assert!(
+        seen_at_stop < total,
+        "stopped before the end ({seen_at_stop} of {total})"
+    );
+    let _gate = Fngate::start(dir.path());
+    let events = app.wait_for("every event", |e| {
+        let distinct: std::collections::HashSet<_> = accepted_data(e).into_iter().collect();
+        distinct.len() == total
+    });
+    // A graceful stop settles what it delivered (acked, flushed) and hands back what it had
+    // pulled: the restarted process redelivers nothing, in publish order.
+    let expected: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    assert_eq!(accepted_data(&events), expected);
+}
+
 /// A NATS server of the test's own (port and store), so it can be restarted.
 struct OwnNats {
     child: Option<std::process::Child>,

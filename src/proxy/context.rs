@@ -29,10 +29,12 @@ pub struct RequestCtx {
     /// A request released after a hold with a release limit: its share of the fresh
     /// pod's capacity, returned when the request ends.
     pub release_permit: Option<crate::activator::ReleasePermit>,
+    /// Counts the request in the shutdown drain until it ends.
+    _in_flight: crate::drain::InFlight,
 }
 
 impl RequestCtx {
-    pub fn new(plan: Arc<Plan>) -> Self {
+    pub fn new(plan: Arc<Plan>, in_flight: crate::drain::InFlight) -> Self {
         RequestCtx {
             plan,
             started: Instant::now(),
@@ -48,6 +50,7 @@ impl RequestCtx {
             mirrors: Vec::new(),
             running: None,
             release_permit: None,
+            _in_flight: in_flight,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct FunctionProxy {
     pub activator: Arc<Activator>,
     /// The series of requests no route matched.
     pub unrouted: RequestSeries,
+    /// Counts requests in flight for the shutdown drain; says when it has begun.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Borrowed view of a pingora request for the route table.
@@ -154,6 +156,14 @@ async fn respond(
 }
 
 impl FunctionProxy {
+    /// While draining, an HTTP/1 response says `Connection: close` and the connection ends
+    /// after it (HTTP/2 clients get GOAWAY from pingora).
+    fn close_if_draining(&self, session: &mut Session) {
+        if self.drain.is_draining() {
+            session.set_keepalive(None);
+        }
+    }
+
     /// `rule`'s Function's metric series and activity counter.
     fn stats<'r>(&self, rule: &'r Rule) -> &'r FunctionStats {
         FunctionStats::of(rule, &self.metrics, &self.activator)
@@ -268,7 +278,14 @@ impl FunctionProxy {
         ctx: &mut RequestCtx,
         rule: &Arc<Rule>,
     ) -> Result<bool> {
-        let wait = self.wait_for_endpoint(rule, ctx.backend, None);
+        // A draining fngate holds a request while the platform may still start the function,
+        // then hands it back before the process exits.
+        let wait = async {
+            tokio::select! {
+                held = self.wait_for_endpoint(rule, ctx.backend, None) => Some(held),
+                _ = self.drain.held_requests_deadline() => None,
+            }
+        };
         let client_left = || {
             Error::e_explain(
                 ErrorType::ConnectionClosed,
@@ -299,6 +316,15 @@ impl FunctionProxy {
                 held = wait => held,
                 _ = session.downstream_session.read_body_or_idle(true) => return client_left(),
             }
+        };
+        let Some(held) = held else {
+            return respond(
+                session,
+                503,
+                &[("retry-after", "1".into())],
+                "fngate is shutting down; retry\n",
+            )
+            .await;
         };
         match held {
             Held::Ready(endpoints, permit, running) => {
@@ -381,7 +407,7 @@ impl ProxyHttp for FunctionProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.plan.load_full())
+        RequestCtx::new(self.plan.load_full(), self.drain.request())
     }
 
     /// No modules: pingora's default is a response compressor that is disabled yet still
@@ -389,6 +415,7 @@ impl ProxyHttp for FunctionProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.close_if_draining(session);
         ctx.tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -594,10 +621,12 @@ impl ProxyHttp for FunctionProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The drain may have begun since the request arrived.
+        self.close_if_draining(session);
         headers::strip_response_hop_by_hop(upstream);
         if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers()) {
             headers::apply_edits(upstream, edits)?;

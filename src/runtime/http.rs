@@ -11,7 +11,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -21,7 +20,19 @@ use std::sync::Arc;
 /// daprd's default `--max-body-size`.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
+
+/// What a request body must be: a socket's (`hyper::body::Incoming`) or one in memory.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+{
+}
 
 /// Serves the HTTP API until `shutdown` resolves.
 pub async fn serve_http(
@@ -87,7 +98,8 @@ fn legacy(status: u16, code: &'static str, message: String) -> Reply {
     ))
 }
 
-async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
+/// Answers one request. Generic over the body so the fuzzer can call it without a socket.
+pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Reply {
     let path = req.uri().path().to_owned();
     let (version, rest) = match path
         .strip_prefix("/v1.0-alpha1/")
@@ -177,7 +189,7 @@ async fn handle(api: &DaprApi, req: hyper::Request<Incoming>) -> Reply {
     }
 }
 
-fn header(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
+fn header<B>(req: &hyper::Request<B>, name: &str) -> Option<String> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -186,7 +198,7 @@ fn header(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
 }
 
 /// Reads the body (bounded) and hands it on; an oversized or broken body is a 4xx.
-async fn with_body<F, Fut>(req: hyper::Request<Incoming>, then: F) -> Reply
+async fn with_body<B: RequestBody, F, Fut>(req: hyper::Request<B>, then: F) -> Reply
 where
     F: FnOnce(Bytes) -> Fut,
     Fut: std::future::Future<Output = Reply>,

@@ -18,7 +18,7 @@ mod state_api;
 pub use env::{function_env, shell_export};
 pub use error::ApiError;
 pub use grpc::DaprGrpc;
-pub use http::serve_http;
+pub use http::{handle as handle_http, serve_http, RequestBody};
 pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
 pub use state_api::{BulkItem, StateItem};
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub struct AdminApp {
     pub plan: SharedPlan,
     pub metrics: Arc<Metrics>,
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AdminApp {
@@ -19,6 +20,12 @@ impl AdminApp {
         match path {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            // Kubernetes takes a draining replica out of its Services.
+            "/readyz" if self.drain.is_draining() => (
+                503,
+                "text/plain",
+                b"not ready: draining (shutting down)\n".to_vec(),
+            ),
             "/readyz" if plan.revision > 0 => (200, "text/plain", b"ready\n".to_vec()),
             "/readyz" => (
                 503,

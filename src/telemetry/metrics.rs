@@ -14,6 +14,10 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_connect_errors: IntCounterVec,
     pub routes: IntGauge,
+    /// Proxied requests between their head and their end (held ones included).
+    pub requests_in_flight: IntGauge,
+    /// 1 from the first SIGTERM on.
+    pub draining: IntGauge,
     pub functions: IntGauge,
     pub config_revision: IntGauge,
     pub reloads: IntCounterVec,
@@ -112,6 +116,16 @@ impl Metrics {
         )
         .unwrap();
         let routes = IntGauge::new("fngate_routes", "Route matches in the serving plan").unwrap();
+        let requests_in_flight = IntGauge::new(
+            "fngate_requests_in_flight",
+            "Proxied requests in flight, held ones included",
+        )
+        .unwrap();
+        let draining = IntGauge::new(
+            "fngate_draining",
+            "1 while fngate drains after SIGTERM (not ready, finishing what is in flight)",
+        )
+        .unwrap();
         let functions =
             IntGauge::new("fngate_functions", "HTTP functions in the serving plan").unwrap();
         let config_revision =
@@ -326,6 +340,8 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_connect_errors.clone()),
             Box::new(routes.clone()),
+            Box::new(requests_in_flight.clone()),
+            Box::new(draining.clone()),
             Box::new(functions.clone()),
             Box::new(config_revision.clone()),
             Box::new(reloads.clone()),
@@ -341,6 +357,8 @@ impl Metrics {
             request_duration,
             upstream_connect_errors,
             routes,
+            requests_in_flight,
+            draining,
             functions,
             config_revision,
             reloads,

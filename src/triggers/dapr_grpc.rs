@@ -217,24 +217,7 @@ impl GrpcApp {
             TriggerKind::PubSub => {
                 let request = WireRequest::topic_event(event, spec, path);
                 let mut request = tonic::Request::new(Arc::new(request));
-                // Broker metadata travels as gRPC metadata for topic events.
-                let md = request.metadata_mut();
-                for (k, v) in &event.metadata {
-                    let key = k.to_ascii_lowercase();
-                    if let (Ok(name), Ok(value)) = (
-                        key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-                        v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
-                    ) {
-                        md.append(name, value);
-                    } else if let Ok(name) = format!("{key}-bin")
-                        .parse::<tonic::metadata::MetadataKey<tonic::metadata::Binary>>()
-                    {
-                        md.append_bin(
-                            name,
-                            tonic::metadata::MetadataValue::from_bytes(v.as_bytes()),
-                        );
-                    }
-                }
+                *request.metadata_mut() = topic_metadata(event);
                 self.wire_call::<TopicEventResponse>(addr, ON_TOPIC_EVENT, request)
                     .await
                     .map(|r| topic_answer(r.status))
@@ -245,6 +228,42 @@ impl GrpcApp {
             Err(s) => self.failure(addr, s),
         }
     }
+}
+
+/// Broker metadata as the gRPC metadata of a topic event: ASCII values as they are, others
+/// under a `-bin` key; a name that can be neither is left out.
+pub fn topic_metadata(event: &Event) -> tonic::metadata::MetadataMap {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in &event.metadata {
+        let key = k.to_ascii_lowercase();
+        if let (Ok(name), Ok(value)) = (
+            key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+        ) {
+            md.append(name, value);
+        } else if let Ok(name) =
+            format!("{key}-bin").parse::<tonic::metadata::MetadataKey<tonic::metadata::Binary>>()
+        {
+            md.append_bin(
+                name,
+                tonic::metadata::MetadataValue::from_bytes(v.as_bytes()),
+            );
+        }
+    }
+    md
+}
+
+/// The protobuf bytes fngate sends for `event` (`BindingEventRequest` or
+/// `TopicEventRequest`), written by hand; for tests and the fuzzers, which decode them with
+/// Dapr's generated types.
+pub fn wire_form(event: &Event, spec: &TriggerSpec, path: &str) -> Vec<u8> {
+    let request = match spec.kind {
+        TriggerKind::Binding => WireRequest::binding_event(event, &spec.component),
+        TriggerKind::PubSub => WireRequest::topic_event(event, spec, path),
+    };
+    let mut out = Vec::new();
+    request.write_to(&mut out);
+    out
 }
 
 /// A topic event's (or bulk entry's) status as an answer.

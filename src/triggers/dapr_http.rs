@@ -155,39 +155,11 @@ impl HttpApp {
         event: &Event,
         path: &str,
     ) -> Answer {
-        let path = path.trim_start_matches('/');
-        let mut builder = Request::post(format!("http://{addr}/{path}"));
-        for (k, v) in &event.metadata {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                http::HeaderValue::from_str(v),
-            ) {
-                builder = builder.header(name, value);
-            }
-        }
-        let body = match spec.kind {
-            TriggerKind::Binding => {
-                let json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
-                builder = builder.header(
-                    http::header::CONTENT_TYPE,
-                    if json {
-                        "application/json"
-                    } else {
-                        "application/octet-stream"
-                    },
-                );
-                event.data.clone()
-            }
-            TriggerKind::PubSub => {
-                builder =
-                    builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
-                Bytes::from(event.cloud_event(spec).to_json_bytes())
-            }
-        };
-        let request = match builder.body(Full::new(body)) {
+        let request = match delivery_request(addr, spec, event, path) {
             Ok(r) => r,
             Err(e) => return Answer::Retry(format!("building the request: {e}")),
         };
+        let path = path.trim_start_matches('/');
         match self.send(request).await {
             Err(e) => Answer::Unreachable(e),
             Ok((StatusCode::NOT_FOUND, _)) => Answer::Drop(format!("POST /{path} answered 404")),
@@ -323,4 +295,44 @@ fn status_word(status: &str) -> Answer {
         "RETRY" => Answer::Retry("app answered RETRY".into()),
         other => Answer::Retry(format!("app answered unknown status {other:?}")),
     }
+}
+
+/// The POST that delivers `event` to an HTTP app at `addr`: broker metadata as headers (those
+/// that cannot be header names or values are left out), the body a CloudEvent (pub/sub) or
+/// the payload as is (bindings).
+pub fn delivery_request(
+    addr: SocketAddr,
+    spec: &TriggerSpec,
+    event: &Event,
+    path: &str,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let path = path.trim_start_matches('/');
+    let mut builder = Request::post(format!("http://{addr}/{path}"));
+    for (k, v) in &event.metadata {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            builder = builder.header(name, value);
+        }
+    }
+    let body = match spec.kind {
+        TriggerKind::Binding => {
+            let json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
+            builder = builder.header(
+                http::header::CONTENT_TYPE,
+                if json {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                },
+            );
+            event.data.clone()
+        }
+        TriggerKind::PubSub => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/cloudevents+json");
+            Bytes::from(event.cloud_event(spec).to_json_bytes())
+        }
+    };
+    builder.body(Full::new(body))
 }

@@ -103,7 +103,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
             return;
         }
     };
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let dead_letter = JetstreamDeadLetter { js: js.clone() };
     let dead_letter: Arc<dyn DeadLetterSink> = Arc::new(dead_letter);
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -172,6 +172,14 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: JetstreamSource) {
     }
     // Wait for what is in flight (it settles or releases itself on stop).
     let _ = permits.acquire_many(concurrency as u32).await;
+    // Acks and naks are buffered by the client: out on the wire before the process may
+    // exit, or the server would redeliver what was settled.
+    if tokio::time::timeout(Duration::from_secs(2), client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(trigger = %rt.key, "the last acks could not be flushed; the server may redeliver them");
+    }
     connected.set(0);
     tracing::info!(trigger = %rt.key, "jetstream consumer stopped");
 }

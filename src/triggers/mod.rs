@@ -14,6 +14,8 @@ mod supervisor;
 mod wire;
 
 pub use app::Answer;
+pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form};
+pub use dapr_http::delivery_request as http_delivery_request;
 pub use delivery::{Decision, Settled};
 pub use event::{CloudEvent, Event};
 pub use kafka::OffsetTracker;

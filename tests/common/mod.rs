@@ -282,6 +282,27 @@ impl Fngate {
         self.child.id()
     }
 
+    /// Sends SIGTERM (Kubernetes' pod shutdown) without waiting.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "SIGTERM to fngate");
+    }
+
+    /// Waits for the process to exit (60 s at most) and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for fngate") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "fngate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM (a rolling update, a node drain), and waits for the process to exit.
     pub fn stop_gracefully(mut self) {
         let _ = Command::new("kill")

@@ -1,0 +1,167 @@
+//! Raw bytes as one client connection to fngate's HTTP listener (the real pingora listener,
+//! in this process), proxying to a strict HTTP/1 backend (hyper): never a panic, every
+//! answer a well-formed HTTP/1.1 status line, and never an ambiguous forward — the backend
+//! parses everything fngate sends it, and gets exactly as many requests as the client got
+//! answers from it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static BACKEND_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+static BACKEND_PARSE_ERRORS: AtomicUsize = AtomicUsize::new(0);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A backend that answers every request with its body length and a marker header.
+fn start_backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        BACKEND_REQUESTS.fetch_add(1, Ordering::SeqCst);
+                        let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                        let body = format!("{n:?}");
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("x-fuzz-backend", "1")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    });
+                    let served = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    if let Err(e) = served {
+                        if e.is_parse() {
+                            BACKEND_PARSE_ERRORS.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// fngate itself, serving Function `f` (host `f.default.ofn.io`) backed by the backend.
+fn fngate() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let backend = start_backend();
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        let catalog = dir.path().join("catalog");
+        std::fs::create_dir(&catalog).unwrap();
+        std::fs::write(
+            catalog.join("f.yaml"),
+            format!(
+                "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: f\n  namespace: default\nspec:\n  serving:\n    triggers:\n      http:\n        port: {port}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: f\n  namespace: default\n  labels:\n    kubernetes.io/service-name: f\naddressType: IPv4\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions:\n      ready: true\nports:\n  - name: http\n    port: {port}\n",
+                port = backend.port()
+            ),
+        )
+        .unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let settings_file = dir.path().join("fngate.yaml");
+        std::fs::write(
+            &settings_file,
+            format!(
+                "listen:\n  http: {http}\n  admin: {admin}\n  dapr_grpc: \"\"\n  dapr_http: \"\"\ncatalog:\n  dir: {}\nthreads: 1\nlimits:\n  max_header_bytes: 8192\n  max_body_bytes: 65536\n",
+                catalog.display()
+            ),
+        )
+        .unwrap();
+        let settings = fngate::config::Settings::load(&settings_file).unwrap();
+        std::thread::spawn(move || fngate::server::run(settings));
+        // Ready once the plan is compiled.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(admin) {
+                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "fngate did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        http
+    })
+}
+
+/// Splits what came back into responses; each must start with a status line.
+fn responses(raw: &[u8]) -> Vec<(u16, bool)> {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = Vec::new();
+    for (i, part) in text.split("HTTP/1.1 ").enumerate() {
+        if i == 0 {
+            assert!(part.is_empty(), "bytes before the first status line: {part:?}");
+            continue;
+        }
+        let status: u16 = part
+            .get(..3)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a malformed status line: {part:?}"));
+        let from_backend = part.to_ascii_lowercase().contains("x-fuzz-backend: 1");
+        out.push((status, from_backend));
+    }
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let addr = fngate();
+    let before = BACKEND_REQUESTS.load(Ordering::SeqCst);
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return;
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if stream.write_all(data).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    // The backend's side of this connection ends with fngate's answer; let it settle.
+    std::thread::sleep(Duration::from_millis(1));
+    let answers = responses(&raw);
+    for (status, _) in &answers {
+        assert!((100..600).contains(status), "status {status}");
+    }
+    assert_eq!(
+        BACKEND_PARSE_ERRORS.load(Ordering::SeqCst),
+        0,
+        "fngate forwarded something the backend could not parse; input {data:?}"
+    );
+    let forwarded = BACKEND_REQUESTS.load(Ordering::SeqCst) - before;
+    let answered_by_backend = answers.iter().filter(|(_, b)| *b).count();
+    assert!(
+        forwarded <= answered_by_backend,
+        "the backend got {forwarded} requests, the client {answered_by_backend} answers from it: {data:?} -> {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+});
