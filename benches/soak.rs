@@ -617,7 +617,11 @@ async fn soak(seconds: u64, out_dir: &Path) {
     }
     std::fs::write(out_dir.join("samples.csv"), csv).unwrap();
 
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= WARM_UP).collect();
+    let mut after: Vec<&Sample> = samples.iter().filter(|s| s.at >= WARM_UP).collect();
+    if after.is_empty() {
+        // A run shorter than the warm-up: compare what there is.
+        after = samples.iter().collect();
+    }
     let fifth = (after.len() / 5).max(1);
     let mean = |xs: &[&Sample], f: &dyn Fn(&Sample) -> f64| {
         xs.iter().map(|s| f(s)).sum::<f64>() / xs.len().max(1) as f64

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the servers the tests use when they are not running: NATS with JetStream on
 # 127.0.0.1:4222, PostgreSQL on 5432 (trust auth) and MariaDB on 3306 (root, no password)
-# for the SQL state stores. (tansu, the Kafka-protocol broker, is started
+# for the SQL state stores, Redis on 6379 for the Dapr API fuzzer (the Redis tests start
+# their own). (tansu, the Kafka-protocol broker, is started
 # by the tests themselves on free ports.)
 set -euo pipefail
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -29,4 +30,12 @@ if ! port_open 3306; then
   for _ in $(seq 1 200); do port_open 3306 && break; sleep 0.1; done
   port_open 3306 || { echo "services: MariaDB did not start on 127.0.0.1:3306" >&2; exit 1; }
   echo "services: started MariaDB on 127.0.0.1:3306"
+fi
+if ! port_open 6379; then
+  $sudo mkdir -p /var/lib/redis /var/log/redis
+  $sudo redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 100); do port_open 6379 && break; sleep 0.1; done
+  port_open 6379 || { echo "services: Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
+  echo "services: started Redis on 127.0.0.1:6379"
 fi
