@@ -17,9 +17,7 @@
 
 mod support;
 
-use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
-use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
-use dapr::dapr::proto::runtime::v1::*;
+use dapr::dapr::proto::runtime::v1::{app_callback_client, BindingEventRequest};
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -29,8 +27,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::app::{serve_grpc, EventSink, BULK_MAX};
 use support::free_port;
-use tonic::{Request, Response, Status};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,7 +41,7 @@ struct Sink {
     latencies_us: Mutex<Vec<u64>>,
 }
 
-impl Sink {
+impl EventSink for Sink {
     fn hit(&self, data: &[u8]) {
         let now = Instant::now();
         {
@@ -70,6 +68,9 @@ impl Sink {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+impl Sink {
     fn reset(&self) {
         self.count.store(0, Ordering::Relaxed);
         *self.window.lock().unwrap() = None;
@@ -90,110 +91,6 @@ impl Sink {
         let (first, last) = self.window.lock().unwrap().expect("events arrived");
         Some(n as f64 / (last - first).as_secs_f64().max(1e-9))
     }
-}
-
-/// The trivial gRPC app: counts what arrives on `topic`; `bulk` subscribes with Dapr's
-/// bulk subscribe (`BULK_MAX` messages, 1 s await).
-struct GrpcApp {
-    sink: Arc<Sink>,
-    topic: String,
-    bulk: bool,
-}
-
-/// `maxMessagesCount` of the bulk-subscribing apps (Dapr's default).
-const BULK_MAX: i32 = 100;
-
-#[tonic::async_trait]
-impl AppCallback for GrpcApp {
-    async fn on_invoke(
-        &self,
-        _: Request<InvokeRequest>,
-    ) -> Result<Response<InvokeResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn list_topic_subscriptions(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
-        Ok(Response::new(ListTopicSubscriptionsResponse {
-            subscriptions: vec![TopicSubscription {
-                pubsub_name: "ps".into(),
-                topic: self.topic.clone(),
-                bulk_subscribe: self.bulk.then_some(BulkSubscribeConfig {
-                    enabled: true,
-                    max_messages_count: BULK_MAX,
-                    max_await_duration_ms: 1000,
-                }),
-                ..Default::default()
-            }],
-        }))
-    }
-    async fn on_topic_event(
-        &self,
-        r: Request<TopicEventRequest>,
-    ) -> Result<Response<TopicEventResponse>, Status> {
-        self.sink.hit(&r.get_ref().data);
-        Ok(Response::new(TopicEventResponse { status: 0 }))
-    }
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<ListInputBindingsResponse>, Status> {
-        Ok(Response::new(ListInputBindingsResponse {
-            bindings: vec!["kin".into()],
-        }))
-    }
-    async fn on_binding_event(
-        &self,
-        r: Request<BindingEventRequest>,
-    ) -> Result<Response<BindingEventResponse>, Status> {
-        self.sink.hit(&r.get_ref().data);
-        Ok(Response::new(BindingEventResponse::default()))
-    }
-    async fn on_bulk_topic_event(
-        &self,
-        r: Request<TopicEventBulkRequest>,
-    ) -> Result<Response<TopicEventBulkResponse>, Status> {
-        let statuses = r
-            .into_inner()
-            .entries
-            .into_iter()
-            .map(|e| {
-                if let Some(topic_event_bulk_request_entry::Event::CloudEvent(ce)) = &e.event {
-                    self.sink.hit(&ce.data);
-                }
-                TopicEventBulkResponseEntry {
-                    entry_id: e.entry_id,
-                    status: 0,
-                }
-            })
-            .collect();
-        Ok(Response::new(TopicEventBulkResponse { statuses }))
-    }
-    async fn on_job_event(
-        &self,
-        _: Request<JobEventRequest>,
-    ) -> Result<Response<JobEventResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-}
-
-async fn serve_grpc(sink: Arc<Sink>, topic: String, bulk: bool) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AppCallbackServer::new(GrpcApp { sink, topic, bulk }))
-            .serve_with_incoming(incoming),
-    );
-    addr
 }
 
 async fn serve_http(sink: Arc<Sink>, topic: String, bulk: bool) -> SocketAddr {

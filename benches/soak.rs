@@ -16,9 +16,6 @@
 
 mod support;
 
-use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
-use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
-use dapr::dapr::proto::runtime::v1::*;
 use http_body_util::{BodyExt, Empty};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -29,9 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::app::{serve_grpc, EventSink};
 use support::free_port;
 use support::state::{wait_port, Proc};
-use tonic::{Request, Response, Status};
 
 const HTTP_FUNCTIONS: [&str; 3] = ["alpha", "beta", "gamma"];
 const HTTP_RATE: u64 = 150;
@@ -64,79 +61,10 @@ impl Received {
     }
 }
 
-struct App {
-    received: Arc<Received>,
-    subject: String,
-}
-
-#[tonic::async_trait]
-impl AppCallback for App {
-    async fn on_invoke(
-        &self,
-        _: Request<InvokeRequest>,
-    ) -> Result<Response<InvokeResponse>, Status> {
-        Err(Status::unimplemented(""))
+impl EventSink for Received {
+    fn hit(&self, data: &[u8]) {
+        self.record(data);
     }
-    async fn list_topic_subscriptions(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
-        Ok(Response::new(ListTopicSubscriptionsResponse {
-            subscriptions: vec![TopicSubscription {
-                pubsub_name: "ps".into(),
-                topic: self.subject.clone(),
-                ..Default::default()
-            }],
-        }))
-    }
-    async fn on_topic_event(
-        &self,
-        r: Request<TopicEventRequest>,
-    ) -> Result<Response<TopicEventResponse>, Status> {
-        self.received.record(&r.get_ref().data);
-        Ok(Response::new(TopicEventResponse { status: 0 }))
-    }
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<ListInputBindingsResponse>, Status> {
-        Ok(Response::new(ListInputBindingsResponse {
-            bindings: vec!["kin".into()],
-        }))
-    }
-    async fn on_binding_event(
-        &self,
-        r: Request<BindingEventRequest>,
-    ) -> Result<Response<BindingEventResponse>, Status> {
-        self.received.record(&r.get_ref().data);
-        Ok(Response::new(BindingEventResponse::default()))
-    }
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<TopicEventBulkRequest>,
-    ) -> Result<Response<TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn on_job_event(
-        &self,
-        _: Request<JobEventRequest>,
-    ) -> Result<Response<JobEventResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-}
-
-async fn serve_app(received: Arc<Received>, subject: String) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        Some((l.accept().await.map(|(s, _)| s), l))
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AppCallbackServer::new(App { received, subject }))
-            .serve_with_incoming(incoming),
-    );
-    addr
 }
 
 fn target_dir() -> PathBuf {
@@ -335,7 +263,7 @@ async fn soak(seconds: u64, out_dir: &Path) {
     .unwrap();
 
     let received = Arc::new(Received::default());
-    let app = serve_app(received.clone(), subject.clone()).await;
+    let app = serve_grpc(received.clone(), subject.clone(), false).await;
 
     // The catalog.
     let work = tempfile::tempdir().unwrap();

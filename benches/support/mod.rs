@@ -1,6 +1,7 @@
 //! Helpers the benchmarks share (included with `mod support;`).
 #![allow(dead_code)]
 
+pub mod app;
 pub mod state;
 
 use std::io::{Read, Write};
