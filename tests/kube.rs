@@ -387,6 +387,19 @@ fn the_deploy_manifests_settings_load_and_enable_kubernetes_mode_with_status() {
     assert!(kube.status.is_some());
     assert!(kube.kubeconfig.is_none(), "in-cluster configuration");
     assert_eq!(settings.listen_admin.ip().to_string(), "0.0.0.0");
+    // The drain ends before Kubernetes' SIGKILL.
+    let deployment: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/deployment.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(settings.shutdown_drain < std::time::Duration::from_secs(grace));
 }
 
 #[test]
