@@ -410,3 +410,51 @@ fn mirrored_requests_carry_the_body_and_do_not_change_the_answer() {
         "the mirror to get the GET",
     );
 }
+
+/// Found by the `http_head` fuzzer: pingora passed `POST host.nameGET /x HTTP/1.1` (a
+/// target in no form: no leading `/`, no scheme) and fngate forwarded
+/// `POST host.nameGET%20/x`, a request line the function could not parse. Such targets
+/// get 400 and never reach the function; the valid forms still pass, and a space inside
+/// an origin-form target is forwarded escaped (pingora's leniency, as nginx's).
+#[test]
+fn a_request_target_that_is_not_one_gets_400_and_is_not_forwarded() {
+    let echo = Echo::start("hello", "default");
+    let dir = catalog_with_hello(&echo);
+    let gate = Fngate::start(dir.path());
+    let raw = |line: &str| {
+        let mut s = TcpStream::connect(gate.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(
+            format!("{line}\r\nHost: hello.default.ofn.io\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        common::read_response(&mut BufReader::new(s), false).unwrap()
+    };
+    for bad in [
+        "POST hello.default.ofn.ioGET /fuzz-end HTTP/1.1",
+        "GET hello HTTP/1.1",
+        "GET * HTTP/1.1",
+    ] {
+        assert_eq!(raw(bad).status, 400, "{bad}");
+    }
+    for good in [
+        "GET /ok HTTP/1.1",
+        "GET http://hello.default.ofn.io/abs HTTP/1.1",
+    ] {
+        assert_eq!(raw(good).status, 200, "{good}");
+    }
+    // A valid target no route matches.
+    assert_eq!(raw("OPTIONS * HTTP/1.1").status, 404);
+    assert_eq!(raw("GET /a b HTTP/1.1").json()["path"], "/a%20b");
+    // Refused by fngate, not passed on for the function to refuse.
+    assert_eq!(
+        gate.metric("fngate_requests_total{code=\"4xx\",function=\"hello\",namespace=\"default\"}"),
+        0.0
+    );
+    let seen = echo.requests_seen();
+    assert!(
+        seen.iter()
+            .all(|r| !r.contains("fuzz-end") && !r.contains("hello ")),
+        "{seen:?}"
+    );
+}

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// Sent after every input: its answer ends the connection.
+const SENTINEL: &[u8] = b"GET /fuzz-end HTTP/1.1\r\nHost: f.default.ofn.io\r\nConnection: close\r\n\r\n";
+
 static BACKEND_REQUESTS: AtomicUsize = AtomicUsize::new(0);
 static BACKEND_PARSE_ERRORS: AtomicUsize = AtomicUsize::new(0);
 
@@ -142,13 +145,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return;
     };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    if stream.write_all(data).is_err() {
+    // A client that half-closes is taken as gone (the request is abandoned, as nginx does):
+    // instead, the input is followed by a last request that asks fngate to close after it.
+    // Input that leaves a request unfinished swallows it; then the read gives up.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let mut sent = data.to_vec();
+    sent.extend_from_slice(SENTINEL);
+    if stream.write_all(&sent).is_err() {
         return;
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
+    drop(stream);
     // The backend's side of this connection ends with fngate's answer; let it settle.
     std::thread::sleep(Duration::from_millis(1));
     // An HTTP/2 preface switches the connection to h2 (binary frames back): only the

@@ -109,6 +109,28 @@ fn grpc_code(http_status: u16) -> u8 {
     }
 }
 
+/// Whether an HTTP/1 request target is one fngate may forward as it is (RFC 9112 §3.2):
+/// origin-form (`/path?query`), absolute-form (`http://…`, `https://…`) or `*` for OPTIONS,
+/// without whitespace or control bytes. pingora takes any token as a target (and escapes
+/// spaces, `<>"` and controls inside one, as nginx accepts them): forwarded as it is, a
+/// target in no form is read by a function as something else, or refused.
+fn valid_target(method: &http::Method, target: &[u8]) -> bool {
+    let form_ok = match target.first() {
+        Some(b'/') => true,
+        Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
+        Some(_) => {
+            let lower = target
+                .iter()
+                .take(8)
+                .map(u8::to_ascii_lowercase)
+                .collect::<Vec<_>>();
+            lower.starts_with(b"http://") || lower.starts_with(b"https://")
+        }
+        None => false,
+    };
+    form_ok && target.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
 /// A trailers-only gRPC answer: HTTP 200, the status and message in the head.
 async fn respond_grpc(session: &mut Session, http_status: u16, message: &str) -> Result<bool> {
     let mut resp = ResponseHeader::build(200, Some(3))?;
@@ -169,9 +191,15 @@ impl FunctionProxy {
         FunctionStats::of(rule, &self.metrics, &self.activator)
     }
 
-    /// Limits that are checked before routing: 431 and 413 by Content-Length.
+    /// Limits that are checked before routing: 400 for a request target that is not one
+    /// (see `valid_target`), 431, and 413 by Content-Length.
     async fn check_limits(&self, session: &mut Session) -> Result<Option<bool>> {
         let req = session.req_header();
+        if !session.is_http2() && !valid_target(&req.method, req.raw_path()) {
+            return respond(session, 400, &[], "malformed request target\n")
+                .await
+                .map(Some);
+        }
         if headers::header_bytes(&req.headers) > self.limits.max_header_bytes {
             return respond(session, 431, &[], "request header fields too large\n")
                 .await
