@@ -458,3 +458,30 @@ fn a_request_target_that_is_not_one_gets_400_and_is_not_forwarded() {
         "{seen:?}"
     );
 }
+
+/// Found by the `http_head` fuzzer: a request whose target pingora had to escape
+/// (`/x x`), followed on the same connection by the next request before its answer, was
+/// forwarded to the function and then answered 400 — the function's answer lost. With
+/// HTTP/1.1 pipelining (RFC 9112 §9.3.2) every pipelined request gets its answer, in order.
+#[test]
+fn pipelined_requests_are_answered_in_order_an_escaped_target_included() {
+    let echo = Echo::start("hello", "default");
+    let dir = catalog_with_hello(&echo);
+    let gate = Fngate::start(dir.path());
+    let mut s = TcpStream::connect(gate.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let host = "Host: hello.default.ofn.io";
+    s.write_all(
+        format!(
+            "POST /x x HTTP/1.1\r\n{host}\r\n\r\nGET /two HTTP/1.1\r\n{host}\r\n\r\nGET /three HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    for path in ["/x%20x", "/two", "/three"] {
+        let r = common::read_response(&mut reader, false).unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["path"], path);
+    }
+}

@@ -443,6 +443,11 @@ impl ProxyHttp for FunctionProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request sent before the previous answer
+        // is served after it, in order, instead of the connection being closed with the
+        // request lost — and, where pingora had rewritten the request line (an escaped
+        // target), instead of the answer the function gave being replaced by a 400.
+        session.downstream_session.set_pipelining_enabled(true);
         self.close_if_draining(session);
         ctx.tls = session
             .digest()
