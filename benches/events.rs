@@ -23,12 +23,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::app::{serve_grpc, EventSink, BULK_MAX};
-use support::free_port;
+use support::{free_port, Tansu};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -449,55 +449,13 @@ async fn throughput(sink: &Sink, gate: &Fngate, n: usize) -> Option<(f64, f64)> 
 }
 
 async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let bin = if std::path::Path::new(&format!("{home}/.cargo/bin/tansu")).exists() {
-        format!("{home}/.cargo/bin/tansu")
-    } else {
-        "tansu".into()
-    };
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let brokers = format!("127.0.0.1:{port}");
-    let mut tansu = match Command::new(&bin)
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kafka skipped: tansu not found ({e}); scripts/install-tansu.sh installs it");
-            return;
-        }
-    };
-    while std::net::TcpStream::connect(&brokers).is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // Each latency run gets its own topic: tansu's in-memory store slows down as a
     // partition accumulates batches, so a shared topic would penalise whoever runs second.
-    for (t, parts) in [("bench", "3"), ("lat", "1"), ("lat-fngate", "1")] {
-        Command::new(&bin)
-            .args([
-                "topic",
-                "create",
-                t,
-                "--broker",
-                &url,
-                "--partitions",
-                parts,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-    }
+    let Some(tansu) = Tansu::start(&[("bench", 3), ("lat", 1), ("lat-fngate", 1)]) else {
+        eprintln!("kafka skipped");
+        return;
+    };
+    let brokers = tansu.brokers.clone();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")
@@ -690,8 +648,7 @@ async fn kafka(n: usize, rows: &mut Vec<Row>, latency: &mut Vec<String>) {
         }
     }
 
-    let _ = tansu.kill();
-    let _ = tansu.wait();
+    drop(tansu);
 }
 
 /// Sends `per_second` stamped messages a second for `seconds`; returns how many.

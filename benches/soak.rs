@@ -10,7 +10,7 @@
 //! Every 10 s fngate's RSS, open file descriptors and threads are sampled. The pass
 //! criteria are printed: zero failed requests on the unchanged routes, zero lost events,
 //! RSS and fds flat after warm-up (first and last fifth of the samples after the first
-//! 2 minutes compared). Samples go to `target/soak/samples.csv` for `benches/soak.sh` to
+//! 6 minutes compared, and every 3-minute window's RSS and fds range printed). Samples go to `target/soak/samples.csv` for `benches/soak.sh` to
 //! plot. fngate is pinned to CPU 1 when `SOAK_PIN` is set (the script sets it), the load
 //! here to CPU 0.
 
@@ -27,15 +27,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::app::{serve_grpc, EventSink};
-use support::free_port;
 use support::state::{wait_port, Proc};
+use support::{free_port, Tansu};
 
 const HTTP_FUNCTIONS: [&str; 3] = ["alpha", "beta", "gamma"];
 const HTTP_RATE: u64 = 150;
 const BLINKER_RATE: u64 = 10;
 const EVENT_RATE: u64 = 50;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-const WARM_UP: Duration = Duration::from_secs(120);
+/// RSS settles within about 6 minutes (allocator arenas, pools at their working size).
+const WARM_UP: Duration = Duration::from_secs(360);
 
 /// Event ids the app received (`k<n>` from Kafka, `j<n>` from JetStream), and repeats.
 #[derive(Default)]
@@ -188,16 +189,6 @@ async fn paced_requests(
     while in_flight.join_next().await.is_some() {}
 }
 
-fn tansu_bin() -> String {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    if Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    }
-}
-
 fn main() {
     let seconds: u64 = std::env::args()
         .skip(1)
@@ -215,39 +206,8 @@ fn main() {
 
 async fn soak(seconds: u64, out_dir: &Path) {
     // Kafka (tansu, in memory) with a 3-partition topic; JetStream on the machine's NATS.
-    let kafka_port = free_port();
-    let url = format!("tcp://127.0.0.1:{kafka_port}");
-    let brokers = format!("127.0.0.1:{kafka_port}");
-    let _tansu = Proc(
-        Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu (scripts/install-tansu.sh)"),
-    );
-    wait_port(kafka_port);
-    Command::new(tansu_bin())
-        .args([
-            "topic",
-            "create",
-            "soak",
-            "--broker",
-            &url,
-            "--partitions",
-            "3",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
+    let tansu = Tansu::start(&[("soak", 3)]).expect("tansu");
+    let brokers = tansu.brokers.clone();
     let nats = async_nats::connect("127.0.0.1:4222")
         .await
         .expect("NATS with JetStream on 127.0.0.1:4222 (scripts/services.sh)");
@@ -505,7 +465,7 @@ async fn soak(seconds: u64, out_dir: &Path) {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    while load.join_next().await.is_some() {}
+    // Requests still held for the blinker are released before the load is awaited.
     if blinker.is_none() {
         blinker = Some(echo("blinker", blinker_port));
         write_atomically(
@@ -514,6 +474,7 @@ async fn soak(seconds: u64, out_dir: &Path) {
             &http_function("blinker", blinker_port, ""),
         );
     }
+    while load.join_next().await.is_some() {}
     // Every event sent must arrive; give the consumers time to catch up.
     let (ks, jss) = (
         kafka_sent.load(Ordering::Relaxed) as usize,
@@ -566,6 +527,33 @@ async fn soak(seconds: u64, out_dir: &Path) {
         .iter()
         .map(|s| rss(s))
         .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    println!(
+        "\n{:>9} {:>22} {:>12} {:>8}",
+        "minutes", "RSS min/median/max MB", "fds min-max", "threads"
+    );
+    for window in samples.chunks(18) {
+        let mut rss: Vec<f64> = window.iter().map(|s| s.rss_kb as f64 / 1024.0).collect();
+        rss.sort_by(|a, b| a.total_cmp(b));
+        let fds = window.iter().map(|s| s.fds);
+        let threads = window.iter().map(|s| s.threads);
+        println!(
+            "{:>4}-{:<4} {:>22} {:>12} {:>8}",
+            window[0].at.as_secs() / 60,
+            window[window.len() - 1].at.as_secs() / 60 + 1,
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                rss[0],
+                rss[rss.len() / 2],
+                rss[rss.len() - 1]
+            ),
+            format!("{}-{}", fds.clone().min().unwrap(), fds.max().unwrap()),
+            format!(
+                "{}-{}",
+                threads.clone().min().unwrap(),
+                threads.max().unwrap()
+            ),
+        );
+    }
     let failed = steady.failed.load(Ordering::Relaxed);
     let lost = (ks - kr.min(ks)) + (jss - jr.min(jss));
     println!(

@@ -43,3 +43,65 @@ pub fn http_get(port: u16, host: &str, path: &str) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// tansu (a Kafka-protocol broker) in memory on a free port, with `topics` (name,
+/// partitions) created; `None` when tansu is not installed (scripts/install-tansu.sh).
+pub struct Tansu {
+    child: std::process::Child,
+    /// `tcp://127.0.0.1:<port>`, as tansu's own commands take it.
+    pub url: String,
+    /// `127.0.0.1:<port>`, as Kafka clients take it.
+    pub brokers: String,
+}
+
+impl Tansu {
+    pub fn start(topics: &[(&str, u32)]) -> Option<Tansu> {
+        use std::process::{Command, Stdio};
+        let home = std::env::var("HOME").unwrap_or_default();
+        let installed = format!("{home}/.cargo/bin/tansu");
+        let bin = if std::path::Path::new(&installed).exists() {
+            installed
+        } else {
+            "tansu".into()
+        };
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let brokers = format!("127.0.0.1:{port}");
+        let child = match Command::new(&bin)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tansu not found ({e}); scripts/install-tansu.sh installs it");
+                return None;
+            }
+        };
+        while std::net::TcpStream::connect(&brokers).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for (topic, partitions) in topics {
+            Command::new(&bin)
+                .args(["topic", "create", topic, "--broker", &url])
+                .args(["--partitions", &partitions.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .expect("tansu topic create");
+        }
+        Some(Tansu {
+            child,
+            url,
+            brokers,
+        })
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
