@@ -66,10 +66,6 @@ impl Drain {
         })
     }
 
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-
     /// Marks the process as draining (idempotent).
     pub fn begin(&self) {
         if !self.draining.swap(true, Ordering::AcqRel) {

@@ -118,14 +118,11 @@ fn valid_target(method: &http::Method, target: &[u8]) -> bool {
     let form_ok = match target.first() {
         Some(b'/') => true,
         Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
-        Some(_) => {
-            let lower = target
-                .iter()
-                .take(8)
-                .map(u8::to_ascii_lowercase)
-                .collect::<Vec<_>>();
-            lower.starts_with(b"http://") || lower.starts_with(b"https://")
-        }
+        Some(_) => [&b"http://"[..], b"https://"].iter().any(|scheme| {
+            target
+                .get(..scheme.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+        }),
         None => false,
     };
     form_ok && target.iter().all(|&b| b > b' ' && b != 0x7f)
