@@ -17,14 +17,14 @@
 
 use crate::telemetry::Metrics;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How long before the drain deadline held requests are answered, so their 503 is written
 /// before the process exits.
-pub const HELD_ANSWER_MARGIN: Duration = Duration::from_secs(1);
+const HELD_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// The drain's shared state: one per process.
 pub struct Drain {
@@ -33,10 +33,10 @@ pub struct Drain {
     draining: AtomicBool,
     /// When the first SIGTERM arrived.
     started: watch::Sender<Option<Instant>>,
-    /// Proxied requests between their head being read and their end (held ones included).
-    in_flight: AtomicUsize,
-    /// `in_flight` and the draining flag as metrics.
-    in_flight_gauge: prometheus::IntGauge,
+    /// Proxied requests between their head being read and their end (held ones included):
+    /// the `fngate_requests_in_flight` gauge itself is the count.
+    in_flight: prometheus::IntGauge,
+    /// `fngate_draining`.
     draining_gauge: prometheus::IntGauge,
     /// Bumped whenever `in_flight` reaches zero.
     idle: watch::Sender<()>,
@@ -56,8 +56,7 @@ impl Drain {
             limit,
             draining: AtomicBool::new(false),
             started: watch::channel(None).0,
-            in_flight: AtomicUsize::new(0),
-            in_flight_gauge: metrics.requests_in_flight.clone(),
+            in_flight: metrics.requests_in_flight.clone(),
             draining_gauge: metrics.draining.clone(),
             idle: watch::channel(()).0,
             requests_done: watch::channel(false).0,
@@ -81,13 +80,12 @@ impl Drain {
 
     /// Counts a proxied request until the returned guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.in_flight_gauge.inc();
+        self.in_flight.inc();
         InFlight(self.clone())
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
     }
 
     /// Resolves `HELD_ANSWER_MARGIN` before the drain deadline; never while not draining.
@@ -117,7 +115,7 @@ impl Drain {
 
     /// Waits, once draining, until no proxied request is in flight and the consumers have
     /// stopped; then lets the function-facing listeners go.
-    pub async fn wait_for_requests(&self) {
+    async fn wait_for_requests(&self) {
         let mut idle = self.idle.subscribe();
         while self.in_flight() > 0 {
             let _ = idle.changed().await;
@@ -191,8 +189,10 @@ pub struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight_gauge.dec();
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        self.0.in_flight.dec();
+        // A wake-up only: the waiter reads the count again, so two drops both seeing zero,
+        // or a request arriving in between, is harmless.
+        if self.0.in_flight.get() == 0 {
             self.0.idle.send_replace(());
         }
     }

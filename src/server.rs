@@ -155,7 +155,7 @@ impl BackgroundService for KubeFollower {
             return;
         };
         // Until the Lease is given up.
-        let _writing = job.drain.exit_blocker();
+        let writing = job.drain.exit_blocker();
         let client = match kube::Client::try_from(job.client_config) {
             Ok(c) => c,
             Err(e) => {
@@ -209,7 +209,7 @@ impl BackgroundService for KubeFollower {
             let _ = stop_writer.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
         }
-        drop(_writing);
+        drop(writing);
         // Keep following through the drain: held requests wait for their function's
         // endpoints to turn ready.
         if !ended {
@@ -293,17 +293,14 @@ impl BackgroundService for DrainService {
 struct UntilExit<S> {
     service: S,
     /// Never sent: the service's shutdown watch must stay open, or it would stop.
-    _never: tokio::sync::watch::Sender<bool>,
-    never: ShutdownWatch,
+    never: tokio::sync::watch::Sender<bool>,
 }
 
 impl<S> UntilExit<S> {
     fn new(service: S) -> Self {
-        let (_never, never) = tokio::sync::watch::channel(false);
         UntilExit {
             service,
-            _never,
-            never,
+            never: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -316,7 +313,7 @@ impl<S: pingora::services::Service> pingora::services::Service for UntilExit<S> 
         _shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        let never = self.never.clone();
+        let never = self.never.subscribe();
         self.service
             .start_service(fds, never, listeners_per_fd)
             .await
