@@ -239,8 +239,8 @@ fn tls_clients_get_h2_by_alpn_and_http1_without_it() {
 
 /// A gRPC function: IsActive answers whether the name is "yes" (NOT_FOUND for "missing");
 /// StreamIsActive streams three answers, then fails with a status carrying trailer
-/// metadata when the name is "fail"; GetMetrics waits past any deadline and records the
-/// deadline it was given.
+/// metadata when the name is "fail"; GetMetrics records the deadline it was given and
+/// answers, or for metric "wait" waits past any deadline first.
 #[derive(Clone, Default)]
 struct GrpcFunction {
     deadlines: Arc<Mutex<Vec<String>>>,
@@ -302,8 +302,25 @@ impl ExternalScaler for GrpcFunction {
             .unwrap_or("")
             .to_owned();
         self.deadlines.lock().unwrap().push(deadline);
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        if request.get_ref().metric_name == "wait" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
         Ok(Response::new(GetMetricsResponse::default()))
+    }
+}
+
+/// A `grpc-timeout` value (gRPC over HTTP/2: digits and a unit) in milliseconds.
+fn grpc_timeout_millis(value: &str) -> u64 {
+    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("grpc-timeout {value:?}"));
+    match unit {
+        "H" => n * 3_600_000,
+        "M" => n * 60_000,
+        "S" => n * 1000,
+        "m" => n,
+        "u" => n / 1000,
+        "n" => n / 1_000_000,
+        _ => panic!("grpc-timeout {value:?}"),
     }
 }
 
@@ -432,29 +449,31 @@ async fn grpc_functions_work_end_to_end_over_h2c() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "ran out half way");
 
-    // The client's deadline travels to the function, and the call ends at it.
+    // The client's deadline travels to the function as `grpc-timeout` (a deadline long
+    // enough that the call reaches the function however loaded the machine is) ...
     let mut req = Request::new(GetMetricsRequest {
         scaled_object_ref: Some(object("slow")),
-        metric_name: "m".into(),
+        metric_name: "answer".into(),
     });
-    // Long enough for the call to reach the function on a loaded machine.
+    req.set_timeout(Duration::from_secs(120));
+    client.get_metrics(req).await.expect("answered at once");
+    let deadlines = function.deadlines.lock().unwrap().clone();
+    assert_eq!(deadlines.len(), 1, "the call reached the function");
+    let millis = grpc_timeout_millis(&deadlines[0]);
+    assert!(
+        (1..=120_000).contains(&millis),
+        "grpc-timeout forwarded: {deadlines:?}"
+    );
+    // ... and a call whose function never answers ends at its deadline.
+    let mut req = Request::new(GetMetricsRequest {
+        scaled_object_ref: Some(object("slow")),
+        metric_name: "wait".into(),
+    });
     req.set_timeout(Duration::from_secs(1));
     let err = client.get_metrics(req).await.unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
-    );
-    tokio::task::block_in_place(|| {
-        gate.wait_until(
-            || !function.deadlines.lock().unwrap().is_empty(),
-            "the slow call to reach the function",
-        )
-    });
-    let deadlines = function.deadlines.lock().unwrap().clone();
-    assert_eq!(deadlines.len(), 1, "the slow call reached the function");
-    assert!(
-        !deadlines[0].is_empty(),
-        "grpc-timeout forwarded: {deadlines:?}"
     );
 
     // fngate's own errors are gRPC statuses a gRPC client can read.
@@ -495,7 +514,7 @@ async fn a_grpc_call_to_a_function_at_zero_waits_and_is_released_when_it_is_read
     let mut client = grpc_client(&gate, "coldgrpc.default.ofn.io").await;
     let call = tokio::spawn(async move { client.is_active(object("yes")).await });
     gate.wait_until(
-        || gate.metric("fngate_activator_waiting{") >= 1.0,
+        || gate.metric_opt("fngate_activator_waiting{") >= Some(1.0),
         "the call to be held",
     );
     assert!(!call.is_finished());
@@ -522,15 +541,15 @@ async fn an_h2_client_that_resets_a_held_stream_frees_its_slot() {
         .body(())
         .unwrap();
     let (response, body) = ready.send_request(req, false).unwrap();
-    let waiting = |gate: &Fngate| gate.metric("fngate_activator_waiting{");
+    let waiting = |gate: &Fngate| gate.metric_opt("fngate_activator_waiting{");
     tokio::task::block_in_place(|| {
-        gate.wait_until(|| waiting(&gate) >= 1.0, "the request to be held")
+        gate.wait_until(|| waiting(&gate) >= Some(1.0), "the request to be held")
     });
     // Dropping the response future resets the stream (RST_STREAM CANCEL); the connection
     // stays open.
     drop((response, body));
     tokio::task::block_in_place(|| {
-        gate.wait_until(|| waiting(&gate) == 0.0, "the held slot to be freed")
+        gate.wait_until(|| waiting(&gate) == Some(0.0), "the held slot to be freed")
     });
     let r = h2_request(&mut h2, "GET", "http://nobody.default.ofn.io/", &[], b"")
         .await
@@ -542,13 +561,14 @@ async fn an_h2_client_that_resets_a_held_stream_frees_its_slot() {
 // Hostile input, written frame by frame.
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -599,6 +619,7 @@ fn request_block(host: &str, path: &str) -> Vec<u8> {
 
 struct Frame {
     kind: u8,
+    flags: u8,
     stream: u32,
     payload: Vec<u8>,
 }
@@ -626,6 +647,7 @@ async fn read_frames(
             }
             let f = Frame {
                 kind: buf[3],
+                flags: buf[4],
                 stream: u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
                 payload: buf[9..9 + len].to_vec(),
             };
@@ -703,6 +725,22 @@ async fn rapid_reset_gets_goaway_and_the_gateway_keeps_serving() {
         .expect("the attacking connection is sent GOAWAY");
     assert_eq!(goaway.error_code(), 0xb, "ENHANCE_YOUR_CALM");
     drop(writer.await);
+    // Counted once fngate is done with every stream of the attack (answered or dropped),
+    // and the function's log has caught up with a request sent after that: a stream that
+    // was answered was logged before its answer.
+    tokio::task::block_in_place(|| {
+        gate.wait_until(
+            || gate.metric("fngate_requests_in_flight") == 0.0,
+            "fngate done with the attack's streams",
+        )
+    });
+    still_serving(&gate).await;
+    tokio::task::block_in_place(|| {
+        gate.wait_until(
+            || echo.requests_seen().iter().any(|l| l.contains("/after-h1")),
+            "the function's log to catch up",
+        )
+    });
     let forwarded = echo
         .requests_seen()
         .iter()
@@ -712,7 +750,6 @@ async fn rapid_reset_gets_goaway_and_the_gateway_keeps_serving() {
         forwarded < STREAMS as usize,
         "not every cancelled stream was worked on ({forwarded} reached the function)"
     );
-    still_serving(&gate).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,4 +886,82 @@ async fn an_idle_h2_connection_is_closed_after_http2_idle_timeout() {
         )
     });
     still_serving(&gate).await;
+}
+
+/// What fngate answers a gRPC client itself (no route, a function that never gets ready, an
+/// unreachable function) is gRPC's Trailers-Only form: one HEADERS frame with END_STREAM.
+/// tonic also reads a head without END_STREAM followed by an empty DATA frame; grpc-go and
+/// C-core (grpcio) take that as a protocol error and lose the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fngates_own_grpc_answers_are_trailers_only_and_read_right_by_grpcio() {
+    let echo = Echo::start("hello", "default");
+    let dir = hello_catalog(&echo);
+    // `cold`: listed, never ready; `down`: ready, but nothing listens there.
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    for (name, ready) in [("cold", false), ("down", true)] {
+        write_atomically(dir.path(), &format!("{name}.yaml"), &function_yaml("default", name, ""));
+        write_atomically(
+            dir.path(),
+            &format!("{name}-slice.yaml"),
+            &endpoint_slice("default", name, &[nowhere], ready),
+        );
+    }
+    let gate = Fngate::start_with(dir.path(), "activator:\n  hold_timeout: 1s\n");
+
+    // On the wire: the answer to an unrouted gRPC call is exactly one frame.
+    let (mut read, mut write) = raw_h2(gate.http).await;
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/externalscaler.ExternalScaler/IsActive"),
+        (":authority", "nobody.default.ofn.io"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.extend(hpack_literal(n, v.as_bytes()));
+    }
+    let mut request = frame(HEADERS, END_HEADERS, 1, &block);
+    request.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    write.write_all(&request).await.unwrap();
+    let frames = read_frames(&mut read, |f| {
+        f.stream == 1 && (f.flags & END_STREAM != 0 || f.kind == RST_STREAM)
+    })
+    .await;
+    let answer: Vec<(u8, u8)> = frames
+        .iter()
+        .filter(|f| f.stream == 1)
+        .map(|f| (f.kind, f.flags & END_STREAM))
+        .collect();
+    assert_eq!(
+        answer,
+        vec![(HEADERS, END_STREAM)],
+        "one HEADERS frame with END_STREAM, (kind, END_STREAM) per frame"
+    );
+
+    // And as the C-core client reads it: the status and message fngate meant.
+    let python = tokio::task::block_in_place(common::python_venv);
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpc_status_check.py"))
+            .arg(gate.http.to_string())
+            .args(["nobody.default.ofn.io", "cold.default.ofn.io", "down.default.ofn.io"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "grpc_status_check.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, String)> = results
+        .iter()
+        .map(|r| (r["code"].as_str().unwrap().to_owned(), r["details"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(got[0].0, "UNIMPLEMENTED", "no route: {got:?}");
+    assert!(got[0].1.contains("no route"), "{got:?}");
+    assert_eq!(got[1].0, "UNAVAILABLE", "hold timeout: {got:?}");
+    assert!(got[1].1.contains("no endpoint of the function became ready"), "{got:?}");
+    assert_eq!(got[2].0, "UNAVAILABLE", "unreachable function: {got:?}");
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::protocols::{SocketDigest, ALPN};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -143,7 +144,13 @@ async fn respond_grpc(session: &mut Session, http_status: u16, message: &str) ->
         }
     }
     resp.insert_header("grpc-message", encoded)?;
-    session.write_response_header(Box::new(resp), true).await?;
+    // gRPC's Trailers-Only form is one HEADERS frame with END_STREAM. The proxy session's
+    // writer sends the head without it and ends the stream with an empty DATA frame, which
+    // grpc-go and C-core clients reject as a missing-trailers protocol error.
+    match session.as_downstream_mut() {
+        HttpSession::H2(h2) => h2.write_response_header(Box::new(resp), true)?,
+        _ => session.write_response_header(Box::new(resp), true).await?,
+    }
     Ok(true)
 }
 
