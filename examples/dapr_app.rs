@@ -9,8 +9,8 @@
 //!                 [--hold-marked FILE]
 //! `--bulk` subscribes to every topic with Dapr's bulk subscribe (each entry is printed as
 //! its own event, with `bulk` = the batch's size); `--hold-first-bulk` keeps the first
-//! batch unanswered until FILE exists; `--hold-marked` keeps every gRPC binding event
-//! whose data contains `held` unanswered until FILE exists.
+//! batch unanswered until FILE exists; `--hold-marked` keeps every gRPC binding or topic
+//! event whose data contains `held` unanswered until FILE exists.
 //! Prints `listening on ADDR` first. The payload steers the answer: `retry-once` is
 //! answered RETRY the first time its id is seen, `always-retry` always, `drop-me` DROP
 //! (gRPC bindings: UNIMPLEMENTED; HTTP bindings: 404); anything else SUCCESS.
@@ -55,7 +55,8 @@ struct App {
     bulk: Option<(i32, i32)>,
     /// The first batch waits until this file exists.
     hold_first_bulk: Mutex<Option<std::path::PathBuf>>,
-    /// gRPC events whose data contains "held" are answered once this file exists.
+    /// gRPC binding and topic events whose data contains "held" are answered once this file
+    /// exists.
     hold_marked: Option<std::path::PathBuf>,
 }
 
@@ -164,6 +165,7 @@ impl AppCallback for Grpc {
             })
             .collect();
         let e = request.into_inner();
+        self.0.hold_if_marked(&e.data).await;
         let verdict = self.0.verdict(&e.id, &e.data);
         let extensions = e
             .extensions

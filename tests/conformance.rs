@@ -29,10 +29,14 @@ fn excluded(suite: &str, case: &Value) -> Option<&'static str> {
     }
 }
 
-fn data_file() -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/conformance/gateway-api-httproute.json");
-    p.exists().then_some(p)
+/// Cases in the data file as of this writing, and how many of them fngate passes: fewer
+/// means the file was cut or cases stopped being run, not that all is well.
+const CASES: usize = 187;
+const PASSING: usize = 176;
+
+fn data_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/conformance/gateway-api-httproute.json")
 }
 
 fn gateway_yaml(gw: &Value) -> String {
@@ -248,11 +252,20 @@ fn check_distribution(gate: &Fngate, check: &Value) -> Result<(), String> {
 
 #[test]
 fn gateway_api_httproute_conformance() {
-    let Some(file) = data_file() else {
-        eprintln!("conformance data not found beside the repository; nothing to run");
-        return;
-    };
-    let data: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let file = data_file();
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "the conformance data {} (shared/ beside the repository): {e}",
+            file.display()
+        )
+    });
+    let data: Value = serde_json::from_str(&text).unwrap();
+    let in_file: usize = data["suites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["cases"].as_array().map_or(0, |c| c.len()))
+        .sum();
     let echoes: BTreeMap<String, Echo> =
         ["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"]
             .iter()
@@ -340,4 +353,11 @@ fn gateway_api_httproute_conformance() {
     }
     println!("conformance total: passed {passed}, failed {failed}, excluded {skipped}");
     assert_eq!(failed, 0, "conformance cases failed; see the table above");
+    assert_eq!(
+        passed + skipped,
+        in_file,
+        "every case in the file is run or excluded by name"
+    );
+    assert!(in_file >= CASES, "{in_file} cases in the file, {CASES} expected");
+    assert!(passed >= PASSING, "{passed} cases passed, {PASSING} before");
 }

@@ -426,17 +426,24 @@ fn bulk_ttl_and_transactions_over_grpc() {
         .unwrap();
         assert!(redis.hash("orders-shop||a").is_empty() && redis.hash("orders-shop||c").is_empty());
 
-        // TTL: the key expires in Redis and reads as missing afterwards.
+        // TTL: set on the Redis key as given (a long one, so reading it back does not race
+        // the clock) ...
+        let mut long = save("ttl-long", b"kept an hour");
+        long.states[0]
+            .metadata
+            .insert("ttlInSeconds".into(), "3600".into());
+        c.save_state(with_token(long, "tok-orders")).await.unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("orders-shop||ttl-long")
+            .query(&mut redis.connection().unwrap())
+            .unwrap();
+        assert!((1800..=3600).contains(&ttl), "TTL {ttl} for ttlInSeconds 3600");
+        // ... and a short one expires: the key reads as missing afterwards.
         let mut short = save("ttl", b"soon gone");
         short.states[0]
             .metadata
             .insert("ttlInSeconds".into(), "1".into());
         c.save_state(with_token(short, "tok-orders")).await.unwrap();
-        let ttl: i64 = redis::cmd("TTL")
-            .arg("orders-shop||ttl")
-            .query(&mut redis.connection().unwrap())
-            .unwrap();
-        assert_eq!(ttl, 1);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let got = read(&mut c, "ttl").await;
@@ -956,37 +963,9 @@ fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
     );
 }
 
-/// A venv with the official Dapr Python SDK (`tests/python/requirements.txt`), made once
-/// under the target folder.
-fn python_sdk() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dapr-python-venv");
-    let python = venv.join("bin").join("python");
-    let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
-    let marker = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(requirements).unwrap();
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3");
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "-r", requirements])
-            .status()
-            .unwrap();
-        assert!(
-            installed.success(),
-            "pip install of the Dapr Python SDK failed"
-        );
-        std::fs::write(&marker, wanted).unwrap();
-    }
-    python
-}
-
 #[test]
 fn the_official_python_sdk_works_against_fngate() {
-    let python = python_sdk();
+    let python = common::python_venv();
     let redis = Redis::start();
     let subject = unique("fngate-py-sdk.");
     let stream_name = unique("FNGATE_PY_SDK_").replace('.', "_");

@@ -11,15 +11,16 @@ const SLOW_HOST: &str = "slow.default.ofn.io";
 const COLD_HOST: &str = "cold.default.ofn.io";
 const COLD_WAITING: &str = "fngate_activator_waiting{function=\"cold\",namespace=\"default\"}";
 
-fn slow_function(dir: &std::path::Path) -> Echo {
-    let echo = Echo::start("slow", "default");
+/// Function `slow`, whose requests wait until the test releases them.
+fn slow_function(dir: &std::path::Path) -> GatedFunction {
+    let function = GatedFunction::start();
     write_atomically(dir, "fn.yaml", &function_yaml("default", "slow", ""));
     write_atomically(
         dir,
         "slice.yaml",
-        &endpoint_slice("default", "slow", &[echo.addr], true),
+        &endpoint_slice("default", "slow", &[function.addr], true),
     );
-    echo
+    function
 }
 
 fn get_on_thread(
@@ -33,7 +34,7 @@ fn get_on_thread(
 #[test]
 fn sigterm_finishes_requests_in_flight_refuses_new_connections_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let _echo = slow_function(dir.path());
+    let function = slow_function(dir.path());
     let mut gate = Fngate::start_with(dir.path(), "shutdown:\n  drain: 30s\n");
 
     // A keep-alive connection left idle between requests.
@@ -49,13 +50,14 @@ fn sigterm_finishes_requests_in_flight_refuses_new_connections_and_exits_zero() 
     let first = read_response(&mut idle, false).unwrap();
     assert_eq!(first.status, 200);
 
+    // These wait at the function until the test releases them.
     let n = 4;
     let in_flight: Vec<_> = (0..n)
-        .map(|i| get_on_thread(gate.http, SLOW_HOST, format!("/work/{i}?delay=2s")))
+        .map(|i| get_on_thread(gate.http, SLOW_HOST, format!("/hold/{i}")))
         .collect();
     gate.wait_until(
-        || gate.metric("fngate_requests_in_flight") == n as f64,
-        "every request in flight",
+        || gate.metric("fngate_requests_in_flight") == n as f64 && function.arrived() == n + 1,
+        "every request in flight at the function",
     );
     gate.terminate();
 
@@ -83,6 +85,7 @@ fn sigterm_finishes_requests_in_flight_refuses_new_connections_and_exits_zero() 
 
     // Every request in flight at the signal gets its whole answer, and its connection
     // is closed after it.
+    function.release();
     for (i, client) in in_flight.into_iter().enumerate() {
         let response = client
             .join()
@@ -91,7 +94,7 @@ fn sigterm_finishes_requests_in_flight_refuses_new_connections_and_exits_zero() 
         assert_eq!(response.status, 200, "request {i}");
         assert_eq!(
             response.json()["path"],
-            format!("/work/{i}?delay=2s"),
+            format!("/hold/{i}"),
             "request {i} reached the function and came back whole"
         );
         assert_eq!(response.header("connection"), Some("close"), "request {i}");
@@ -109,7 +112,7 @@ fn a_request_held_at_sigterm_is_released_when_its_function_starts_during_the_dra
         "shutdown:\n  drain: 30s\nactivator:\n  hold_timeout: 60s\n",
     );
     let held = get_on_thread(gate.http, COLD_HOST, "/held".into());
-    gate.wait_until(|| gate.metric(COLD_WAITING) == 1.0, "the request held");
+    gate.wait_until(|| gate.metric_opt(COLD_WAITING) == Some(1.0), "the request held");
     gate.terminate();
     gate.wait_until(
         || admin_get(gate.admin, "/readyz").is_ok_and(|r| r.status == 503),
@@ -133,7 +136,7 @@ fn a_request_still_held_at_the_drain_deadline_gets_503_with_retry_after() {
         "shutdown:\n  drain: 2s\nactivator:\n  hold_timeout: 120s\n",
     );
     let held = get_on_thread(gate.http, COLD_HOST, "/held".into());
-    gate.wait_until(|| gate.metric(COLD_WAITING) == 1.0, "the request held");
+    gate.wait_until(|| gate.metric_opt(COLD_WAITING) == Some(1.0), "the request held");
     gate.terminate();
     let response = held
         .join()
@@ -150,20 +153,43 @@ fn a_request_still_held_at_the_drain_deadline_gets_503_with_retry_after() {
 
 #[test]
 fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_the_drain() {
-    // The function of a request in flight calls fngate's Dapr API (state, publish) before
-    // it answers: that API outlives the proxied requests.
+    // The function of a request in flight saves state and publishes before it answers:
+    // the Dapr API outlives the proxied requests.
+    let redis = common::redis_server::Redis::start();
+    let subject = unique("fngate-drain.");
+    let stream_name = unique("FNGATE_DRAIN_").replace('.', "_");
     let dir = tempfile::tempdir().unwrap();
-    let _echo = slow_function(dir.path());
+    let function = slow_function(dir.path());
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: slow-token\n  namespace: default\nstringData:\n  token: tok-slow\n---\n{}    annotations:\n      dapr.io/api-token-secret: slow-token\n    states:\n      cart:\n        spec:\n          type: state.redis\n          version: v1\n          metadata:\n            - name: redisHost\n              value: {}\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: bus\n  namespace: default\nspec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n    - name: natsURL\n      value: nats://127.0.0.1:4222\n",
+            function_yaml("default", "slow", ""),
+            redis.addr()
+        ),
+    );
+    let nats = tokio::runtime::Runtime::new().unwrap();
+    let stream = nats.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    });
     let dapr_http = free_port();
     let mut gate = Fngate::start_full(
         dir.path(),
         &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
         "shutdown:\n  drain: 30s\n",
     );
-    let in_flight = get_on_thread(gate.http, SLOW_HOST, "/work?delay=2s".into());
+    let in_flight = get_on_thread(gate.http, SLOW_HOST, "/hold".into());
     gate.wait_until(
-        || gate.metric("fngate_requests_in_flight") == 1.0,
-        "the request in flight",
+        || gate.metric("fngate_requests_in_flight") == 1.0 && function.arrived() == 1,
+        "the request in flight at the function",
     );
     gate.terminate();
     gate.wait_until(
@@ -173,11 +199,45 @@ fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_th
         },
         "the proxy listener closed",
     );
+    assert_eq!(gate.metric("fngate_draining"), 1.0);
     let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
-    let answer = request(dapr, "GET", "localhost", "/v1.0/healthz", &[], b"")
-        .expect("the Dapr API still answers while a request is in flight");
-    assert_eq!(answer.status, 204);
-    assert_eq!(in_flight.join().unwrap().unwrap().status, 200);
+    let token = [("dapr-api-token", "tok-slow")];
+    let saved = request(
+        dapr,
+        "POST",
+        "localhost",
+        "/v1.0/state/cart",
+        &token,
+        br#"[{"key":"during-drain","value":"kept"}]"#,
+    )
+    .expect("the Dapr API still answers while a request is in flight");
+    assert_eq!(saved.status, 204, "{}", String::from_utf8_lossy(&saved.body));
+    let read = request(dapr, "GET", "localhost", "/v1.0/state/cart/during-drain", &token, b"").unwrap();
+    assert_eq!((read.status, &read.body[..]), (200, &br#""kept""#[..]));
+    let published = request(
+        dapr,
+        "POST",
+        "localhost",
+        &format!("/v1.0/publish/bus/{subject}"),
+        &token,
+        b"published while draining",
+    )
+    .unwrap();
+    assert_eq!(published.status, 204, "{}", String::from_utf8_lossy(&published.body));
+    let message = nats.block_on(async {
+        stream.get_last_raw_message_by_subject(&subject).await.unwrap()
+    });
+    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(event["data"], "published while draining");
+
+    // The function answers: the request in flight comes back whole, and then fngate exits.
+    function.release();
+    let answer = in_flight.join().unwrap().unwrap();
+    assert_eq!((answer.status, answer.json()["path"].as_str()), (200, Some("/hold")));
     let status = gate.wait_exit();
     assert!(status.success(), "{status}");
+    nats.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+        let _ = js.delete_stream(&stream_name).await;
+    });
 }

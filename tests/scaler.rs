@@ -41,6 +41,17 @@ fn webhook_receiver() -> (std::net::SocketAddr, mpsc::Receiver<serde_json::Value
     (addr, rx)
 }
 
+/// A KEDA-side client of fngate's scaler listener, once it accepts (within 10 s).
+async fn connect_scaler(port: u16) -> ExternalScalerClient<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Ok(c) = ExternalScalerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the scaler listener did not come up within 10 s");
+}
+
 fn scaled_object() -> ScaledObjectRef {
     ScaledObjectRef {
         name: "cold-scaler".into(),
@@ -61,17 +72,7 @@ fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the
         &format!("activator:\n  webhook: http://{hook}/scale\n"),
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut client = rt.block_on(async {
-        for _ in 0..200 {
-            if let Ok(c) =
-                ExternalScalerClient::connect(format!("http://127.0.0.1:{scaler_port}")).await
-            {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the scaler listener did not come up");
-    });
+    let mut client = rt.block_on(connect_scaler(scaler_port));
     let mut stream = rt
         .block_on(client.stream_is_active(scaled_object()))
         .unwrap()
@@ -142,7 +143,7 @@ fn keda_sees_the_function_active_while_a_request_waits_and_the_webhook_hears_the
         ) >= 1.0
     );
     gate.wait_until(
-        || gate.metric("fngate_scale_signals_total{function=\"cold\",namespace=\"default\",via=\"webhook\"}") == 1.0,
+        || gate.metric_opt("fngate_scale_signals_total{function=\"cold\",namespace=\"default\",via=\"webhook\"}") == Some(1.0),
         "the webhook counted",
     );
 }
@@ -188,23 +189,18 @@ fn an_event_backlog_for_a_function_at_zero_makes_it_active_for_keda() {
         scaler_metadata: Default::default(),
     };
     rt.block_on(async {
-        let mut client = loop {
-            if let Ok(c) =
-                ExternalScalerClient::connect(format!("http://127.0.0.1:{scaler_port}")).await
-            {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let mut client = connect_scaler(scaler_port).await;
         let mut stream = client
             .stream_is_active(object.clone())
             .await
             .unwrap()
             .into_inner();
-        assert!(
-            !stream.message().await.unwrap().unwrap().result,
-            "idle before any event"
-        );
+        let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("StreamIsActive sends the current state at once")
+            .unwrap()
+            .unwrap();
+        assert!(!first.result, "idle before any event");
         js.publish(subject.clone(), "wake up".into())
             .await
             .unwrap()

@@ -301,10 +301,20 @@ mod tests {
 
     #[test]
     fn keys_land_on_the_partitions_saramas_hash_partitioner_picks() {
-        // FNV-1a 32 of "a" is 0xe40c292c: negative as int32 (-468965076).
-        assert_eq!(sarama_partition(b"a", 3), 468965076 % 3);
-        // Of "foo": 0xa9f37ed7 = -1443660073 as int32; Go's % keeps the sign: -3 -> 3.
-        assert_eq!(sarama_partition(b"foo", 10), 3);
-        assert_eq!(sarama_partition(b"", 5), (0x811c9dc5u32 as i32 % 5).abs());
+        // Expected values computed apart from this code (FNV-1a 32 in Python, then Go's
+        // int32 cast, truncating % and sign flip): key, partitions, partition.
+        for (key, partitions, want) in [
+            (&b"a"[..], 10, 6), // 0xe40c292c = -468965076 as int32
+            (&b"a"[..], 7, 6),
+            (&b"foo"[..], 10, 3), // 0xa9f37ed7 = -1443660073
+            (&b"foo"[..], 7, 2),
+            (&b""[..], 10, 5), // the offset basis 0x811c9dc5 = -2128831035
+            (&b"key-0"[..], 10, 7), // 0x58e035d9, positive
+            (&b"key-1"[..], 7, 1),
+            (&b"order-42"[..], 3, 2),
+            (&b"b"[..], 10, 9),
+        ] {
+            assert_eq!(sarama_partition(key, partitions), want, "{key:?} of {partitions}");
+        }
     }
 }

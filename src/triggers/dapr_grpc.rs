@@ -501,6 +501,10 @@ mod tests {
     use dapr::dapr::proto::runtime::v1::{topic_event_bulk_request_entry, TopicEventBulkRequest};
     use prost::Message;
 
+    /// The id of the test event's broker position `orders/0/7`: sha256 of it, first 16
+    /// bytes as hex, shaped 8-4-4-4-12 with version nibble 4 and variant nibble a.
+    const POSITION_ID: &str = "97b7d330-3b29-4da7-aceb-f40175ed469c";
+
     /// The prost form of a JSON object, built independently of the wire writer.
     fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
         prost_types::Struct {
@@ -531,7 +535,8 @@ mod tests {
         let request =
             dapr::dapr::proto::runtime::v1::TopicEventRequest::decode(&wire_form[..]).unwrap();
         let wrapped = raw.cloud_event(&spec());
-        assert_eq!(request.id, wrapped.id);
+        // sha256("orders/0/7") as a v4-shaped UUID, computed outside this code.
+        assert_eq!(request.id, POSITION_ID);
         assert_eq!(request.source, "Dapr");
         assert_eq!(request.r#type, "com.dapr.event.sent");
         assert_eq!(request.spec_version, "1.0");
@@ -589,11 +594,11 @@ mod tests {
     fn a_bulk_request_written_to_the_wire_decodes_as_the_request_dapr_sends() {
         let mut raw = event(b"\x00\x01hello");
         raw.metadata = broker_metadata();
-        let already = event(
+        let mut already = event(
             br#"{"specversion":"1.0","id":"abc","source":"shop","type":"order.created","data":{"n":1},"nested":{"a":[1,null,true]}}"#,
         );
+        already.position = "orders/0/8".into();
         let entries = vec![bulk_entry(&raw, &spec()), bulk_entry(&already, &spec())];
-        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut wire_form = Vec::new();
         WireRequest::bulk("orders", "ps", "/orders", entries).write_to(&mut wire_form);
 
@@ -608,7 +613,7 @@ mod tests {
         assert_eq!(request.entries.len(), 2);
 
         let first = &request.entries[0];
-        assert_eq!(first.entry_id, ids[0]);
+        assert_eq!(first.entry_id, POSITION_ID);
         assert_eq!(first.content_type, "application/cloudevents+json");
         assert_eq!(first.metadata["__key"], "k1");
         assert_eq!(first.metadata["__offset"], "7");
@@ -620,7 +625,7 @@ mod tests {
             panic!("a CloudEvent entry")
         };
         let wrapped = raw.cloud_event(&spec());
-        assert_eq!(ce.id, wrapped.id);
+        assert_eq!(ce.id, POSITION_ID);
         assert_eq!(ce.source, "Dapr");
         assert_eq!(ce.r#type, "com.dapr.event.sent");
         assert_eq!(ce.spec_version, "1.0");
@@ -633,7 +638,10 @@ mod tests {
         );
 
         let second = &request.entries[1];
-        assert_eq!(second.entry_id, ids[1]);
+        assert_eq!(
+            second.entry_id, "057f2f71-b3f7-43e7-ad4a-d602f3da668a",
+            "an unpacked CloudEvent's entry id is its position's, not its own id"
+        );
         assert!(second.metadata.is_empty());
         let Some(topic_event_bulk_request_entry::Event::CloudEvent(ce)) = &second.event else {
             panic!("a CloudEvent entry")

@@ -6,6 +6,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -144,9 +145,9 @@ impl Kafka {
         });
     }
 
-    /// Payloads in `topic`, read from the start by a fresh consumer group.
-    pub fn read_all(&self, topic: &str, expected: usize) -> Vec<String> {
-        self.read_records(topic, expected)
+    /// Payloads in `topic`, as `read_records` reads them.
+    pub fn read_all(&self, topic: &str, at_least: usize) -> Vec<String> {
+        self.read_records(topic, at_least)
             .into_iter()
             .map(|r| String::from_utf8_lossy(&r.payload.unwrap_or_default()).into_owned())
             .collect()
@@ -171,8 +172,10 @@ pub struct Record {
 }
 
 impl Kafka {
-    /// Records in `topic`, read from the start by a fresh consumer group.
-    pub fn read_records(&self, topic: &str, expected: usize) -> Vec<Record> {
+    /// Records in `topic`, read from the start by a fresh consumer group: once at least
+    /// `at_least` have arrived (within 60 s), everything up to the end of every partition
+    /// at that moment, so a duplicate or an extra record after them is seen too.
+    pub fn read_records(&self, topic: &str, at_least: usize) -> Vec<Record> {
         self.rt.block_on(async {
             let consumer: StreamConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &self.brokers)
@@ -182,28 +185,48 @@ impl Kafka {
                 .unwrap();
             consumer.subscribe(&[topic]).unwrap();
             let mut out = Vec::new();
+            // Per partition: the offset after the last record read.
+            let mut next: HashMap<i32, i64> = HashMap::new();
+            // Per partition: (low, high) watermarks, taken once `at_least` are read.
+            let mut end: Option<HashMap<i32, (i64, i64)>> = None;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while out.len() < expected {
+            loop {
+                if end.is_none() && out.len() >= at_least {
+                    end = Some(watermarks(&consumer, topic));
+                }
+                if let Some(end) = &end {
+                    let at_end = end
+                        .iter()
+                        .all(|(p, (low, high))| next.get(p).copied().unwrap_or(*low) >= *high);
+                    if at_end {
+                        break;
+                    }
+                }
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => out.push(Record {
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        partition: m.partition(),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers: m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|h| {
-                                        (
-                                            h.key.to_owned(),
-                                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                    Ok(Ok(m)) => {
+                        next.insert(m.partition(), m.offset() + 1);
+                        out.push(Record {
+                            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                            partition: m.partition(),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|h| {
+                                            (
+                                                h.key.to_owned(),
+                                                String::from_utf8_lossy(
+                                                    h.value.unwrap_or_default(),
+                                                )
                                                 .into_owned(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    }),
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        })
+                    }
                     Ok(Err(_)) => {}
                     Err(_) => break,
                 }
@@ -211,4 +234,27 @@ impl Kafka {
             out
         })
     }
+}
+
+/// Every partition of `topic` with its low and high watermark.
+fn watermarks(consumer: &StreamConsumer, topic: &str) -> HashMap<i32, (i64, i64)> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    assert!(!partitions.is_empty(), "{topic} has no partitions");
+    partitions
+        .into_iter()
+        .map(|p| {
+            let marks = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, marks)
+        })
+        .collect()
 }

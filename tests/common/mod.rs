@@ -14,12 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on, never the same twice in this process, and outside the
+/// A port nothing listens on, never handed to two test processes at once, and outside the
 /// kernel's ephemeral range (32768-60999): a port from `bind(:0)` could be handed to a
 /// concurrent test too, or become some outgoing connection's local port, before the
-/// process meant to listen on it binds it.
+/// process meant to listen on it binds it. The test runner runs tests in processes side by
+/// side: each port is claimed by a lock on a file of its own, held until this process ends
+/// (the kernel lets go of it when the process dies, however it dies).
 pub fn free_port() -> u16 {
-    static STATE: Mutex<(u64, Vec<u16>)> = Mutex::new((0, Vec::new()));
+    static STATE: Mutex<(u64, Vec<std::fs::File>)> = Mutex::new((0, Vec::new()));
     let mut state = STATE.lock().unwrap();
     if state.0 == 0 {
         let nanos = std::time::SystemTime::now()
@@ -28,19 +30,22 @@ pub fn free_port() -> u16 {
             .as_nanos() as u64;
         state.0 = nanos ^ (u64::from(std::process::id()) << 32) | 1;
     }
+    let claims = std::env::temp_dir().join("fngate-test-ports");
+    std::fs::create_dir_all(&claims).unwrap();
     loop {
-        // xorshift: a different sequence per process, so test binaries do not collide.
+        // xorshift: a different sequence per process.
         let mut x = state.0;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         state.0 = x;
         let port = 20_000 + (x % 12_000) as u16;
-        if state.1.contains(&port) {
-            continue;
+        let claim = std::fs::File::create(claims.join(port.to_string())).unwrap();
+        if claim.try_lock().is_err() {
+            continue; // this process or another one has it
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            state.1.push(port);
+            state.1.push(claim);
             return port;
         }
     }
@@ -700,13 +705,36 @@ impl Fngate {
         serde_json::from_slice(&r.body).expect("/triggers is JSON")
     }
 
-    /// The value of the first metric line starting with `prefix` (name and labels), or 0.
-    pub fn metric(&self, prefix: &str) -> f64 {
+    /// The value of the first metric line starting with `prefix` (name and labels), or
+    /// None while no such series is exported (for waits on a series still to appear).
+    pub fn metric_opt(&self, prefix: &str) -> Option<f64> {
         self.metrics()
             .lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// The value of a series that must be exported: an absent one (a renamed metric or
+    /// label) fails the test instead of reading as 0.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metric_opt(prefix)
+            .unwrap_or_else(|| panic!("no metric series {prefix}… is exported"))
+    }
+
+    /// A counter series never incremented is not exported: 0 then, but only while its
+    /// metric family is (so a renamed metric still fails).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn metric_or_zero(&self, prefix: &str) -> f64 {
+        let family = prefix.split(['{', ' ']).next().unwrap();
+        let text = self.metrics();
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "metric family {family} is not exported at all"
+        );
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     }
 
@@ -867,5 +895,105 @@ impl DaprGate {
             headers.push(("dapr-api-token", t));
         }
         request(self.http, method, "", path, &headers, body).expect("HTTP API answers")
+    }
+}
+
+/// A venv with the Python packages of `tests/python/requirements.txt` (the official Dapr
+/// Python SDK and grpcio), made once under the target folder; its python.
+#[allow(dead_code)] // not every test binary uses it
+pub fn python_venv() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    let python = venv.join("bin").join("python");
+    let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
+    let marker = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(requirements).unwrap();
+    // Test processes run side by side: one makes the venv, the others wait for it.
+    std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lock = std::fs::File::create(venv.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "-r", requirements])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install -r {requirements} failed");
+        std::fs::write(&marker, wanted).unwrap();
+    }
+    python
+}
+
+/// A function that answers only when the test lets it: a real HTTP/1.1 server that reads
+/// each request, counts it, and answers `{"path": …}` (then `Connection: close`) — a request
+/// whose path starts with `/hold` only once `release` is called. Replaces a fixed `?delay=`
+/// as the window in which a test acts.
+#[allow(dead_code)] // not every test binary uses it
+pub struct GatedFunction {
+    pub addr: SocketAddr,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+#[allow(dead_code)]
+impl GatedFunction {
+    pub fn start() -> GatedFunction {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (count, open) = (arrived.clone(), gate.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (count, open) = (count.clone(), open.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = first.split(' ').nth(1).unwrap_or("").to_owned();
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if path.starts_with("/hold") {
+                        let (released, cv) = &*open;
+                        let mut released = released.lock().unwrap();
+                        while !*released {
+                            released = cv.wait(released).unwrap();
+                        }
+                    }
+                    let body = serde_json::json!({ "path": path }).to_string();
+                    let mut conn = conn;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        GatedFunction { addr, arrived, gate }
+    }
+
+    /// Requests that reached the function.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers every `/hold` request held, and every one still to come.
+    pub fn release(&self) {
+        let (released, cv) = &*self.gate;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
     }
 }
