@@ -9,7 +9,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 build() {
-  "$ROOT/scripts/setup.sh"
+  "$ROOT/scripts/setup.sh" --bench
   (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo --example bare_pingora >/dev/null 2>&1)
   FNGATE="$ROOT/target/release/fngate"
   ECHO="$ROOT/target/release/examples/echo"

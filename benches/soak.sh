@@ -9,8 +9,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECONDS_TO_RUN="${1:-1800}"
 cd "$ROOT"
-scripts/setup.sh
-scripts/install-tansu.sh
+scripts/setup.sh --bench
+scripts/install-tansu.sh --release
 scripts/services.sh
 cargo build --release --locked --bin fngate --examples >/dev/null
 SOAK_PIN=1 cargo bench --locked --bench soak -- "$SECONDS_TO_RUN" | tee target/soak/report.txt

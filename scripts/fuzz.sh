@@ -3,10 +3,13 @@
 # toolchain) for FUZZ_SECONDS each (default 60), starting from the committed corpus in
 # fuzz/corpus/<target>. New inputs go to a scratch copy (target/fuzz-corpus/<target>);
 # `FUZZ_KEEP=1` merges them back into the committed corpus. A crash fails the run and
-# leaves its input in fuzz/artifacts/<target>/ — turn it into a regression test.
+# leaves its input in fuzz/artifacts/<target>/ — turn it into a regression test. Each
+# target's check is fuzz/checks/<target>.rs, which `cargo test` (tests/fuzz_corpus.rs)
+# also replays over the committed corpus. dapr_http needs Redis (scripts/services.sh).
 #   scripts/fuzz.sh [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/services.sh
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 seconds="${FUZZ_SECONDS:-60}"

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building and testing fngate needs on a fresh Debian machine:
-# cmake, a C toolchain, perl and OpenSSL headers for pingora; curl and openssl for the
-# TLS test; nginx, haproxy, wrk and h2load (nghttp2-client) for the proxy benchmarks;
-# nats-server for the event-trigger
-# tests; protoc for the KEDA external scaler's proto; redis-server for the Dapr state tests
-# (each starts its own); PostgreSQL and MariaDB for the SQL state-store tests (the machine's
-# servers, and private instances for the tests that restart one). Skips apt when all are
-# present.
+# Installs what building and testing fngate needs on a fresh Debian machine: cmake, a C
+# toolchain, perl and OpenSSL headers for pingora; protoc for the KEDA external scaler's
+# proto; curl and openssl for the TLS tests; nats-server, redis-server, PostgreSQL and
+# MariaDB for the event-trigger and Dapr state tests (the machine's servers, and private
+# instances for the tests that restart one); python3-venv for the tests that drive the
+# official Python Dapr SDK and grpcio. `--bench` adds what only the benchmarks use: nginx,
+# haproxy, wrk and h2load (nghttp2-client). Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nginx-light haproxy nghttp2-client wrk nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client)
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(nginx-light haproxy nghttp2-client wrk)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
