@@ -128,8 +128,12 @@ impl PlanSwap {
     /// exist yet when watching started) cannot leave a stale plan for long.
     pub async fn follow_dir(mut self, mut catalog: DirCatalog, debounce: Duration) {
         const RESYNC_EVERY: Duration = Duration::from_secs(10);
+        // A folder that does not exist yet is looked for this often, so creating it is
+        // followed as promptly as an edit (a missing folder costs nothing to scan).
+        const WATCH_RETRY: Duration = Duration::from_secs(1);
         let signal = Arc::new(Notify::new());
         let mut watch = None;
+        let mut watch_failed = false;
         let mut freed = FreedMemory {
             owed: self.swap_in(&catalog.scan()),
         };
@@ -140,12 +144,17 @@ impl PlanSwap {
                 match catalog.watch(signal.clone()) {
                     Ok(w) => {
                         watch = Some(w);
+                        if watch_failed {
+                            tracing::info!(dir = %catalog.dir().display(), "watching catalog directory");
+                        }
                         // Changes made before the watch existed.
                         signal.notify_one();
                     }
-                    Err(e) => {
-                        tracing::warn!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory yet; rescanning every 10s")
+                    Err(e) if !watch_failed => {
+                        watch_failed = true;
+                        tracing::warn!(dir = %catalog.dir().display(), error = %e, "cannot watch catalog directory yet; looking for it every second")
                     }
+                    Err(_) => {}
                 }
             }
             tokio::select! {
@@ -154,6 +163,7 @@ impl PlanSwap {
                     while tokio::time::timeout(debounce, signal.notified()).await.is_ok() {}
                 }
                 _ = resync.tick() => {}
+                _ = tokio::time::sleep(WATCH_RETRY), if watch.is_none() => {}
             }
             freed.owed |= self.swap_in(&catalog.scan());
         }

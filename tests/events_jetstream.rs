@@ -500,7 +500,7 @@ fn a_broker_restart_loses_nothing() {
         "fn.yaml",
         &[
             format!(
-                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - name: natsURL\n      value: {}\n",
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: ps\nspec:\n  type: pubsub.jetstream\n  metadata:\n    - name: natsURL\n      value: {}\n    - name: ackWait\n      value: 2s\n",
                 nats.url()
             ),
             dapr_function_yaml("restart", "ps", Some("restart.events"), "grpc", app.addr.port(), ""),
@@ -510,6 +510,8 @@ fn a_broker_restart_loses_nothing() {
     );
     let gate = Fngate::start(dir.path());
     app.wait_for("the first batch", |e| accepted_data(e).len() >= 100);
+    // Killed: acks not yet synced to its store are lost, and those events come again
+    // once the 2 s ackWait (see `component`) has passed.
     nats.restart();
     gate.wait_until(
         || gate.metric_opt("fngate_broker_connected{broker=\"jetstream\",function=\"restart\"") == Some(1.0),
