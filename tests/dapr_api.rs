@@ -739,16 +739,7 @@ scopes:
     let gate = DaprGate::start(dir.path());
     let mut c = gate.client();
     let nats_rt = tokio::runtime::Runtime::new().unwrap();
-    let stream = nats_rt.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-    });
+    let stream = nats_rt.block_on(common::jetstream_stream(&stream_name, &subject));
     gate.rt.block_on(async {
         c.publish_event(with_token(
             rt::PublishEventRequest {
@@ -975,17 +966,7 @@ fn the_official_python_sdk_works_against_fngate() {
     let dir = catalog(&redis, &extra);
     let gate = DaprGate::start(dir.path());
     let nats_rt = tokio::runtime::Runtime::new().unwrap();
-    let js = nats_rt.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
-    });
+    let mut stream = nats_rt.block_on(common::jetstream_stream(&stream_name, &subject));
     let out = Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -1008,8 +989,8 @@ fn the_official_python_sdk_works_against_fngate() {
     // What the SDK wrote is in Dapr's layout; what it published is in the stream.
     assert_eq!(redis.hash("orders-shop||py-b")["data"], b"B");
     let published = nats_rt.block_on(async {
-        let mut stream = js.get_stream(&stream_name).await.unwrap();
         let n = stream.info().await.unwrap().state.messages;
+        let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
         let _ = js.delete_stream(&stream_name).await;
         n
     });

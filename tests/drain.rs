@@ -170,16 +170,7 @@ fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_th
         ),
     );
     let nats = tokio::runtime::Runtime::new().unwrap();
-    let stream = nats.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-    });
+    let stream = nats.block_on(common::jetstream_stream(&stream_name, &subject));
     let dapr_http = free_port();
     let mut gate = Fngate::start_full(
         dir.path(),

@@ -997,3 +997,21 @@ impl GatedFunction {
         cv.notify_all();
     }
 }
+
+/// A JetStream stream of the test's own on the machine's NATS (127.0.0.1:4222), capturing
+/// `subject`, to read back what fngate published.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn jetstream_stream(name: &str, subject: &str) -> async_nats::jetstream::stream::Stream {
+    let js = async_nats::jetstream::new(
+        async_nats::connect("127.0.0.1:4222")
+            .await
+            .expect("NATS on 127.0.0.1:4222 (scripts/services.sh)"),
+    );
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
