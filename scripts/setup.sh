@@ -8,7 +8,7 @@
 # haproxy, wrk and h2load (nghttp2-client). Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client python3-venv)
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light haproxy nghttp2-client wrk)
 fi
