@@ -428,15 +428,21 @@ fn a_replica_stopped_for_good_mid_stream_hands_its_partitions_over_and_loses_not
     drop(b);
 }
 
-/// `fngate run` with `settings` appended to a minimal settings file; its exit code and stderr,
-/// or None if it is still running after it had time to claim its identity.
-fn run_briefly(dir: &std::path::Path, settings: &str, pod: Option<&str>) -> Option<(i32, String)> {
+/// `fngate run` with `settings` appended to a minimal settings file: `Err` with its exit
+/// code and stderr when it refuses to start, `Ok` with the running process (killed when
+/// dropped) once its admin listener answers, which it opens only after claiming its
+/// identity.
+fn start_or_refusal(
+    dir: &std::path::Path,
+    settings: &str,
+    pod: Option<&str>,
+) -> Result<KillOnDrop, (i32, String)> {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let file = dir.join(format!("{}.yaml", unique("settings")));
     std::fs::write(
         &file,
         format!(
-            "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  dapr_grpc: \"\"\n  dapr_http: \"\"\ncatalog:\n  dir: {}\n{settings}",
-            free_port(),
+            "listen:\n  http: 127.0.0.1:{}\n  admin: {admin}\n  dapr_grpc: \"\"\n  dapr_http: \"\"\ncatalog:\n  dir: {}\n{settings}",
             free_port(),
             dir.display()
         ),
@@ -451,24 +457,33 @@ fn run_briefly(dir: &std::path::Path, settings: &str, pod: Option<&str>) -> Opti
     if let Some(pod) = pod {
         cmd.env("POD_NAME", pod);
     }
-    let mut child = cmd.spawn().unwrap();
-    for _ in 0..100 {
-        if let Some(status) = child.try_wait().unwrap() {
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read as _;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return Some((status.code().unwrap_or(-1), err));
+            child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return Err((status.code().unwrap_or(-1), err));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        if admin_get(admin, "/healthz").is_ok_and(|r| r.status == 200) {
+            return Ok(child);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fngate neither exited nor opened its admin listener in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -476,8 +491,9 @@ fn two_live_processes_cannot_claim_one_kafka_instance_id() {
     let dir = tempfile::tempdir().unwrap();
     let settings = instance_settings("twin");
     let first = Fngate::start_with(dir.path(), &settings);
-    let (code, stderr) =
-        run_briefly(dir.path(), &settings, None).expect("the second process refuses to start");
+    let Err((code, stderr)) = start_or_refusal(dir.path(), &settings, None) else {
+        panic!("the second process started")
+    };
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("events.kafka_instance_id")
@@ -487,17 +503,17 @@ fn two_live_processes_cannot_claim_one_kafka_instance_id() {
     );
     // Gone (even killed), its identity is free for the replica that replaces it.
     first.kill_hard();
-    assert!(
-        run_briefly(dir.path(), &settings, None).is_none(),
-        "the replacement keeps running"
-    );
+    if let Err((code, stderr)) = start_or_refusal(dir.path(), &settings, None) {
+        panic!("the replacement was refused ({code}): {stderr}");
+    }
     // Under Kubernetes a fixed id in the shared settings file would be every replica's.
-    let (code, stderr) = run_briefly(
+    let Err((code, stderr)) = start_or_refusal(
         dir.path(),
         "events:\n  kafka_instance_id: fixed\n",
         Some("gw-7"),
-    )
-    .expect("refused at start");
+    ) else {
+        panic!("a fixed id under Kubernetes was accepted")
+    };
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("events.kafka_instance_id") && stderr.contains("gw-7"),
