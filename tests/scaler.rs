@@ -6,40 +6,7 @@ mod common;
 use common::*;
 use fngate::activator::scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use fngate::activator::scaler::ExternalScalerClient;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::mpsc;
 use std::time::Duration;
-
-/// A real HTTP server that records the bodies POSTed to it.
-fn webhook_receiver() -> (std::net::SocketAddr, mpsc::Receiver<serde_json::Value>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            if let Ok(v) = serde_json::from_slice(&body) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (addr, rx)
-}
 
 /// A KEDA-side client of fngate's scaler listener, once it accepts (within 10 s).
 async fn connect_scaler(port: u16) -> ExternalScalerClient<tonic::transport::Channel> {

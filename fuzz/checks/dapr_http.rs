@@ -121,7 +121,7 @@ fn request(u: &mut Unstructured) -> Result<Option<(http::Request<http_body_util:
         return Ok(None);
     };
     let mut builder = http::Request::builder().method(method).uri(uri);
-    let authorized = token % 4 != 0;
+    let authorized = !token.is_multiple_of(4);
     if authorized {
         builder = builder.header("dapr-api-token", "tok-fuzz");
     } else if token % 8 == 4 {

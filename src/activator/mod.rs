@@ -352,6 +352,11 @@ impl Activator {
     /// Counts something waiting for function `namespace/name` to get an endpoint (a held
     /// request, or an event consumer paused with a backlog) until the guard drops. The
     /// first waiter is the edge the platform must hear about at once.
+    /// `activator.hold_timeout`: how long anything may wait for a function to be ready.
+    pub fn hold_timeout(&self) -> Duration {
+        self.limits.timeout
+    }
+
     pub fn waiter(&self, namespace: &str, name: &str) -> Waiter {
         let activity = self.activity(namespace, name);
         let first = activity.waiting.fetch_add(1, Ordering::SeqCst) == 0;

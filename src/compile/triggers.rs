@@ -8,7 +8,7 @@ use crate::api::{
     ObjectKind, ParsedObject, Secret,
 };
 use crate::plan::{
-    AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
+    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
     KafkaAuth, KafkaSource, ServiceKey, SourceSpec, TriggerKey, TriggerKind, TriggerSet,
     TriggerSpec,
 };
@@ -370,13 +370,15 @@ fn compile_trigger(
                     .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
             }
         }
+        "bindings.cron" => cron(&mut meta, function, report)
+            .map(|c| (TriggerKind::Binding, SourceSpec::Cron(c.0), c.1)),
         other => {
             // A valid Dapr component fngate does not consume (cron, MQTT...): reported,
             // not an error, so the rest of the Function still serves.
             report.on(
                 &origin,
                 Diagnostic::warning(format!(
-                    "component type {other:?} is not run by fngate; it reads bindings.kafka, pubsub.kafka and pubsub.jetstream"
+                    "component type {other:?} is not run by fngate; it reads bindings.kafka, bindings.cron, pubsub.kafka and pubsub.jetstream"
                 ))
                 .at_field(if object.is_some() { "spec.type".to_owned() } else { origin.metadata_field.replace(".metadata", ".type") }),
             );
@@ -411,6 +413,36 @@ fn compile_trigger(
             policy,
         },
     )]
+}
+
+/// `bindings.cron`: its schedule, checked as daprd's parser would; the trigger's key
+/// topic is the schedule.
+fn cron(
+    meta: &mut Metadata<'_>,
+    function: &Function,
+    report: &mut Report<'_>,
+) -> Option<(CronSource, String)> {
+    let Some(schedule) = meta.take("schedule") else {
+        meta.error("schedule", "bindings.cron needs a schedule".into(), report);
+        return None;
+    };
+    if let Err(e) = crate::triggers::parse_schedule(&schedule) {
+        meta.error("schedule", format!("invalid schedule {schedule:?}: {e}"), report);
+        return None;
+    }
+    // A bad annotation is reported by the route compile; here it just falls back.
+    let hold_timeout = function
+        .metadata
+        .annotations
+        .get(super::HOLD_TIMEOUT_ANNOTATION)
+        .and_then(|v| crate::api::parse_duration(v).ok().flatten());
+    Some((
+        CronSource {
+            schedule: schedule.clone(),
+            hold_timeout,
+        },
+        schedule,
+    ))
 }
 
 /// Unique per replica and per trigger (two triggers of one process may share a consumer

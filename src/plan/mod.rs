@@ -9,7 +9,7 @@ pub use runtime::{
     PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, StateBackend, StateComponent,
 };
 pub use triggers::{
-    AppProtocol, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
+    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
     KafkaAuth, KafkaSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
     TriggerSpec,
 };

@@ -55,6 +55,19 @@ pub enum TriggerKind {
 pub enum SourceSpec {
     Kafka(KafkaSource),
     Jetstream(JetstreamSource),
+    Cron(CronSource),
+}
+
+/// `bindings.cron`: a tick on every occurrence of `schedule` (robfig/cron syntax, checked
+/// when compiled).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronSource {
+    pub schedule: String,
+    /// How long a tick waits for a function with no ready endpoint before it counts as
+    /// missed: the Function's `fngate.io/hold-timeout`, else `activator.hold_timeout`.
+    #[serde(with = "opt_secs")]
+    pub hold_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -250,7 +263,7 @@ impl TriggerSpec {
     pub fn source_max_deliver(&self) -> Option<i64> {
         match &self.source {
             SourceSpec::Jetstream(j) => j.max_deliver.filter(|m| *m > 0),
-            SourceSpec::Kafka(_) => None,
+            SourceSpec::Kafka(_) | SourceSpec::Cron(_) => None,
         }
     }
 }

@@ -71,6 +71,11 @@ pub mod event_outcome {
     pub const DEAD_LETTER: &str = "dead_letter";
     /// The function did not subscribe to this binding/topic.
     pub const NOT_SUBSCRIBED: &str = "not_subscribed";
+    /// A cron tick that found no ready endpoint within the hold timeout, or whose time
+    /// passed while the process could not run.
+    pub const MISSED: &str = "missed";
+    /// A cron tick the function answered with a failure: dropped, as daprd drops it.
+    pub const FAILED: &str = "failed";
 }
 
 /// The values of the `code` label (`2xx`, `4xx`...), in `status_class_index` order.

@@ -318,7 +318,9 @@ pub fn delivery_request(
     }
     let body = match spec.kind {
         TriggerKind::Binding => {
-            let json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
+            // An empty body (a cron tick) goes as daprd sends it: JSON content type.
+            let json = event.data.is_empty()
+                || serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).is_ok();
             builder = builder.header(
                 http::header::CONTENT_TYPE,
                 if json {

@@ -89,6 +89,11 @@ impl TriggerRuntime {
         }
     }
 
+    /// `activator.hold_timeout`.
+    pub fn hold_timeout(&self) -> Duration {
+        self.activator.hold_timeout()
+    }
+
     pub fn stopped(&self) -> bool {
         *self.stop.borrow()
     }

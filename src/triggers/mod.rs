@@ -1,9 +1,10 @@
-//! Event triggers: Kafka and NATS JetStream consumers that deliver every event to a
+//! Event triggers: Kafka and NATS JetStream consumers and cron schedules that deliver every event to a
 //! function exactly as a Dapr sidecar would (AppCallback gRPC or Dapr's HTTP protocol),
 //! at least once. The supervisor follows the plan's `TriggerSet` by diff.
 
 mod app;
 mod bulk;
+mod cron;
 mod dapr_grpc;
 mod dapr_http;
 mod delivery;
@@ -14,6 +15,7 @@ mod supervisor;
 mod wire;
 
 pub use app::Answer;
+pub use cron::{parse_schedule, Schedule};
 pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form};
 pub use dapr_http::delivery_request as http_delivery_request;
 pub use delivery::{Decision, Settled};

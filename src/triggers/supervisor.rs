@@ -4,7 +4,7 @@
 //! one starts.
 
 use super::delivery::TriggerRuntime;
-use super::{jetstream, kafka};
+use super::{cron, jetstream, kafka};
 use crate::activator::Activator;
 use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
 use crate::plan_swap::SharedPlan;
@@ -105,6 +105,7 @@ impl TriggerSupervisor {
                 match rt.spec.source.clone() {
                     SourceSpec::Kafka(k) => kafka::run(rt, k).await,
                     SourceSpec::Jetstream(j) => jetstream::run(rt, j).await,
+                    SourceSpec::Cron(c) => cron::run(rt, c).await,
                 }
             });
             self.running.insert(
