@@ -105,6 +105,7 @@ struct RawKubernetes {
     kubeconfig: Option<String>,
     debounce: Option<String>,
     status: RawStatus,
+    cron_lease_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -127,6 +128,9 @@ pub struct KubernetesSettings {
     pub debounce: Duration,
     /// Function status writing; `None` = never written.
     pub status: Option<StatusSettings>,
+    /// The Lease whose holder alone fires cron triggers, so each tick fires once across
+    /// replicas (namespace, duration and identity as the status writer's).
+    pub cron_lease: StatusSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -324,13 +328,9 @@ impl Settings {
         let k = &raw.catalog.kubernetes;
         let kubernetes = if k.enabled {
             let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            let status = if k.status.write {
-                Some(StatusSettings {
-                    lease_name: k
-                        .status
-                        .lease_name
-                        .clone()
-                        .unwrap_or_else(|| "fngate-status-writer".into()),
+            let lease = |name: String| -> Result<StatusSettings, ConfigError> {
+                Ok(StatusSettings {
+                    lease_name: name,
                     lease_namespace: k
                         .status
                         .lease_namespace
@@ -357,9 +357,22 @@ impl Settings {
                         .or_else(|| env("HOSTNAME"))
                         .unwrap_or_else(|| format!("fngate-{}", std::process::id())),
                 })
+            };
+            let status = if k.status.write {
+                Some(lease(
+                    k.status
+                        .lease_name
+                        .clone()
+                        .unwrap_or_else(|| "fngate-status-writer".into()),
+                )?)
             } else {
                 None
             };
+            let cron_lease = lease(
+                k.cron_lease_name
+                    .clone()
+                    .unwrap_or_else(|| "fngate-cron".into()),
+            )?;
             Some(KubernetesSettings {
                 source: crate::catalog::KubeSource {
                     namespaces: k.namespaces.clone(),
@@ -369,6 +382,7 @@ impl Settings {
                 debounce: dur("catalog.kubernetes.debounce", &k.debounce, "0s")?
                     .unwrap_or_default(),
                 status,
+                cron_lease,
             })
         } else {
             None

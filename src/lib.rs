@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod compile;
 pub mod config;
 pub mod drain;
+pub mod lease;
 pub mod plan;
 pub mod plan_swap;
 pub mod proxy;

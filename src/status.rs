@@ -10,63 +10,30 @@
 use crate::api::ObjectKind;
 use crate::catalog::{resource_version, FunctionStatusView, KubeCatalog, WatchedKind};
 use crate::config::StatusSettings;
+use crate::lease::{now_rfc3339, Lease};
 use crate::plan::Plan;
 use crate::plan_swap::SharedPlan;
 use crate::routing::PathCondition;
 use crate::telemetry::Metrics;
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, DynamicObject, Patch, PatchParams,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub struct StatusWriter {
     client: kube::Client,
-    settings: StatusSettings,
     plan: SharedPlan,
     revisions: watch::Receiver<u64>,
     catalog: Arc<Mutex<KubeCatalog>>,
     metrics: Arc<Metrics>,
-    lease: LeaseState,
+    lease: Lease,
     /// What this replica last wrote per Function, and the resourceVersion the write
     /// produced: until the watch delivers that version, the catalog shows the old status
     /// and the write must not be repeated.
     written: HashMap<crate::api::ObjectKey, (Value, u64)>,
-}
-
-#[derive(Default)]
-struct LeaseState {
-    leader: bool,
-    last_renewal: Option<Instant>,
-    /// (holder, renewTime) last seen, and when this replica first saw it: another
-    /// holder's lease expires when its record stays unchanged for the lease duration by
-    /// this replica's clock (no comparison of clocks across machines).
-    seen: Option<(String, String)>,
-    seen_at: Option<Instant>,
-}
-
-fn lease_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
-        "leases",
-    )
-}
-
-fn now_rfc3339(micros: bool) -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let (y, mo, d) = (now.year(), now.month() as u8, now.day());
-    let (h, mi, s) = (now.hour(), now.minute(), now.second());
-    if micros {
-        format!(
-            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
-            now.microsecond()
-        )
-    } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-    }
 }
 
 impl StatusWriter {
@@ -78,14 +45,14 @@ impl StatusWriter {
         catalog: Arc<Mutex<KubeCatalog>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let lease = Lease::new(client.clone(), settings.clone(), "status writer");
         StatusWriter {
             client,
-            settings,
             plan,
             revisions,
             catalog,
             metrics,
-            lease: LeaseState::default(),
+            lease,
             written: HashMap::new(),
         }
     }
@@ -93,25 +60,14 @@ impl StatusWriter {
     /// Runs until `stop` fires; then, if this replica holds the Lease, it gives it up so
     /// another replica takes over at its next pass instead of after the lease expires.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let renew_every = self.settings.lease_duration / 3;
+        let renew_every = self.lease.renew_every();
         loop {
-            let due = self
-                .lease
-                .last_renewal
-                .is_none_or(|t| t.elapsed() >= renew_every);
-            if due {
-                let leader = self.try_lead().await;
-                if leader != self.lease.leader {
-                    tracing::info!(
-                        identity = %self.settings.identity,
-                        leader,
-                        "Function status writer lease"
-                    );
-                }
-                self.lease.leader = leader;
-                self.metrics.status_leader.set(i64::from(leader));
+            let (leader, changed) = self.lease.renew().await;
+            if changed {
+                tracing::info!(identity = %self.lease.identity(), leader, "Function status writer lease");
             }
-            if self.lease.leader {
+            self.metrics.status_leader.set(i64::from(leader));
+            if leader {
                 self.sync().await;
             } else {
                 self.written.clear();
@@ -120,115 +76,12 @@ impl StatusWriter {
                 _ = self.revisions.changed() => {}
                 _ = tokio::time::sleep(renew_every) => {}
                 _ = stop.changed() => {
-                    if self.lease.leader {
-                        self.release().await;
+                    if self.lease.leader() {
+                        self.lease.release().await;
+                        self.metrics.status_leader.set(0);
                     }
                     return;
                 }
-            }
-        }
-    }
-
-    /// Empties the Lease's holder if it is still this replica.
-    async fn release(&mut self) {
-        let api = self.lease_api();
-        let s = &self.settings;
-        let Ok(Some(mut lease)) = api.get_opt(&s.lease_name).await else {
-            return;
-        };
-        if lease.data["spec"]["holderIdentity"].as_str() != Some(s.identity.as_str()) {
-            return;
-        }
-        lease.data["spec"]["holderIdentity"] = json!("");
-        lease.data["spec"]["renewTime"] = json!(now_rfc3339(true));
-        match api
-            .replace(&s.lease_name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(identity = %s.identity, "released the status writer lease"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release the status writer lease; it expires on its own")
-            }
-        }
-        self.lease.leader = false;
-        self.metrics.status_leader.set(0);
-    }
-
-    fn lease_api(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            self.client.clone(),
-            &self.settings.lease_namespace,
-            &lease_resource(),
-        )
-    }
-
-    /// Takes or renews the Lease; whether this replica holds it now.
-    async fn try_lead(&mut self) -> bool {
-        let api = self.lease_api();
-        let s = &self.settings;
-        let now = now_rfc3339(true);
-        let seconds = s.lease_duration.as_secs().max(1);
-        let result = match api.get_opt(&s.lease_name).await {
-            Ok(None) => {
-                let lease: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": s.lease_name, "namespace": s.lease_namespace},
-                    "spec": {"holderIdentity": s.identity, "leaseDurationSeconds": seconds,
-                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}
-                }))
-                .expect("a valid object");
-                api.create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| true)
-            }
-            Ok(Some(mut lease)) => {
-                let spec = lease.data.get("spec").cloned().unwrap_or(json!({}));
-                let holder = spec["holderIdentity"].as_str().unwrap_or("").to_owned();
-                let record = (
-                    holder.clone(),
-                    spec["renewTime"].as_str().unwrap_or("").to_owned(),
-                );
-                if self.lease.seen.as_ref() != Some(&record) {
-                    self.lease.seen = Some(record);
-                    self.lease.seen_at = Some(Instant::now());
-                }
-                let held_for = spec["leaseDurationSeconds"]
-                    .as_u64()
-                    .map(Duration::from_secs)
-                    .unwrap_or(s.lease_duration);
-                let expired = self.lease.seen_at.is_some_and(|t| t.elapsed() > held_for);
-                if holder == s.identity || holder.is_empty() || expired {
-                    let mut spec = spec;
-                    if holder != s.identity {
-                        spec["acquireTime"] = json!(now);
-                        spec["leaseTransitions"] =
-                            json!(spec["leaseTransitions"].as_i64().unwrap_or(0) + 1);
-                    }
-                    spec["holderIdentity"] = json!(s.identity);
-                    spec["renewTime"] = json!(now);
-                    spec["leaseDurationSeconds"] = json!(seconds);
-                    lease.data["spec"] = spec;
-                    api.replace(&s.lease_name, &PostParams::default(), &lease)
-                        .await
-                        .map(|_| true)
-                } else {
-                    Ok(false)
-                }
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(leader) => {
-                if leader {
-                    self.lease.last_renewal = Some(Instant::now());
-                }
-                leader
-            }
-            // Someone else wrote the Lease first.
-            Err(kube::Error::Api(status)) if status.code == 409 => false,
-            Err(e) => {
-                tracing::warn!(error = %e, lease = %s.lease_name, "cannot read or renew the status writer lease; not writing status");
-                false
             }
         }
     }
