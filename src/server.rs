@@ -7,6 +7,7 @@ use crate::catalog::{watch_scope, DirCatalog, EventCounter, KubeCatalog};
 use crate::config::KubernetesSettings;
 use crate::config::Settings;
 use crate::drain::{Drain, DrainSignals};
+use crate::lease::Lease;
 use crate::plan_swap::PlanSwap;
 use crate::proxy::{FunctionProxy, ProxyLimits};
 use crate::status::StatusWriter;
@@ -146,6 +147,8 @@ struct KubeJob {
     settings: KubernetesSettings,
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
+    /// Set while this replica holds the cron Lease: only then do its cron triggers fire.
+    cron_leader: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait]
@@ -194,8 +197,13 @@ impl BackgroundService for KubeFollower {
                 catalog.clone(),
                 job.metrics.clone(),
             );
-            tokio::spawn(writer.run(writer_stopped))
+            tokio::spawn(writer.run(writer_stopped.clone()))
         });
+        let cron = tokio::spawn(lead_cron(
+            Lease::new(client.clone(), job.settings.cron_lease.clone(), "cron"),
+            job.cron_leader.clone(),
+            writer_stopped.clone(),
+        ));
         let follow = job
             .plan_swap
             .follow_kube(catalog, changed, job.settings.debounce);
@@ -204,11 +212,13 @@ impl BackgroundService for KubeFollower {
             _ = &mut follow => true,
             _ = shutdown.changed() => false,
         };
-        // Give the Lease up, so another replica writes status without waiting it out.
+        // Give the Leases up, so another replica writes status and fires cron ticks
+        // without waiting them out.
+        let _ = stop_writer.send(true);
         if let Some(writer) = writer {
-            let _ = stop_writer.send(true);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), cron).await;
         drop(writing);
         // Keep following through the drain: held requests wait for their function's
         // endpoints to turn ready.
@@ -216,6 +226,34 @@ impl BackgroundService for KubeFollower {
             follow.await;
         }
         tasks.abort_all();
+    }
+}
+
+/// Holds the cron Lease while it can: `leader` is true only while this replica holds it,
+/// so each tick of a cron trigger fires on one replica. A replica that cannot renew stops
+/// firing (a tick missed rather than fired twice). On `stop`, it stops firing, then
+/// gives the Lease up.
+async fn lead_cron(
+    mut lease: Lease,
+    leader: tokio::sync::watch::Sender<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (holds, changed) = lease.renew().await;
+        if changed {
+            tracing::info!(identity = %lease.identity(), leader = holds, "cron lease: this replica {} cron triggers", if holds { "fires" } else { "does not fire" });
+        }
+        leader.send_replace(holds);
+        tokio::select! {
+            _ = tokio::time::sleep(lease.renew_every()) => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                leader.send_replace(false);
+                if lease.leader() {
+                    lease.release().await;
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -514,6 +552,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     admin.threads = Some(1);
     tracing::info!(addr = %settings.listen_admin, "admin listener");
 
+    // From files, one process fires every cron trigger; from the Kubernetes API, the
+    // holder of the cron Lease does.
+    let (cron_leader_tx, cron_leader) = tokio::sync::watch::channel(settings.kubernetes.is_none());
     let follower: Box<dyn pingora::services::ServiceWithDependents> = match &settings.kubernetes {
         Some(kube_settings) => {
             let client_config = kube_client_config(kube_settings)?;
@@ -533,6 +574,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                         settings: kube_settings.clone(),
                         metrics: metrics_for_triggers.clone(),
                         drain: drain.clone(),
+                        cron_leader: cron_leader_tx.clone(),
                     })),
                 },
             ))
@@ -557,6 +599,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 revisions,
                 metrics_for_triggers.clone(),
                 shared_activator.clone(),
+                cron_leader,
             ))),
             drain: drain.clone(),
         },

@@ -429,3 +429,44 @@ fn a_status_writer_stopped_gracefully_gives_up_its_lease() {
     gate.stop_gracefully();
     assert_eq!(holder().as_deref(), Some(""), "the lease was not released");
 }
+
+#[test]
+fn of_two_replicas_one_fires_each_cron_tick_and_the_other_takes_over_when_it_dies() {
+    let cluster = Cluster::new();
+    let app = DaprApp::start("grpc", "tick", "");
+    cluster.api.apply(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\n  namespace: default\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n    - name: schedule\n      value: \"@every 1s\"\n",
+    );
+    cluster
+        .api
+        .apply(&dapr_function_yaml("ticker", "tick", None, "grpc", app.addr.port(), ""));
+    cluster
+        .api
+        .apply(&endpoint_slice("default", "ticker", &[app.addr], true));
+    let replica = |id: &str| {
+        cluster.gate(&format!(
+            "    status:\n      lease_duration: 2s\n      identity: {id}\n"
+        ))
+    };
+    let (a, b) = (replica("replica-a"), replica("replica-b"));
+    let fired = |gate: &Fngate| {
+        gate.metric_or_zero("fngate_events_total{function=\"ticker\",namespace=\"default\",outcome=\"success\",trigger=\"tick\"}")
+    };
+    app.wait_for("four ticks", |e| e.len() >= 4);
+    // One replica fires, the other does not.
+    let (firing, other) = if fired(&a) > 0.0 { (a, b) } else { (b, a) };
+    assert_eq!(fired(&other), 0.0, "both replicas fired");
+    firing.kill_hard();
+    let at_kill = app.events().len();
+    app.wait_for("three ticks from the other replica", |e| e.len() >= at_kill + 3);
+    other.wait_until(|| fired(&other) >= 3.0, "the other replica's ticks counted");
+    // Each tick once across both: no two deliveries of one second.
+    let events = app.events();
+    let mut seconds: Vec<&str> = events
+        .iter()
+        .map(|e| &e["metadata"]["readTimeUTC"].as_str().unwrap()[..19])
+        .collect();
+    let total = seconds.len();
+    seconds.dedup();
+    assert_eq!(seconds.len(), total, "a tick delivered twice: {events:#?}");
+}

@@ -208,8 +208,14 @@ fn whole_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// Runs until the trigger stops; ticks being delivered then finish or give up.
-pub async fn run(rt: Arc<TriggerRuntime>, source: CronSource) {
+/// Runs until the trigger stops; ticks being delivered then finish or give up. A tick
+/// fires only while `leader` is true: with several replicas, on the one holding the cron
+/// Lease.
+pub async fn run(
+    rt: Arc<TriggerRuntime>,
+    source: CronSource,
+    leader: tokio::sync::watch::Receiver<bool>,
+) {
     let schedule = match parse_schedule(&source.schedule) {
         Ok(s) => s,
         Err(e) => {
@@ -252,6 +258,10 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: CronSource) {
             previous = after;
         }
         while ticks.try_join_next().is_some() {}
+        if !*leader.borrow() {
+            tracing::debug!(trigger = %rt.key, scheduled = %previous, "cron tick left to the replica holding the cron lease");
+            continue;
+        }
         let rt = rt.clone();
         ticks.spawn(async move { tick(&rt, previous, hold).await });
     }

@@ -25,6 +25,8 @@ pub struct TriggerSupervisor {
     revisions: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     activator: Arc<Activator>,
+    /// Whether this replica fires cron triggers (it holds the cron Lease, or reads files).
+    cron_leader: watch::Receiver<bool>,
     running: HashMap<TriggerKey, Running>,
 }
 
@@ -34,12 +36,14 @@ impl TriggerSupervisor {
         revisions: watch::Receiver<u64>,
         metrics: Arc<Metrics>,
         activator: Arc<Activator>,
+        cron_leader: watch::Receiver<bool>,
     ) -> Self {
         TriggerSupervisor {
             plan,
             revisions,
             metrics,
             activator,
+            cron_leader,
             running: HashMap::new(),
         }
     }
@@ -97,6 +101,7 @@ impl TriggerSupervisor {
                 self.metrics.clone(),
                 self.activator.clone(),
             ));
+            let cron_leader = self.cron_leader.clone();
             let task = tokio::spawn(async move {
                 if let Some(old) = previous {
                     let _ = old.stop.send(true);
@@ -105,7 +110,7 @@ impl TriggerSupervisor {
                 match rt.spec.source.clone() {
                     SourceSpec::Kafka(k) => kafka::run(rt, k).await,
                     SourceSpec::Jetstream(j) => jetstream::run(rt, j).await,
-                    SourceSpec::Cron(c) => cron::run(rt, c).await,
+                    SourceSpec::Cron(c) => cron::run(rt, c, cron_leader).await,
                 }
             });
             self.running.insert(
