@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Starts the servers the tests use when they are not running: NATS with JetStream on
-# 127.0.0.1:4222, PostgreSQL on 5432 (trust auth) and MariaDB on 3306 (root, no password)
-# for the SQL state stores, Redis on 6379 for the Dapr API fuzzer (the Redis tests start
-# their own). (tansu, the Kafka-protocol broker, is started
-# by the tests themselves on free ports.)
+# Starts the servers the tests use when they are not running: Mosquitto (MQTT) on
+# 127.0.0.1:1883, NATS with JetStream on 127.0.0.1:4222, PostgreSQL on 5432 (trust auth)
+# and MariaDB on 3306 (root, no password) for the SQL state stores, Redis on 6379 for the
+# Dapr API fuzzer (the Redis tests start their own). (tansu, the Kafka-protocol broker, is
+# started by the tests themselves on free ports.)
 set -euo pipefail
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if ! port_open 4222; then
@@ -38,4 +38,10 @@ if ! port_open 6379; then
   for _ in $(seq 1 100); do port_open 6379 && break; sleep 0.1; done
   port_open 6379 || { echo "services: Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
   echo "services: started Redis on 127.0.0.1:6379"
+fi
+if ! port_open 1883; then
+  $sudo start-stop-daemon --start --oknodo --background --exec /usr/sbin/mosquitto -- -p 1883
+  for _ in $(seq 1 100); do port_open 1883 && break; sleep 0.1; done
+  port_open 1883 || { echo "services: Mosquitto did not start on 127.0.0.1:1883" >&2; exit 1; }
+  echo "services: started Mosquitto on 127.0.0.1:1883"
 fi

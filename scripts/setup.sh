@@ -4,12 +4,12 @@
 # proto; curl and openssl for the TLS tests; nats-server, redis-server, PostgreSQL and
 # MariaDB for the event-trigger and Dapr state tests (the machine's servers, and private
 # instances for the tests that restart one); python3-venv for the tests that drive the
-# official Python Dapr SDK and grpcio; tzdata for cron schedules' time zones. `--bench`
-# adds what only the benchmarks use: nginx, haproxy, wrk and h2load (nghttp2-client).
-# Skips apt when all are present.
+# official Python Dapr SDK and grpcio; tzdata for cron schedules' time zones; mosquitto
+# and its clients for the MQTT tests. `--bench` adds what only the benchmarks use: nginx,
+# haproxy, wrk and h2load (nghttp2-client). Skips apt when all are present.
 set -euo pipefail
 
-packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client python3-venv tzdata)
+packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client python3-venv tzdata mosquitto mosquitto-clients)
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light haproxy nghttp2-client wrk)
 fi

@@ -9,7 +9,7 @@ use crate::api::{
 };
 use crate::plan::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
-    KafkaAuth, KafkaSource, ServiceKey, SourceSpec, TriggerKey, TriggerKind, TriggerSet,
+    KafkaAuth, KafkaSource, MqttSource, ServiceKey, SourceSpec, TriggerKey, TriggerKind, TriggerSet,
     TriggerSpec,
 };
 use base64::Engine as _;
@@ -370,6 +370,21 @@ fn compile_trigger(
                     .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
             }
         }
+        "bindings.mqtt" | "bindings.mqtt3" => mqtt(&mut meta, &app_id, None, report).map(|m| {
+            let topic = m.topics.join(",");
+            (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
+        }),
+        "pubsub.mqtt" | "pubsub.mqtt3" => {
+            let Some(topic) = topic else {
+                report.on_function(
+                    Diagnostic::error("a pub/sub trigger needs a topic")
+                        .at_field(format!("{field}.topic")),
+                );
+                return Vec::new();
+            };
+            mqtt(&mut meta, &app_id, Some(&topic), report)
+                .map(|m| (TriggerKind::PubSub, SourceSpec::Mqtt(m), topic))
+        }
         "bindings.cron" => cron(&mut meta, function, report)
             .map(|c| (TriggerKind::Binding, SourceSpec::Cron(c.0), c.1)),
         other => {
@@ -378,7 +393,7 @@ fn compile_trigger(
             report.on(
                 &origin,
                 Diagnostic::warning(format!(
-                    "component type {other:?} is not run by fngate; it reads bindings.kafka, bindings.cron, pubsub.kafka and pubsub.jetstream"
+                    "component type {other:?} is not run by fngate; it reads bindings.kafka, bindings.cron, bindings.mqtt, pubsub.kafka, pubsub.jetstream and pubsub.mqtt"
                 ))
                 .at_field(if object.is_some() { "spec.type".to_owned() } else { origin.metadata_field.replace(".metadata", ".type") }),
             );
@@ -413,6 +428,89 @@ fn compile_trigger(
             policy,
         },
     )]
+}
+
+/// An MQTT input as Dapr 1.11's mqtt3 reads it: `url` (`tcp://[user:password@]host:port`),
+/// `topic` (bindings; a pub/sub takes the trigger's), `consumerID`, `cleanSession`; `qos`
+/// is read and ignored (mqtt3 always uses 1), `retain` is for
+/// outputs.
+fn mqtt(
+    meta: &mut Metadata<'_>,
+    app_id: &str,
+    pubsub_topic: Option<&str>,
+    report: &mut Report<'_>,
+) -> Option<MqttSource> {
+    let url = meta.take("url");
+    let Some(url) = url else {
+        meta.error("url", "url is required (tcp://host:1883)".into(), report);
+        return None;
+    };
+    let Some(rest) = url
+        .strip_prefix("tcp://")
+        .or_else(|| url.strip_prefix("mqtt://"))
+    else {
+        let message = if url.starts_with("ssl://") || url.starts_with("tls://") || url.starts_with("mqtts://") {
+            format!("{url:?}: MQTT over TLS is not supported by fngate yet; use tcp://")
+        } else {
+            format!("{url:?} is not an MQTT URL (tcp://[user:password@]host:port)")
+        };
+        meta.error("url", message, report);
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (credentials, address) = match rest.rsplit_once('@') {
+        Some((c, a)) => (Some(c), a),
+        None => (None, rest),
+    };
+    let (username, password) = match credentials {
+        Some(c) => match c.split_once(':') {
+            Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
+            None => (Some(c.to_owned()), None),
+        },
+        None => (None, None),
+    };
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h.to_owned(), p),
+            Err(_) => {
+                meta.error("url", format!("{url:?}: {p:?} is not a port"), report);
+                return None;
+            }
+        },
+        None => (address.to_owned(), 1883),
+    };
+    if host.is_empty() {
+        meta.error("url", format!("{url:?} names no host"), report);
+        return None;
+    }
+    let topics = match pubsub_topic {
+        Some(t) => vec![t.to_owned()],
+        None => match meta.take("topic") {
+            Some(t) => t.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+            None => {
+                meta.error("topic", "an MQTT input binding needs a topic".into(), report);
+                return None;
+            }
+        },
+    };
+    let _ = meta.take("qos");
+    let _ = meta.take("retain");
+    let clean_session = meta
+        .parse::<bool>("cleanSession", "true or false", report)
+        .unwrap_or(false);
+    let consumer = meta
+        .take("consumerID")
+        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
+        .unwrap_or_else(|| app_id.to_owned());
+    Some(MqttSource {
+        host,
+        port,
+        username,
+        password,
+        client_id: format!("{consumer}-consumer"),
+        topics,
+        clean_session,
+    })
 }
 
 /// `bindings.cron`: its schedule, checked as daprd's parser would; the trigger's key

@@ -10,7 +10,7 @@ pub use runtime::{
 };
 pub use triggers::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
-    KafkaAuth, KafkaSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
+    KafkaAuth, KafkaSource, MqttSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
     TriggerSpec,
 };
 

@@ -56,6 +56,39 @@ pub enum SourceSpec {
     Kafka(KafkaSource),
     Jetstream(JetstreamSource),
     Cron(CronSource),
+    Mqtt(MqttSource),
+}
+
+/// `bindings.mqtt`/`mqtt3` and `pubsub.mqtt`/`mqtt3`: an MQTT 3.1.1 subscription at QoS 1,
+/// each message acknowledged only after the function took it.
+#[derive(Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSource {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// The MQTT client id: Dapr's `consumerID` (or the app-id) plus `-consumer`.
+    pub client_id: String,
+    /// Topic filters (`+`, `#` and `$share/<group>/` allowed).
+    pub topics: Vec<String>,
+    /// `false` (Dapr 1.11's default): the broker keeps the session, so what arrives while
+    /// no replica is connected is delivered after a restart.
+    pub clean_session: bool,
+}
+
+impl fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("client_id", &self.client_id)
+            .field("topics", &self.topics)
+            .field("clean_session", &self.clean_session)
+            .finish()
+    }
 }
 
 /// `bindings.cron`: a tick on every occurrence of `schedule` (robfig/cron syntax, checked
@@ -263,7 +296,7 @@ impl TriggerSpec {
     pub fn source_max_deliver(&self) -> Option<i64> {
         match &self.source {
             SourceSpec::Jetstream(j) => j.max_deliver.filter(|m| *m > 0),
-            SourceSpec::Kafka(_) | SourceSpec::Cron(_) => None,
+            SourceSpec::Kafka(_) | SourceSpec::Cron(_) | SourceSpec::Mqtt(_) => None,
         }
     }
 }

@@ -11,11 +11,19 @@ mod delivery;
 mod event;
 mod jetstream;
 mod kafka;
+mod mqtt;
 mod supervisor;
 mod wire;
 
 pub use app::Answer;
 pub use cron::{parse_schedule, Schedule};
+
+/// A random id made once per process: Dapr replaces `{uuid}` in component metadata
+/// (an MQTT `consumerID`) once per daprd.
+pub fn process_uuid() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(event::batch_id)
+}
 pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form};
 pub use dapr_http::delivery_request as http_delivery_request;
 pub use delivery::{Decision, Settled};

@@ -4,7 +4,7 @@
 //! one starts.
 
 use super::delivery::TriggerRuntime;
-use super::{cron, jetstream, kafka};
+use super::{cron, jetstream, kafka, mqtt};
 use crate::activator::Activator;
 use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
 use crate::plan_swap::SharedPlan;
@@ -111,6 +111,7 @@ impl TriggerSupervisor {
                     SourceSpec::Kafka(k) => kafka::run(rt, k).await,
                     SourceSpec::Jetstream(j) => jetstream::run(rt, j).await,
                     SourceSpec::Cron(c) => cron::run(rt, c, cron_leader).await,
+                    SourceSpec::Mqtt(m) => mqtt::run(rt, m).await,
                 }
             });
             self.running.insert(
