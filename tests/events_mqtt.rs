@@ -161,3 +161,134 @@ fn a_pubsub_subscription_gets_cloud_events() {
     assert_eq!(ok[0]["data"], "raw-1", "a raw payload wrapped: {}", ok[0]);
     assert_eq!(ok[1]["id"], "e-1", "a CloudEvent passed through: {}", ok[1]);
 }
+
+/// `mosquitto_sub` subscribed to `topic` (it has the SUBACK when this returns), printing
+/// `topic payload` lines; its first `count` messages, within 30 s.
+struct Subscriber {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    fn start(topic: &str, count: usize) -> Subscriber {
+        use std::io::BufRead;
+        // Line-buffered: piped, mosquitto_sub would hold its output back.
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-q", "1", "-d", "-v"])
+            .args(["-t", topic])
+            .args(["-C", &count.to_string(), "-W", "60"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients, scripts/setup.sh)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("mosquitto_sub subscribed");
+            if line.contains("SUBACK") {
+                break;
+            }
+        }
+        Subscriber { child, lines }
+    }
+
+    /// The payloads received on `topic`, `count` of them.
+    fn received(self, topic: &str, count: usize) -> Vec<String> {
+        let prefix = format!("{topic} ");
+        let mut out = Vec::new();
+        while out.len() < count {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("only {out:?} arrived on {topic}"));
+            if let Some(payload) = line.strip_prefix(&prefix) {
+                out.push(payload.to_owned());
+            }
+        }
+        let mut child = self.child;
+        let _ = child.kill();
+        let _ = child.wait();
+        out
+    }
+}
+
+#[test]
+fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
+    let (events, default_topic, other) = (
+        unique("fngate/out/events"),
+        unique("fngate/out/default"),
+        unique("fngate/out/other"),
+    );
+    let echo = Echo::start("producer", "default");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: producer-token\n  namespace: default\nstringData:\n  token: tok-producer\n".to_owned(),
+            format!(
+                "{}    annotations:\n      dapr.io/api-token-secret: producer-token\n",
+                function_yaml("default", "producer", "")
+            ),
+            endpoint_slice("default", "producer", &[echo.addr], true),
+            mqtt_component("mbus", "pubsub.mqtt", ""),
+            mqtt_component(
+                "mout",
+                "bindings.mqtt",
+                &format!("    - name: topic\n      value: \"{default_topic}\"\n"),
+            ),
+        ]
+        .join("---\n"),
+    );
+    let dapr_http = free_port();
+    let _gate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
+    let token = [("dapr-api-token", "tok-producer")];
+    let call = |path: &str, body: &[u8]| {
+        let r = request(dapr, "POST", "localhost", path, &token, body).unwrap();
+        assert!(
+            (200..300).contains(&r.status),
+            "{path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+
+    // Publish: daprd's CloudEvent envelope, on the topic named in the call.
+    let sub = Subscriber::start(&events, 1);
+    call(&format!("/v1.0/publish/mbus/{events}"), br#"{"order":7}"#);
+    let got = sub.received(&events, 1);
+    let event: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    // No content type in the call: text, as daprd takes it.
+    assert_eq!(
+        (
+            event["data"].as_str(),
+            event["datacontenttype"].as_str(),
+            event["topic"].as_str(),
+            event["pubsubname"].as_str()
+        ),
+        (Some(r#"{"order":7}"#), Some("text/plain"), Some(events.as_str()), Some("mbus")),
+        "{event}"
+    );
+
+    // A binding: the data as JSON, on the component's topic, or the request's.
+    let sub = Subscriber::start(&default_topic, 1);
+    call("/v1.0/bindings/mout", br#"{"operation":"create","data":{"n":1}}"#);
+    assert_eq!(sub.received(&default_topic, 1), [r#"{"n":1}"#]);
+    let sub = Subscriber::start(&other, 1);
+    call(
+        "/v1.0/bindings/mout",
+        format!(r#"{{"operation":"create","data":"two","metadata":{{"topic":"{other}"}}}}"#).as_bytes(),
+    );
+    assert_eq!(sub.received(&other, 1), [r#""two""#]);
+}

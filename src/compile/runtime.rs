@@ -4,7 +4,8 @@
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
 use super::triggers::{
-    kafka_auth, kafka_brokers, resolve_metadata, secret_value, Metadata, Origin, Report,
+    kafka_auth, kafka_brokers, mqtt_url, resolve_metadata, secret_value, Metadata, Origin,
+    Report,
 };
 use super::Snapshot;
 use crate::api::{
@@ -13,7 +14,7 @@ use crate::api::{
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
+    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
     StateBackend, StateComponent,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -343,6 +344,10 @@ fn compile_component(
             | "pubsub.jetstream"
             | "bindings.kafka"
             | "bindings.http"
+            | "pubsub.mqtt"
+            | "pubsub.mqtt3"
+            | "bindings.mqtt"
+            | "bindings.mqtt3"
     ) {
         if family == "state" && visible.inline {
             report.on(
@@ -470,6 +475,24 @@ fn compile_component(
                 None
             }
         },
+        "pubsub.mqtt" | "pubsub.mqtt3" => mqtt_producer(&mut meta, &visible.id, report).map(|m| {
+            Compiled::Pubsub(Arc::new(PubsubComponent {
+                id,
+                kind: kind.to_owned(),
+                namespaced_topics,
+                backend: BrokerBackend::Mqtt(m),
+            }))
+        }),
+        "bindings.mqtt" | "bindings.mqtt3" => {
+            let topic = meta.take("topic");
+            mqtt_producer(&mut meta, &visible.id, report).map(|producer| {
+                Compiled::Binding(Arc::new(BindingComponent {
+                    id,
+                    kind: kind.to_owned(),
+                    backend: BindingBackend::Mqtt { producer, topic },
+                }))
+            })
+        }
         _ => unreachable!("matched above"),
     };
     let failed = report.failed;
@@ -613,7 +636,9 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
             }
             p.kind.clone()
         } else if let Some(b) = app.bindings.get(&dapr.name) {
-            let op = dapr.operation.as_deref().unwrap_or_default();
+            // Unset (the Node samples leave it out), the function names the operation in
+            // each call, and every binding takes `create`; set, the binding must support it.
+            let op = dapr.operation.as_deref().unwrap_or("create");
             if !b.backend.operations().contains(&op) {
                 report.on_function(
                     Diagnostic::error(format!(
@@ -651,4 +676,32 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
         });
     }
     out
+}
+
+/// The publishing side of an MQTT component, as Dapr 1.11's mqtt3: client id
+/// `<consumerID>-producer` and a per-process suffix (`{uuid}` replaced once per process;
+/// default the component name), `retain` as the default for every message.
+fn mqtt_producer(
+    meta: &mut Metadata<'_>,
+    id: &ComponentId,
+    report: &mut Report<'_>,
+) -> Option<MqttProducerSettings> {
+    let (host, port, username, password) = mqtt_url(meta, report)?;
+    let retain = meta
+        .parse::<bool>("retain", "true or false", report)
+        .unwrap_or(false);
+    let consumer = meta
+        .take("consumerID")
+        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
+        .unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
+    Some(MqttProducerSettings {
+        host,
+        port,
+        username,
+        password,
+        // Per process too: replicas sharing a consumerID would otherwise take the
+        // connection from each other (a broker keeps one session per client id).
+        client_id: format!("{consumer}-producer-{}", &crate::triggers::process_uuid()[..8]),
+        retain,
+    })
 }

@@ -430,16 +430,12 @@ fn compile_trigger(
     )]
 }
 
-/// An MQTT input as Dapr 1.11's mqtt3 reads it: `url` (`tcp://[user:password@]host:port`),
-/// `topic` (bindings; a pub/sub takes the trigger's), `consumerID`, `cleanSession`; `qos`
-/// is read and ignored (mqtt3 always uses 1), `retain` is for
-/// outputs.
-fn mqtt(
+/// An MQTT component's `url`: `tcp://[user:password@]host[:port]` as host, port and
+/// credentials.
+pub(super) fn mqtt_url(
     meta: &mut Metadata<'_>,
-    app_id: &str,
-    pubsub_topic: Option<&str>,
     report: &mut Report<'_>,
-) -> Option<MqttSource> {
+) -> Option<(String, u16, Option<String>, Option<String>)> {
     let url = meta.take("url");
     let Some(url) = url else {
         meta.error("url", "url is required (tcp://host:1883)".into(), report);
@@ -483,6 +479,20 @@ fn mqtt(
         meta.error("url", format!("{url:?} names no host"), report);
         return None;
     }
+    Some((host, port, username, password))
+}
+
+/// An MQTT input as Dapr 1.11's mqtt3 reads it: `url` (`tcp://[user:password@]host:port`),
+/// `topic` (bindings; a pub/sub takes the trigger's), `consumerID`, `cleanSession`; `qos`
+/// is read and ignored (mqtt3 always uses 1), `retain` is for
+/// outputs.
+fn mqtt(
+    meta: &mut Metadata<'_>,
+    app_id: &str,
+    pubsub_topic: Option<&str>,
+    report: &mut Report<'_>,
+) -> Option<MqttSource> {
+    let (host, port, username, password) = mqtt_url(meta, report)?;
     let topics = match pubsub_topic {
         Some(t) => vec![t.to_owned()],
         None => match meta.take("topic") {

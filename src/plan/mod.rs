@@ -5,7 +5,7 @@ mod triggers;
 
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, MysqlSettings, MysqlTls, NamedMap, OutputRef, PostgresLayout,
+    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap, OutputRef, PostgresLayout,
     PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, StateBackend, StateComponent,
 };
 pub use triggers::{

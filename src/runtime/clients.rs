@@ -5,9 +5,10 @@
 //! backend alone keeps its client; a changed one gets a new client.
 
 use super::state::{MysqlStore, PostgresStore, RedisStore, StateStore};
+use super::outputs::MqttPublisher;
 use crate::plan::{
-    BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings, StateBackend,
-    StateComponent,
+    BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings,
+    MqttProducerSettings, StateBackend, StateComponent,
 };
 use crate::telemetry::Metrics;
 use rdkafka::producer::FutureProducer;
@@ -18,6 +19,7 @@ pub(crate) struct Clients {
     states: Mutex<HashMap<StateBackend, Arc<dyn StateStore>>>,
     kafka: Mutex<HashMap<KafkaProducerSettings, FutureProducer>>,
     nats: Mutex<HashMap<String, async_nats::jetstream::Context>>,
+    mqtt: Mutex<HashMap<MqttProducerSettings, Arc<MqttPublisher>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -27,8 +29,19 @@ impl Clients {
             states: Mutex::default(),
             kafka: Mutex::default(),
             nats: Mutex::default(),
+            mqtt: Mutex::default(),
             metrics,
         }
+    }
+
+    /// One MQTT connection per settings, shared by the components that name them.
+    pub(crate) fn mqtt_publisher(&self, settings: &MqttProducerSettings) -> Arc<MqttPublisher> {
+        self.mqtt
+            .lock()
+            .expect("not poisoned")
+            .entry(settings.clone())
+            .or_insert_with(|| Arc::new(MqttPublisher::connect(settings)))
+            .clone()
     }
 
     pub(crate) fn state_store(
@@ -92,11 +105,18 @@ impl Clients {
         let mut stores = HashSet::new();
         let mut producers = HashSet::new();
         let mut urls = HashSet::new();
+        let mut mqtt = HashSet::new();
         for app in apps.apps.values() {
             stores.extend(app.states.values().map(|s| &s.backend));
             for b in app.bindings.values() {
-                if let BindingBackend::Kafka { producer, .. } = &b.backend {
-                    producers.insert(producer);
+                match &b.backend {
+                    BindingBackend::Kafka { producer, .. } => {
+                        producers.insert(producer);
+                    }
+                    BindingBackend::Mqtt { producer, .. } => {
+                        mqtt.insert(producer);
+                    }
+                    BindingBackend::Http { .. } => {}
                 }
             }
             for p in app.pubsubs.values() {
@@ -106,6 +126,9 @@ impl Clients {
                     }
                     BrokerBackend::Kafka(k) => {
                         producers.insert(k);
+                    }
+                    BrokerBackend::Mqtt(m) => {
+                        mqtt.insert(m);
                     }
                 }
             }
@@ -122,6 +145,10 @@ impl Clients {
             .lock()
             .expect("not poisoned")
             .retain(|url, _| urls.contains(url.as_str()));
+        self.mqtt
+            .lock()
+            .expect("not poisoned")
+            .retain(|m, _| mqtt.contains(m));
     }
 
     /// One NATS connection per URL, shared by the components that name it.

@@ -103,7 +103,8 @@ impl DaprApi {
         for (name, p) in app.pubsubs.iter() {
             let caps = match p.backend {
                 crate::plan::BrokerBackend::Kafka(_) => vec!["BULK_PUBSUB".to_owned()],
-                crate::plan::BrokerBackend::Jetstream { .. } => Vec::new(),
+                crate::plan::BrokerBackend::Jetstream { .. }
+                | crate::plan::BrokerBackend::Mqtt(_) => Vec::new(),
             };
             out.push((name.to_owned(), p.kind.clone(), "v1".into(), caps));
         }

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a topic's partition count is trusted before it is read again.
@@ -293,6 +293,101 @@ fn canonical_header(name: &str) -> String {
         upper = c == '-';
     }
     out
+}
+
+/// Publishes to one MQTT broker at QoS 1 and waits for each PUBACK, as Dapr's mqtt3
+/// does: one publish at a time on the connection, so the next PUBACK is this one's. The
+/// connection is kept by its own task (reconnecting with backoff) until the publisher is
+/// dropped.
+pub(crate) struct MqttPublisher {
+    client: rumqttc::AsyncClient,
+    /// Counts PUBACKs; a publish waits for it to move past what it saw before sending.
+    acked: tokio::sync::watch::Receiver<u64>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttPublisher {
+    pub(crate) fn connect(settings: &crate::plan::MqttProducerSettings) -> MqttPublisher {
+        use rumqttc::{Event, Packet};
+        use std::sync::atomic::Ordering;
+        let mut options =
+            rumqttc::MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+        if let Some(user) = &settings.username {
+            options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+        }
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let up = connected.clone();
+        let broker = format!("{}:{}", settings.host, settings.port);
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        up.store(true, Ordering::SeqCst);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        ack_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        up.store(false, Ordering::SeqCst);
+                        tracing::debug!(%broker, error = %e, "mqtt publisher connection");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        MqttPublisher {
+            client,
+            acked,
+            connected,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            task,
+        }
+    }
+
+    /// Publishes at QoS 1; `Ok` once the broker acknowledged it (within 10 s).
+    pub(crate) async fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
+        let _turn = self.one_at_a_time.lock().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // A first publish may come before the connection is up.
+        while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("not connected to the MQTT broker".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut acked = self.acked.clone();
+        let before = *acked.borrow_and_update();
+        self.client
+            .publish_bytes(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        let waited = tokio::time::timeout_at(deadline, async {
+            acked.wait_for(|n| *n > before).await.is_ok()
+        })
+        .await;
+        match waited {
+            Ok(true) => Ok(()),
+            _ => Err("the MQTT broker did not acknowledge the message within 10s".into()),
+        }
+    }
+}
+
+impl Drop for MqttPublisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

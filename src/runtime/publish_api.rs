@@ -279,6 +279,12 @@ impl DaprApi {
                     .jetstream_publish(nats_url, &topic, bytes, id.as_deref())
                     .await
             }
+            BrokerBackend::Mqtt(settings) => {
+                self.clients
+                    .mqtt_publisher(settings)
+                    .publish(&topic, bytes, settings.retain)
+                    .await
+            }
         };
         self.metrics
             .dapr_component_connected
@@ -338,6 +344,26 @@ impl DaprApi {
                                 metadata: &metadata,
                             },
                         )
+                        .await;
+                    self.metrics
+                        .dapr_component_connected
+                        .with_label_values(&[&binding.id.namespace, &binding.id.name, &binding.kind])
+                        .set(sent.is_ok() as i64);
+                    sent.map_err(failed)?;
+                    Ok(BindingResponse::default())
+                }
+                BindingBackend::Mqtt { producer, topic } => {
+                    // As mqtt3: the request's `topic` and `retain` metadata first.
+                    let topic = super::metadata_value(&metadata, "topic")
+                        .or(topic.as_deref())
+                        .ok_or_else(|| failed("no topic: set the binding's topic metadata or the request's".into()))?;
+                    let retain = super::metadata_value(&metadata, "retain")
+                        .and_then(parse_go_bool)
+                        .unwrap_or(producer.retain);
+                    let sent = self
+                        .clients
+                        .mqtt_publisher(producer)
+                        .publish(topic, data, retain)
                         .await;
                     self.metrics
                         .dapr_component_connected
