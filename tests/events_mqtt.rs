@@ -16,10 +16,14 @@ fn mqtt_component(name: &str, kind: &str, extra: &str) -> String {
     )
 }
 
-/// Publishes each of `messages` at QoS 1 to `topic`, in order.
+/// Publishes each of `messages` at QoS 1 to `topic` on the machine's Mosquitto, in order.
 fn publish(topic: &str, messages: &[String]) {
+    publish_on(1883, topic, messages)
+}
+
+fn publish_on(port: u16, topic: &str, messages: &[String]) {
     let mut child = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", topic, "-l"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_pub (Debian package mosquitto-clients, scripts/setup.sh)");
@@ -291,4 +295,101 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
         format!(r#"{{"operation":"create","data":"two","metadata":{{"topic":"{other}"}}}}"#).as_bytes(),
     );
     assert_eq!(sub.received(&other, 1), [r#""two""#]);
+}
+
+/// A Mosquitto of the test's own (port and persistence file), so it can be restarted.
+struct OwnMosquitto {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnMosquitto {
+    fn start() -> OwnMosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut m = OwnMosquitto {
+            child: None,
+            port,
+            dir,
+        };
+        m.restart();
+        m
+    }
+
+    /// Stopped with SIGTERM (it saves its sessions), then started again on the same port.
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package mosquitto, scripts/setup.sh)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_broker_restart_loses_nothing() {
+    let mut broker = OwnMosquitto::start();
+    let topic = unique("fngate/restart");
+    let app = DaprApp::start("grpc", "min", "");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            mqtt_component("min", "bindings.mqtt", "")
+                .replace(BROKER, &format!("tcp://127.0.0.1:{}", broker.port))
+                + &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{}\"\n", unique("restart")),
+            dapr_function_yaml("reader", "min", None, "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "reader", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    wait_connected(&gate, "reader");
+    let before: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    publish_on(broker.port, &topic, &before);
+    broker.restart();
+    let connected = "fngate_broker_connected{broker=\"mqtt\",function=\"reader\"";
+    gate.wait_until(
+        || gate.metric_opt(connected) == Some(1.0),
+        "fngate reconnected and subscribed again",
+    );
+    let after: Vec<String> = (20..40).map(|i| format!("r{i}")).collect();
+    publish_on(broker.port, &topic, &after);
+    let all: HashSet<String> = before.iter().chain(&after).cloned().collect();
+    app.wait_for("every message, across the restart", |e| {
+        accepted_data(e).into_iter().collect::<HashSet<_>>() == all
+    });
 }
