@@ -45,10 +45,17 @@ fn wait_connected(gate: &Fngate, function: &str) {
     );
 }
 
-#[test]
-fn a_binding_delivers_each_message_in_order_with_its_topic_and_retries_a_failure() {
-    let topic = unique("fngate/bind");
-    let app = DaprApp::start("http", "min", "");
+/// A catalog in a new folder: function `reader` with MQTT input binding `min` (`kind`) on
+/// `topic` of the broker at `url`, with client `consumer`, delivered to `app` over
+/// `protocol`.
+fn binding_reader(
+    kind: &str,
+    url: &str,
+    topic: &str,
+    consumer: &str,
+    protocol: &str,
+    app: &DaprApp,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_atomically(
         dir.path(),
@@ -56,14 +63,23 @@ fn a_binding_delivers_each_message_in_order_with_its_topic_and_retries_a_failure
         &[
             mqtt_component(
                 "min",
-                "bindings.mqtt",
-                &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{{uuid}}\"\n"),
-            ),
-            dapr_function_yaml("reader", "min", None, "http", app.addr.port(), ""),
+                kind,
+                &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{consumer}\"\n"),
+            )
+            .replace(BROKER, url),
+            dapr_function_yaml("reader", "min", None, protocol, app.addr.port(), ""),
             endpoint_slice("default", "reader", &[app.addr], true),
         ]
         .join("---\n"),
     );
+    dir
+}
+
+#[test]
+fn a_binding_delivers_each_message_in_order_with_its_topic_and_retries_a_failure() {
+    let topic = unique("fngate/bind");
+    let app = DaprApp::start("http", "min", "");
+    let dir = binding_reader("bindings.mqtt", BROKER, &topic, "{uuid}", "http", &app);
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let messages: Vec<String> = (0..20)
@@ -95,21 +111,7 @@ fn with_a_persistent_session_what_arrives_while_fngate_is_down_is_delivered_afte
         "",
         &["--hold-marked", released.to_str().unwrap()],
     );
-    let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            mqtt_component(
-                "min",
-                "bindings.mqtt3",
-                &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{consumer}\"\n"),
-            ),
-            dapr_function_yaml("reader", "min", None, "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "reader", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    let dir = binding_reader("bindings.mqtt3", BROKER, &topic, &consumer, "grpc", &app);
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let first: Vec<String> = (0..10)
@@ -363,19 +365,8 @@ fn a_broker_restart_loses_nothing() {
     let mut broker = OwnMosquitto::start();
     let topic = unique("fngate/restart");
     let app = DaprApp::start("grpc", "min", "");
-    let dir = tempfile::tempdir().unwrap();
-    write_atomically(
-        dir.path(),
-        "fn.yaml",
-        &[
-            mqtt_component("min", "bindings.mqtt", "")
-                .replace(BROKER, &format!("tcp://127.0.0.1:{}", broker.port))
-                + &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{}\"\n", unique("restart")),
-            dapr_function_yaml("reader", "min", None, "grpc", app.addr.port(), ""),
-            endpoint_slice("default", "reader", &[app.addr], true),
-        ]
-        .join("---\n"),
-    );
+    let url = format!("tcp://127.0.0.1:{}", broker.port);
+    let dir = binding_reader("bindings.mqtt", &url, &topic, &unique("restart"), "grpc", &app);
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let before: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();

@@ -4,7 +4,7 @@
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
 use super::triggers::{
-    kafka_auth, kafka_brokers, mqtt_url, resolve_metadata, secret_value, Metadata, Origin,
+    kafka_auth, kafka_brokers, mqtt_consumer_id, mqtt_url, resolve_metadata, secret_value, Metadata, Origin,
     Report,
 };
 use super::Snapshot;
@@ -690,10 +690,8 @@ fn mqtt_producer(
     let retain = meta
         .parse::<bool>("retain", "true or false", report)
         .unwrap_or(false);
-    let consumer = meta
-        .take("consumerID")
-        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
-        .unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
+    let consumer =
+        mqtt_consumer_id(meta).unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
     Some(MqttProducerSettings {
         host,
         port,

@@ -482,6 +482,12 @@ pub(super) fn mqtt_url(
     Some((host, port, username, password))
 }
 
+/// An MQTT component's `consumerID`, `{uuid}` replaced once per process as daprd does.
+pub(super) fn mqtt_consumer_id(meta: &mut Metadata<'_>) -> Option<String> {
+    meta.take("consumerID")
+        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
+}
+
 /// An MQTT input as Dapr 1.11's mqtt3 reads it: `url` (`tcp://[user:password@]host:port`),
 /// `topic` (bindings; a pub/sub takes the trigger's), `consumerID`, `cleanSession`; `qos`
 /// is read and ignored (mqtt3 always uses 1), `retain` is for
@@ -508,10 +514,7 @@ fn mqtt(
     let clean_session = meta
         .parse::<bool>("cleanSession", "true or false", report)
         .unwrap_or(false);
-    let consumer = meta
-        .take("consumerID")
-        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
-        .unwrap_or_else(|| app_id.to_owned());
+    let consumer = mqtt_consumer_id(meta).unwrap_or_else(|| app_id.to_owned());
     Some(MqttSource {
         host,
         port,

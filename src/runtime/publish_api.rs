@@ -4,7 +4,7 @@ use super::cloudevent::{envelope, EnvelopeInput};
 use super::error::ApiError;
 use super::outputs::{http_binding, KafkaRecord};
 use super::{CallTimer, DaprApi};
-use crate::plan::{BindingBackend, BrokerBackend, DaprApp, PubsubComponent};
+use crate::plan::{BindingBackend, BindingComponent, BrokerBackend, DaprApp, PubsubComponent};
 use bytes::Bytes;
 use tonic::Code;
 
@@ -293,6 +293,15 @@ impl DaprApi {
         result
     }
 
+    /// Records whether a send through `binding` reached its broker.
+    fn sent_to(&self, binding: &BindingComponent, sent: Result<(), String>) -> Result<(), String> {
+        self.metrics
+            .dapr_component_connected
+            .with_label_values(&[&binding.id.namespace, &binding.id.name, &binding.kind])
+            .set(sent.is_ok() as i64);
+        sent
+    }
+
     /// InvokeBinding on an output binding the app may use.
     pub async fn invoke_binding(
         &self,
@@ -345,11 +354,7 @@ impl DaprApi {
                             },
                         )
                         .await;
-                    self.metrics
-                        .dapr_component_connected
-                        .with_label_values(&[&binding.id.namespace, &binding.id.name, &binding.kind])
-                        .set(sent.is_ok() as i64);
-                    sent.map_err(failed)?;
+                    self.sent_to(binding, sent).map_err(failed)?;
                     Ok(BindingResponse::default())
                 }
                 BindingBackend::Mqtt { producer, topic } => {
@@ -365,11 +370,7 @@ impl DaprApi {
                         .mqtt_publisher(producer)
                         .publish(topic, data, retain)
                         .await;
-                    self.metrics
-                        .dapr_component_connected
-                        .with_label_values(&[&binding.id.namespace, &binding.id.name, &binding.kind])
-                        .set(sent.is_ok() as i64);
-                    sent.map_err(failed)?;
+                    self.sent_to(binding, sent).map_err(failed)?;
                     Ok(BindingResponse::default())
                 }
                 BindingBackend::Http { url } => {
