@@ -384,3 +384,72 @@ fn a_broker_restart_loses_nothing() {
         accepted_data(e).into_iter().collect::<HashSet<_>>() == all
     });
 }
+
+/// A published OpenFunction sample with its broker (EMQX in the samples) rewritten to the
+/// machine's Mosquitto, and `replace` applied; its pod a loopback address of this test's
+/// own so the default app port 8080 is free there.
+fn sample_catalog(file: &str, replace: &[(&str, &str)], app: &DaprApp) -> tempfile::TempDir {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/samples/openfunction")
+        .join(file);
+    let mut manifest =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    manifest = manifest.replace("@emqx:1883", "@127.0.0.1:1883");
+    for (from, to) in replace {
+        assert!(manifest.contains(from), "{file} has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
+    let name = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("  name: "))
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(dir.path(), "sample.yaml", &manifest);
+    write_atomically(
+        dir.path(),
+        "slice.yaml",
+        &endpoint_slice("default", &name, &[app.addr], true),
+    );
+    dir
+}
+
+fn sample_pod() -> String {
+    format!("127.2.{}.{}:8080", std::process::id() % 250 + 1, free_port() % 250 + 1)
+}
+
+#[test]
+fn openfunctions_node_mqtt_samples_are_triggered_through_fngate() {
+    // async-bindings: input binding `mqtt-in` on topic `in`, over Dapr's HTTP protocol.
+    let topic = unique("fngate/sample/in");
+    let app = DaprApp::start_on("http", &sample_pod(), "mqtt-in", "");
+    let dir = sample_catalog(
+        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-bindings.yaml",
+        &[("value: in\n", &format!("value: {topic}\n"))],
+        &app,
+    );
+    let gate = Fngate::start(dir.path());
+    wait_connected(&gate, "sample-node-async-bindings");
+    publish(&topic, &["hello".to_owned()]);
+    let events = app.wait_for("the sample's binding event", |e| !accepted_data(e).is_empty());
+    assert_eq!((events[0]["name"].as_str(), events[0]["data"].as_str()), (Some("mqtt-in"), Some("hello")));
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
+    drop(gate);
+
+    // async-pubsub: subscription `mqtt-pubsub` on topic `sub`.
+    let topic = unique("fngate/sample/sub");
+    let app = DaprApp::start_on("http", &sample_pod(), "", &format!("mqtt-pubsub:{topic}"));
+    let dir = sample_catalog(
+        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-pubsub.yaml",
+        &[("topic: sub\n", &format!("topic: {topic}\n"))],
+        &app,
+    );
+    let gate = Fngate::start(dir.path());
+    wait_connected(&gate, "sample-node-async-pubsub");
+    publish(&topic, &["hi".to_owned()]);
+    let events = app.wait_for("the sample's topic event", |e| !accepted_data(e).is_empty());
+    assert_eq!(events[0]["pubsub"], "mqtt-pubsub", "{}", events[0]);
+    assert_eq!(events[0]["data"], "hi", "{}", events[0]);
+}
