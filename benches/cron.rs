@@ -123,8 +123,7 @@ fn main() {
                     if next >= (to_peer + 1) as f64 {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_secs_f64((next - now_secs()).max(0.0)))
-                        .await;
+                    tokio::time::sleep(Duration::from_secs_f64((next - now_secs()).max(0.0))).await;
                     let _ = client
                         .on_binding_event(BindingEventRequest {
                             name: "kin".into(),
@@ -146,6 +145,12 @@ fn main() {
         to,
         Some((cpu1 - cpu0) / ticks as f64 * 1e6),
     );
-    let peer = report("tokio timer + tonic call", &peer_arrivals, from_peer, to_peer, None);
+    let peer = report(
+        "tokio timer + tonic call",
+        &peer_arrivals,
+        from_peer,
+        to_peer,
+        None,
+    );
     println!("p99 ratio fngate / peer: {:.2}", p99 / peer.max(1e-3));
 }

@@ -69,7 +69,9 @@ impl Drop for Broker {
 
 async fn publish(port: u16, n: usize) {
     let mut options = MqttOptions::new("bench-publisher", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 20, 1 << 20).set_inflight(100);
+    options
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let payload = vec![b'x'; 1024];
     let sender = tokio::spawn(async move {
@@ -124,7 +126,10 @@ async fn raw_consumer(port: u16, n: usize, client_id: &str) {
         }
     }
     let elapsed = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or_default();
-    println!("{elapsed} {}", cpu_seconds(std::process::id()) - cpu_at_first);
+    println!(
+        "{elapsed} {}",
+        cpu_seconds(std::process::id()) - cpu_at_first
+    );
 }
 
 fn run_raw(port: u16, n: usize, id: &str) -> std::process::Child {
@@ -149,7 +154,11 @@ fn main() {
         rt.block_on(raw_consumer(port, n, &args[4]));
         return;
     }
-    let n: usize = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let n: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
     let pinned = std::process::Command::new("taskset")
         .args(["-a", "-pc", "0", &std::process::id().to_string()])
         .stdout(std::process::Stdio::null())
@@ -162,7 +171,9 @@ fn main() {
     let mut session = run_raw(broker.port, 0, "bench-raw");
     session.wait().unwrap();
     rt.block_on(publish(broker.port, n));
-    let out = run_raw(broker.port, n, "bench-raw").wait_with_output().unwrap();
+    let out = run_raw(broker.port, n, "bench-raw")
+        .wait_with_output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (raw_secs, raw_cpu) = text.trim().split_once(' ').unwrap();
     let (raw_secs, raw_cpu): (f64, f64) = (raw_secs.parse().unwrap(), raw_cpu.parse().unwrap());
@@ -193,13 +204,20 @@ fn main() {
     }
     let (t0, cpu0) = (Instant::now(), cpu_seconds(pid));
     while count.0.load(Ordering::Relaxed) < n as u64 {
-        assert!(Instant::now() < deadline, "fngate delivered {} of {n}", count.0.load(Ordering::Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "fngate delivered {} of {n}",
+            count.0.load(Ordering::Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0);
     let rate = n as f64 / secs;
     println!("\n{n} MQTT messages of 1 KiB at QoS 1, a persistent session's backlog");
-    println!("{:<44} {:>10} {:>10} {:>16}", "consumer", "events/s", "/ raw", "CPU per event");
+    println!(
+        "{:<44} {:>10} {:>10} {:>16}",
+        "consumer", "events/s", "/ raw", "CPU per event"
+    );
     println!(
         "{:<44} {:>10.0} {:>10} {:>13.1} µs",
         "raw rumqttc (manual acks)",

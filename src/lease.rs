@@ -114,7 +114,7 @@ impl Lease {
             }
         }
         self.state.leader = false;
-            }
+    }
 
     fn lease_api(&self) -> Api<DynamicObject> {
         Api::namespaced_with(

@@ -15,9 +15,7 @@ use crate::plan::Plan;
 use crate::plan_swap::SharedPlan;
 use crate::routing::PathCondition;
 use crate::telemetry::Metrics;
-use kube::api::{
-    Api, DynamicObject, Patch, PatchParams,
-};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -43,7 +43,10 @@ fn held_requests_are_all_released_when_a_late_backend_becomes_ready() {
     let waiting = COLD_WAITING;
     let n = 500;
     let clients = held_requests(&gate, "cold.default.ofn.io", n);
-    gate.wait_until(|| gate.metric_opt(waiting) == Some(n as f64), "every request held");
+    gate.wait_until(
+        || gate.metric_opt(waiting) == Some(n as f64),
+        "every request held",
+    );
 
     let _echo = start_cold_function(dir.path(), "cold", addr);
     let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
@@ -87,7 +90,10 @@ fn over_the_per_function_limit_a_request_gets_503_at_once_and_other_functions_ar
     );
     let gate = Fngate::start_with(dir.path(), "activator:\n  max_waiting_per_function: 3\n");
     let held = held_requests(&gate, "cold.default.ofn.io", 3);
-    gate.wait_until(|| gate.metric_opt(COLD_WAITING) == Some(3.0), "three requests held");
+    gate.wait_until(
+        || gate.metric_opt(COLD_WAITING) == Some(3.0),
+        "three requests held",
+    );
     let over = gate.get("cold.default.ofn.io", "/");
     assert_eq!(over.status, 503);
     assert_eq!(over.header("retry-after"), Some("1"));
@@ -257,7 +263,10 @@ fn a_fresh_pod_gets_no_more_released_requests_at_once_than_its_release_limit() {
             })
         })
         .collect();
-    gate.wait_until(|| gate.metric_opt(waiting) == Some(n as f64), "every request held");
+    gate.wait_until(
+        || gate.metric_opt(waiting) == Some(n as f64),
+        "every request held",
+    );
     let _echo = start_cold_function(dir.path(), "cold", addr);
     let responses: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(responses.iter().all(|r| r.status == 200));
@@ -278,7 +287,10 @@ fn an_app_listening_before_it_is_ready_gets_no_request_until_its_readiness_path_
     let gate = Fngate::start(dir.path());
     let waiting = COLD_WAITING;
     let clients = held_requests(&gate, "cold.default.ofn.io", 5);
-    gate.wait_until(|| gate.metric_opt(waiting) == Some(5.0), "every request held");
+    gate.wait_until(
+        || gate.metric_opt(waiting) == Some(5.0),
+        "every request held",
+    );
     // It takes connections at once but answers 503 for its first 300 ms; its slice
     // stays "not ready", so only the probe can release the requests.
     let _echo = Echo::start_with(

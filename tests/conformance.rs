@@ -358,6 +358,9 @@ fn gateway_api_httproute_conformance() {
         in_file,
         "every case in the file is run or excluded by name"
     );
-    assert!(in_file >= CASES, "{in_file} cases in the file, {CASES} expected");
+    assert!(
+        in_file >= CASES,
+        "{in_file} cases in the file, {CASES} expected"
+    );
     assert!(passed >= PASSING, "{passed} cases passed, {PASSING} before");
 }

@@ -437,7 +437,10 @@ fn bulk_ttl_and_transactions_over_grpc() {
             .arg("orders-shop||ttl-long")
             .query(&mut redis.connection().unwrap())
             .unwrap();
-        assert!((1800..=3600).contains(&ttl), "TTL {ttl} for ttlInSeconds 3600");
+        assert!(
+            (1800..=3600).contains(&ttl),
+            "TTL {ttl} for ttlInSeconds 3600"
+        );
         // ... and a short one expires: the key reads as missing afterwards.
         let mut short = save("ttl", b"soon gone");
         short.states[0]

@@ -112,7 +112,10 @@ fn a_request_held_at_sigterm_is_released_when_its_function_starts_during_the_dra
         "shutdown:\n  drain: 30s\nactivator:\n  hold_timeout: 60s\n",
     );
     let held = get_on_thread(gate.http, COLD_HOST, "/held".into());
-    gate.wait_until(|| gate.metric_opt(COLD_WAITING) == Some(1.0), "the request held");
+    gate.wait_until(
+        || gate.metric_opt(COLD_WAITING) == Some(1.0),
+        "the request held",
+    );
     gate.terminate();
     gate.wait_until(
         || admin_get(gate.admin, "/readyz").is_ok_and(|r| r.status == 503),
@@ -136,7 +139,10 @@ fn a_request_still_held_at_the_drain_deadline_gets_503_with_retry_after() {
         "shutdown:\n  drain: 2s\nactivator:\n  hold_timeout: 120s\n",
     );
     let held = get_on_thread(gate.http, COLD_HOST, "/held".into());
-    gate.wait_until(|| gate.metric_opt(COLD_WAITING) == Some(1.0), "the request held");
+    gate.wait_until(
+        || gate.metric_opt(COLD_WAITING) == Some(1.0),
+        "the request held",
+    );
     gate.terminate();
     let response = held
         .join()
@@ -202,8 +208,21 @@ fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_th
         br#"[{"key":"during-drain","value":"kept"}]"#,
     )
     .expect("the Dapr API still answers while a request is in flight");
-    assert_eq!(saved.status, 204, "{}", String::from_utf8_lossy(&saved.body));
-    let read = request(dapr, "GET", "localhost", "/v1.0/state/cart/during-drain", &token, b"").unwrap();
+    assert_eq!(
+        saved.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&saved.body)
+    );
+    let read = request(
+        dapr,
+        "GET",
+        "localhost",
+        "/v1.0/state/cart/during-drain",
+        &token,
+        b"",
+    )
+    .unwrap();
     assert_eq!((read.status, &read.body[..]), (200, &br#""kept""#[..]));
     let published = request(
         dapr,
@@ -214,9 +233,17 @@ fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_th
         b"published while draining",
     )
     .unwrap();
-    assert_eq!(published.status, 204, "{}", String::from_utf8_lossy(&published.body));
+    assert_eq!(
+        published.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&published.body)
+    );
     let message = nats.block_on(async {
-        stream.get_last_raw_message_by_subject(&subject).await.unwrap()
+        stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap()
     });
     let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
     assert_eq!(event["data"], "published while draining");
@@ -224,7 +251,10 @@ fn a_function_answering_a_request_in_flight_can_still_use_the_dapr_api_during_th
     // The function answers: the request in flight comes back whole, and then fngate exits.
     function.release();
     let answer = in_flight.join().unwrap().unwrap();
-    assert_eq!((answer.status, answer.json()["path"].as_str()), (200, Some("/hold")));
+    assert_eq!(
+        (answer.status, answer.json()["path"].as_str()),
+        (200, Some("/hold"))
+    );
     let status = gate.wait_exit();
     assert!(status.success(), "{status}");
     nats.block_on(async {

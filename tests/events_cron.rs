@@ -41,7 +41,14 @@ fn ticks_reach_grpc_and_http_apps_as_daprd_sends_them() {
             "fn.yaml",
             &[
                 cron_component("every-second", "@every 1s"),
-                dapr_function_yaml("ticker", "every-second", None, protocol, app.addr.port(), ""),
+                dapr_function_yaml(
+                    "ticker",
+                    "every-second",
+                    None,
+                    protocol,
+                    app.addr.port(),
+                    "",
+                ),
                 endpoint_slice("default", "ticker", &[app.addr], true),
             ]
             .join("---\n"),
@@ -66,7 +73,11 @@ fn ticks_reach_grpc_and_http_apps_as_daprd_sends_them() {
         // Each tick once: two ticks of one second read at different seconds.
         let read = |e: &serde_json::Value| {
             let m = &e["metadata"];
-            m["readTimeUTC"].as_str().or(m["readtimeutc"].as_str()).unwrap()[..19].to_owned()
+            m["readTimeUTC"]
+                .as_str()
+                .or(m["readtimeutc"].as_str())
+                .unwrap()[..19]
+                .to_owned()
         };
         assert_ne!(read(&events[0]), read(&events[1]));
         gate.wait_until(
@@ -104,7 +115,10 @@ fn a_tick_for_a_function_at_zero_waits_for_it_and_one_past_the_hold_timeout_is_m
         &endpoint_slice("default", "ticker", &[app.addr], false),
     );
     let (hook, told) = webhook_receiver();
-    let gate = Fngate::start_with(dir.path(), &format!("activator:\n  webhook: http://{hook}/scale\n"));
+    let gate = Fngate::start_with(
+        dir.path(),
+        &format!("activator:\n  webhook: http://{hook}/scale\n"),
+    );
     // The platform is told that `ticker` has work waiting, as for a held request.
     loop {
         let body = told
@@ -177,9 +191,13 @@ fn openfunctions_cron_input_sample_fires_into_its_function() {
     let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
         "../shared/samples/openfunction/OpenFunction_samples@318ee24__functions__async__bindings__cron-input__cron-input.yaml",
     );
-    let manifest = std::fs::read_to_string(&sample)
-        .unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
-    let pod = format!("127.1.{}.{}:8080", std::process::id() % 250 + 1, free_port() % 250 + 1);
+    let manifest =
+        std::fs::read_to_string(&sample).unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
+    let pod = format!(
+        "127.1.{}.{}:8080",
+        std::process::id() % 250 + 1,
+        free_port() % 250 + 1
+    );
     let app = DaprApp::start_on("grpc", &pod, "cron", "");
     let dir = tempfile::tempdir().unwrap();
     write_atomically(dir.path(), "cron-input.yaml", &manifest);
@@ -192,9 +210,7 @@ fn openfunctions_cron_input_sample_fires_into_its_function() {
     let events = app.wait_for("the sample's first tick", |e| !e.is_empty());
     assert_eq!(events[0]["name"], "cron");
     assert_eq!(events[0]["metadata"]["timeZone"], "Local");
-    let diagnostics = String::from_utf8(
-        admin_get(gate.admin, "/diagnostics").unwrap().body,
-    )
-    .unwrap();
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
     assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
 }

@@ -289,7 +289,10 @@ fn http_app_at_zero_gets_its_backlog_once_an_endpoint_is_ready_and_a_removed_tri
         "no trigger",
     );
     gate.wait_until(
-        || gate.metric_opt("fngate_broker_connected{broker=\"jetstream\",function=\"jobs\"") == Some(0.0),
+        || {
+            gate.metric_opt("fngate_broker_connected{broker=\"jetstream\",function=\"jobs\"")
+                == Some(0.0)
+        },
         "the consumer stopped",
     );
     broker.publish(&subject, "job 4", &[]);
@@ -318,7 +321,13 @@ fn feed_with(prefix: &str, app_options: &[&str]) -> Feed {
     let id = unique(prefix);
     let broker = Broker::with_stream(&format!("FNG_{id}"), &id);
     let subject = format!("{id}.feed");
-    let app = DaprApp::start_with("grpc", "127.0.0.1:0", "", &format!("ps:{subject}"), app_options);
+    let app = DaprApp::start_with(
+        "grpc",
+        "127.0.0.1:0",
+        "",
+        &format!("ps:{subject}"),
+        app_options,
+    );
     let dir = tempfile::tempdir().unwrap();
     write_atomically(
         dir.path(),
@@ -360,7 +369,13 @@ fn stopped_mid_stream_then_restarted(prefix: &str, stop: impl FnOnce(Fngate, &dy
         dir,
     } = feed_with(prefix, &["--hold-marked", released.to_str().unwrap()]);
     let total = 300;
-    let data = |i: usize| if i == 100 { "e100 held".to_owned() } else { format!("e{i}") };
+    let data = |i: usize| {
+        if i == 100 {
+            "e100 held".to_owned()
+        } else {
+            format!("e{i}")
+        }
+    };
     for i in 0..total {
         broker.publish(&subject, &data(i), &[]);
     }
@@ -398,7 +413,10 @@ fn fngate_stopped_with_sigterm_mid_stream_exits_zero_and_a_restart_delivers_ever
         gate.terminate();
         // Once the consumer has stopped taking events, the event in flight is answered
         // and the drain ends.
-        gate.wait_until(|| gate.metric_opt("fngate_draining") == Some(1.0), "draining");
+        gate.wait_until(
+            || gate.metric_opt("fngate_draining") == Some(1.0),
+            "draining",
+        );
         release();
         let status = gate.wait_exit();
         assert!(status.success(), "fngate exits 0 after its drain: {status}");
@@ -514,7 +532,10 @@ fn a_broker_restart_loses_nothing() {
     // once the 2 s ackWait (see `component`) has passed.
     nats.restart();
     gate.wait_until(
-        || gate.metric_opt("fngate_broker_connected{broker=\"jetstream\",function=\"restart\"") == Some(1.0),
+        || {
+            gate.metric_opt("fngate_broker_connected{broker=\"jetstream\",function=\"restart\"")
+                == Some(1.0)
+        },
         "fngate reconnected",
     );
     publish(nats.url(), 100, 200);
@@ -628,7 +649,10 @@ fn bulk_subscribers_get_batches_and_each_entry_settles_on_its_own() {
         // in flight: the 7 behind it must then travel together.
         let in_flight =
             "fngate_events_in_flight{function=\"orders\",namespace=\"default\",trigger=\"ps\"}";
-        gate.wait_until(|| gate.metric_opt(in_flight) == Some(8.0), "8 events in flight");
+        gate.wait_until(
+            || gate.metric_opt(in_flight) == Some(8.0),
+            "8 events in flight",
+        );
         std::fs::write(&hold, "").unwrap();
 
         let events = app.wait_for("every event settled", |e| {

@@ -463,7 +463,13 @@ fn start_or_refusal(
         if let Some(status) = child.0.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read as _;
-            child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return Err((status.code().unwrap_or(-1), err));
         }
         if admin_get(admin, "/healthz").is_ok_and(|r| r.status == 200) {

@@ -23,7 +23,17 @@ fn publish(topic: &str, messages: &[String]) {
 
 fn publish_on(port: u16, topic: &str, messages: &[String]) {
     let mut child = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_pub (Debian package mosquitto-clients, scripts/setup.sh)");
@@ -83,11 +93,21 @@ fn a_binding_delivers_each_message_in_order_with_its_topic_and_retries_a_failure
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let messages: Vec<String> = (0..20)
-        .map(|i| if i == 3 { format!("m{i} retry-once") } else { format!("m{i}") })
+        .map(|i| {
+            if i == 3 {
+                format!("m{i} retry-once")
+            } else {
+                format!("m{i}")
+            }
+        })
         .collect();
     publish(&topic, &messages);
     let events = app.wait_for("every message", |e| accepted_data(e).len() >= 20);
-    assert_eq!(accepted_data(&events), messages, "in publish order, each once");
+    assert_eq!(
+        accepted_data(&events),
+        messages,
+        "in publish order, each once"
+    );
     assert!(
         events.iter().any(|e| e["answer"] == "RETRY"),
         "the failed delivery was retried"
@@ -115,10 +135,18 @@ fn with_a_persistent_session_what_arrives_while_fngate_is_down_is_delivered_afte
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let first: Vec<String> = (0..10)
-        .map(|i| if i == 5 { "a5 held".to_owned() } else { format!("a{i}") })
+        .map(|i| {
+            if i == 5 {
+                "a5 held".to_owned()
+            } else {
+                format!("a{i}")
+            }
+        })
         .collect();
     publish(&topic, &first);
-    app.wait_for("the messages before the held one", |e| accepted_data(e).len() >= 5);
+    app.wait_for("the messages before the held one", |e| {
+        accepted_data(e).len() >= 5
+    });
     gate.kill_hard();
     std::fs::write(&released, b"").unwrap();
     let second: Vec<String> = (0..30).map(|i| format!("b{i}")).collect();
@@ -180,7 +208,18 @@ impl Subscriber {
         use std::io::BufRead;
         // Line-buffered: piped, mosquitto_sub would hold its output back.
         let mut child = std::process::Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-q", "1", "-d", "-v"])
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "1883",
+                "-q",
+                "1",
+                "-d",
+                "-v",
+            ])
             .args(["-t", topic])
             .args(["-C", &count.to_string(), "-W", "60"])
             .stdout(std::process::Stdio::piped())
@@ -189,7 +228,10 @@ impl Subscriber {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
@@ -283,18 +325,27 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
             event["topic"].as_str(),
             event["pubsubname"].as_str()
         ),
-        (Some(r#"{"order":7}"#), Some("text/plain"), Some(events.as_str()), Some("mbus")),
+        (
+            Some(r#"{"order":7}"#),
+            Some("text/plain"),
+            Some(events.as_str()),
+            Some("mbus")
+        ),
         "{event}"
     );
 
     // A binding: the data as JSON, on the component's topic, or the request's.
     let sub = Subscriber::start(&default_topic, 1);
-    call("/v1.0/bindings/mout", br#"{"operation":"create","data":{"n":1}}"#);
+    call(
+        "/v1.0/bindings/mout",
+        br#"{"operation":"create","data":{"n":1}}"#,
+    );
     assert_eq!(sub.received(&default_topic, 1), [r#"{"n":1}"#]);
     let sub = Subscriber::start(&other, 1);
     call(
         "/v1.0/bindings/mout",
-        format!(r#"{{"operation":"create","data":"two","metadata":{{"topic":"{other}"}}}}"#).as_bytes(),
+        format!(r#"{{"operation":"create","data":"two","metadata":{{"topic":"{other}"}}}}"#)
+            .as_bytes(),
     );
     assert_eq!(sub.received(&other, 1), [r#""two""#]);
 }
@@ -345,7 +396,10 @@ impl OwnMosquitto {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -366,7 +420,14 @@ fn a_broker_restart_loses_nothing() {
     let topic = unique("fngate/restart");
     let app = DaprApp::start("grpc", "min", "");
     let url = format!("tcp://127.0.0.1:{}", broker.port);
-    let dir = binding_reader("bindings.mqtt", &url, &topic, &unique("restart"), "grpc", &app);
+    let dir = binding_reader(
+        "bindings.mqtt",
+        &url,
+        &topic,
+        &unique("restart"),
+        "grpc",
+        &app,
+    );
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "reader");
     let before: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
@@ -415,7 +476,11 @@ fn sample_catalog(file: &str, replace: &[(&str, &str)], app: &DaprApp) -> tempfi
 }
 
 fn sample_pod() -> String {
-    format!("127.2.{}.{}:8080", std::process::id() % 250 + 1, free_port() % 250 + 1)
+    format!(
+        "127.2.{}.{}:8080",
+        std::process::id() % 250 + 1,
+        free_port() % 250 + 1
+    )
 }
 
 #[test]
@@ -431,8 +496,13 @@ fn openfunctions_node_mqtt_samples_are_triggered_through_fngate() {
     let gate = Fngate::start(dir.path());
     wait_connected(&gate, "sample-node-async-bindings");
     publish(&topic, &["hello".to_owned()]);
-    let events = app.wait_for("the sample's binding event", |e| !accepted_data(e).is_empty());
-    assert_eq!((events[0]["name"].as_str(), events[0]["data"].as_str()), (Some("mqtt-in"), Some("hello")));
+    let events = app.wait_for("the sample's binding event", |e| {
+        !accepted_data(e).is_empty()
+    });
+    assert_eq!(
+        (events[0]["name"].as_str(), events[0]["data"].as_str()),
+        (Some("mqtt-in"), Some("hello"))
+    );
     let diagnostics =
         String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
     assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");

@@ -16,14 +16,21 @@ use std::path::PathBuf;
 
 /// Runs `check` on every input of `target`'s corpus; names the file that failed.
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("the {target} corpus {}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
         .collect();
     files.sort();
     // A corpus is hundreds of inputs; a handful means it was lost or not checked out.
-    assert!(files.len() >= 100, "{} holds only {} inputs", dir.display(), files.len());
+    assert!(
+        files.len() >= 100,
+        "{} holds only {} inputs",
+        dir.display(),
+        files.len()
+    );
     for file in &files {
         let data = std::fs::read(file).unwrap();
         let outcome = std::panic::catch_unwind(|| check(&data));

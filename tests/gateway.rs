@@ -450,11 +450,17 @@ fn a_request_target_that_is_not_one_gets_400_and_is_not_forwarded() {
     // count the three it answered (counted once each is logged, after its answer) and
     // no 4xx.
     gate.wait_until(
-        || gate.metric_opt("fngate_requests_total{code=\"2xx\",function=\"hello\",namespace=\"default\"}") == Some(3.0),
+        || {
+            gate.metric_opt(
+                "fngate_requests_total{code=\"2xx\",function=\"hello\",namespace=\"default\"}",
+            ) == Some(3.0)
+        },
         "the three answered requests counted",
     );
     assert_eq!(
-        gate.metric_or_zero("fngate_requests_total{code=\"4xx\",function=\"hello\",namespace=\"default\"}"),
+        gate.metric_or_zero(
+            "fngate_requests_total{code=\"4xx\",function=\"hello\",namespace=\"default\"}"
+        ),
         0.0
     );
     let seen = echo.requests_seen();

@@ -312,7 +312,9 @@ impl ExternalScaler for GrpcFunction {
 /// A `grpc-timeout` value (gRPC over HTTP/2: digits and a unit) in milliseconds.
 fn grpc_timeout_millis(value: &str) -> u64 {
     let (digits, unit) = value.split_at(value.len().saturating_sub(1));
-    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("grpc-timeout {value:?}"));
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("grpc-timeout {value:?}"));
     match unit {
         "H" => n * 3_600_000,
         "M" => n * 60_000,
@@ -897,9 +899,15 @@ async fn fngates_own_grpc_answers_are_trailers_only_and_read_right_by_grpcio() {
     let echo = Echo::start("hello", "default");
     let dir = hello_catalog(&echo);
     // `cold`: listed, never ready; `down`: ready, but nothing listens there.
-    let nowhere: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     for (name, ready) in [("cold", false), ("down", true)] {
-        write_atomically(dir.path(), &format!("{name}.yaml"), &function_yaml("default", name, ""));
+        write_atomically(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &function_yaml("default", name, ""),
+        );
         write_atomically(
             dir.path(),
             &format!("{name}-slice.yaml"),
@@ -943,9 +951,16 @@ async fn fngates_own_grpc_answers_are_trailers_only_and_read_right_by_grpcio() {
     let python = tokio::task::block_in_place(common::python_venv);
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpc_status_check.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/grpc_status_check.py"
+            ))
             .arg(gate.http.to_string())
-            .args(["nobody.default.ofn.io", "cold.default.ofn.io", "down.default.ofn.io"])
+            .args([
+                "nobody.default.ofn.io",
+                "cold.default.ofn.io",
+                "down.default.ofn.io",
+            ])
             .output()
             .unwrap()
     });
@@ -957,11 +972,21 @@ async fn fngates_own_grpc_answers_are_trailers_only_and_read_right_by_grpcio() {
     let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let got: Vec<(String, String)> = results
         .iter()
-        .map(|r| (r["code"].as_str().unwrap().to_owned(), r["details"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["code"].as_str().unwrap().to_owned(),
+                r["details"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(got[0].0, "UNIMPLEMENTED", "no route: {got:?}");
     assert!(got[0].1.contains("no route"), "{got:?}");
     assert_eq!(got[1].0, "UNAVAILABLE", "hold timeout: {got:?}");
-    assert!(got[1].1.contains("no endpoint of the function became ready"), "{got:?}");
+    assert!(
+        got[1]
+            .1
+            .contains("no endpoint of the function became ready"),
+        "{got:?}"
+    );
     assert_eq!(got[2].0, "UNAVAILABLE", "unreachable function: {got:?}");
 }

@@ -121,7 +121,10 @@ fn removing_a_function_stops_its_event_trigger() {
         },
         "the trigger gone from the plan",
     );
-    gate.wait_until(|| gate.metric_opt(connected) == Some(0.0), "the consumer stopped");
+    gate.wait_until(
+        || gate.metric_opt(connected) == Some(0.0),
+        "the consumer stopped",
+    );
 }
 
 #[test]
@@ -150,7 +153,10 @@ fn older_and_duplicate_events_change_nothing() {
     let stale = "fngate_catalog_events_total{kind=\"Function\",outcome=\"stale\"}";
     cluster.api.inject("MODIFIED", &old.to_string());
     cluster.api.inject("MODIFIED", &current.to_string());
-    gate.wait_until(|| gate.metric_opt(stale) >= Some(2.0), "both events seen as stale");
+    gate.wait_until(
+        || gate.metric_opt(stale) >= Some(2.0),
+        "both events seen as stale",
+    );
     assert_eq!(gate.revision(), revision);
     assert_eq!(gate.get("v2.example.com", "/default/hello").status, 200);
     assert_eq!(gate.get("v1.example.com", "/default/hello").status, 404);
@@ -161,7 +167,10 @@ fn older_and_duplicate_events_change_nothing() {
         .delete(FUNCTION_API, "Function", "default", "hello");
     gate.wait_for_revision_after(revision);
     cluster.api.inject("ADDED", &current.to_string());
-    gate.wait_until(|| gate.metric_opt(stale) >= Some(3.0), "the late ADDED seen as stale");
+    gate.wait_until(
+        || gate.metric_opt(stale) >= Some(3.0),
+        "the late ADDED seen as stale",
+    );
     assert_eq!(gate.get("v2.example.com", "/default/hello").status, 404);
 }
 
@@ -189,7 +198,10 @@ fn status_only_and_metadata_only_updates_do_not_recompile() {
     current["metadata"]["managedFields"] =
         serde_json::json!([{"manager": "kubectl", "operation": "Update"}]);
     cluster.api.apply(&current.to_string());
-    gate.wait_until(|| gate.metric_opt(unchanged) >= Some(2.0), "both updates seen");
+    gate.wait_until(
+        || gate.metric_opt(unchanged) >= Some(2.0),
+        "both updates seen",
+    );
     assert_eq!(gate.revision(), revision);
     assert_eq!(
         gate.metric("fngate_reloads_total{outcome=\"success\"}"),
@@ -360,7 +372,10 @@ fn of_two_replicas_one_writes_status_and_the_other_takes_over_when_it_dies() {
         (second, first)
     };
     leader_gate.kill_hard();
-    other.wait_until(|| other.metric_opt(leader) == Some(1.0), "the other replica leads");
+    other.wait_until(
+        || other.metric_opt(leader) == Some(1.0),
+        "the other replica leads",
+    );
     // And it writes: a new Function gets its status from the new leader.
     let echo2 = Echo::start("late", "default");
     cluster.http_function("late", "", &echo2);
@@ -408,7 +423,10 @@ fn a_status_writer_stopped_gracefully_gives_up_its_lease() {
     let echo = Echo::start("hello", "default");
     cluster.http_function("hello", "", &echo);
     let gate = cluster.gate(STATUS);
-    gate.wait_until(|| gate.metric_opt("fngate_status_leader ") == Some(1.0), "leading");
+    gate.wait_until(
+        || gate.metric_opt("fngate_status_leader ") == Some(1.0),
+        "leading",
+    );
     let holder = || {
         cluster
             .api
@@ -437,9 +455,14 @@ fn of_two_replicas_one_fires_each_cron_tick_and_the_other_takes_over_when_it_die
     cluster.api.apply(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\n  namespace: default\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n    - name: schedule\n      value: \"@every 1s\"\n",
     );
-    cluster
-        .api
-        .apply(&dapr_function_yaml("ticker", "tick", None, "grpc", app.addr.port(), ""));
+    cluster.api.apply(&dapr_function_yaml(
+        "ticker",
+        "tick",
+        None,
+        "grpc",
+        app.addr.port(),
+        "",
+    ));
     cluster
         .api
         .apply(&endpoint_slice("default", "ticker", &[app.addr], true));
@@ -458,7 +481,9 @@ fn of_two_replicas_one_fires_each_cron_tick_and_the_other_takes_over_when_it_die
     assert_eq!(fired(&other), 0.0, "both replicas fired");
     firing.kill_hard();
     let at_kill = app.events().len();
-    app.wait_for("three ticks from the other replica", |e| e.len() >= at_kill + 3);
+    app.wait_for("three ticks from the other replica", |e| {
+        e.len() >= at_kill + 3
+    });
     other.wait_until(|| fired(&other) >= 3.0, "the other replica's ticks counted");
     // Each tick once across both: no two deliveries of one second.
     let events = app.events();

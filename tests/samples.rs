@@ -23,7 +23,12 @@ const BROKEN: [(&str, &str); 5] = [
 fn openfunction_samples_load_and_the_broken_ones_are_reported() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/openfunction");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the samples {} (shared/ beside the repository): {e}", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the samples {} (shared/ beside the repository): {e}",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();

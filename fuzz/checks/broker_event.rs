@@ -2,6 +2,8 @@
 //! conversion to what an app receives: the HTTP request and the gRPC BindingEventRequest /
 //! TopicEventRequest with its metadata. Never a panic; what is built decodes as Dapr's
 //! generated types and carries the payload, topic and component unchanged.
+use arbitrary::{Result, Unstructured};
+use base64::Engine as _;
 use bytes::Bytes;
 use dapr::dapr::proto::runtime::v1::{BindingEventRequest, TopicEventRequest};
 use fngate::plan::{
@@ -9,8 +11,6 @@ use fngate::plan::{
     SourceSpec, TriggerKind, TriggerSpec,
 };
 use fngate::triggers::{grpc_wire_form, http_delivery_request, topic_metadata, Event};
-use arbitrary::{Result, Unstructured};
-use base64::Engine as _;
 use prost::Message;
 use std::time::{Duration, Instant};
 
@@ -157,7 +157,8 @@ pub fn check(input: &[u8]) {
             for (k, v) in &event.metadata {
                 let plain_key = !k.is_empty()
                     && !k.ends_with("-bin")
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 let plain_value = v.bytes().all(|b| b.is_ascii_graphic());
                 if plain_key && plain_value {
                     let values: Vec<&str> = md
@@ -165,7 +166,10 @@ pub fn check(input: &[u8]) {
                         .iter()
                         .filter_map(|m| m.to_str().ok())
                         .collect();
-                    assert!(values.contains(&v.as_str()), "metadata {k:?}={v:?} in {values:?}");
+                    assert!(
+                        values.contains(&v.as_str()),
+                        "metadata {k:?}={v:?} in {values:?}"
+                    );
                 }
             }
         }

@@ -5,12 +5,12 @@
 //! up (`scripts/services.sh` starts it); publish goes to a JetStream pub/sub (NATS on
 //! 127.0.0.1:4222, a subject no stream takes), output bindings to `bindings.http` at a
 //! port where nothing listens.
+use arbitrary::{Result, Unstructured};
 use bytes::Bytes;
 use fngate::catalog::snapshot_from_texts;
 use fngate::plan_swap::PlanSwap;
 use fngate::runtime::{handle_http, DaprApi};
 use fngate::telemetry::Metrics;
-use arbitrary::{Result, Unstructured};
 use std::sync::{Arc, OnceLock};
 
 const CATALOG: &str = r#"apiVersion: v1
@@ -82,7 +82,10 @@ fn harness() -> &'static Harness {
         let mut plans = PlanSwap::new(Default::default(), metrics.clone());
         plans.swap_in(&snapshot_from_texts([("fuzz.yaml", CATALOG)]));
         let diagnostics = plans.plan().load().diagnostics.clone();
-        assert!(diagnostics.is_empty(), "the fuzz catalog compiles cleanly: {diagnostics:?}");
+        assert!(
+            diagnostics.is_empty(),
+            "the fuzz catalog compiles cleanly: {diagnostics:?}"
+        );
         let api = DaprApi::new(plans.plan(), metrics);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -109,7 +112,9 @@ const PREFIXES: &[&str] = &[
     "/v1.0/bindings/hook",
 ];
 
-fn request(u: &mut Unstructured) -> Result<Option<(http::Request<http_body_util::Full<Bytes>>, bool)>> {
+fn request(
+    u: &mut Unstructured,
+) -> Result<Option<(http::Request<http_body_util::Full<Bytes>>, bool)>> {
     let method = *u.choose(METHODS)?;
     let prefix = *u.choose(PREFIXES)?;
     let rest: String = u.arbitrary()?;

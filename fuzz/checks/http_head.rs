@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Sent after every input: its answer ends the connection.
-const SENTINEL: &[u8] = b"GET /fuzz-end HTTP/1.1\r\nHost: f.default.ofn.io\r\nConnection: close\r\n\r\n";
+const SENTINEL: &[u8] =
+    b"GET /fuzz-end HTTP/1.1\r\nHost: f.default.ofn.io\r\nConnection: close\r\n\r\n";
 
 static BACKEND_REQUESTS: AtomicUsize = AtomicUsize::new(0);
 /// Requests whose head the backend has and whose body it is still reading.
@@ -42,24 +43,26 @@ fn start_backend() -> SocketAddr {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                        use http_body_util::BodyExt;
-                        BACKEND_OPEN.fetch_add(1, Ordering::SeqCst);
-                        let open = OpenRequest;
-                        let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
-                        // Counted once whole: a body cut by the client is not a forward.
-                        if n.is_ok() {
-                            BACKEND_REQUESTS.fetch_add(1, Ordering::SeqCst);
-                        }
-                        drop(open);
-                        let body = format!("{n:?}");
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .header("x-fuzz-backend", "1")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    });
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            BACKEND_OPEN.fetch_add(1, Ordering::SeqCst);
+                            let open = OpenRequest;
+                            let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                            // Counted once whole: a body cut by the client is not a forward.
+                            if n.is_ok() {
+                                BACKEND_REQUESTS.fetch_add(1, Ordering::SeqCst);
+                            }
+                            drop(open);
+                            let body = format!("{n:?}");
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("x-fuzz-backend", "1")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        },
+                    );
                     let served = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -181,7 +184,10 @@ fn responses(raw: &[u8]) -> Vec<(u16, bool)> {
     let mut out = Vec::new();
     for (i, part) in text.split("HTTP/1.1 ").enumerate() {
         if i == 0 {
-            assert!(part.is_empty(), "bytes before the first status line: {part:?}");
+            assert!(
+                part.is_empty(),
+                "bytes before the first status line: {part:?}"
+            );
             continue;
         }
         let status: u16 = part

@@ -4,8 +4,8 @@
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
 use super::triggers::{
-    kafka_auth, kafka_brokers, mqtt_consumer_id, mqtt_url, resolve_metadata, secret_value, Metadata, Origin,
-    Report,
+    kafka_auth, kafka_brokers, mqtt_consumer_id, mqtt_url, resolve_metadata, secret_value,
+    Metadata, Origin, Report,
 };
 use super::Snapshot;
 use crate::api::{
@@ -14,8 +14,8 @@ use crate::api::{
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
-    StateBackend, StateComponent,
+    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout,
+    PubsubComponent, RedisSettings, StateBackend, StateComponent,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -699,7 +699,10 @@ fn mqtt_producer(
         password,
         // Per process too: replicas sharing a consumerID would otherwise take the
         // connection from each other (a broker keeps one session per client id).
-        client_id: format!("{consumer}-producer-{}", &crate::triggers::process_uuid()[..8]),
+        client_id: format!(
+            "{consumer}-producer-{}",
+            &crate::triggers::process_uuid()[..8]
+        ),
         retain,
     })
 }

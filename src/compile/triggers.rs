@@ -8,9 +8,9 @@ use crate::api::{
     ObjectKind, ParsedObject, Secret,
 };
 use crate::plan::{
-    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
-    KafkaAuth, KafkaSource, MqttSource, ServiceKey, SourceSpec, TriggerKey, TriggerKind, TriggerSet,
-    TriggerSpec,
+    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,
+    JetstreamSource, KafkaAuth, KafkaSource, MqttSource, ServiceKey, SourceSpec, TriggerKey,
+    TriggerKind, TriggerSet, TriggerSpec,
 };
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -445,7 +445,10 @@ pub(super) fn mqtt_url(
         .strip_prefix("tcp://")
         .or_else(|| url.strip_prefix("mqtt://"))
     else {
-        let message = if url.starts_with("ssl://") || url.starts_with("tls://") || url.starts_with("mqtts://") {
+        let message = if url.starts_with("ssl://")
+            || url.starts_with("tls://")
+            || url.starts_with("mqtts://")
+        {
             format!("{url:?}: MQTT over TLS is not supported by fngate yet; use tcp://")
         } else {
             format!("{url:?} is not an MQTT URL (tcp://[user:password@]host:port)")
@@ -502,9 +505,17 @@ fn mqtt(
     let topics = match pubsub_topic {
         Some(t) => vec![t.to_owned()],
         None => match meta.take("topic") {
-            Some(t) => t.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+            Some(t) => t
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
             None => {
-                meta.error("topic", "an MQTT input binding needs a topic".into(), report);
+                meta.error(
+                    "topic",
+                    "an MQTT input binding needs a topic".into(),
+                    report,
+                );
                 return None;
             }
         },
@@ -538,7 +549,11 @@ fn cron(
         return None;
     };
     if let Err(e) = crate::triggers::parse_schedule(&schedule) {
-        meta.error("schedule", format!("invalid schedule {schedule:?}: {e}"), report);
+        meta.error(
+            "schedule",
+            format!("invalid schedule {schedule:?}: {e}"),
+            report,
+        );
         return None;
     }
     // A bad annotation is reported by the route compile; here it just falls back.

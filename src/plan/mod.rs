@@ -5,13 +5,14 @@ mod triggers;
 
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap, OutputRef, PostgresLayout,
-    PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, StateBackend, StateComponent,
+    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap,
+    OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent, RedisSettings,
+    StateBackend, StateComponent,
 };
 pub use triggers::{
-    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset, JetstreamSource,
-    KafkaAuth, KafkaSource, MqttSource, SourceSpec, TriggerDiff, TriggerKey, TriggerKind, TriggerSet,
-    TriggerSpec,
+    AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,
+    JetstreamSource, KafkaAuth, KafkaSource, MqttSource, SourceSpec, TriggerDiff, TriggerKey,
+    TriggerKind, TriggerSet, TriggerSpec,
 };
 
 use crate::api::{Diagnostic, ObjectKey};

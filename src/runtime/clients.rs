@@ -4,8 +4,8 @@
 //! store cost one connection, not a thousand sidecars' worth. A new plan that leaves a
 //! backend alone keeps its client; a changed one gets a new client.
 
-use super::state::{MysqlStore, PostgresStore, RedisStore, StateStore};
 use super::outputs::MqttPublisher;
+use super::state::{MysqlStore, PostgresStore, RedisStore, StateStore};
 use crate::plan::{
     BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings,
     MqttProducerSettings, StateBackend, StateComponent,

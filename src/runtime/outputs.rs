@@ -312,8 +312,11 @@ impl MqttPublisher {
     pub(crate) fn connect(settings: &crate::plan::MqttProducerSettings) -> MqttPublisher {
         use rumqttc::{Event, Packet};
         use std::sync::atomic::Ordering;
-        let mut options =
-            rumqttc::MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
+        let mut options = rumqttc::MqttOptions::new(
+            settings.client_id.clone(),
+            settings.host.clone(),
+            settings.port,
+        );
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
@@ -357,7 +360,12 @@ impl MqttPublisher {
     }
 
     /// Publishes at QoS 1; `Ok` once the broker acknowledged it (within 10 s).
-    pub(crate) async fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<(), String> {
         let _turn = self.one_at_a_time.lock().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         // A first publish may come before the connection is up.
@@ -403,13 +411,17 @@ mod tests {
             (&b"a"[..], 7, 6),
             (&b"foo"[..], 10, 3), // 0xa9f37ed7 = -1443660073
             (&b"foo"[..], 7, 2),
-            (&b""[..], 10, 5), // the offset basis 0x811c9dc5 = -2128831035
+            (&b""[..], 10, 5),      // the offset basis 0x811c9dc5 = -2128831035
             (&b"key-0"[..], 10, 7), // 0x58e035d9, positive
             (&b"key-1"[..], 7, 1),
             (&b"order-42"[..], 3, 2),
             (&b"b"[..], 10, 9),
         ] {
-            assert_eq!(sarama_partition(key, partitions), want, "{key:?} of {partitions}");
+            assert_eq!(
+                sarama_partition(key, partitions),
+                want,
+                "{key:?} of {partitions}"
+            );
         }
     }
 }

@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 pub enum Schedule {
     /// `@every <duration>`: whole seconds, at least one, from the previous tick.
     Every(Duration),
-    Cron { cron: Box<croner::Cron>, zone: TimeZone },
+    Cron {
+        cron: Box<croner::Cron>,
+        zone: TimeZone,
+    },
 }
 
 /// Parses a schedule as robfig/cron's `SecondOptional | Minute | Hour | Dom | Month | Dow
@@ -96,7 +99,10 @@ pub fn parse_schedule(text: &str) -> Result<Schedule, String> {
         .build()
         .parse(&spec)
         .map_err(|e| e.to_string())?;
-    Ok(Schedule::Cron { cron: Box::new(cron), zone })
+    Ok(Schedule::Cron {
+        cron: Box::new(cron),
+        zone,
+    })
 }
 
 /// A zone as Go's `time.LoadLocation` names it: `Local`, `UTC`, or an IANA name from the
@@ -323,25 +329,59 @@ mod tests {
         let from = "2026-12-07T10:15:30Z"; // a Monday
         let table: &[(&str, &[&str])] = &[
             // 5 fields: minute resolution, second 0.
-            ("TZ=UTC */5 * * * *", &["2026-12-07T10:20:00Z", "2026-12-07T10:25:00Z"]),
+            (
+                "TZ=UTC */5 * * * *",
+                &["2026-12-07T10:20:00Z", "2026-12-07T10:25:00Z"],
+            ),
             // 6 fields: seconds first.
-            ("TZ=UTC 15 * * * * *", &["2026-12-07T10:16:15Z", "2026-12-07T10:17:15Z"]),
-            ("TZ=UTC */20 * * * * *", &["2026-12-07T10:15:40Z", "2026-12-07T10:16:00Z"]),
+            (
+                "TZ=UTC 15 * * * * *",
+                &["2026-12-07T10:16:15Z", "2026-12-07T10:17:15Z"],
+            ),
+            (
+                "TZ=UTC */20 * * * * *",
+                &["2026-12-07T10:15:40Z", "2026-12-07T10:16:00Z"],
+            ),
             // robfig's N/step: from N to the end of the range.
-            ("TZ=UTC 50/5 * * * * *", &["2026-12-07T10:15:50Z", "2026-12-07T10:15:55Z", "2026-12-07T10:16:50Z"]),
-            ("TZ=UTC 0 0 * * MON-FRI", &["2026-12-08T00:00:00Z", "2026-12-09T00:00:00Z"]),
+            (
+                "TZ=UTC 50/5 * * * * *",
+                &[
+                    "2026-12-07T10:15:50Z",
+                    "2026-12-07T10:15:55Z",
+                    "2026-12-07T10:16:50Z",
+                ],
+            ),
+            (
+                "TZ=UTC 0 0 * * MON-FRI",
+                &["2026-12-08T00:00:00Z", "2026-12-09T00:00:00Z"],
+            ),
             ("TZ=UTC 0 0 * DEC WED", &["2026-12-09T00:00:00Z"]),
             ("TZ=UTC 0 0 * JUL *", &["2027-07-01T00:00:00Z"]),
             // Weekdays 1-5 are Monday to Friday (0 is Sunday).
-            ("TZ=UTC 0 12 * * 1-5", &["2026-12-07T12:00:00Z", "2026-12-08T12:00:00Z"]),
+            (
+                "TZ=UTC 0 12 * * 1-5",
+                &["2026-12-07T12:00:00Z", "2026-12-08T12:00:00Z"],
+            ),
             ("TZ=UTC 0 12 * * 0", &["2026-12-13T12:00:00Z"]),
             // Both day fields restricted: either matches (Dec 10 is a Thursday).
-            ("TZ=UTC 0 0 10 * 1", &["2026-12-10T00:00:00Z", "2026-12-14T00:00:00Z"]),
+            (
+                "TZ=UTC 0 0 10 * 1",
+                &["2026-12-10T00:00:00Z", "2026-12-14T00:00:00Z"],
+            ),
             // A `*/2` day of month counts as restricted, so the fields are ORed: the
             // odd days (*/2 from 1) and Mondays.
-            ("TZ=UTC 0 0 */2 * 1", &["2026-12-09T00:00:00Z", "2026-12-11T00:00:00Z"]),
-            ("TZ=UTC 0 30 3-6,20-23 * * *", &["2026-12-07T20:30:00Z", "2026-12-07T21:30:00Z"]),
-            ("TZ=UTC @hourly", &["2026-12-07T11:00:00Z", "2026-12-07T12:00:00Z"]),
+            (
+                "TZ=UTC 0 0 */2 * 1",
+                &["2026-12-09T00:00:00Z", "2026-12-11T00:00:00Z"],
+            ),
+            (
+                "TZ=UTC 0 30 3-6,20-23 * * *",
+                &["2026-12-07T20:30:00Z", "2026-12-07T21:30:00Z"],
+            ),
+            (
+                "TZ=UTC @hourly",
+                &["2026-12-07T11:00:00Z", "2026-12-07T12:00:00Z"],
+            ),
             ("TZ=UTC @daily", &["2026-12-08T00:00:00Z"]),
             ("TZ=UTC @midnight", &["2026-12-08T00:00:00Z"]),
             ("TZ=UTC @weekly", &["2026-12-13T00:00:00Z"]),
@@ -350,11 +390,20 @@ mod tests {
             ("TZ=UTC @annually", &["2027-01-01T00:00:00Z"]),
             ("TZ=UTC 0 0 ? * *", &["2026-12-08T00:00:00Z"]),
             // Zones: 04:30 in New York is 09:30 UTC in December (EST, -5).
-            ("CRON_TZ=America/New_York 0 30 4 * * *", &["2026-12-08T09:30:00Z"]),
+            (
+                "CRON_TZ=America/New_York 0 30 4 * * *",
+                &["2026-12-08T09:30:00Z"],
+            ),
             ("TZ=Asia/Tokyo 0 9 * * *", &["2026-12-08T00:00:00Z"]),
             // From the previous tick, not from when it was computed.
-            ("@every 2s", &["2026-12-07T10:15:32Z", "2026-12-07T10:15:34Z"]),
-            ("@every 1m30s", &["2026-12-07T10:17:00Z", "2026-12-07T10:18:30Z"]),
+            (
+                "@every 2s",
+                &["2026-12-07T10:15:32Z", "2026-12-07T10:15:34Z"],
+            ),
+            (
+                "@every 1m30s",
+                &["2026-12-07T10:17:00Z", "2026-12-07T10:18:30Z"],
+            ),
             // Under a second rounds up to one; sub-seconds are dropped.
             ("@every 300ms", &["2026-12-07T10:15:31Z"]),
             ("@every 2.7s", &["2026-12-07T10:15:32Z"]),

@@ -982,7 +982,11 @@ impl GatedFunction {
                 });
             }
         });
-        GatedFunction { addr, arrived, gate }
+        GatedFunction {
+            addr,
+            arrived,
+            gate,
+        }
     }
 
     /// Requests that reached the function.
@@ -1018,7 +1022,10 @@ pub async fn jetstream_stream(name: &str, subject: &str) -> async_nats::jetstrea
 
 /// A real HTTP server that records the bodies POSTed to it.
 #[allow(dead_code)] // not every test binary uses it
-pub fn webhook_receiver() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<serde_json::Value>) {
+pub fn webhook_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     use std::io::Read as _;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
