@@ -2,11 +2,12 @@
 # Sets up a fresh machine and runs the whole test suite under cargo-nextest: unit tests,
 # integration tests against the real binary and real functions (HTTP and Dapr
 # AppCallback gRPC), the OpenFunction samples, the Gateway API conformance runner (its
-# table is printed as it passes), every committed fuzz corpus input, and the event
-# triggers against real brokers: NATS JetStream and tansu, a Kafka-protocol broker
-# (installed once; the tests start it themselves). Each test has a deadline
+# table is printed as it passes), the committed corpus inputs replayed on stable Rust
+# (tests/fuzz_corpus.rs), and the event triggers against real brokers: NATS JetStream,
+# Mosquitto and tansu, a Kafka-protocol broker (installed once; the tests start it). Each test has a deadline
 # (.config/nextest.toml); the heavy ones run one at a time. Ends with each stage's time.
-# Live fuzzing is scripts/fuzz.sh, benchmarks are benches/; neither runs here.
+# No nightly toolchain and no live fuzzing here: that is its own command, as are the
+# benchmarks (docs/testing.md, docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
