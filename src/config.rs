@@ -127,14 +127,15 @@ pub struct KubernetesSettings {
     /// Quiet time that ends a burst of watch events before a compile.
     pub debounce: Duration,
     /// Function status writing; `None` = never written.
-    pub status: Option<StatusSettings>,
+    pub status: Option<LeaseSettings>,
     /// The Lease whose holder alone fires cron triggers, so each tick fires once across
     /// replicas (namespace, duration and identity as the status writer's).
-    pub cron_lease: StatusSettings,
+    pub cron_lease: LeaseSettings,
 }
 
+/// A `coordination.k8s.io` Lease that picks one replica for a job (status writing, cron).
 #[derive(Clone, Debug)]
-pub struct StatusSettings {
+pub struct LeaseSettings {
     pub lease_name: String,
     pub lease_namespace: String,
     pub lease_duration: Duration,
@@ -328,8 +329,8 @@ impl Settings {
         let k = &raw.catalog.kubernetes;
         let kubernetes = if k.enabled {
             let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            let lease = |name: String| -> Result<StatusSettings, ConfigError> {
-                Ok(StatusSettings {
+            let lease = |name: String| -> Result<LeaseSettings, ConfigError> {
+                Ok(LeaseSettings {
                     lease_name: name,
                     lease_namespace: k
                         .status

@@ -3,14 +3,14 @@
 //! replica takes the Lease once its record stayed unchanged for the whole duration by
 //! that replica's own clock, or at once when the holder released it.
 
-use crate::config::StatusSettings;
+use crate::config::LeaseSettings;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub struct Lease {
     client: kube::Client,
-    settings: StatusSettings,
+    settings: LeaseSettings,
     /// What the Lease is for, in log lines.
     what: &'static str,
     state: LeaseState,
@@ -49,7 +49,7 @@ pub(crate) fn now_rfc3339(micros: bool) -> String {
 }
 
 impl Lease {
-    pub fn new(client: kube::Client, settings: StatusSettings, what: &'static str) -> Lease {
+    pub fn new(client: kube::Client, settings: LeaseSettings, what: &'static str) -> Lease {
         Lease {
             client,
             settings,
@@ -73,7 +73,7 @@ impl Lease {
     }
 
     /// Whether a renewal (or an attempt to take the Lease) is due.
-    pub fn due(&self) -> bool {
+    fn due(&self) -> bool {
         self.state
             .last_renewal
             .is_none_or(|t| t.elapsed() >= self.renew_every())
@@ -125,7 +125,7 @@ impl Lease {
     }
 
     /// Takes or renews the Lease; whether this replica holds it now.
-    pub async fn try_lead(&mut self) -> bool {
+    async fn try_lead(&mut self) -> bool {
         let api = self.lease_api();
         let s = &self.settings;
         let now = now_rfc3339(true);

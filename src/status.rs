@@ -9,7 +9,7 @@
 
 use crate::api::ObjectKind;
 use crate::catalog::{resource_version, FunctionStatusView, KubeCatalog, WatchedKind};
-use crate::config::StatusSettings;
+use crate::config::LeaseSettings;
 use crate::lease::{now_rfc3339, Lease};
 use crate::plan::Plan;
 use crate::plan_swap::SharedPlan;
@@ -37,7 +37,7 @@ pub struct StatusWriter {
 impl StatusWriter {
     pub fn new(
         client: kube::Client,
-        settings: StatusSettings,
+        settings: LeaseSettings,
         plan: SharedPlan,
         revisions: watch::Receiver<u64>,
         catalog: Arc<Mutex<KubeCatalog>>,

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a topic's partition count is trusted before it is read again.
@@ -303,7 +303,7 @@ pub(crate) struct MqttPublisher {
     client: rumqttc::AsyncClient,
     /// Counts PUBACKs; a publish waits for it to move past what it saw before sending.
     acked: tokio::sync::watch::Receiver<u64>,
-    connected: Arc<std::sync::atomic::AtomicBool>,
+    connected: tokio::sync::watch::Receiver<bool>,
     one_at_a_time: tokio::sync::Mutex<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -311,7 +311,6 @@ pub(crate) struct MqttPublisher {
 impl MqttPublisher {
     pub(crate) fn connect(settings: &crate::plan::MqttProducerSettings) -> MqttPublisher {
         use rumqttc::{Event, Packet};
-        use std::sync::atomic::Ordering;
         let mut options = rumqttc::MqttOptions::new(
             settings.client_id.clone(),
             settings.host.clone(),
@@ -326,15 +325,14 @@ impl MqttPublisher {
         }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
         let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
-        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let up = connected.clone();
+        let (up, connected) = tokio::sync::watch::channel(false);
         let broker = format!("{}:{}", settings.host, settings.port);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        up.store(true, Ordering::SeqCst);
+                        up.send_replace(true);
                         backoff = Duration::from_millis(100);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
@@ -342,7 +340,7 @@ impl MqttPublisher {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        up.store(false, Ordering::SeqCst);
+                        up.send_replace(false);
                         tracing::debug!(%broker, error = %e, "mqtt publisher connection");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -369,11 +367,13 @@ impl MqttPublisher {
         let _turn = self.one_at_a_time.lock().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         // A first publish may come before the connection is up.
-        while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err("not connected to the MQTT broker".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut connected = self.connected.clone();
+        let up = tokio::time::timeout_at(deadline, async {
+            connected.wait_for(|up| *up).await.is_ok()
+        })
+        .await;
+        if up != Ok(true) {
+            return Err("not connected to the MQTT broker".into());
         }
         let mut acked = self.acked.clone();
         let before = *acked.borrow_and_update();

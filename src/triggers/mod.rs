@@ -16,7 +16,7 @@ mod supervisor;
 mod wire;
 
 pub use app::Answer;
-pub use cron::{parse_schedule, Schedule};
+pub use cron::parse_schedule;
 
 /// A random id made once per process: Dapr replaces `{uuid}` in component metadata
 /// (an MQTT `consumerID`) once per daprd.

@@ -137,15 +137,14 @@ async fn deliver_in_order(
 }
 
 fn to_event(rt: &TriggerRuntime, publish: &Publish) -> Event {
-    let metadata = match rt.spec.kind {
-        TriggerKind::Binding => vec![("topic".into(), publish.topic.clone())],
-        TriggerKind::PubSub => Vec::new(),
-    };
-    // The subscription the message matched, as the app subscribed to it: a pub/sub
-    // trigger has one topic filter.
-    let topic = match rt.spec.kind {
-        TriggerKind::PubSub => rt.key.topic.clone(),
-        TriggerKind::Binding => publish.topic.clone(),
+    // A binding passes the topic the message came on; a pub/sub trigger has one topic
+    // filter, the subscription the app made.
+    let (metadata, topic) = match rt.spec.kind {
+        TriggerKind::Binding => (
+            vec![("topic".into(), publish.topic.clone())],
+            publish.topic.clone(),
+        ),
+        TriggerKind::PubSub => (Vec::new(), rt.key.topic.clone()),
     };
     Event {
         data: publish.payload.clone(),
