@@ -1,77 +1,15 @@
 //! The function side: which protocol, what the app subscribed to, and its answer to one event.
 
-use super::bulk::{Batcher, Entry};
-use super::dapr_grpc::GrpcApp;
-use super::dapr_http::HttpApp;
+use super::bulk::{BatchSink, Batcher};
+use super::contract::{Answer, BulkDestination, BulkSubscribe, Subscriptions};
+use super::dapr_grpc::{GrpcApp, GrpcBulkEntry};
+use super::dapr_http::{HttpApp, HttpBulkEntry};
 use super::event::Event;
 use crate::plan::{AppProtocol, TriggerKind, TriggerSpec};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The app's answer to one delivery attempt.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Answer {
-    Success,
-    Retry(String),
-    /// Acknowledge and dead-letter (DROP, gRPC UNIMPLEMENTED, HTTP 404).
-    Drop(String),
-    /// The app could not be reached (refused, reset, gRPC UNAVAILABLE): retried, never
-    /// dead-lettered, since the event was not judged.
-    Unreachable(String),
-}
-
-impl Answer {
-    /// Why a delivery did not succeed.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Answer::Success => None,
-            Answer::Retry(r) | Answer::Drop(r) | Answer::Unreachable(r) => Some(r),
-        }
-    }
-}
-
-/// What an endpoint told us it consumes.
-#[derive(Clone, Debug, Default)]
-pub struct Subscriptions {
-    pub bindings: HashSet<String>,
-    /// (pubsub name, topic) -> where its events go.
-    pub topics: HashMap<(String, String), TopicRoute>,
-}
-
-/// One topic subscription: the route path (`""` when the app gave none) and, when the app
-/// opted in to Dapr's bulk subscribe, its batch limits.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TopicRoute {
-    pub path: String,
-    pub bulk: Option<BulkSubscribe>,
-}
-
-/// An app's `bulkSubscribe` settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BulkSubscribe {
-    pub max_messages: usize,
-    pub max_await: Duration,
-}
-
-impl BulkSubscribe {
-    /// Dapr's defaults (100 messages, 1 s) for what the app leaves at 0.
-    pub fn new(max_messages: i64, max_await_ms: i64) -> BulkSubscribe {
-        BulkSubscribe {
-            max_messages: if max_messages > 0 {
-                max_messages as usize
-            } else {
-                100
-            },
-            max_await: Duration::from_millis(if max_await_ms > 0 {
-                max_await_ms as u64
-            } else {
-                1000
-            }),
-        }
-    }
-}
 
 /// How long an endpoint's subscription list is trusted before it is asked again.
 const SUBSCRIPTIONS_TTL: Duration = Duration::from_secs(30);
@@ -88,7 +26,7 @@ pub struct App {
     /// Asked when an endpoint is first used; refreshed after `SUBSCRIPTIONS_TTL`.
     subscriptions: Mutex<HashMap<SocketAddr, (Instant, Arc<Subscriptions>)>>,
     /// Bulk subscriptions: one batcher per endpoint, route and topic.
-    batchers: Mutex<HashMap<(SocketAddr, String, String), Arc<Batcher>>>,
+    batchers: Mutex<HashMap<(SocketAddr, String, String), Arc<Batcher<BulkTarget>>>>,
 }
 
 /// Where an event goes on one endpoint, or why it cannot go there.
@@ -192,7 +130,7 @@ impl App {
         topic: &str,
         component: &str,
         limits: BulkSubscribe,
-    ) -> Arc<Batcher> {
+    ) -> Arc<Batcher<BulkTarget>> {
         let mut batchers = self.batchers.lock().expect("not poisoned");
         let key = (addr, path.to_owned(), topic.to_owned());
         match batchers.get(&key) {
@@ -200,10 +138,12 @@ impl App {
             _ => {
                 let target = BulkTarget {
                     client: self.client.clone(),
-                    addr,
-                    path: path.to_owned(),
-                    topic: topic.to_owned(),
-                    component: component.to_owned(),
+                    destination: BulkDestination {
+                        addr,
+                        path: path.to_owned(),
+                        topic: topic.to_owned(),
+                        component: component.to_owned(),
+                    },
                 };
                 let b = Arc::new(Batcher::new(target, limits));
                 batchers.insert(key, b.clone());
@@ -213,27 +153,44 @@ impl App {
     }
 }
 
-/// Where a batch goes.
-pub struct BulkTarget {
-    pub client: AppClient,
-    pub addr: SocketAddr,
-    pub path: String,
-    pub topic: String,
-    /// The pub/sub component's name.
-    pub component: String,
+/// One event as a bulk entry of the app's protocol.
+pub enum Entry {
+    Grpc(GrpcBulkEntry),
+    Http(HttpBulkEntry),
 }
 
-impl BulkTarget {
+/// Where a batch goes, and the client that takes it there.
+pub struct BulkTarget {
+    client: AppClient,
+    destination: BulkDestination,
+}
+
+#[async_trait::async_trait]
+impl BatchSink for BulkTarget {
+    type Entry = Entry;
+
     /// Sends one batch; the answers come back in the entries' order.
-    pub async fn send(&self, entries: Vec<Entry>) -> Vec<Answer> {
+    async fn send(&self, entries: Vec<Entry>) -> Vec<Answer> {
         match &self.client {
             AppClient::Grpc(g) => {
-                let entries = entries.into_iter().filter_map(Entry::into_grpc).collect();
-                g.deliver_bulk(self, entries).await
+                let entries = entries
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Entry::Grpc(e) => Some(e),
+                        Entry::Http(_) => None,
+                    })
+                    .collect();
+                g.deliver_bulk(&self.destination, entries).await
             }
             AppClient::Http(h) => {
-                let entries = entries.into_iter().filter_map(Entry::into_http).collect();
-                h.deliver_bulk(self, entries).await
+                let entries = entries
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Entry::Http(e) => Some(e),
+                        Entry::Grpc(_) => None,
+                    })
+                    .collect();
+                h.deliver_bulk(&self.destination, entries).await
             }
         }
     }

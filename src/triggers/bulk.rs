@@ -8,53 +8,43 @@
 //! join, or for `maxAwaitDurationMs`, whichever comes first. At low rates that costs no
 //! latency; at high rates batches fill up to the app's limit.
 
-use super::app::{Answer, BulkSubscribe, BulkTarget};
-use std::collections::HashMap;
+use super::contract::{Answer, BulkSubscribe};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// One event as a bulk entry of the app's protocol.
-pub enum Entry {
-    Grpc(super::dapr_grpc::GrpcBulkEntry),
-    Http(super::dapr_http::HttpBulkEntry),
+/// Where the batcher sends a batch: one answer per entry, in the entries' order.
+#[async_trait::async_trait]
+pub trait BatchSink: Send + Sync + 'static {
+    type Entry: Send + 'static;
+    async fn send(&self, entries: Vec<Self::Entry>) -> Vec<Answer>;
 }
 
-impl Entry {
-    pub fn into_grpc(self) -> Option<super::dapr_grpc::GrpcBulkEntry> {
-        match self {
-            Entry::Grpc(e) => Some(e),
-            Entry::Http(_) => None,
-        }
-    }
-
-    pub fn into_http(self) -> Option<super::dapr_http::HttpBulkEntry> {
-        match self {
-            Entry::Http(e) => Some(e),
-            Entry::Grpc(_) => None,
-        }
-    }
-}
-
-/// The event type Dapr gives a bulk envelope.
-pub const BULK_EVENT_TYPE: &str = "com.dapr.event.sent.bulk";
-
-struct Waiting {
-    entry: Entry,
+struct Waiting<E> {
+    entry: E,
     answer: oneshot::Sender<Answer>,
 }
 
-#[derive(Default)]
-struct State {
-    queued: Vec<Waiting>,
+struct State<E> {
+    queued: Vec<Waiting<E>>,
     /// Batches on their way to the app.
     sending: usize,
     /// A `maxAwaitDurationMs` timer runs for what is queued.
     timer: bool,
 }
 
-impl State {
+impl<E> Default for State<E> {
+    fn default() -> Self {
+        State {
+            queued: Vec::new(),
+            sending: 0,
+            timer: false,
+        }
+    }
+}
+
+impl<E> State<E> {
     /// The next batch, counted as on its way.
-    fn start_batch(&mut self, max: usize) -> Vec<Waiting> {
+    fn start_batch(&mut self, max: usize) -> Vec<Waiting<E>> {
         self.sending += 1;
         let n = self.queued.len().min(max);
         self.queued.drain(..n).collect()
@@ -62,14 +52,14 @@ impl State {
 }
 
 /// Collects one endpoint's events for one route into batches.
-pub struct Batcher {
-    target: BulkTarget,
+pub struct Batcher<S: BatchSink> {
+    target: S,
     limits: BulkSubscribe,
-    state: Mutex<State>,
+    state: Mutex<State<S::Entry>>,
 }
 
-impl Batcher {
-    pub fn new(target: BulkTarget, limits: BulkSubscribe) -> Batcher {
+impl<S: BatchSink> Batcher<S> {
+    pub fn new(target: S, limits: BulkSubscribe) -> Batcher<S> {
         Batcher {
             target,
             limits,
@@ -82,7 +72,7 @@ impl Batcher {
     }
 
     /// Queues one entry and waits for the app's answer to it.
-    pub async fn deliver(self: &Arc<Self>, entry: Entry) -> Answer {
+    pub async fn deliver(self: &Arc<Self>, entry: S::Entry) -> Answer {
         let (answer, answered) = oneshot::channel();
         let ready = {
             let mut st = self.state.lock().expect("not poisoned");
@@ -119,9 +109,9 @@ impl Batcher {
     }
 
     /// Sends `batch`, hands out the answers, then sends what queued meanwhile.
-    async fn send_until_drained(&self, mut batch: Vec<Waiting>) {
+    async fn send_until_drained(&self, mut batch: Vec<Waiting<S::Entry>>) {
         loop {
-            let (entries, answers): (Vec<Entry>, Vec<oneshot::Sender<Answer>>) =
+            let (entries, answers): (Vec<S::Entry>, Vec<oneshot::Sender<Answer>>) =
                 batch.into_iter().map(|w| (w.entry, w.answer)).unzip();
             let n = entries.len();
             let mut got = self.target.send(entries).await;
@@ -136,51 +126,5 @@ impl Batcher {
             }
             batch = st.start_batch(self.limits.max_messages);
         }
-    }
-}
-
-/// The answers to a batch in its entries' order, from the app's per-entry statuses; an
-/// entry the app did not answer is retried, as Dapr does.
-pub fn answers_in_order<'a>(
-    entry_ids: impl IntoIterator<Item = &'a str>,
-    statuses: impl IntoIterator<Item = (String, Answer)>,
-) -> Vec<Answer> {
-    let by_id: HashMap<String, Answer> = statuses.into_iter().collect();
-    entry_ids
-        .into_iter()
-        .map(|id| {
-            by_id
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| Answer::Retry(format!("the app gave no status for entry {id}")))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_entry_gets_its_own_answer_and_one_the_app_did_not_answer_is_retried() {
-        let answers = answers_in_order(
-            ["a", "b", "c"],
-            [
-                ("c".to_owned(), Answer::Drop("DROP".into())),
-                ("a".to_owned(), Answer::Success),
-                ("zz".to_owned(), Answer::Success),
-            ],
-        );
-        assert_eq!(answers[0], Answer::Success);
-        assert!(matches!(answers[1], Answer::Retry(_)), "no status for b");
-        assert_eq!(answers[2], Answer::Drop("DROP".into()));
-    }
-
-    #[test]
-    fn limits_the_app_leaves_at_zero_take_daprs_defaults() {
-        let b = BulkSubscribe::new(0, 0);
-        assert_eq!(b.max_messages, 100);
-        assert_eq!(b.max_await, std::time::Duration::from_secs(1));
-        assert_eq!(BulkSubscribe::new(7, 40).max_messages, 7);
     }
 }

@@ -8,7 +8,7 @@
 //! Ticks are computed from the previous scheduled time on the wall clock, never by
 //! sleeping a period, so they do not drift.
 
-use super::app::Answer;
+use super::contract::Answer;
 use super::delivery::{Settled, TriggerRuntime};
 use super::event::Event;
 use crate::plan::CronSource;

@@ -1,7 +1,9 @@
 //! Delivery over Dapr's AppCallback gRPC service, with the `dapr` crate's generated client.
 
-use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
-use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
+use super::contract::{
+    answers_in_order, Answer, BulkDestination, BulkSubscribe, Subscriptions, TopicRoute,
+    BULK_EVENT_TYPE,
+};
 use super::event::{batch_id, CloudEvent, Event};
 use super::wire;
 use crate::plan::{TriggerKind, TriggerSpec};
@@ -77,7 +79,7 @@ impl GrpcApp {
     /// One batch of a bulk subscription.
     pub async fn deliver_bulk(
         &self,
-        target: &BulkTarget,
+        target: &BulkDestination,
         entries: Vec<GrpcBulkEntry>,
     ) -> Vec<Answer> {
         let addr = target.addr;

@@ -1,8 +1,10 @@
 //! Delivery over Dapr's HTTP app protocol: `OPTIONS` probe and `POST /<binding>` for
 //! bindings; `GET /dapr/subscribe` and CloudEvent `POST`s for pub/sub.
 
-use super::app::{Answer, BulkSubscribe, BulkTarget, Subscriptions, TopicRoute};
-use super::bulk::{answers_in_order, BULK_EVENT_TYPE};
+use super::contract::{
+    answers_in_order, Answer, BulkDestination, BulkSubscribe, Subscriptions, TopicRoute,
+    BULK_EVENT_TYPE,
+};
 use super::event::{push_json, push_json_member, Event};
 use crate::plan::{TriggerKind, TriggerSpec};
 use bytes::Bytes;
@@ -173,7 +175,7 @@ impl HttpApp {
     /// One batch of a bulk subscription: Dapr's bulk envelope, per-entry statuses back.
     pub async fn deliver_bulk(
         &self,
-        target: &BulkTarget,
+        target: &BulkDestination,
         entries: Vec<HttpBulkEntry>,
     ) -> Vec<Answer> {
         let mut envelope =

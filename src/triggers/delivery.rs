@@ -2,7 +2,8 @@
 //! and turn the app's answer into ack / retry with backoff / dead letter. Waiting for an
 //! endpoint is not an attempt: a function at zero pauses its consumer, it fails nothing.
 
-use super::app::{Answer, App, Route};
+use super::app::{App, Route};
+use super::contract::Answer;
 use super::event::Event;
 use crate::activator::Activator;
 use crate::plan::{TriggerKey, TriggerSpec};

@@ -4,6 +4,7 @@
 
 mod app;
 mod bulk;
+mod contract;
 mod cron;
 mod dapr_grpc;
 mod dapr_http;
@@ -15,7 +16,7 @@ mod mqtt;
 mod supervisor;
 mod wire;
 
-pub use app::Answer;
+pub use contract::Answer;
 pub use cron::parse_schedule;
 
 /// A random id made once per process: Dapr replaces `{uuid}` in component metadata
