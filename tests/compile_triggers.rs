@@ -394,3 +394,75 @@ fn a_replica_identity_gives_each_kafka_trigger_a_stable_static_membership_id() {
         Some("fngate-0.shop.orders.bus.created")
     );
 }
+
+#[test]
+fn mqtt_metadata_compiles_as_daprs_mqtt3_reads_it_and_bad_tls_is_reported_at_its_key() {
+    let component = |name: &str, metadata: &str| {
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  type: pubsub.mqtt3\n  version: v1\n  metadata:\n{metadata}---\n"
+        )
+    };
+    let yaml = [
+        component(
+            "bus",
+            "    - {name: url, value: \"mqtts://user:secret@broker.example\"}\n    - {name: consumerID, value: orders}\n    - {name: backOffMaxRetries, value: \"3\"}\n",
+        ),
+        FUNCTION.to_owned(),
+    ]
+    .concat();
+    let p = plan(&yaml);
+    assert_eq!(errors(&p), Vec::<String>::new());
+    let (_, spec) = p.triggers.triggers.iter().next().expect("one trigger");
+    let SourceSpec::Mqtt(m) = &spec.source else {
+        panic!("{:?}", spec.source)
+    };
+    // TLS on Dapr's alias scheme, 8883 by default, the system's roots without caCert.
+    assert_eq!(m.broker.to_string(), "ssl://broker.example:8883");
+    assert_eq!(m.broker.username.as_deref(), Some("user"));
+    assert_eq!(m.client_id, "orders-consumer");
+    assert_eq!(spec.policy.max_retries, Some(3));
+    assert!(
+        !format!("{:?} {}", m, serde_json::to_string(m).unwrap()).contains("secret"),
+        "the password stays out of /routes and logs"
+    );
+
+    let bad = [
+        component(
+            "bus",
+            "    - {name: url, value: \"ssl://broker.example:8883\"}\n    - {name: caCert, value: \"not a certificate\"}\n    - {name: consumerID, value: orders}\n",
+        ),
+        FUNCTION.to_owned(),
+    ]
+    .concat();
+    let e = errors(&plan(&bad));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("Component shop/bus")
+            && e[0].contains("(caCert)")
+            && e[0].contains("no PEM certificate"),
+        "{e:?}"
+    );
+
+    let plain = [
+        component(
+            "bus",
+            "    - {name: url, value: \"tcp://broker.example:1883\"}\n    - {name: clientKey, value: \"k\"}\n    - {name: backOffMaxRetries, value: \"-1\"}\n",
+        ),
+        FUNCTION.to_owned(),
+    ]
+    .concat();
+    let p = plan(&plain);
+    assert_eq!(errors(&p), Vec::<String>::new());
+    let warnings: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("(clientKey)") && w.contains("only with an ssl:// url")),
+        "{warnings:?}"
+    );
+    let (_, spec) = p.triggers.triggers.iter().next().expect("one trigger");
+    assert_eq!(
+        spec.policy.max_retries, None,
+        "negative: retried until taken"
+    );
+}

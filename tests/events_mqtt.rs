@@ -359,12 +359,17 @@ struct OwnMosquitto {
 
 impl OwnMosquitto {
     fn start() -> OwnMosquitto {
+        OwnMosquitto::start_with("")
+    }
+
+    /// With `listener` options added (TLS files).
+    fn start_with(listener: &str) -> OwnMosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\n",
+                "listener {port} 127.0.0.1\n{listener}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\n",
                 dir.path().display()
             ),
         )
@@ -522,4 +527,157 @@ fn openfunctions_node_mqtt_samples_are_triggered_through_fngate() {
     let events = app.wait_for("the sample's topic event", |e| !accepted_data(e).is_empty());
     assert_eq!(events[0]["pubsub"], "mqtt-pubsub", "{}", events[0]);
     assert_eq!(events[0]["data"], "hi", "{}", events[0]);
+}
+
+/// A metadata item whose value is a PEM file's text, as a YAML block.
+fn pem_item(name: &str, path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    let mut item = format!("    - name: {name}\n      value: |\n");
+    for line in pem.lines() {
+        item.push_str(&format!("        {line}\n"));
+    }
+    item
+}
+
+#[test]
+fn over_tls_with_a_client_certificate_bindings_go_in_and_out_and_a_wrong_ca_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(certs.path());
+    let (client_cert, client_key) = client_cert_from_ca(certs.path());
+    let other_ca = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = ca_and_server_cert(other_ca.path());
+    // Mosquitto asks for a client certificate signed by the CA: no certificate, no session.
+    let broker = OwnMosquitto::start_with(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("ssl://127.0.0.1:{}", broker.port);
+    let topic = unique("fngate/tls");
+    let tls = [
+        pem_item("caCert", &ca),
+        pem_item("clientCert", &client_cert),
+        pem_item("clientKey", &client_key),
+    ]
+    .concat();
+    let app = DaprApp::start("grpc", "min", "");
+    let echo = Echo::start("producer", "default");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            mqtt_component(
+                "min",
+                "bindings.mqtt",
+                &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{{uuid}}\"\n{tls}"),
+            )
+            .replace(BROKER, &url),
+            dapr_function_yaml("reader", "min", None, "grpc", app.addr.port(), ""),
+            endpoint_slice("default", "reader", &[app.addr], true),
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: producer-token\n  namespace: default\nstringData:\n  token: tok-producer\n".to_owned(),
+            format!(
+                "{}    annotations:\n      dapr.io/api-token-secret: producer-token\n",
+                function_yaml("default", "producer", "")
+            ),
+            endpoint_slice("default", "producer", &[echo.addr], true),
+            mqtt_component(
+                "mout",
+                "bindings.mqtt",
+                &format!("    - name: topic\n      value: \"{topic}\"\n{tls}"),
+            )
+            .replace(BROKER, &url),
+            mqtt_component(
+                "mbad",
+                "bindings.mqtt",
+                &format!(
+                    "    - name: topic\n      value: \"{topic}\"\n{}{}{}",
+                    pem_item("caCert", &wrong_ca),
+                    pem_item("clientCert", &client_cert),
+                    pem_item("clientKey", &client_key)
+                ),
+            )
+            .replace(BROKER, &url),
+        ]
+        .join("---\n"),
+    );
+    let dapr_http = free_port();
+    let gate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("mqtt"), "{diagnostics}");
+    wait_connected(&gate, "reader");
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
+    let token = [("dapr-api-token", "tok-producer")];
+    let sent = request(
+        dapr,
+        "POST",
+        "localhost",
+        "/v1.0/bindings/mout",
+        &token,
+        br#"{"operation":"create","data":{"over":"tls"}}"#,
+    )
+    .unwrap();
+    assert_eq!(sent.status, 204, "{}", String::from_utf8_lossy(&sent.body));
+    let events = app.wait_for("the message sent over TLS", |e| {
+        !accepted_data(e).is_empty()
+    });
+    assert_eq!(accepted_data(&events), [r#"{"over":"tls"}"#]);
+
+    // A broker certificate the component's CA did not sign: the call fails and says why.
+    let refused = request(
+        dapr,
+        "POST",
+        "localhost",
+        "/v1.0/bindings/mbad",
+        &token,
+        br#"{"operation":"create","data":"never"}"#,
+    )
+    .unwrap();
+    let body = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 500, "{body}");
+    assert!(
+        body.contains("not connected to the MQTT broker") && body.contains("certificate"),
+        "{body}"
+    );
+}
+
+#[test]
+fn with_back_off_max_retries_a_message_the_function_keeps_failing_is_dropped_and_the_rest_flow() {
+    let topic = unique("fngate/maxretries");
+    let app = DaprApp::start("http", "min", "");
+    let dir = binding_reader("bindings.mqtt3", BROKER, &topic, "{uuid}", "http", &app);
+    let manifest = std::fs::read_to_string(dir.path().join("fn.yaml")).unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &manifest.replace(
+            "    - name: consumerID\n",
+            "    - name: backOffMaxRetries\n      value: \"2\"\n    - name: consumerID\n",
+        ),
+    );
+    let gate = Fngate::start(dir.path());
+    wait_connected(&gate, "reader");
+    let messages = ["a".to_owned(), "b always-retry".to_owned(), "c".to_owned()];
+    publish(&topic, &messages);
+    let events = app.wait_for("the messages after the failing one", |e| {
+        accepted_data(e).contains(&"c".to_owned())
+    });
+    assert_eq!(accepted_data(&events), ["a", "c"]);
+    let tries = events
+        .iter()
+        .filter(|e| e["data"] == "b always-retry")
+        .count();
+    assert_eq!(tries, 3, "the first try and backOffMaxRetries (2) retries");
+    assert_eq!(
+        gate.metric(
+            "fngate_events_total{function=\"reader\",namespace=\"default\",outcome=\"drop\",trigger=\"min\"}"
+        ),
+        1.0
+    );
 }

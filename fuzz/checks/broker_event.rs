@@ -41,6 +41,7 @@ fn spec(kind: TriggerKind, component: String) -> TriggerSpec {
             retry_initial: Duration::from_millis(1),
             retry_max: Duration::from_millis(1),
             max_attempts: None,
+            max_retries: None,
             dead_letter_topic: None,
         },
     }

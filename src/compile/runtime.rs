@@ -4,7 +4,7 @@
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
 use super::triggers::{
-    kafka_auth, kafka_brokers, mqtt_consumer_id, mqtt_url, resolve_metadata, secret_value,
+    kafka_auth, kafka_brokers, mqtt_broker, mqtt_consumer_id, resolve_metadata, secret_value,
     Metadata, Origin, Report,
 };
 use super::Snapshot;
@@ -686,17 +686,14 @@ fn mqtt_producer(
     id: &ComponentId,
     report: &mut Report<'_>,
 ) -> Option<MqttProducerSettings> {
-    let (host, port, username, password) = mqtt_url(meta, report)?;
+    let broker = mqtt_broker(meta, report);
     let retain = meta
         .parse::<bool>("retain", "true or false", report)
         .unwrap_or(false);
     let consumer =
         mqtt_consumer_id(meta).unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
     Some(MqttProducerSettings {
-        host,
-        port,
-        username,
-        password,
+        broker: broker?,
         // Per process too: replicas sharing a consumerID would otherwise take the
         // connection from each other (a broker keeps one session per client id).
         client_id: format!(

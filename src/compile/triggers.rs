@@ -9,8 +9,8 @@ use crate::api::{
 };
 use crate::plan::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,
-    JetstreamSource, KafkaAuth, KafkaSource, MqttSource, ServiceKey, SourceSpec, TriggerKey,
-    TriggerKind, TriggerSet, TriggerSpec,
+    JetstreamSource, KafkaAuth, KafkaSource, MqttBroker, MqttSource, MqttTls, ServiceKey,
+    SourceSpec, TriggerKey, TriggerKind, TriggerSet, TriggerSpec,
 };
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -235,6 +235,7 @@ fn delivery_policy(
         retry_initial: defaults.retry_initial,
         retry_max: defaults.retry_max,
         max_attempts: Some(max_attempts.unwrap_or(defaults.max_attempts)),
+        max_retries: None,
         dead_letter_topic: None,
     })
 }
@@ -370,10 +371,11 @@ fn compile_trigger(
                     .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
             }
         }
-        "bindings.mqtt" | "bindings.mqtt3" => mqtt(&mut meta, &app_id, None, report).map(|m| {
-            let topic = m.topics.join(",");
-            (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
-        }),
+        "bindings.mqtt" | "bindings.mqtt3" => mqtt(&mut meta, &app_id, None, &mut policy, report)
+            .map(|m| {
+                let topic = m.topics.join(",");
+                (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
+            }),
         "pubsub.mqtt" | "pubsub.mqtt3" => {
             let Some(topic) = topic else {
                 report.on_function(
@@ -382,7 +384,7 @@ fn compile_trigger(
                 );
                 return Vec::new();
             };
-            mqtt(&mut meta, &app_id, Some(&topic), report)
+            mqtt(&mut meta, &app_id, Some(&topic), &mut policy, report)
                 .map(|m| (TriggerKind::PubSub, SourceSpec::Mqtt(m), topic))
         }
         "bindings.cron" => cron(&mut meta, function, report)
@@ -430,31 +432,37 @@ fn compile_trigger(
     )]
 }
 
-/// An MQTT component's `url`: `tcp://[user:password@]host[:port]` as host, port and
-/// credentials.
-pub(super) fn mqtt_url(
-    meta: &mut Metadata<'_>,
-    report: &mut Report<'_>,
-) -> Option<(String, u16, Option<String>, Option<String>)> {
+/// An MQTT component's broker: `url` (`tcp://` or, with TLS, `ssl://`, Dapr's aliases
+/// `mqtt://`, `tls://`, `mqtts://`, `tcps://`; `user:password@` allowed) and for TLS
+/// `caCert`, `clientCert`, `clientKey` (PEM), checked here by building the TLS client.
+pub(super) fn mqtt_broker(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<MqttBroker> {
     let url = meta.take("url");
+    let ca_cert = meta.take("caCert");
+    let client_cert = meta.take("clientCert");
+    let client_key = meta.take("clientKey");
     let Some(url) = url else {
         meta.error("url", "url is required (tcp://host:1883)".into(), report);
         return None;
     };
-    let Some(rest) = url
-        .strip_prefix("tcp://")
-        .or_else(|| url.strip_prefix("mqtt://"))
-    else {
-        let message = if url.starts_with("ssl://")
-            || url.starts_with("tls://")
-            || url.starts_with("mqtts://")
-        {
-            format!("{url:?}: MQTT over TLS is not supported by fngate yet; use tcp://")
-        } else {
-            format!("{url:?} is not an MQTT URL (tcp://[user:password@]host:port)")
-        };
-        meta.error("url", message, report);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        meta.error(
+            "url",
+            format!("{url:?} is not an MQTT URL (tcp://[user:password@]host:port)"),
+            report,
+        );
         return None;
+    };
+    let tls = match scheme {
+        "tcp" | "mqtt" => false,
+        "ssl" | "tls" | "mqtts" | "tcps" => true,
+        _ => {
+            meta.error(
+                "url",
+                format!("{url:?}: scheme {scheme:?} is not tcp:// or ssl://"),
+                report,
+            );
+            return None;
+        }
     };
     let rest = rest.trim_end_matches('/');
     let (credentials, address) = match rest.rsplit_once('@') {
@@ -476,13 +484,48 @@ pub(super) fn mqtt_url(
                 return None;
             }
         },
-        None => (address.to_owned(), 1883),
+        None => (address.to_owned(), if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
         meta.error("url", format!("{url:?} names no host"), report);
         return None;
     }
-    Some((host, port, username, password))
+    let tls = if tls {
+        let tls = MqttTls {
+            ca_cert,
+            client_cert,
+            client_key,
+        };
+        if let Err((key, e)) = crate::triggers::mqtt_tls_config(&tls) {
+            meta.error(key, e, report);
+            return None;
+        }
+        Some(tls)
+    } else {
+        for (key, value) in [
+            ("caCert", &ca_cert),
+            ("clientCert", &client_cert),
+            ("clientKey", &client_key),
+        ] {
+            if value.is_some() {
+                report.on(
+                    meta.origin,
+                    Diagnostic::warning(format!(
+                        "{key} is used only with an ssl:// url; {url:?} connects without TLS"
+                    ))
+                    .at_field(meta.field(key)),
+                );
+            }
+        }
+        None
+    };
+    Some(MqttBroker {
+        host,
+        port,
+        username,
+        password,
+        tls,
+    })
 }
 
 /// An MQTT component's `consumerID`, `{uuid}` replaced once per process as daprd does.
@@ -499,9 +542,11 @@ fn mqtt(
     meta: &mut Metadata<'_>,
     app_id: &str,
     pubsub_topic: Option<&str>,
+    policy: &mut DeliveryPolicy,
     report: &mut Report<'_>,
 ) -> Option<MqttSource> {
-    let (host, port, username, password) = mqtt_url(meta, report)?;
+    // Every key is read before giving up, so none is reported as unused.
+    let broker = mqtt_broker(meta, report);
     let topics = match pubsub_topic {
         Some(t) => vec![t.to_owned()],
         None => match meta.take("topic") {
@@ -516,7 +561,7 @@ fn mqtt(
                     "an MQTT input binding needs a topic".into(),
                     report,
                 );
-                return None;
+                Vec::new()
             }
         },
     };
@@ -526,11 +571,17 @@ fn mqtt(
         .parse::<bool>("cleanSession", "true or false", report)
         .unwrap_or(false);
     let consumer = mqtt_consumer_id(meta).unwrap_or_else(|| app_id.to_owned());
+    // Dapr's mqtt3 gives up on a message after this many retries (negative: never). Left
+    // out, fngate retries until the function takes it, where daprd would try once and
+    // leave the message unacknowledged until the next connection.
+    if let Some(n) = meta.parse::<i64>("backOffMaxRetries", "a whole number", report) {
+        policy.max_retries = u32::try_from(n).ok();
+    }
+    if topics.is_empty() {
+        return None;
+    }
     Some(MqttSource {
-        host,
-        port,
-        username,
-        password,
+        broker: broker?,
         client_id: format!("{consumer}-consumer"),
         topics,
         clean_session,
@@ -616,7 +667,7 @@ impl Metadata<'_> {
             .map(|(_, v)| v.trim().to_owned())
             .filter(|v| !v.is_empty())
     }
-    fn field(&self, key: &str) -> String {
+    pub(super) fn field(&self, key: &str) -> String {
         match self.values.get(key) {
             Some((i, _)) => format!("{}[{i}] ({key})", self.origin.metadata_field),
             None => format!("{} ({key})", self.origin.metadata_field),

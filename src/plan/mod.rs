@@ -11,8 +11,8 @@ pub use runtime::{
 };
 pub use triggers::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,
-    JetstreamSource, KafkaAuth, KafkaSource, MqttSource, SourceSpec, TriggerDiff, TriggerKey,
-    TriggerKind, TriggerSet, TriggerSpec,
+    JetstreamSource, KafkaAuth, KafkaSource, MqttBroker, MqttSource, MqttTls, SourceSpec,
+    TriggerDiff, TriggerKey, TriggerKind, TriggerSet, TriggerSpec,
 };
 
 use crate::api::{Diagnostic, ObjectKey};

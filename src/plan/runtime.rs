@@ -319,28 +319,13 @@ pub enum BrokerBackend {
 }
 
 /// One MQTT connection for publishing (QoS 1), shared by equal settings.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MqttProducerSettings {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    pub broker: super::MqttBroker,
     /// `<consumerID>-producer`, as Dapr's mqtt3 names its publishing client.
     pub client_id: String,
     /// The component's `retain`: whether the broker keeps the last message per topic.
     pub retain: bool,
-}
-
-impl std::fmt::Debug for MqttProducerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttProducerSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("client_id", &self.client_id)
-            .field("retain", &self.retain)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Equal settings share one producer, whichever apps name them.

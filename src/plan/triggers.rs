@@ -59,16 +59,55 @@ pub enum SourceSpec {
     Mqtt(MqttSource),
 }
 
-/// `bindings.mqtt`/`mqtt3` and `pubsub.mqtt`/`mqtt3`: an MQTT 3.1.1 subscription at QoS 1,
-/// each message acknowledged only after the function took it.
-#[derive(Clone, PartialEq, Serialize)]
+/// An MQTT broker as a component's `url`, `caCert`, `clientCert` and `clientKey` name it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MqttSource {
+pub struct MqttBroker {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     #[serde(skip)]
     pub password: Option<String>,
+    /// `ssl://` (or `tls://`, `mqtts://`, `tcps://`): TLS, with these PEMs.
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS to an MQTT broker, as Dapr's mqtt3 sets it up: the server checked against `caCert`
+/// (the system's roots without it) and its name; a client certificate when both
+/// `clientCert` and `clientKey` are given.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttTls {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    #[serde(skip)]
+    pub client_key: Option<String>,
+}
+
+impl fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttBroker")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for MqttBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls.is_some() { "ssl" } else { "tcp" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// `bindings.mqtt`/`mqtt3` and `pubsub.mqtt`/`mqtt3`: an MQTT 3.1.1 subscription at QoS 1,
+/// each message acknowledged only after the function took it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSource {
+    pub broker: MqttBroker,
     /// The MQTT client id: Dapr's `consumerID` (or the app-id) plus `-consumer`.
     pub client_id: String,
     /// Topic filters (`+`, `#` and `$share/<group>/` allowed).
@@ -76,19 +115,6 @@ pub struct MqttSource {
     /// `false` (Dapr 1.11's default): the broker keeps the session, so what arrives while
     /// no replica is connected is delivered after a restart.
     pub clean_session: bool,
-}
-
-impl fmt::Debug for MqttSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttSource")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("client_id", &self.client_id)
-            .field("topics", &self.topics)
-            .field("clean_session", &self.clean_session)
-            .finish()
-    }
 }
 
 /// `bindings.cron`: a tick on every occurrence of `schedule` (robfig/cron syntax, checked
@@ -226,6 +252,9 @@ pub struct DeliveryPolicy {
     pub retry_max: Duration,
     /// Attempts before the dead-letter topic; `None`: retry until it succeeds.
     pub max_attempts: Option<u32>,
+    /// Retries of an event the function failed before it is dropped when there is no
+    /// dead-letter topic (MQTT's `backOffMaxRetries`); `None`: retry until it succeeds.
+    pub max_retries: Option<u32>,
     pub dead_letter_topic: Option<String>,
 }
 
@@ -341,6 +370,7 @@ mod tests {
                 retry_initial: Duration::from_millis(100),
                 retry_max: Duration::from_secs(1),
                 max_attempts: None,
+                max_retries: None,
                 dead_letter_topic: None,
             },
         })

@@ -35,13 +35,17 @@ impl Clients {
     }
 
     /// One MQTT connection per settings, shared by the components that name them.
-    pub(crate) fn mqtt_publisher(&self, settings: &MqttProducerSettings) -> Arc<MqttPublisher> {
-        self.mqtt
-            .lock()
-            .expect("not poisoned")
-            .entry(settings.clone())
-            .or_insert_with(|| Arc::new(MqttPublisher::connect(settings)))
-            .clone()
+    pub(crate) fn mqtt_publisher(
+        &self,
+        settings: &MqttProducerSettings,
+    ) -> Result<Arc<MqttPublisher>, String> {
+        let mut publishers = self.mqtt.lock().expect("not poisoned");
+        if let Some(p) = publishers.get(settings) {
+            return Ok(p.clone());
+        }
+        let publisher = Arc::new(MqttPublisher::connect(settings)?);
+        publishers.insert(settings.clone(), publisher.clone());
+        Ok(publisher)
     }
 
     pub(crate) fn state_store(

@@ -303,36 +303,36 @@ pub(crate) struct MqttPublisher {
     client: rumqttc::AsyncClient,
     /// Counts PUBACKs; a publish waits for it to move past what it saw before sending.
     acked: tokio::sync::watch::Receiver<u64>,
-    connected: tokio::sync::watch::Receiver<bool>,
+    connected: tokio::sync::watch::Receiver<Link>,
     one_at_a_time: tokio::sync::Mutex<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A publisher's connection, with the last error when it is down.
+#[derive(Clone, Debug)]
+enum Link {
+    Connecting,
+    Up,
+    Down(String),
+}
+
 impl MqttPublisher {
-    pub(crate) fn connect(settings: &crate::plan::MqttProducerSettings) -> MqttPublisher {
+    pub(crate) fn connect(
+        settings: &crate::plan::MqttProducerSettings,
+    ) -> Result<MqttPublisher, String> {
         use rumqttc::{Event, Packet};
-        let mut options = rumqttc::MqttOptions::new(
-            settings.client_id.clone(),
-            settings.host.clone(),
-            settings.port,
-        );
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
-        if let Some(user) = &settings.username {
-            options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
-        }
+        let mut options = crate::triggers::mqtt_options(&settings.broker, &settings.client_id)?;
+        options.set_clean_session(true);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
         let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
-        let (up, connected) = tokio::sync::watch::channel(false);
-        let broker = format!("{}:{}", settings.host, settings.port);
+        let (up, connected) = tokio::sync::watch::channel(Link::Connecting);
+        let broker = settings.broker.to_string();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        up.send_replace(true);
+                        up.send_replace(Link::Up);
                         backoff = Duration::from_millis(100);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
@@ -340,7 +340,7 @@ impl MqttPublisher {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        up.send_replace(false);
+                        up.send_replace(Link::Down(e.to_string()));
                         tracing::debug!(%broker, error = %e, "mqtt publisher connection");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -348,13 +348,13 @@ impl MqttPublisher {
                 }
             }
         });
-        MqttPublisher {
+        Ok(MqttPublisher {
             client,
             acked,
             connected,
             one_at_a_time: tokio::sync::Mutex::new(()),
             task,
-        }
+        })
     }
 
     /// Publishes at QoS 1; `Ok` once the broker acknowledged it (within 10 s).
@@ -369,11 +369,14 @@ impl MqttPublisher {
         // A first publish may come before the connection is up.
         let mut connected = self.connected.clone();
         let up = tokio::time::timeout_at(deadline, async {
-            connected.wait_for(|up| *up).await.is_ok()
+            connected.wait_for(|c| matches!(c, Link::Up)).await.is_ok()
         })
         .await;
         if up != Ok(true) {
-            return Err("not connected to the MQTT broker".into());
+            return Err(match &*connected.borrow() {
+                Link::Down(e) => format!("not connected to the MQTT broker: {e}"),
+                _ => "not connected to the MQTT broker".into(),
+            });
         }
         let mut acked = self.acked.clone();
         let before = *acked.borrow_and_update();

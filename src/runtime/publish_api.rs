@@ -279,12 +279,10 @@ impl DaprApi {
                     .jetstream_publish(nats_url, &topic, bytes, id.as_deref())
                     .await
             }
-            BrokerBackend::Mqtt(settings) => {
-                self.clients
-                    .mqtt_publisher(settings)
-                    .publish(&topic, bytes, settings.retain)
-                    .await
-            }
+            BrokerBackend::Mqtt(settings) => match self.clients.mqtt_publisher(settings) {
+                Ok(p) => p.publish(&topic, bytes, settings.retain).await,
+                Err(e) => Err(e),
+            },
         };
         self.metrics
             .dapr_component_connected
@@ -365,11 +363,10 @@ impl DaprApi {
                     let retain = super::metadata_value(&metadata, "retain")
                         .and_then(parse_go_bool)
                         .unwrap_or(producer.retain);
-                    let sent = self
-                        .clients
-                        .mqtt_publisher(producer)
-                        .publish(topic, data, retain)
-                        .await;
+                    let sent = match self.clients.mqtt_publisher(producer) {
+                        Ok(p) => p.publish(topic, data, retain).await,
+                        Err(e) => Err(e),
+                    };
                     self.sent_to(binding, sent).map_err(failed)?;
                     Ok(BindingResponse::default())
                 }

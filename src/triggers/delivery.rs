@@ -227,6 +227,9 @@ impl TriggerRuntime {
             Answer::Retry(_) if dead_letter && p.max_attempts.is_some_and(|m| failures >= m) => {
                 Decision::DeadLetter
             }
+            Answer::Retry(_) if !dead_letter && p.max_retries.is_some_and(|m| failures > m) => {
+                Decision::Ack(Settled::Dropped)
+            }
             Answer::Retry(_) | Answer::Unreachable(_) => {
                 Decision::RetryAfter(self.backoff(attempt))
             }
@@ -261,8 +264,14 @@ impl TriggerRuntime {
             }
             match self.decide(&answer, attempt, failures) {
                 Decision::Ack(s) => {
-                    if let (Settled::Dropped, Answer::Drop(why)) = (s, &answer) {
-                        tracing::warn!(trigger = %self.key, position = %event.position, reason = %why, "event dropped by the function");
+                    match (s, &answer) {
+                        (Settled::Dropped, Answer::Drop(why)) => {
+                            tracing::warn!(trigger = %self.key, position = %event.position, reason = %why, "event dropped by the function");
+                        }
+                        (Settled::Dropped, Answer::Retry(why)) => {
+                            tracing::warn!(trigger = %self.key, position = %event.position, retries = failures - 1, reason = %why, "event dropped: the function failed it on every retry");
+                        }
+                        _ => {}
                     }
                     break s;
                 }
@@ -376,6 +385,10 @@ mod tests {
     use crate::plan::*;
 
     fn runtime(dead_letter: Option<&str>) -> TriggerRuntime {
+        runtime_with(dead_letter, None)
+    }
+
+    fn runtime_with(dead_letter: Option<&str>, max_retries: Option<u32>) -> TriggerRuntime {
         let spec = TriggerSpec {
             app_id: "f-default".into(),
             component: "c".into(),
@@ -402,6 +415,7 @@ mod tests {
                 retry_initial: Duration::from_millis(100),
                 retry_max: Duration::from_millis(350),
                 max_attempts: Some(3),
+                max_retries,
                 dead_letter_topic: dead_letter.map(str::to_owned),
             },
         };
@@ -460,6 +474,19 @@ mod tests {
             rt.decide(&Answer::Success, 1, 0),
             Decision::Ack(Settled::Delivered)
         );
+    }
+
+    #[test]
+    fn with_max_retries_a_failed_event_is_dropped_after_them_an_unreachable_app_never() {
+        let rt = runtime_with(None, Some(2));
+        let retry = Answer::Retry("RETRY".into());
+        assert!(matches!(rt.decide(&retry, 1, 1), Decision::RetryAfter(_)));
+        assert!(matches!(rt.decide(&retry, 3, 2), Decision::RetryAfter(_)));
+        assert_eq!(rt.decide(&retry, 4, 3), Decision::Ack(Settled::Dropped));
+        let down = Answer::Unreachable("refused".into());
+        assert!(matches!(rt.decide(&down, 9, 0), Decision::RetryAfter(_)));
+        let none = runtime_with(None, Some(0));
+        assert_eq!(none.decide(&retry, 1, 1), Decision::Ack(Settled::Dropped));
     }
 
     #[test]

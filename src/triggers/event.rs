@@ -256,6 +256,7 @@ pub(super) mod tests {
                 retry_initial: Duration::from_millis(1),
                 retry_max: Duration::from_millis(1),
                 max_attempts: None,
+                max_retries: None,
                 dead_letter_topic: None,
             },
         }

@@ -18,6 +18,8 @@ mod wire;
 
 pub use contract::Answer;
 pub use cron::parse_schedule;
+pub(crate) use mqtt::options as mqtt_options;
+pub use mqtt::tls_config as mqtt_tls_config;
 
 /// A random id made once per process: Dapr replaces `{uuid}` in component metadata
 /// (an MQTT `consumerID`) once per daprd.

@@ -8,7 +8,7 @@
 
 use super::delivery::{Settled, TriggerRuntime};
 use super::event::Event;
-use crate::plan::{MqttSource, TriggerKind};
+use crate::plan::{MqttBroker, MqttSource, MqttTls, TriggerKind};
 use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
 };
@@ -16,6 +16,84 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// A client's options for `broker`: credentials, TLS, keep-alive, and no message size
+/// limit of rumqttc's own (Dapr reads whatever the broker passes; rumqttc's default is
+/// 10 KiB).
+pub(crate) fn options(broker: &MqttBroker, client_id: &str) -> Result<MqttOptions, String> {
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+    if let Some(user) = &broker.username {
+        options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &broker.tls {
+        let config = tls_config(tls).map_err(|(key, e)| format!("{key}: {e}"))?;
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config),
+        ));
+    }
+    Ok(options)
+}
+
+/// The TLS client for a broker, or which metadata key is wrong and why.
+pub fn tls_config(tls: &MqttTls) -> Result<Arc<rustls::ClientConfig>, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_cert {
+        Some(pem) => {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ("caCert", format!("not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(("caCert", "holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ("caCert", format!("not a CA certificate: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err((
+                    "caCert",
+                    "no caCert, and this system has no root certificates to check the broker with"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ("url", e.to_string()))?
+    .with_root_certificates(roots);
+    let config = match (&tls.client_cert, &tls.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ("clientCert", format!("not a PEM certificate: {e}")))?;
+            if chain.is_empty() {
+                return Err(("clientCert", "holds no PEM certificate".into()));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| ("clientKey", format!("not a PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ("clientKey", format!("does not go with clientCert: {e}")))?
+        }
+        (Some(_), None) => return Err(("clientKey", "clientCert needs clientKey".into())),
+        (None, Some(_)) => return Err(("clientCert", "clientKey needs clientCert".into())),
+    };
+    Ok(Arc::new(config))
+}
 
 /// A message and the connection it came on: an ack for a message of an earlier
 /// connection would hit whatever reused its packet id, so it is not sent (the broker
@@ -27,16 +105,17 @@ struct Received {
 
 /// Runs until the trigger stops, reconnecting with backoff.
 pub async fn run(rt: Arc<TriggerRuntime>, source: MqttSource) {
-    let mut options = MqttOptions::new(source.client_id.clone(), source.host.clone(), source.port);
+    let mut options = match options(&source.broker, &source.client_id) {
+        Ok(o) => o,
+        Err(e) => {
+            // Checked when compiled; only a system without its root store gets here.
+            tracing::error!(trigger = %rt.key, error = %e, "mqtt TLS");
+            return;
+        }
+    };
     options
-        .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(source.clean_session)
-        .set_manual_acks(true)
-        // Dapr reads messages of any size the broker passes; rumqttc's default is 10 KiB.
-        .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
-    if let Some(user) = &source.username {
-        options.set_credentials(user.clone(), source.password.clone().unwrap_or_default());
-    }
+        .set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let connection = Arc::new(AtomicU64::new(0));
     // The broker bounds what is unacknowledged (mosquitto: 20 per client), so this
@@ -64,7 +143,7 @@ pub async fn run(rt: Arc<TriggerRuntime>, source: MqttSource) {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 connection.fetch_add(1, Ordering::SeqCst);
                 backoff = Duration::from_millis(100);
-                tracing::info!(trigger = %rt.key, broker = %format!("{}:{}", source.host, source.port), session_present = ack.session_present, "mqtt connected");
+                tracing::info!(trigger = %rt.key, broker = %source.broker, session_present = ack.session_present, "mqtt connected");
                 // Always (re)subscribe: a broker may have lost the session's
                 // subscriptions (mosquitto keeps no shared ones across a restart).
                 let filters = source
