@@ -214,3 +214,30 @@ fn openfunctions_cron_input_sample_fires_into_its_function() {
         String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
     assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
 }
+
+#[test]
+fn a_bindings_route_metadata_is_where_an_http_app_gets_its_ticks() {
+    // The app listens on /jobs/nightly only: without the route, POST /tick answers 404.
+    let app = DaprApp::start("http", "jobs/nightly", "");
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            format!(
+                "{}    - name: route\n      value: /jobs/nightly\n",
+                cron_component("tick", "@every 1s")
+            ),
+            dapr_function_yaml("nightly", "tick", None, "http", app.addr.port(), ""),
+            endpoint_slice("default", "nightly", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("route"), "{diagnostics}");
+    let events = app.wait_for("a tick on the route", |e| !e.is_empty());
+    assert_eq!(events[0]["name"], "jobs/nightly", "{}", events[0]);
+    assert_eq!(events[0]["answer"], "SUCCESS", "{}", events[0]);
+}

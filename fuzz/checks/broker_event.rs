@@ -44,6 +44,7 @@ fn spec(kind: TriggerKind, component: String) -> TriggerSpec {
             max_retries: None,
             dead_letter_topic: None,
         },
+        route: None,
     }
 }
 

@@ -403,6 +403,12 @@ fn compile_trigger(
         }
     };
     policy.dead_letter_topic = meta.take("deadLetterTopic");
+    // daprd reads `route` on every input binding.
+    let route = if kind_name.starts_with("bindings.") {
+        meta.take("route")
+    } else {
+        None
+    };
     meta.warn_unused(report);
     let Some((kind, mut source, topic)) = result else {
         return Vec::new();
@@ -428,6 +434,7 @@ fn compile_trigger(
             source,
             delivery: delivery.clone(),
             policy,
+            route,
         },
     )]
 }

@@ -39,6 +39,10 @@ pub struct TriggerSpec {
     pub source: SourceSpec,
     pub delivery: DeliverySpec,
     pub policy: DeliveryPolicy,
+    /// An input binding's `route` metadata: the HTTP path its events are POSTed to (and
+    /// probed with OPTIONS); daprd's default is the binding's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -321,6 +325,14 @@ mod opt_secs {
 }
 
 impl TriggerSpec {
+    /// Where an HTTP app gets this binding's events, without the leading `/`.
+    pub fn binding_path(&self) -> &str {
+        match &self.route {
+            Some(r) => r.trim_start_matches('/'),
+            None => &self.component,
+        }
+    }
+
     /// JetStream's `maxDeliver`, when it limits redeliveries.
     pub fn source_max_deliver(&self) -> Option<i64> {
         match &self.source {
@@ -373,6 +385,7 @@ mod tests {
                 max_retries: None,
                 dead_letter_topic: None,
             },
+            route: None,
         })
     }
 

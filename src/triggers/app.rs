@@ -80,7 +80,7 @@ impl App {
         };
         Ok(match spec.kind {
             TriggerKind::Binding if subs.bindings.contains(&spec.component) => {
-                Route::Path(spec.component.clone(), None)
+                Route::Path(spec.binding_path().to_owned(), None)
             }
             TriggerKind::PubSub => {
                 match subs.topics.get(&(spec.component.clone(), topic.to_owned())) {

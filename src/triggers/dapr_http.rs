@@ -99,7 +99,7 @@ impl HttpApp {
         Ok((status, body))
     }
 
-    /// Bindings: Dapr's `OPTIONS /<name>` probe (404 = not listening). Pub/sub:
+    /// Bindings: Dapr's `OPTIONS /<route>` probe. Pub/sub:
     /// `GET /dapr/subscribe` (404 = no subscriptions).
     pub async fn subscriptions(
         &self,
@@ -111,11 +111,12 @@ impl HttpApp {
             TriggerKind::Binding => {
                 let request = Request::builder()
                     .method(Method::OPTIONS)
-                    .uri(format!("http://{addr}/{}", spec.component))
+                    .uri(format!("http://{addr}/{}", spec.binding_path()))
                     .body(Full::default())
                     .map_err(|e| e.to_string())?;
                 let (status, _) = self.send(request).await?;
-                if status != StatusCode::NOT_FOUND {
+                // daprd's test: a 2xx or 405 (a POST-only route) means the app listens.
+                if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
                     subs.bindings.insert(spec.component.clone());
                 }
             }

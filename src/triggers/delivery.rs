@@ -418,6 +418,7 @@ mod tests {
                 max_retries,
                 dead_letter_topic: dead_letter.map(str::to_owned),
             },
+            route: None,
         };
         let key = TriggerKey {
             namespace: "default".into(),

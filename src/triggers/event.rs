@@ -259,6 +259,7 @@ pub(super) mod tests {
                 max_retries: None,
                 dead_letter_topic: None,
             },
+            route: None,
         }
     }
 
