@@ -466,3 +466,56 @@ fn mqtt_metadata_compiles_as_daprs_mqtt3_reads_it_and_bad_tls_is_reported_at_its
         "negative: retried until taken"
     );
 }
+
+#[test]
+fn uuid_consumer_ids_differ_per_trigger_and_a_shared_fixed_one_is_reported() {
+    let yaml = |consumer: &str| {
+        let binding = |name: &str| {
+            format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n    - {{name: url, value: \"tcp://broker:1883\"}}\n    - {{name: topic, value: {name}}}\n    - {{name: consumerID, value: \"{consumer}\"}}\n---\n"
+            )
+        };
+        [
+            binding("a"),
+            binding("b"),
+            FUNCTION.replace(
+                "        - {name: bus, topic: created}\n",
+                "        - {name: a}\n        - {name: b}\n",
+            ),
+        ]
+        .concat()
+    };
+    let p = plan(&yaml("{uuid}"));
+    let ids: Vec<String> = p
+        .triggers
+        .triggers
+        .values()
+        .map(|s| match &s.source {
+            SourceSpec::Mqtt(m) => m.client_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(
+        ids[0], ids[1],
+        "the broker would take one's connection for the other"
+    );
+    assert!(
+        ids.iter().all(|i| i.len() == 36 + "-consumer".len()),
+        "{ids:?}"
+    );
+    assert_eq!(
+        plan(&yaml("{uuid}")).triggers,
+        p.triggers,
+        "stable in the process"
+    );
+
+    let shared = plan(&yaml("orders"));
+    let warnings: Vec<String> = shared.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("one client id")
+            && w.contains("shop/orders a")
+            && w.contains("shop/orders b")),
+        "{warnings:?}"
+    );
+}

@@ -681,3 +681,94 @@ fn with_back_off_max_retries_a_message_the_function_keeps_failing_is_dropped_and
         1.0
     );
 }
+
+#[test]
+fn app_max_concurrency_holds_deliveries_across_a_functions_triggers_and_loses_none() {
+    let (a, b) = (unique("fngate/slots/a"), unique("fngate/slots/b"));
+    let released = tempfile::tempdir().unwrap().keep().join("released");
+    let app = DaprApp::start_with(
+        "grpc",
+        "127.0.0.1:0",
+        "ma,mb",
+        "",
+        &["--hold-marked", released.to_str().unwrap()],
+    );
+    let binding = |name: &str, topic: &str| {
+        mqtt_component(
+            name,
+            "bindings.mqtt",
+            &format!("    - name: topic\n      value: \"{topic}\"\n    - name: consumerID\n      value: \"{{uuid}}\"\n"),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "fn.yaml",
+        &[
+            binding("ma", &a),
+            binding("mb", &b),
+            dapr_function_yaml("busy", "ma", None, "grpc", app.addr.port(), "")
+                .replace(
+                    "      dapr.io/app-protocol: grpc\n",
+                    "      dapr.io/app-protocol: grpc\n      dapr.io/app-max-concurrency: \"1\"\n",
+                )
+                .replace(
+                    "        - {name: ma}\n",
+                    "        - {name: ma}\n        - {name: mb}\n",
+                ),
+            endpoint_slice("default", "busy", &[app.addr], true),
+        ]
+        .join("---\n"),
+    );
+    let gate = Fngate::start(dir.path());
+    gate.wait_until(
+        || {
+            gate.metric_opt("fngate_broker_connected{broker=\"mqtt\",function=\"busy\",namespace=\"default\",trigger=\"ma\"}") == Some(1.0)
+                && gate.metric_opt("fngate_broker_connected{broker=\"mqtt\",function=\"busy\",namespace=\"default\",trigger=\"mb\"}") == Some(1.0)
+        },
+        "both triggers subscribed",
+    );
+    // The app holds both; with one slot, the second waits in fngate, not in the app.
+    publish(&a, &["held a".to_owned()]);
+    publish(&b, &["held b".to_owned()]);
+    let waiting = "fngate_events_waiting_for_app{function=\"busy\",namespace=\"default\"}";
+    gate.wait_until(
+        || gate.metric_opt(waiting) == Some(1.0),
+        "one delivery waiting for the function's slot",
+    );
+    std::fs::write(&released, b"").unwrap();
+    let events = app.wait_for("both events", |e| accepted_data(e).len() == 2);
+    let mut got = accepted_data(&events);
+    got.sort();
+    assert_eq!(got, ["held a", "held b"]);
+    gate.wait_until(|| gate.metric_opt(waiting) == Some(0.0), "nothing waits");
+}
+
+#[test]
+fn two_replicas_on_a_shared_subscription_deliver_each_message_once() {
+    let topic = unique("fngate/shared");
+    let app = DaprApp::start("grpc", "min", "");
+    let filter = format!("$share/{}/{topic}", unique("group"));
+    let dir = binding_reader("bindings.mqtt", BROKER, &filter, "{uuid}", "grpc", &app);
+    let one = Fngate::start(dir.path());
+    let two = Fngate::start(dir.path());
+    wait_connected(&one, "reader");
+    wait_connected(&two, "reader");
+    let messages: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    publish(&topic, &messages);
+    let events = app.wait_for("every message", |e| {
+        accepted_data(e).into_iter().collect::<HashSet<_>>().len() == messages.len()
+    });
+    assert_eq!(
+        accepted_data(&events).len(),
+        messages.len(),
+        "each message once across the two replicas"
+    );
+    let delivered = |gate: &Fngate| {
+        gate.metric_opt(
+            "fngate_events_total{function=\"reader\",namespace=\"default\",outcome=\"success\",trigger=\"min\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(delivered(&one) + delivered(&two), messages.len() as f64);
+}

@@ -42,6 +42,7 @@ fn spec(kind: TriggerKind, component: String) -> TriggerSpec {
             retry_max: Duration::from_millis(1),
             max_attempts: None,
             max_retries: None,
+            app_max_concurrency: None,
             dead_letter_topic: None,
         },
         route: None,

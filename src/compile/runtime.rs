@@ -98,10 +98,10 @@ pub(super) fn build(
             let compiled = if !visible.inline {
                 shared
                     .entry(visible.id.clone())
-                    .or_insert_with(|| compile_component(snapshot, &visible, &mut report))
+                    .or_insert_with(|| compile_component(snapshot, &visible, &app_id, &mut report))
                     .clone()
             } else {
-                compile_component(snapshot, &visible, &mut report)
+                compile_component(snapshot, &visible, &app_id, &mut report)
             };
             let compiled = match compiled {
                 Some(c) => c,
@@ -330,8 +330,15 @@ fn visible_components<'a>(
 fn compile_component(
     snapshot: &Snapshot,
     visible: &Visible<'_>,
+    app_id: &str,
     report: &mut Report<'_>,
 ) -> Option<Compiled> {
+    // An inline component is its app's own; a Component object is shared by its apps.
+    let scope = if visible.inline {
+        format!("{app_id}/{}", visible.id.name)
+    } else {
+        visible.id.to_string()
+    };
     let kind = visible.spec.kind.as_str();
     let family = kind.split('.').next().unwrap_or_default();
     if !matches!(
@@ -475,17 +482,18 @@ fn compile_component(
                 None
             }
         },
-        "pubsub.mqtt" | "pubsub.mqtt3" => mqtt_producer(&mut meta, &visible.id, report).map(|m| {
-            Compiled::Pubsub(Arc::new(PubsubComponent {
-                id,
-                kind: kind.to_owned(),
-                namespaced_topics,
-                backend: BrokerBackend::Mqtt(m),
-            }))
-        }),
+        "pubsub.mqtt" | "pubsub.mqtt3" => mqtt_producer(&mut meta, &visible.id, &scope, report)
+            .map(|m| {
+                Compiled::Pubsub(Arc::new(PubsubComponent {
+                    id,
+                    kind: kind.to_owned(),
+                    namespaced_topics,
+                    backend: BrokerBackend::Mqtt(m),
+                }))
+            }),
         "bindings.mqtt" | "bindings.mqtt3" => {
             let topic = meta.take("topic");
-            mqtt_producer(&mut meta, &visible.id, report).map(|producer| {
+            mqtt_producer(&mut meta, &visible.id, &scope, report).map(|producer| {
                 Compiled::Binding(Arc::new(BindingComponent {
                     id,
                     kind: kind.to_owned(),
@@ -684,6 +692,7 @@ fn outputs(function: &Function, app: &DaprApp, report: &mut Report<'_>) -> Vec<O
 fn mqtt_producer(
     meta: &mut Metadata<'_>,
     id: &ComponentId,
+    scope: &str,
     report: &mut Report<'_>,
 ) -> Option<MqttProducerSettings> {
     let broker = mqtt_broker(meta, report);
@@ -691,7 +700,7 @@ fn mqtt_producer(
         .parse::<bool>("retain", "true or false", report)
         .unwrap_or(false);
     let consumer =
-        mqtt_consumer_id(meta).unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
+        mqtt_consumer_id(meta, scope).unwrap_or_else(|| format!("{}-{}", id.name, id.namespace));
     Some(MqttProducerSettings {
         broker: broker?,
         // Per process too: replicas sharing a consumerID would otherwise take the

@@ -23,6 +23,8 @@ pub const CONCURRENCY_ANNOTATION: &str = "fngate.io/concurrency";
 pub const MAX_ATTEMPTS_ANNOTATION: &str = "fngate.io/max-attempts";
 const APP_PROTOCOL_ANNOTATION: &str = "dapr.io/app-protocol";
 const APP_PORT_ANNOTATION: &str = "dapr.io/app-port";
+/// Deliveries in flight to the function across all its triggers (Dapr: `-1`, no limit).
+const APP_MAX_CONCURRENCY_ANNOTATION: &str = "dapr.io/app-max-concurrency";
 /// Events in flight per consumer when JetStream's `concurrency: parallel` asks for more.
 const PARALLEL_CONCURRENCY: usize = 64;
 
@@ -128,12 +130,34 @@ pub(super) fn build(
                 keep_last_good(previous, key, &trigger.name, &mut set, &mut report);
             } else {
                 for (k, spec) in compiled {
+                    if let Some(other) = same_mqtt_client(&set, &spec) {
+                        report.on_function(Diagnostic::warning(format!(
+                            "trigger {k} and trigger {other} connect to the same MQTT broker with one client id; the broker keeps one connection per client id, so they would keep taking it from each other: give them different consumerIDs (or '{{uuid}}')"
+                        )));
+                    }
                     set.triggers.insert(k, Arc::new(spec));
                 }
             }
         }
     }
     set
+}
+
+/// Another trigger already in `set` whose MQTT client would be `spec`'s.
+fn same_mqtt_client<'a>(set: &'a TriggerSet, spec: &TriggerSpec) -> Option<&'a TriggerKey> {
+    let SourceSpec::Mqtt(mine) = &spec.source else {
+        return None;
+    };
+    set.triggers.iter().find_map(|(k, s)| match &s.source {
+        SourceSpec::Mqtt(m)
+            if m.client_id == mine.client_id
+                && m.broker.host == mine.broker.host
+                && m.broker.port == mine.broker.port =>
+        {
+            Some(k)
+        }
+        _ => None,
+    })
 }
 
 fn keep_last_good(
@@ -230,12 +254,37 @@ fn delivery_policy(
     };
     let concurrency = number(CONCURRENCY_ANNOTATION, report).ok()?;
     let max_attempts = number(MAX_ATTEMPTS_ANNOTATION, report).ok()?;
+    let app_max_concurrency = match function
+        .spec
+        .serving
+        .as_ref()
+        .and_then(|s| s.annotations.get(APP_MAX_CONCURRENCY_ANNOTATION))
+    {
+        None => None,
+        Some(v) => match v.trim().parse::<i64>() {
+            Ok(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            // Dapr's default is -1; it reads 0 as no limit too.
+            Ok(-1 | 0) => None,
+            _ => {
+                report.on_function(
+                    Diagnostic::error(format!(
+                        "{v:?} is not a positive whole number (or -1: no limit)"
+                    ))
+                    .at_field(format!(
+                        "spec.serving.annotations[{APP_MAX_CONCURRENCY_ANNOTATION}]"
+                    )),
+                );
+                return None;
+            }
+        },
+    };
     Some(DeliveryPolicy {
         concurrency: concurrency.unwrap_or(1) as usize,
         retry_initial: defaults.retry_initial,
         retry_max: defaults.retry_max,
         max_attempts: Some(max_attempts.unwrap_or(defaults.max_attempts)),
         max_retries: None,
+        app_max_concurrency,
         dead_letter_topic: None,
     })
 }
@@ -371,11 +420,18 @@ fn compile_trigger(
                     .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
             }
         }
-        "bindings.mqtt" | "bindings.mqtt3" => mqtt(&mut meta, &app_id, None, &mut policy, report)
-            .map(|m| {
-                let topic = m.topics.join(",");
-                (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
-            }),
+        "bindings.mqtt" | "bindings.mqtt3" => mqtt(
+            &mut meta,
+            &app_id,
+            &format!("{app_id}/{}", trigger.name),
+            None,
+            &mut policy,
+            report,
+        )
+        .map(|m| {
+            let topic = m.topics.join(",");
+            (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
+        }),
         "pubsub.mqtt" | "pubsub.mqtt3" => {
             let Some(topic) = topic else {
                 report.on_function(
@@ -384,8 +440,15 @@ fn compile_trigger(
                 );
                 return Vec::new();
             };
-            mqtt(&mut meta, &app_id, Some(&topic), &mut policy, report)
-                .map(|m| (TriggerKind::PubSub, SourceSpec::Mqtt(m), topic))
+            mqtt(
+                &mut meta,
+                &app_id,
+                &format!("{app_id}/{}/{topic}", trigger.name),
+                Some(&topic),
+                &mut policy,
+                report,
+            )
+            .map(|m| (TriggerKind::PubSub, SourceSpec::Mqtt(m), topic))
         }
         "bindings.cron" => cron(&mut meta, function, report)
             .map(|c| (TriggerKind::Binding, SourceSpec::Cron(c.0), c.1)),
@@ -535,10 +598,16 @@ pub(super) fn mqtt_broker(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> O
     })
 }
 
-/// An MQTT component's `consumerID`, `{uuid}` replaced once per process as daprd does.
-pub(super) fn mqtt_consumer_id(meta: &mut Metadata<'_>) -> Option<String> {
-    meta.take("consumerID")
-        .map(|c| c.replace("{uuid}", crate::triggers::process_uuid()))
+/// An MQTT component's `consumerID`, `{uuid}` replaced by an id fixed for the process and
+/// `scope` (daprd: once per process, and a daprd serves one app).
+pub(super) fn mqtt_consumer_id(meta: &mut Metadata<'_>, scope: &str) -> Option<String> {
+    meta.take("consumerID").map(|c| {
+        if c.contains("{uuid}") {
+            c.replace("{uuid}", &crate::triggers::process_uuid_for(scope))
+        } else {
+            c
+        }
+    })
 }
 
 /// An MQTT input as Dapr 1.11's mqtt3 reads it: `url` (`tcp://[user:password@]host:port`),
@@ -548,6 +617,7 @@ pub(super) fn mqtt_consumer_id(meta: &mut Metadata<'_>) -> Option<String> {
 fn mqtt(
     meta: &mut Metadata<'_>,
     app_id: &str,
+    scope: &str,
     pubsub_topic: Option<&str>,
     policy: &mut DeliveryPolicy,
     report: &mut Report<'_>,
@@ -577,7 +647,7 @@ fn mqtt(
     let clean_session = meta
         .parse::<bool>("cleanSession", "true or false", report)
         .unwrap_or(false);
-    let consumer = mqtt_consumer_id(meta).unwrap_or_else(|| app_id.to_owned());
+    let consumer = mqtt_consumer_id(meta, scope).unwrap_or_else(|| app_id.to_owned());
     // Dapr's mqtt3 gives up on a message after this many retries (negative: never). Left
     // out, fngate retries until the function takes it, where daprd would try once and
     // leave the message unacknowledged until the next connection.

@@ -259,6 +259,9 @@ pub struct DeliveryPolicy {
     /// Retries of an event the function failed before it is dropped when there is no
     /// dead-letter topic (MQTT's `backOffMaxRetries`); `None`: retry until it succeeds.
     pub max_retries: Option<u32>,
+    /// `dapr.io/app-max-concurrency`: deliveries in flight to the function across all its
+    /// triggers; more wait. `None`: no limit.
+    pub app_max_concurrency: Option<u32>,
     pub dead_letter_topic: Option<String>,
 }
 
@@ -383,6 +386,7 @@ mod tests {
                 retry_max: Duration::from_secs(1),
                 max_attempts: None,
                 max_retries: None,
+                app_max_concurrency: None,
                 dead_letter_topic: None,
             },
             route: None,

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub event_delivery_duration: HistogramVec,
     pub events_in_flight: IntGaugeVec,
+    /// Labels: namespace, function. Deliveries held by `dapr.io/app-max-concurrency`.
+    pub events_waiting_for_app: IntGaugeVec,
     /// Labels: namespace, function, trigger, topic, partition (bounded by the topic's partitions).
     pub consumer_lag: IntGaugeVec,
     /// 1 while the trigger's broker connection is up; label `broker` is kafka or jetstream.
@@ -197,6 +199,14 @@ impl Metrics {
             trigger_labels,
         )
         .unwrap();
+        let events_waiting_for_app = IntGaugeVec::new(
+            Opts::new(
+                "fngate_events_waiting_for_app",
+                "Deliveries waiting because the function has dapr.io/app-max-concurrency in flight",
+            ),
+            &["namespace", "function"],
+        )
+        .unwrap();
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "fngate_consumer_lag",
@@ -339,6 +349,7 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(event_delivery_duration.clone()),
             Box::new(events_in_flight.clone()),
+            Box::new(events_waiting_for_app.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(broker_connected.clone()),
             Box::new(requests.clone()),
@@ -377,6 +388,7 @@ impl Metrics {
             events,
             event_delivery_duration,
             events_in_flight,
+            events_waiting_for_app,
             consumer_lag,
             broker_connected,
             activator_waiting,

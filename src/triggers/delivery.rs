@@ -56,6 +56,8 @@ pub struct TriggerRuntime {
     counters: OutcomeCounters,
     last_warning: AtomicU64,
     started: Instant,
+    /// Shared by every trigger of the function when it sets `dapr.io/app-max-concurrency`.
+    app_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl TriggerRuntime {
@@ -67,6 +69,7 @@ impl TriggerRuntime {
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
         activator: Arc<Activator>,
+        app_slots: Option<Arc<tokio::sync::Semaphore>>,
     ) -> TriggerRuntime {
         let labels = [
             key.namespace.clone(),
@@ -87,6 +90,7 @@ impl TriggerRuntime {
             labels,
             last_warning: AtomicU64::new(0),
             started: Instant::now(),
+            app_slots,
         }
     }
 
@@ -183,6 +187,9 @@ impl TriggerRuntime {
             waiting = None;
             match self.app.route(addr, &self.spec, &event.topic).await {
                 Ok(Route::Path(path, bulk)) => {
+                    let Some(_slot) = self.app_slot().await else {
+                        return None;
+                    };
                     let answer = self.app.deliver(addr, &self.spec, event, &path, bulk).await;
                     if matches!(answer, Answer::Retry(_) | Answer::Unreachable(_)) {
                         self.app.forget(addr);
@@ -203,6 +210,28 @@ impl TriggerRuntime {
                 Err(e) => return Some(Answer::Unreachable(format!("{addr}: {e}"))),
             }
         }
+    }
+
+    /// Waits for one of the function's `dapr.io/app-max-concurrency` slots (at once without
+    /// a limit); `None` when the trigger stops first.
+    async fn app_slot(&self) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        let Some(slots) = &self.app_slots else {
+            return Some(None);
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(Some(permit));
+        }
+        let waiting = self
+            .metrics
+            .events_waiting_for_app
+            .with_label_values(&[&self.key.namespace, &self.key.function]);
+        waiting.inc();
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok(),
+            _ = self.stopping() => None,
+        };
+        waiting.dec();
+        permit.map(Some)
     }
 
     /// Backoff before attempt `attempt + 1`: doubling from `retry_initial`, capped.
@@ -416,6 +445,7 @@ mod tests {
                 retry_max: Duration::from_millis(350),
                 max_attempts: Some(3),
                 max_retries,
+                app_max_concurrency: None,
                 dead_letter_topic: dead_letter.map(str::to_owned),
             },
             route: None,
@@ -445,6 +475,7 @@ mod tests {
             stop,
             metrics,
             activator,
+            None,
         )
     }
 

@@ -201,7 +201,7 @@ pub fn batch_id() -> String {
     uuid_shaped(&rand::random::<[u8; 16]>())
 }
 
-fn uuid_shaped(bytes: &[u8]) -> String {
+pub(super) fn uuid_shaped(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = [0u8; 32];
     for (i, b) in bytes.iter().take(16).enumerate() {
@@ -257,6 +257,7 @@ pub(super) mod tests {
                 retry_max: Duration::from_millis(1),
                 max_attempts: None,
                 max_retries: None,
+                app_max_concurrency: None,
                 dead_letter_topic: None,
             },
             route: None,

@@ -27,6 +27,21 @@ pub fn process_uuid() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(event::batch_id)
 }
+
+/// `{uuid}` for one component in this process: stable while the process runs, and
+/// different per `scope` (trigger or output component). One fngate serves many functions,
+/// and the samples all say `consumerID: '{uuid}'`: with one id per process their MQTT
+/// clients would share a client id and the broker would keep taking the connection from
+/// one to give it to the other.
+pub fn process_uuid_for(scope: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(process_uuid())
+        .chain_update([0])
+        .chain_update(scope)
+        .finalize();
+    event::uuid_shaped(&digest[..16])
+}
 pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form};
 pub use dapr_http::delivery_request as http_delivery_request;
 pub use delivery::{Decision, Settled};

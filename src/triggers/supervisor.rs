@@ -10,8 +10,8 @@ use crate::plan::{SourceSpec, TriggerKey, TriggerSet, TriggerSpec};
 use crate::plan_swap::SharedPlan;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::sync::{Arc, Weak};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 struct Running {
@@ -28,6 +28,9 @@ pub struct TriggerSupervisor {
     /// Whether this replica fires cron triggers (it holds the cron Lease, or reads files).
     cron_leader: watch::Receiver<bool>,
     running: HashMap<TriggerKey, Running>,
+    /// `dapr.io/app-max-concurrency` slots per function and limit, shared by its triggers;
+    /// a changed limit gets new slots (what is in flight on the old ones finishes).
+    app_slots: HashMap<(String, String, u32), Weak<Semaphore>>,
 }
 
 impl TriggerSupervisor {
@@ -45,7 +48,21 @@ impl TriggerSupervisor {
             activator,
             cron_leader,
             running: HashMap::new(),
+            app_slots: HashMap::new(),
         }
+    }
+
+    /// The function's shared slots when it limits its concurrency.
+    fn app_slots(&mut self, key: &TriggerKey, spec: &TriggerSpec) -> Option<Arc<Semaphore>> {
+        let limit = spec.policy.app_max_concurrency?;
+        self.app_slots.retain(|_, s| s.strong_count() > 0);
+        let id = (key.namespace.clone(), key.function.clone(), limit);
+        if let Some(slots) = self.app_slots.get(&id).and_then(Weak::upgrade) {
+            return Some(slots);
+        }
+        let slots = Arc::new(Semaphore::new(limit as usize));
+        self.app_slots.insert(id, Arc::downgrade(&slots));
+        Some(slots)
     }
 
     /// Runs until `shutdown` resolves; then stops every trigger and waits for them.
@@ -100,6 +117,7 @@ impl TriggerSupervisor {
                 stop_rx,
                 self.metrics.clone(),
                 self.activator.clone(),
+                self.app_slots(&key, &spec),
             ));
             let cron_leader = self.cron_leader.clone();
             let task = tokio::spawn(async move {
