@@ -211,3 +211,62 @@ spec:
     assert!(header(&out_records[0], "dapr-api-token").is_none());
     drop(fngate);
 }
+
+#[test]
+fn openfunctions_cron_input_kafka_output_sample_fires_and_its_output_reaches_kafka() {
+    // The sample as published: an `@every 2s` cron binding `cron` into a function over
+    // AppCallback gRPC (Go in the sample; here the official Dapr JS SDK's gRPC server),
+    // which sends a greeting for each tick to its output binding `kafka-server`
+    // (bindings.kafka, publishTopic `sample-topic`) through fngate's Dapr API.
+    let kafka = Kafka::start();
+    let topic = unique("sample-topic");
+    kafka.create_topic(&topic, 1);
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../shared/samples/openfunction/OpenFunction_samples@318ee24__functions__async__bindings__cron-input-kafka-output__cron-input-kafka-output.yaml",
+    );
+    let mut manifest =
+        std::fs::read_to_string(&sample).unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
+    let pod = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    for (from, to) in [
+        ("kafka-server-kafka-brokers:9092", kafka.brokers.as_str()),
+        ("value: sample-topic\n", &format!("value: {topic}\n")),
+        (
+            "  serving:\n",
+            &format!("  serving:\n    annotations:\n      dapr.io/api-token-secret: cron-token\n      dapr.io/app-port: \"{}\"\n", pod.port()),
+        ),
+    ] {
+        assert!(manifest.contains(from), "the sample has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "sample.yaml",
+        &[
+            manifest,
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cron-token\n  namespace: default\nstringData:\n  token: tok-cron\n".to_owned(),
+            endpoint_slice("default", "cron-input-kafka-output", &[pod], true),
+        ]
+        .join("---\n"),
+    );
+    let dapr_http = free_port();
+    let fngate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let function = NodeFunction::start_with(
+        pod,
+        dapr_http,
+        "tok-cron",
+        r#"[{"name":"cron","type":"bindings"}]"#,
+        r#"[{"name":"kafka-server","type":"bindings","operation":"create"}]"#,
+        &[("FUNC_PROTOCOL", "grpc"), ("FUNC_EMPTY_DATA", "Hello")],
+    );
+    function.wait_line("EVENT");
+    function.wait_line("SENT");
+    assert_eq!(kafka.read_all(&topic, 1)[0], r#""Hello""#);
+    let diagnostics =
+        String::from_utf8(admin_get(fngate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
+}

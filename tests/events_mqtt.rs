@@ -1,6 +1,7 @@
 //! MQTT inputs through the real binary, from the machine's Mosquitto (127.0.0.1:1883,
 //! `scripts/services.sh`), into real Dapr apps (`dapr_app` over HTTP, as the Node
-//! samples speak, and AppCallback gRPC). Messages are published with `mosquitto_pub`.
+//! samples speak, and AppCallback gRPC) and the Node samples as functions on the official
+//! Dapr JS SDK (`tests/node`). Messages are published with `mosquitto_pub`.
 
 mod common;
 
@@ -452,9 +453,14 @@ fn a_broker_restart_loses_nothing() {
 }
 
 /// A published OpenFunction sample with its broker (EMQX in the samples) rewritten to the
-/// machine's Mosquitto, and `replace` applied; its pod a loopback address of this test's
-/// own so the default app port 8080 is free there.
-fn sample_catalog(file: &str, replace: &[(&str, &str)], app: &DaprApp) -> tempfile::TempDir {
+/// machine's Mosquitto and `replace` applied, its function at `pod`, `extra` objects
+/// beside it.
+fn sample_catalog(
+    file: &str,
+    replace: &[(&str, &str)],
+    pod: std::net::SocketAddr,
+    extra: &str,
+) -> tempfile::TempDir {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/samples/openfunction")
         .join(file);
@@ -475,58 +481,12 @@ fn sample_catalog(file: &str, replace: &[(&str, &str)], app: &DaprApp) -> tempfi
     write_atomically(
         dir.path(),
         "slice.yaml",
-        &endpoint_slice("default", &name, &[app.addr], true),
+        &endpoint_slice("default", &name, &[pod], true),
     );
+    if !extra.is_empty() {
+        write_atomically(dir.path(), "extra.yaml", extra);
+    }
     dir
-}
-
-fn sample_pod() -> String {
-    format!(
-        "127.2.{}.{}:8080",
-        std::process::id() % 250 + 1,
-        free_port() % 250 + 1
-    )
-}
-
-#[test]
-fn openfunctions_node_mqtt_samples_are_triggered_through_fngate() {
-    // async-bindings: input binding `mqtt-in` on topic `in`, over Dapr's HTTP protocol.
-    let topic = unique("fngate/sample/in");
-    let app = DaprApp::start_on("http", &sample_pod(), "mqtt-in", "");
-    let dir = sample_catalog(
-        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-bindings.yaml",
-        &[("value: in\n", &format!("value: {topic}\n"))],
-        &app,
-    );
-    let gate = Fngate::start(dir.path());
-    wait_connected(&gate, "sample-node-async-bindings");
-    publish(&topic, &["hello".to_owned()]);
-    let events = app.wait_for("the sample's binding event", |e| {
-        !accepted_data(e).is_empty()
-    });
-    assert_eq!(
-        (events[0]["name"].as_str(), events[0]["data"].as_str()),
-        (Some("mqtt-in"), Some("hello"))
-    );
-    let diagnostics =
-        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
-    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
-    drop(gate);
-
-    // async-pubsub: subscription `mqtt-pubsub` on topic `sub`.
-    let topic = unique("fngate/sample/sub");
-    let app = DaprApp::start_on("http", &sample_pod(), "", &format!("mqtt-pubsub:{topic}"));
-    let dir = sample_catalog(
-        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-pubsub.yaml",
-        &[("topic: sub\n", &format!("topic: {topic}\n"))],
-        &app,
-    );
-    let gate = Fngate::start(dir.path());
-    wait_connected(&gate, "sample-node-async-pubsub");
-    publish(&topic, &["hi".to_owned()]);
-    let events = app.wait_for("the sample's topic event", |e| !accepted_data(e).is_empty());
-    assert_eq!(events[0]["pubsub"], "mqtt-pubsub", "{}", events[0]);
-    assert_eq!(events[0]["data"], "hi", "{}", events[0]);
 }
 
 /// A metadata item whose value is a PEM file's text, as a YAML block.
@@ -771,4 +731,180 @@ fn two_replicas_on_a_shared_subscription_deliver_each_message_once() {
         .unwrap_or(0.0)
     };
     assert_eq!(delivered(&one) + delivered(&two), messages.len() as f64);
+}
+
+/// The sample's own Secret-free manifest gets the API token a function needs for fngate's
+/// Dapr API (`dapr.io/api-token-secret`), and this Secret.
+/// Where a Node function listens: the Dapr JS SDK's server binds every address, whatever
+/// host it is given, so each test takes a free port and sets it as the app port.
+fn node_pod() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+const NODE_TOKEN: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-token\n  namespace: default\nstringData:\n  token: tok-node\n";
+
+#[test]
+fn openfunctions_node_mqtt_bindings_sample_runs_on_the_dapr_js_sdk_input_to_output() {
+    // mqtt-io-node async-bindings as published: input binding `mqtt-in` (topic `in`),
+    // output `mqtt-out` (topic `out`, operation create); its function sends what it
+    // receives to its outputs (`ctx.send(data)`), through fngate's Dapr HTTP API.
+    let (input, output) = (unique("fngate/node/in"), unique("fngate/node/out"));
+    let pod = node_pod();
+    let dir = sample_catalog(
+        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-bindings.yaml",
+        &[
+            ("value: in\n", &format!("value: {input}\n")),
+            ("value: out\n", &format!("value: {output}\n")),
+            (
+                "      dapr.io/app-protocol: http\n",
+                &format!("      dapr.io/app-protocol: http\n      dapr.io/api-token-secret: node-token\n      dapr.io/app-port: \"{}\"\n", pod.port()),
+            ),
+        ],
+        pod,
+        NODE_TOKEN,
+    );
+    let dapr_http = free_port();
+    let gate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let function = NodeFunction::start(
+        pod,
+        dapr_http,
+        "tok-node",
+        r#"[{"name":"mqtt-in","type":"bindings"}]"#,
+        r#"[{"name":"mqtt-out","type":"bindings","operation":"create"}]"#,
+    );
+    function.wait_line("STARTED");
+    wait_connected(&gate, "sample-node-async-bindings");
+    let sub = Subscriber::start(&output, 1);
+    publish(&input, &[r#"{"reading":42}"#.to_owned()]);
+    let event = function.wait_line("EVENT");
+    assert_eq!(event["data"], serde_json::json!({"reading": 42}), "{event}");
+    function.wait_line("SENT");
+    assert_eq!(sub.received(&output, 1), [r#"{"reading":42}"#]);
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
+}
+
+#[test]
+fn openfunctions_node_mqtt_pubsub_sample_runs_on_the_dapr_js_sdk_topic_to_topic() {
+    // mqtt-io-node async-pubsub: subscription `mqtt-pubsub` on `sub`, output the same
+    // pub/sub on topic `pub`.
+    let (input, output) = (unique("fngate/node/sub"), unique("fngate/node/pub"));
+    let pod = node_pod();
+    let dir = sample_catalog(
+        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-pubsub.yaml",
+        &[
+            ("topic: sub\n", &format!("topic: {input}\n")),
+            ("topic: pub\n", &format!("topic: {output}\n")),
+            (
+                "      dapr.io/app-protocol: http\n",
+                &format!("      dapr.io/app-protocol: http\n      dapr.io/api-token-secret: node-token\n      dapr.io/app-port: \"{}\"\n", pod.port()),
+            ),
+        ],
+        pod,
+        NODE_TOKEN,
+    );
+    let dapr_http = free_port();
+    let gate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let function = NodeFunction::start(
+        pod,
+        dapr_http,
+        "tok-node",
+        &format!(r#"[{{"name":"mqtt-pubsub","type":"pubsub","topic":"{input}"}}]"#),
+        &format!(r#"[{{"name":"mqtt-pubsub","type":"pubsub","topic":"{output}"}}]"#),
+    );
+    function.wait_line("STARTED");
+    wait_connected(&gate, "sample-node-async-pubsub");
+    let sub = Subscriber::start(&output, 1);
+    publish(&input, &[r#"{"order":7}"#.to_owned()]);
+    let event = function.wait_line("EVENT");
+    assert_eq!(event["data"], serde_json::json!({"order": 7}), "{event}");
+    function.wait_line("SENT");
+    let published: serde_json::Value = serde_json::from_str(&sub.received(&output, 1)[0]).unwrap();
+    assert_eq!(
+        (
+            &published["data"],
+            &published["topic"],
+            &published["pubsubname"]
+        ),
+        (
+            &serde_json::json!({"order": 7}),
+            &serde_json::json!(output),
+            &serde_json::json!("mqtt-pubsub")
+        ),
+        "{published}"
+    );
+}
+
+#[test]
+fn openfunctions_node_http_function_sends_to_its_mqtt_output_binding() {
+    // with-output-binding-node: an HTTP function with output `mqtt-out` (no operation:
+    // create) on topic `out`; a request through fngate's gateway ends up on the topic.
+    let output = unique("fngate/node/http-out");
+    let pod = node_pod();
+    let file = "OpenFunction_samples@318ee24__functions__knative__with-output-binding-node__http-trigger.yaml";
+    let dir = sample_catalog(
+        file,
+        &[
+            ("value: out\n", &format!("value: {output}\n")),
+            (
+                "      dapr.io/log-level: debug\n",
+                "      dapr.io/log-level: debug\n      dapr.io/api-token-secret: node-token\n",
+            ),
+            (
+                "        port: 8080\n",
+                &format!("        port: {}\n", pod.port()),
+            ),
+        ],
+        pod,
+        NODE_TOKEN,
+    );
+    let manifest = std::fs::read_to_string(dir.path().join("sample.yaml")).unwrap();
+    let name = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("  name: "))
+        .unwrap()
+        .to_owned();
+    let dapr_http = free_port();
+    let gate = Fngate::start_full(
+        dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        "",
+    );
+    let function = NodeFunction::start_http(
+        pod,
+        dapr_http,
+        "tok-node",
+        r#"[{"name":"mqtt-out","type":"bindings"}]"#,
+    );
+    function.wait_line("STARTED");
+    let sub = Subscriber::start(&output, 1);
+    let host = format!("{name}.default.ofn.io");
+    let reply = request(
+        gate.http,
+        "POST",
+        &host,
+        "/",
+        &[("content-type", "application/json")],
+        br#"{"hello":"mqtt"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(sub.received(&output, 1), [r#"{"hello":"mqtt"}"#]);
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
 }

@@ -1185,3 +1185,141 @@ pub fn webhook_receiver() -> (
     });
     (addr, rx)
 }
+
+/// `tests/node` installed (`npm ci`, the official Dapr JS SDK from its lock file) once
+/// under the target folder; that folder.
+#[allow(dead_code)] // not every test binary uses it
+pub fn node_function_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-function");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    let lock_file = source.join("package-lock.json");
+    let wanted = std::fs::read_to_string(&lock_file).unwrap();
+    let marker = dir.join("installed.lock");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    for file in ["package.json", "package-lock.json", "async_function.cjs"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let installed = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm (Debian package npm, scripts/setup.sh)");
+        assert!(installed.success(), "npm ci in {} failed", dir.display());
+        std::fs::write(&marker, wanted).unwrap();
+    }
+    dir
+}
+
+/// `tests/node/async_function.cjs`: an async function as OpenFunction's Node framework runs
+/// one, on the official Dapr JS SDK, serving Dapr's HTTP protocol at `listen` and calling
+/// fngate's Dapr HTTP API on `dapr_http_port` with `token`.
+#[allow(dead_code)]
+pub struct NodeFunction {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+#[allow(dead_code)]
+impl NodeFunction {
+    /// `inputs`/`outputs`: JSON lists of `{name, type, topic?, operation?}`.
+    pub fn start(
+        listen: SocketAddr,
+        dapr_http_port: u16,
+        token: &str,
+        inputs: &str,
+        outputs: &str,
+    ) -> NodeFunction {
+        NodeFunction::start_mode(listen, dapr_http_port, token, inputs, outputs, false, &[])
+    }
+
+    /// An HTTP function (Knative-style): each request's body goes to `outputs`.
+    pub fn start_http(
+        listen: SocketAddr,
+        dapr_http_port: u16,
+        token: &str,
+        outputs: &str,
+    ) -> NodeFunction {
+        NodeFunction::start_mode(listen, dapr_http_port, token, "[]", outputs, true, &[])
+    }
+
+    /// With more of the function's environment (`FUNC_PROTOCOL`, `FUNC_EMPTY_DATA`).
+    pub fn start_with(
+        listen: SocketAddr,
+        dapr_http_port: u16,
+        token: &str,
+        inputs: &str,
+        outputs: &str,
+        env: &[(&str, &str)],
+    ) -> NodeFunction {
+        NodeFunction::start_mode(listen, dapr_http_port, token, inputs, outputs, false, env)
+    }
+
+    fn start_mode(
+        listen: SocketAddr,
+        dapr_http_port: u16,
+        token: &str,
+        inputs: &str,
+        outputs: &str,
+        http: bool,
+        env: &[(&str, &str)],
+    ) -> NodeFunction {
+        let dir = node_function_dir();
+        let mut child = Command::new("node")
+            .envs(env.iter().copied())
+            .env("FUNC_HTTP", if http { "1" } else { "0" })
+            .arg(dir.join("async_function.cjs"))
+            .current_dir(&dir)
+            .env("APP_HOST", listen.ip().to_string())
+            .env("APP_PORT", listen.port().to_string())
+            .env("DAPR_HOST", "127.0.0.1")
+            .env("DAPR_HTTP_PORT", dapr_http_port.to_string())
+            .env("DAPR_API_TOKEN", token)
+            .env("FUNC_INPUTS", inputs)
+            .env("FUNC_OUTPUTS", outputs)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node (Debian package nodejs, scripts/setup.sh)");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        NodeFunction { child, lines }
+    }
+
+    /// Waits (up to 60 s) for a line starting with `kind ` and returns its JSON.
+    pub fn wait_line(&self, kind: &str) -> serde_json::Value {
+        let prefix = format!("{kind} ");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(json) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(&prefix))
+            {
+                return serde_json::from_str(json).expect("a JSON line");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {kind}; the function printed: {:#?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeFunction {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
