@@ -268,7 +268,7 @@ impl Subscriber {
 }
 
 #[test]
-fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
+fn publish_and_bindings_reach_mqtt_through_the_dapr_http_and_grpc_apis() {
     let (events, default_topic, other) = (
         unique("fngate/out/events"),
         unique("fngate/out/default"),
@@ -295,10 +295,10 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
         ]
         .join("---\n"),
     );
-    let dapr_http = free_port();
+    let (dapr_http, dapr_grpc) = (free_port(), free_port());
     let _gate = Fngate::start_full(
         dir.path(),
-        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n  dapr_grpc: 127.0.0.1:{dapr_grpc}\n"),
         "",
     );
     let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
@@ -349,6 +349,51 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_api() {
             .as_bytes(),
     );
     assert_eq!(sub.received(&other, 1), [r#""two""#]);
+
+    // The gRPC surface: the same envelope and binding, the data as given (bytes).
+    use dapr::dapr::proto::runtime::v1 as rt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = dapr_client(&runtime, dapr_grpc);
+    let sub = Subscriber::start(&events, 1);
+    runtime
+        .block_on(client.publish_event(with_token(
+            rt::PublishEventRequest {
+                pubsub_name: "mbus".into(),
+                topic: events.clone(),
+                data: br#"{"order":8}"#.to_vec(),
+                data_content_type: "application/json".into(),
+                metadata: Default::default(),
+            },
+            "tok-producer",
+        )))
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&sub.received(&events, 1)[0]).unwrap();
+    assert_eq!(
+        (
+            &event["data"],
+            &event["datacontenttype"],
+            &event["pubsubname"]
+        ),
+        (
+            &serde_json::json!({"order": 8}),
+            &serde_json::json!("application/json"),
+            &serde_json::json!("mbus")
+        ),
+        "{event}"
+    );
+    let sub = Subscriber::start(&other, 1);
+    runtime
+        .block_on(client.invoke_binding(with_token(
+            rt::InvokeBindingRequest {
+                name: "mout".into(),
+                data: b"raw bytes".to_vec(),
+                metadata: [("topic".to_owned(), other.clone())].into_iter().collect(),
+                operation: "create".into(),
+            },
+            "tok-producer",
+        )))
+        .unwrap();
+    assert_eq!(sub.received(&other, 1), ["raw bytes"]);
 }
 
 /// A Mosquitto of the test's own (port and persistence file), so it can be restarted.
