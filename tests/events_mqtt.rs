@@ -788,50 +788,61 @@ fn node_pod() -> std::net::SocketAddr {
 
 const NODE_TOKEN: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: node-token\n  namespace: default\nstringData:\n  token: tok-node\n";
 
-#[test]
-fn openfunctions_node_mqtt_bindings_sample_runs_on_the_dapr_js_sdk_input_to_output() {
-    // mqtt-io-node async-bindings as published: input binding `mqtt-in` (topic `in`),
-    // output `mqtt-out` (topic `out`, operation create); its function sends what it
-    // receives to its outputs (`ctx.send(data)`), through fngate's Dapr HTTP API.
-    let (input, output) = (unique("fngate/node/in"), unique("fngate/node/out"));
+/// An async Node sample: its manifest with `replace` applied, its function given a token
+/// and a free app port, fngate with a Dapr HTTP API, and the function on the JS SDK with
+/// `inputs` and `outputs`, started and subscribed.
+fn node_async_sample(
+    file: &str,
+    function_name: &str,
+    replace: &[(&str, &str)],
+    inputs: &str,
+    outputs: &str,
+) -> (Fngate, NodeFunction, tempfile::TempDir) {
     let pod = node_pod();
-    let dir = sample_catalog(
-        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-bindings.yaml",
-        &[
-            ("value: in\n", &format!("value: {input}\n")),
-            ("value: out\n", &format!("value: {output}\n")),
-            (
-                "      dapr.io/app-protocol: http\n",
-                &format!("      dapr.io/app-protocol: http\n      dapr.io/api-token-secret: node-token\n      dapr.io/app-port: \"{}\"\n", pod.port()),
-            ),
-        ],
-        pod,
-        NODE_TOKEN,
+    let annotations = format!(
+        "      dapr.io/app-protocol: http\n      dapr.io/api-token-secret: node-token\n      dapr.io/app-port: \"{}\"\n",
+        pod.port()
     );
+    let mut replace = replace.to_vec();
+    replace.push(("      dapr.io/app-protocol: http\n", &annotations));
+    let dir = sample_catalog(file, &replace, pod, NODE_TOKEN);
     let dapr_http = free_port();
     let gate = Fngate::start_full(
         dir.path(),
         &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
         "",
     );
-    let function = NodeFunction::start(
-        pod,
-        dapr_http,
-        "tok-node",
+    let function = NodeFunction::start(pod, dapr_http, "tok-node", inputs, outputs);
+    function.wait_line("STARTED");
+    wait_connected(&gate, function_name);
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
+    (gate, function, dir)
+}
+
+#[test]
+fn openfunctions_node_mqtt_bindings_sample_runs_on_the_dapr_js_sdk_input_to_output() {
+    // mqtt-io-node async-bindings as published: input binding `mqtt-in` (topic `in`),
+    // output `mqtt-out` (topic `out`, operation create); its function sends what it
+    // receives to its outputs (`ctx.send(data)`), through fngate's Dapr HTTP API.
+    let (input, output) = (unique("fngate/node/in"), unique("fngate/node/out"));
+    let (_gate, function, _dir) = node_async_sample(
+        "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-bindings.yaml",
+        "sample-node-async-bindings",
+        &[
+            ("value: in\n", &format!("value: {input}\n")),
+            ("value: out\n", &format!("value: {output}\n")),
+        ],
         r#"[{"name":"mqtt-in","type":"bindings"}]"#,
         r#"[{"name":"mqtt-out","type":"bindings","operation":"create"}]"#,
     );
-    function.wait_line("STARTED");
-    wait_connected(&gate, "sample-node-async-bindings");
     let sub = Subscriber::start(&output, 1);
     publish(&input, &[r#"{"reading":42}"#.to_owned()]);
     let event = function.wait_line("EVENT");
     assert_eq!(event["data"], serde_json::json!({"reading": 42}), "{event}");
     function.wait_line("SENT");
     assert_eq!(sub.received(&output, 1), [r#"{"reading":42}"#]);
-    let diagnostics =
-        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
-    assert!(!diagnostics.contains("not run by fngate"), "{diagnostics}");
 }
 
 #[test]
@@ -839,35 +850,16 @@ fn openfunctions_node_mqtt_pubsub_sample_runs_on_the_dapr_js_sdk_topic_to_topic(
     // mqtt-io-node async-pubsub: subscription `mqtt-pubsub` on `sub`, output the same
     // pub/sub on topic `pub`.
     let (input, output) = (unique("fngate/node/sub"), unique("fngate/node/pub"));
-    let pod = node_pod();
-    let dir = sample_catalog(
+    let (_gate, function, _dir) = node_async_sample(
         "OpenFunction_samples@318ee24__functions__async__mqtt-io-node__async-pubsub.yaml",
+        "sample-node-async-pubsub",
         &[
             ("topic: sub\n", &format!("topic: {input}\n")),
             ("topic: pub\n", &format!("topic: {output}\n")),
-            (
-                "      dapr.io/app-protocol: http\n",
-                &format!("      dapr.io/app-protocol: http\n      dapr.io/api-token-secret: node-token\n      dapr.io/app-port: \"{}\"\n", pod.port()),
-            ),
         ],
-        pod,
-        NODE_TOKEN,
-    );
-    let dapr_http = free_port();
-    let gate = Fngate::start_full(
-        dir.path(),
-        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
-        "",
-    );
-    let function = NodeFunction::start(
-        pod,
-        dapr_http,
-        "tok-node",
         &format!(r#"[{{"name":"mqtt-pubsub","type":"pubsub","topic":"{input}"}}]"#),
         &format!(r#"[{{"name":"mqtt-pubsub","type":"pubsub","topic":"{output}"}}]"#),
     );
-    function.wait_line("STARTED");
-    wait_connected(&gate, "sample-node-async-pubsub");
     let sub = Subscriber::start(&output, 1);
     publish(&input, &[r#"{"order":7}"#.to_owned()]);
     let event = function.wait_line("EVENT");

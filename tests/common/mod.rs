@@ -799,31 +799,21 @@ pub fn send_paced_until(
 
 /// A self-signed certificate for `hello.default.ofn.io` and its key, as PEM files in `dir`.
 pub fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=hello.default.ofn.io",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed by scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    self_signed(dir, "hello.default.ofn.io", "key.pem", "cert.pem");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// `openssl req -x509`: a self-signed certificate for `cn` (a day long) and its key, as
+/// files `key` and `cert` in `dir`.
+fn self_signed(dir: &std::path::Path, cn: &str, key: &str, cert: &str) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+            "-keyout", key, "-out", cert,
+        ],
     );
-    (cert, key)
 }
 
 pub fn openssl(dir: &std::path::Path, args: &[&str]) {
@@ -844,24 +834,7 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) {
 pub fn ca_and_server_cert(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=fngate test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
+    self_signed(dir, "fngate test CA", "ca.key", "ca.pem");
     openssl(
         dir,
         &[
