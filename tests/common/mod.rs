@@ -835,45 +835,11 @@ pub fn ca_and_server_cert(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     self_signed(dir, "fngate test CA", "ca.key", "ca.pem");
-    openssl(
+    signed_by_ca(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
+        "server",
+        "127.0.0.1",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ],
     );
     (
         dir.join("ca.pem"),
@@ -885,34 +851,40 @@ pub fn ca_and_server_cert(
 /// A client certificate (CN `client`) signed by the CA `ca_and_server_cert` made in `dir`:
 /// (certificate, key).
 pub fn client_cert_from_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    signed_by_ca(
+        dir,
+        "client",
+        "client",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    (dir.join("client.pem"), dir.join("client.key"))
+}
+
+/// `<name>.key` and `<name>.pem` in `dir`: a key and an X.509 v3 certificate for `cn` with
+/// `extensions`, signed by `ca.pem`/`ca.key` there (rustls refuses a v1 certificate).
+fn signed_by_ca(dir: &std::path::Path, name: &str, cn: &str, extensions: &str) {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.cnf"),
+    );
+    let subject = format!("/CN={cn}");
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=client",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
         ],
     );
-    // An X.509 v3 certificate for client use: rustls refuses a v1 one.
-    std::fs::write(
-        dir.join("client.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join(&ext), extensions).unwrap();
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "client.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
@@ -921,12 +893,11 @@ pub fn client_cert_from_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::p
             "-days",
             "1",
             "-extfile",
-            "client.cnf",
+            &ext,
             "-out",
-            "client.pem",
+            &pem,
         ],
     );
-    (dir.join("client.pem"), dir.join("client.key"))
 }
 
 impl Fngate {
