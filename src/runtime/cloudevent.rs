@@ -68,9 +68,11 @@ pub(crate) fn envelope(input: &EnvelopeInput<'_>) -> Result<Envelope, NotACloudE
                 .iter()
                 .rev()
                 .find(|(k, _)| {
+                    // Bytes: a caller's key may hold a multi-byte character across byte 11.
+                    let k = k.as_bytes();
                     k.len() == 11 + name.len()
-                        && k[..11].eq_ignore_ascii_case("cloudevent.")
-                        && k[11..].eq_ignore_ascii_case(name)
+                        && k[..11].eq_ignore_ascii_case(b"cloudevent.")
+                        && k[11..].eq_ignore_ascii_case(name.as_bytes())
                 })
                 .map(|(_, v)| v.as_str())
         };
@@ -403,5 +405,20 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(e.id.as_deref(), Some("e-7"));
+    }
+
+    #[test]
+    fn a_metadata_key_with_a_multibyte_character_across_the_prefix_is_no_override() {
+        // 13 bytes, `é` on bytes 10 and 11: slicing the str at 11 would panic.
+        let meta = [
+            ("aaaaaaaaaaéx".to_owned(), "v".to_owned()),
+            ("cloudevent.Type".to_owned(), "t".to_owned()),
+        ];
+        let e = envelope(&input(b"x", "", &meta)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.bytes).unwrap();
+        assert_eq!(
+            v["type"], "t",
+            "the override still matched case-insensitively"
+        );
     }
 }

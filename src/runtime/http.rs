@@ -74,11 +74,34 @@ pub async fn serve_http(
 }
 
 fn reply(status: u16, content_type: Option<&str>, body: impl Into<Bytes>) -> Reply {
-    let mut r = Response::builder().status(status);
-    if let Some(ct) = content_type {
-        r = r.header("content-type", ct);
+    reply_with(status, content_type.map(|ct| ("content-type", ct)), body)
+}
+
+/// A reply whose headers may come from a caller, a store or a broker (ETags, metadata,
+/// error text): one that is not valid HTTP is left out, so no input can fail a reply.
+fn reply_with<N: AsRef<str>, V: AsRef<str>>(
+    status: u16,
+    headers: impl IntoIterator<Item = (N, V)>,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        match (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                r.headers_mut().append(n, v);
+            }
+            _ => tracing::debug!(
+                header = name,
+                "left out of a Dapr API reply: not a valid HTTP header"
+            ),
+        }
     }
-    r.body(Full::new(body.into())).expect("valid response")
+    r
 }
 
 fn no_content() -> Reply {
@@ -371,16 +394,15 @@ async fn get(api: &DaprApi, app: &DaprApp, store: &str, key: &str, query: &Query
     {
         Ok(None) => no_content(),
         Ok(Some(item)) => {
-            let mut r = Response::builder()
-                .status(200)
-                .header("content-type", "application/json");
-            if let Some(etag) = &item.etag {
-                r = r.header("etag", etag.as_str());
-            }
-            for (k, v) in &item.metadata {
-                r = r.header(format!("metadata.{k}"), v.as_str());
-            }
-            r.body(Full::new(item.data)).expect("valid response")
+            let headers = [("content-type".to_owned(), "application/json")]
+                .into_iter()
+                .chain(item.etag.as_deref().map(|e| ("etag".to_owned(), e)))
+                .chain(
+                    item.metadata
+                        .iter()
+                        .map(|(k, v)| (format!("metadata.{k}"), v.as_str())),
+                );
+            reply_with(200, headers, item.data)
         }
         Err(e) => error_reply(&e),
     }
@@ -629,13 +651,22 @@ async fn bulk_publish(
                 "failedEntries": failed.iter().map(|(id, e)| serde_json::json!({"entryId": id, "error": e})).collect::<Vec<_>>(),
                 "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
             });
-            let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or_default();
-            Response::builder()
-                .status(500)
-                .header("content-type", "application/json")
-                .header("metadata.error", first.replace(['\r', '\n'], " "))
-                .body(Full::new(Bytes::from(body.to_string())))
-                .expect("valid response")
+            // The error text may carry a caller's topic: control characters become spaces.
+            let first: String = failed
+                .first()
+                .map(|(_, e)| e.as_str())
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            reply_with(
+                500,
+                [
+                    ("content-type", "application/json"),
+                    ("metadata.error", first.as_str()),
+                ],
+                body.to_string(),
+            )
         }
         Err(e) => error_reply(&e),
     }
@@ -681,15 +712,14 @@ async fn binding(
             let Some(data) = r.data else {
                 return no_content();
             };
-            let mut b = Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/json");
-            for (k, v) in &r.metadata {
-                if let Ok(v) = http::HeaderValue::from_str(v) {
-                    b = b.header(format!("metadata.{k}"), v);
-                }
-            }
-            b.body(Full::new(data)).expect("valid response")
+            let headers = [("content-type".to_owned(), "application/json")]
+                .into_iter()
+                .chain(
+                    r.metadata
+                        .iter()
+                        .map(|(k, v)| (format!("metadata.{k}"), v.as_str())),
+                );
+            reply_with(200, headers, data)
         }
         Err(e) => error_reply(&e),
     }
@@ -718,6 +748,24 @@ fn metadata(api: &DaprApi, app: &DaprApp) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_leaves_out_headers_a_store_or_broker_shaped_badly_and_never_fails() {
+        let r = reply_with(
+            200,
+            [
+                ("etag", "bad\u{1}etag"),
+                ("metadata.ok", "fine"),
+                ("metadata.bad name", "v"),
+                ("metadata.error", "line\r\nbreak"),
+            ],
+            "x",
+        );
+        assert_eq!(r.status(), 200);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["metadata.ok"]);
+        assert_eq!(reply(1000, None, "").status(), 500, "an impossible status");
+    }
 
     #[test]
     fn route_parameters_are_query_unescaped_as_go_does() {
