@@ -345,7 +345,7 @@ fn dapr_api_components_compile_per_app_with_scopes_secrets_and_diagnostics_namin
 }
 
 #[test]
-fn a_missing_token_secret_or_a_shared_token_is_reported_and_keeps_the_last_good_token() {
+fn a_missing_token_secret_or_a_shared_token_is_reported_and_the_token_stops_working() {
     let good = plan(DAPR_APP);
     let without_secret = DAPR_APP.replace("name: cart-token", "name: other-token");
     let snapshot = snapshot_from_texts([("t.yaml", without_secret.as_str())]);
@@ -354,10 +354,10 @@ fn a_missing_token_secret_or_a_shared_token_is_reported_and_keeps_the_last_good_
     assert!(
         errs.iter().any(|e| e.contains("dapr.io/api-token-secret")
             && e.contains("Secret shop/cart-token not found")
-            && e.contains("last good token")),
+            && e.contains("no longer works")),
         "{errs:#?}"
     );
-    assert!(p.dapr.by_token(b"s3cret").is_some());
+    assert!(p.dapr.by_token(b"s3cret").is_none(), "fail closed");
     // Without a previous plan the app cannot call at all.
     let fresh = plan(&without_secret);
     assert!(fresh.dapr.by_token(b"s3cret").is_none());

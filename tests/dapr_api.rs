@@ -955,6 +955,31 @@ fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
             .status,
         204
     );
+
+    // Emptied, then deleted: the token stops at the next plan (fail closed).
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: orders-token\n  namespace: shop\nstringData:\n  token: tok-orders-rotated\n---\n";
+    let good = std::fs::read_to_string(dir.path().join("catalog.yaml")).unwrap();
+    assert!(good.contains(secret));
+    for (what, text) in [
+        (
+            "emptied",
+            good.replace("token: tok-orders-rotated", "token: \"\""),
+        ),
+        ("deleted", good.replace(secret, "")),
+    ] {
+        let before = gate.fngate.revision();
+        write_atomically(dir.path(), "catalog.yaml", &text);
+        gate.fngate.wait_for_revision_after(before);
+        assert_eq!(
+            gate.http("GET", "/v1.0/state/cart/k", Some("tok-orders-rotated"), b"")
+                .status,
+            401,
+            "Secret {what}"
+        );
+        let before = gate.fngate.revision();
+        write_atomically(dir.path(), "catalog.yaml", &good);
+        gate.fngate.wait_for_revision_after(before);
+    }
 }
 
 #[test]

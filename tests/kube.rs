@@ -495,3 +495,54 @@ fn of_two_replicas_one_fires_each_cron_tick_and_the_other_takes_over_when_it_die
     seconds.dedup();
     assert_eq!(seconds.len(), total, "a tick delivered twice: {events:#?}");
 }
+
+#[test]
+fn a_token_survives_an_api_server_outage_and_stops_at_the_plan_after_its_secret_is_deleted() {
+    let cluster = Cluster::new();
+    let secret =
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: caller-token\n  namespace: default\nstringData:\n  token: tok-caller\n";
+    cluster.api.apply(secret);
+    cluster.api.apply(&format!(
+        "{}    annotations:\n      dapr.io/api-token-secret: caller-token\n",
+        function_yaml("default", "caller", "")
+    ));
+    let dapr_http = free_port();
+    let gate = Fngate::start_catalog(
+        cluster.dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        &cluster.settings(""),
+        "",
+        true,
+    );
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
+    let metadata = || {
+        request(
+            dapr,
+            "GET",
+            "localhost",
+            "/v1.0/metadata",
+            &[("dapr-api-token", "tok-caller")],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(metadata(), 200);
+
+    // An outage is not a revocation: the watch keeps its last list.
+    let lists = cluster.api.lists();
+    cluster.api.set_available(false);
+    cluster.api.compact();
+    assert_eq!(metadata(), 200, "while the API server is away");
+    cluster.api.set_available(true);
+    gate.wait_until(|| cluster.api.lists() > lists, "a relist after the outage");
+    assert_eq!(metadata(), 200, "after the relist");
+
+    // A deleted Secret is: the next plan refuses the token.
+    let before = gate.revision();
+    cluster
+        .api
+        .delete("v1", "Secret", "default", "caller-token");
+    gate.wait_for_revision_after(before);
+    assert_eq!(metadata(), 401);
+}

@@ -182,15 +182,17 @@ fn app_token(
         Ok(_) => format!("Secret {namespace}/{secret} has an empty token"),
         Err(m) => m,
     };
-    let kept = before.and_then(|b| b.token.clone());
-    let consequence = if kept.is_some() {
-        "still accepting the last good token"
+    // Fail closed: a Secret deleted, emptied or unreadable revokes the token. (A transient
+    // API-server error is not this: the watch keeps its last list, and a file that does
+    // not parse keeps its last good objects.)
+    let consequence = if before.is_some_and(|b| b.token.is_some()) {
+        "its token no longer works: the function cannot call fngate's Dapr API until the Secret holds one"
     } else {
         "the function cannot call fngate's Dapr API"
     };
     report
         .on_function(Diagnostic::error(format!("{problem}; {consequence}")).at_field(TOKEN_FIELD));
-    kept
+    None
 }
 
 /// One `Arc` per distinct compiled component: a thousand Functions with the same inline
