@@ -519,3 +519,40 @@ fn uuid_consumer_ids_differ_per_trigger_and_a_shared_fixed_one_is_reported() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_subscription_its_pubsubs_topic_acls_deny_is_not_run_and_is_reported() {
+    let bus = |metadata: &str| {
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: bus, namespace: shop}}\nspec:\n  type: pubsub.kafka\n  version: v1\n  metadata:\n    - {{name: brokers, value: \"k:9092\"}}\n{metadata}---\n{FUNCTION}"
+        )
+    };
+    for (metadata, runs) in [
+        ("", true),
+        (
+            "    - {name: SubscriptionScopes, value: \"orders-shop=created\"}\n",
+            true,
+        ),
+        (
+            "    - {name: subscriptionScopes, value: \"orders-shop=other\"}\n",
+            false,
+        ),
+        ("    - {name: allowedTopics, value: \"other\"}\n", false),
+        ("    - {name: protectedTopics, value: \"created\"}\n", false),
+    ] {
+        let p = plan(&bus(metadata));
+        assert_eq!(p.triggers.triggers.len(), usize::from(runs), "{metadata}");
+        let warnings: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            warnings
+                .iter()
+                .any(|w| w.contains("is not allowed for app id orders-shop")),
+            !runs,
+            "{metadata}: {warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("not used by fngate")),
+            "{warnings:?}"
+        );
+    }
+}

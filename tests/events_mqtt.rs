@@ -288,6 +288,11 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_and_grpc_apis() {
             endpoint_slice("default", "producer", &[echo.addr], true),
             mqtt_component("mbus", "pubsub.mqtt", ""),
             mqtt_component(
+                "mlocked",
+                "pubsub.mqtt",
+                &format!("    - name: publishingScopes\n      value: \"producer-default={events}\"\n"),
+            ),
+            mqtt_component(
                 "mout",
                 "bindings.mqtt",
                 &format!("    - name: topic\n      value: \"{default_topic}\"\n"),
@@ -355,6 +360,29 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_and_grpc_apis() {
     );
     assert_eq!(sub.received(&other, 1), [r#""two""#]);
 
+    // Topic ACLs as daprd enforces them: producer may publish to `events` only.
+    let refused = request(
+        dapr,
+        "POST",
+        "localhost",
+        &format!("/v1.0/publish/mlocked/{other}"),
+        &token,
+        b"{}",
+    )
+    .unwrap();
+    let body = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 403, "{body}");
+    assert!(
+        body.contains("ERR_PUBSUB_FORBIDDEN")
+            && body.contains(&format!(
+                "topic {other} is not allowed for app id producer-default"
+            )),
+        "{body}"
+    );
+    let sub = Subscriber::start(&events, 1);
+    call(&format!("/v1.0/publish/mlocked/{events}"), b"{}");
+    sub.received(&events, 1);
+
     // The gRPC surface: the same envelope and binding, the data as given (bytes).
     use dapr::dapr::proto::runtime::v1 as rt;
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -399,6 +427,23 @@ fn publish_and_bindings_reach_mqtt_through_the_dapr_http_and_grpc_apis() {
         )))
         .unwrap();
     assert_eq!(sub.received(&other, 1), ["raw bytes"]);
+    let forbidden = runtime
+        .block_on(client.publish_event(with_token(
+            rt::PublishEventRequest {
+                pubsub_name: "mlocked".into(),
+                topic: other.clone(),
+                data: b"{}".to_vec(),
+                data_content_type: "application/json".into(),
+                metadata: Default::default(),
+            },
+            "tok-producer",
+        )))
+        .unwrap_err();
+    assert_eq!(
+        forbidden.code(),
+        tonic::Code::PermissionDenied,
+        "{forbidden:?}"
+    );
 }
 
 /// A Mosquitto of the test's own (port and persistence file), so it can be restarted.

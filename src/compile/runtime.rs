@@ -5,7 +5,7 @@
 
 use super::triggers::{
     kafka_auth, kafka_brokers, mqtt_broker, mqtt_consumer_id, resolve_metadata, secret_value,
-    Metadata, Origin, Report,
+    topic_acl, Metadata, Origin, Report,
 };
 use super::Snapshot;
 use crate::api::{
@@ -15,7 +15,7 @@ use crate::api::{
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
     KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout,
-    PubsubComponent, RedisSettings, StateBackend, StateComponent,
+    PubsubComponent, RedisSettings, StateBackend, StateComponent, TopicAcl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -384,6 +384,11 @@ fn compile_component(
         used: Default::default(),
         origin: &visible.origin,
     };
+    let acl = if family == "pubsub" {
+        topic_acl(&mut meta)
+    } else {
+        TopicAcl::default()
+    };
     let id = visible.id.clone();
     let version = visible.spec.version.clone().unwrap_or_else(|| "v1".into());
     let state = |backend, key_prefix, default_ttl| {
@@ -430,6 +435,7 @@ fn compile_component(
                 id,
                 kind: kind.to_owned(),
                 namespaced_topics,
+                acl: acl.clone(),
                 backend: BrokerBackend::Kafka(k),
             }))
         }),
@@ -438,6 +444,7 @@ fn compile_component(
                 id,
                 kind: kind.to_owned(),
                 namespaced_topics,
+                acl: acl.clone(),
                 backend: BrokerBackend::Jetstream { nats_url },
             }))),
             None => {
@@ -490,6 +497,7 @@ fn compile_component(
                     id,
                     kind: kind.to_owned(),
                     namespaced_topics,
+                    acl: acl.clone(),
                     backend: BrokerBackend::Mqtt(m),
                 }))
             }),

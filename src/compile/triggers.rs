@@ -7,6 +7,7 @@ use crate::api::{
     Component, ComponentSpec, DaprTrigger, Diagnostic, Function, MetadataItem, ObjectKey,
     ObjectKind, ParsedObject, Secret,
 };
+use crate::plan::TopicAcl;
 use crate::plan::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,
     JetstreamSource, KafkaAuth, KafkaSource, MqttBroker, MqttSource, MqttTls, ServiceKey,
@@ -472,10 +473,26 @@ fn compile_trigger(
     } else {
         None
     };
+    let acl = if kind_name.starts_with("pubsub.") {
+        topic_acl(&mut meta)
+    } else {
+        TopicAcl::default()
+    };
     meta.warn_unused(report);
     let Some((kind, mut source, topic)) = result else {
         return Vec::new();
     };
+    if kind == TriggerKind::PubSub && !acl.may_subscribe(&app_id, &topic) {
+        // daprd skips such a subscription with a warning.
+        report.on_function(
+            Diagnostic::warning(format!(
+                "topic {topic:?} of pub/sub {} is not allowed for app id {app_id} (its allowedTopics, protectedTopics or subscriptionScopes); not subscribed",
+                trigger.name
+            ))
+            .at_field(format!("{field}.topic")),
+        );
+        return Vec::new();
+    }
     if report.failed {
         return Vec::new();
     }
@@ -727,6 +744,32 @@ pub fn kafka_legal(s: &str) -> String {
             _ => '_',
         })
         .collect()
+}
+
+/// A pub/sub's topic ACLs, its keys matched case-insensitively as daprd matches them.
+pub(super) fn topic_acl(meta: &mut Metadata<'_>) -> TopicAcl {
+    let mut get = |name: &str| {
+        let key = meta
+            .values
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned();
+        key.and_then(|k| meta.take(&k))
+    };
+    TopicAcl {
+        allowed: get("allowedTopics")
+            .map(|v| TopicAcl::topics(&v))
+            .unwrap_or_default(),
+        protected: get("protectedTopics")
+            .map(|v| TopicAcl::topics(&v))
+            .unwrap_or_default(),
+        publishing: get("publishingScopes")
+            .map(|v| TopicAcl::scopes(&v))
+            .unwrap_or_default(),
+        subscription: get("subscriptionScopes")
+            .map(|v| TopicAcl::scopes(&v))
+            .unwrap_or_default(),
+    }
 }
 
 /// Resolved metadata of one component, tracking which keys were read.

@@ -7,7 +7,7 @@ pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
     KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap,
     OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent, RedisSettings,
-    StateBackend, StateComponent,
+    StateBackend, StateComponent, TopicAcl,
 };
 pub use triggers::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,

@@ -309,6 +309,71 @@ pub struct PubsubComponent {
     /// A metadata value contained `{namespace}`: topics become `<namespace><topic>`.
     pub namespaced_topics: bool,
     pub backend: BrokerBackend,
+    pub acl: TopicAcl,
+}
+
+/// A pub/sub's topic ACLs as daprd reads them from its metadata: `allowedTopics`,
+/// `protectedTopics`, `publishingScopes` and `subscriptionScopes`
+/// (`"app1=t1,t2;app2=t3"`; `app2=` allows app2 no topic).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TopicAcl {
+    pub allowed: Vec<String>,
+    pub protected: Vec<String>,
+    /// app-id → the topics it may publish to; an app not named has no scope.
+    pub publishing: BTreeMap<String, Vec<String>>,
+    pub subscription: BTreeMap<String, Vec<String>>,
+}
+
+impl TopicAcl {
+    /// A comma list, spaces removed, duplicates dropped (daprd's parsing).
+    pub fn topics(value: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in value.replace(' ', "").split(',') {
+            if !out.iter().any(|o| o == t) {
+                out.push(t.to_owned());
+            }
+        }
+        out
+    }
+
+    /// `app1=t1,t2;app2=t3`: an entry without `=` is skipped, entries for one app add up.
+    pub fn scopes(value: &str) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for entry in value.replace(' ', "").split(';') {
+            let mut parts = entry.split('=');
+            let (Some(app), Some(topics)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let list = out.entry(app.to_owned()).or_default();
+            for t in topics.split(',') {
+                if !list.iter().any(|o| o == t) {
+                    list.push(t.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn may_publish(&self, app_id: &str, topic: &str) -> bool {
+        self.allows(self.publishing.get(app_id), topic)
+    }
+
+    pub fn may_subscribe(&self, app_id: &str, topic: &str) -> bool {
+        self.allows(self.subscription.get(app_id), topic)
+    }
+
+    /// daprd's `IsOperationAllowed`: outside `allowedTopics` never; a protected topic, or
+    /// any topic for an app with a scope, only when the app's scope names it.
+    fn allows(&self, scoped: Option<&Vec<String>>, topic: &str) -> bool {
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|t| t == topic) {
+            return false;
+        }
+        let protected = self.protected.iter().any(|t| t == topic);
+        match scoped {
+            Some(s) if !s.is_empty() => s.iter().any(|t| t == topic),
+            _ => !protected,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -378,4 +443,49 @@ pub struct OutputRef {
     pub topic: Option<String>,
     pub operation: Option<String>,
     pub metadata: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopicAcl;
+
+    #[test]
+    fn topic_acls_follow_daprds_is_operation_allowed() {
+        let acl = |allowed: &str, protected: &str, publishing: &str| TopicAcl {
+            allowed: if allowed.is_empty() {
+                vec![]
+            } else {
+                TopicAcl::topics(allowed)
+            },
+            protected: if protected.is_empty() {
+                vec![]
+            } else {
+                TopicAcl::topics(protected)
+            },
+            publishing: TopicAcl::scopes(publishing),
+            subscription: Default::default(),
+        };
+        // (allowedTopics, protectedTopics, publishingScopes, app, topic, allowed)
+        for (allowed, protected, scopes, app, topic, want) in [
+            ("", "", "", "a", "t", true),               // nothing set
+            ("t, u", "", "", "a", "u", true),           // spaces removed
+            ("t,u", "", "", "a", "v", false),           // outside allowedTopics
+            ("", "", "a=t1,t2;b=t3", "a", "t2", true),  // in a's scope
+            ("", "", "a=t1,t2;b=t3", "a", "t3", false), // a has a scope without t3
+            ("", "", "a=t1,t2;b=t3", "c", "t3", true),  // c has no scope
+            ("", "", "a=", "a", "t", false),            // `a=`: no topic for a
+            ("", "", "a;b=t", "a", "t", true),          // an entry without `=` skipped
+            ("", "", "a=t1;a=t2", "a", "t2", true),     // entries add up
+            ("", "p", "", "a", "p", false),             // protected needs a scope
+            ("", "p", "a=p", "a", "p", true),
+            ("", "p", "a=q", "a", "q", true),
+            ("t", "", "a=u", "a", "u", false), // allowedTopics first
+        ] {
+            assert_eq!(
+                acl(allowed, protected, scopes).may_publish(app, topic),
+                want,
+                "allowed {allowed:?} protected {protected:?} scopes {scopes:?}: {app} -> {topic}"
+            );
+        }
+    }
 }

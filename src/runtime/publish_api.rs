@@ -46,6 +46,20 @@ struct Event {
     id: Option<String>,
 }
 
+/// daprd's topic ACL check, after the envelope is built, before the broker.
+fn may_publish(app: &DaprApp, component: &PubsubComponent, topic: &str) -> Result<(), ApiError> {
+    if component.acl.may_publish(&app.app_id, topic) {
+        return Ok(());
+    }
+    Err(pubsub_error(
+        Code::PermissionDenied,
+        403,
+        "ERR_PUBSUB_FORBIDDEN",
+        "DAPR_PUBSUB_FORBIDDEN",
+        format!("topic {topic} is not allowed for app id {}", app.app_id),
+    ))
+}
+
 fn pubsub_error(
     code: Code,
     http: u16,
@@ -100,6 +114,7 @@ impl DaprApi {
             let component = self.pubsub(app, &request.pubsub, &request.topic)?;
             timer.component(&component.id.name);
             let event = self.event_bytes(app, &request)?;
+            may_publish(app, component, &request.topic)?;
             self.send_event(component, &request.topic, event)
                 .await
                 .map_err(|e| publish_failed(&request.pubsub, &request.topic, e))
@@ -153,6 +168,7 @@ impl DaprApi {
                 };
                 prepared.push((e.entry_id, self.event_bytes(app, &request)?));
             }
+            may_publish(app, component, topic)?;
             // At most 100 in flight, as daprd's fallback bulk publisher.
             let mut results: Vec<(String, Result<(), String>)> = Vec::with_capacity(prepared.len());
             let mut prepared = prepared.into_iter().peekable();
