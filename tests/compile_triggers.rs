@@ -556,3 +556,48 @@ fn a_subscription_its_pubsubs_topic_acls_deny_is_not_run_and_is_reported() {
         );
     }
 }
+
+#[test]
+fn a_key_prefix_that_reaches_another_apps_keys_is_reported_naming_both() {
+    let function = |name: &str, prefix: &str| {
+        format!(
+            "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  serving:\n    states:\n      kv:\n        spec:\n          type: state.redis\n          metadata:\n            - {{name: redisHost, value: \"10.0.0.1:6379\"}}\n{prefix}---\n"
+        )
+    };
+    let yaml = [
+        function("cart", ""),
+        function("spy", "            - {name: keyPrefix, value: cart-shop}\n"),
+        function("raw", "            - {name: keyPrefix, value: none}\n"),
+        function("own", "            - {name: keyPrefix, value: name}\n"),
+    ]
+    .concat();
+    let warnings: Vec<String> = plan(&yaml)
+        .diagnostics
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let about = |app: &str| {
+        warnings
+            .iter()
+            .filter(|w| w.contains(&format!("Function shop/{app}")) && w.contains("keyPrefix"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let spy = about("spy");
+    assert!(
+        spy.len() == 1
+            && spy[0].contains("`cart-shop||<key>`")
+            && spy[0].contains("spy-shop and cart-shop"),
+        "{warnings:#?}"
+    );
+    let raw = about("raw");
+    assert!(
+        raw.len() == 1 && raw[0].contains("keyPrefix none"),
+        "{warnings:#?}"
+    );
+    // `name` gives `kv||`: no app is called kv, so nothing to say; the default says nothing.
+    assert!(
+        about("own").is_empty() && about("cart").is_empty(),
+        "{warnings:#?}"
+    );
+}

@@ -54,6 +54,8 @@ pub(super) fn build(
     let mut token_owner: HashMap<ApiToken, String> = HashMap::new();
     let mut shared_tokens: Vec<ApiToken> = Vec::new();
     let mut built: Vec<DaprApp> = Vec::new();
+    // Each built app's function and file, for diagnostics across apps.
+    let mut origins: Vec<(String, Option<Arc<str>>)> = Vec::new();
     let mut interned = Interned::default();
     for (key, entry, function) in snapshot.functions() {
         let Some(serving) = function.spec.serving.as_ref() else {
@@ -143,7 +145,9 @@ pub(super) fn build(
         };
         app.outputs = outputs(function, &app, &mut report);
         built.push(app);
+        origins.push((key.to_string(), entry.file.clone()));
     }
+    key_prefix_overlaps(&built, &origins, diagnostics);
     for mut app in built {
         if app
             .token
@@ -155,6 +159,52 @@ pub(super) fn build(
         apps.insert(app);
     }
     apps
+}
+
+/// A state store whose keyPrefix lets its app reach another app's keys: `name` or a custom
+/// prefix equal to another app-id, or `none` on a store another app uses too.
+fn key_prefix_overlaps(
+    built: &[DaprApp],
+    origins: &[(String, Option<Arc<str>>)],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    for (app, (label, file)) in built.iter().zip(origins) {
+        for (name, store) in app.states.iter() {
+            let message = match &store.key_prefix {
+                KeyPrefix::Name | KeyPrefix::Custom(_) => {
+                    let prefix = match &store.key_prefix {
+                        KeyPrefix::Custom(p) => p.as_str(),
+                        _ => store.id.name.as_str(),
+                    };
+                    built
+                        .iter()
+                        .find(|other| other.app_id == prefix && other.app_id != app.app_id)
+                        .map(|other| format!(
+                            "state store {name}: its keyPrefix makes its keys `{prefix}||<key>`, app {}'s own prefix: {} and {} read and write each other's keys where they share a store",
+                            other.app_id, app.app_id, other.app_id
+                        ))
+                }
+                KeyPrefix::None => built
+                    .iter()
+                    .find(|other| {
+                        other.app_id != app.app_id
+                            && other.states.values().any(|s| s.backend == store.backend)
+                    })
+                    .map(|other| format!(
+                        "state store {name}: keyPrefix none leaves its keys unprefixed on a store app {} uses too: {} can read and write {}'s keys (`{}||<key>`)",
+                        other.app_id, app.app_id, other.app_id, other.app_id
+                    )),
+                KeyPrefix::AppId | KeyPrefix::Namespace => None,
+            };
+            if let Some(m) = message {
+                diagnostics.push(
+                    Diagnostic::warning(m)
+                        .on_object(label.clone())
+                        .in_file(file.as_deref()),
+                );
+            }
+        }
+    }
 }
 
 const TOKEN_FIELD: &str = "spec.serving.annotations[dapr.io/api-token-secret]";
