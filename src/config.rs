@@ -35,6 +35,17 @@ struct RawSettings {
     activator: RawActivator,
     http2: RawHttp2,
     shutdown: RawShutdown,
+    dapr_api: RawDaprApi,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawDaprApi {
+    max_connections: Option<usize>,
+    body_read_timeout: Option<String>,
+    max_in_flight_per_app: Option<usize>,
+    grpc_max_concurrent_streams: Option<u32>,
+    grpc_keepalive: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -188,6 +199,8 @@ pub struct Settings {
     pub listen_dapr_grpc: Option<SocketAddr>,
     /// Dapr's HTTP API for functions (`DAPR_HTTP_PORT`); `None` = not served.
     pub listen_dapr_http: Option<SocketAddr>,
+    /// What one function may take of the Dapr API.
+    pub dapr_api: crate::runtime::ApiLimits,
     /// URL told (POST) when a function's first request starts waiting.
     pub scale_webhook: Option<String>,
     /// HTTP/2 from clients: with prior knowledge on the HTTP listener (h2c).
@@ -313,6 +326,34 @@ impl Settings {
             )
             .map_err(|m| invalid("events.kafka_instance_id", m))?,
         };
+        let api_defaults = crate::runtime::ApiLimits::default();
+        let d = &raw.dapr_api;
+        let dapr_api = crate::runtime::ApiLimits {
+            max_connections: positive(
+                "dapr_api.max_connections",
+                d.max_connections,
+                api_defaults.max_connections,
+                &invalid,
+            )?,
+            body_read_timeout: dur("dapr_api.body_read_timeout", &d.body_read_timeout, "30s")?
+                .ok_or_else(|| {
+                    invalid("dapr_api.body_read_timeout", "must be more than 0s".into())
+                })?,
+            max_in_flight_per_app: positive(
+                "dapr_api.max_in_flight_per_app",
+                d.max_in_flight_per_app,
+                api_defaults.max_in_flight_per_app,
+                &invalid,
+            )?,
+            grpc_max_concurrent_streams: positive(
+                "dapr_api.grpc_max_concurrent_streams",
+                d.grpc_max_concurrent_streams,
+                api_defaults.grpc_max_concurrent_streams,
+                &invalid,
+            )?,
+            grpc_keepalive: dur("dapr_api.grpc_keepalive", &d.grpc_keepalive, "60s")?
+                .ok_or_else(|| invalid("dapr_api.grpc_keepalive", "must be more than 0s".into()))?,
+        };
         let hold_defaults = crate::activator::HoldLimits::default();
         let hold = crate::activator::HoldLimits {
             per_function: raw
@@ -408,6 +449,7 @@ impl Settings {
                 raw.listen.dapr_http.as_deref(),
                 Some("127.0.0.1:3500"),
             )?,
+            dapr_api,
             scale_webhook: raw.activator.webhook.clone(),
             listen_http: addr(
                 "listen.http",

@@ -81,9 +81,15 @@ impl BackgroundService for DaprApiService {
         let grpc = self.grpc.map(|addr| {
             let mut stop = shutdown.clone();
             let service = crate::runtime::DaprGrpc::new(self.api.clone());
+            let limits = self.api.limits.clone();
             tokio::spawn(async move {
+                // One function's streams and dead connections cannot take the others' share.
                 let served = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .max_concurrent_streams(limits.grpc_max_concurrent_streams)
+                    .http2_keepalive_interval(Some(limits.grpc_keepalive))
+                    .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+                    .tcp_keepalive(Some(limits.grpc_keepalive))
                     .add_service(service)
                     .serve_with_shutdown(addr, async move {
                         let _ = stop.wait_for(|done| *done).await;
@@ -537,7 +543,8 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::info!(%addr, "HTTPS listener");
     }
 
-    let dapr_api = crate::runtime::DaprApi::new(plan.clone(), metrics.clone());
+    let dapr_api =
+        crate::runtime::DaprApi::new(plan.clone(), metrics.clone(), settings.dapr_api.clone());
     let dapr_revisions = plan_swap.revisions();
     let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
     let mut admin = Service::new(

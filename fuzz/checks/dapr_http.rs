@@ -86,7 +86,7 @@ fn harness() -> &'static Harness {
             diagnostics.is_empty(),
             "the fuzz catalog compiles cleanly: {diagnostics:?}"
         );
-        let api = DaprApi::new(plans.plan(), metrics);
+        let api = DaprApi::new(plans.plan(), metrics, Default::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -99,6 +99,11 @@ where
         Ok(app) => app,
         Err(e) => return e.to_status().into_http(),
     };
+    let admission = api.clone();
+    let _call = match admission.admit(&app, "grpc") {
+        Ok(call) => call,
+        Err(e) => return e.to_status().into_http(),
+    };
     let name = req
         .uri()
         .path()

@@ -41,6 +41,7 @@ pub async fn serve_http(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(api.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -55,9 +56,16 @@ pub async fn serve_http(
             },
             _ = &mut shutdown => return Ok(()),
         };
+        // Over the cap a connection is closed at once: the others keep their share.
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tracing::debug!("Dapr HTTP API: connection cap reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&api, req).await) }
@@ -158,6 +166,10 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
             );
         }
     };
+    let _call = match api.admit(&app, "http") {
+        Ok(call) => call,
+        Err(e) => return error_reply(&e),
+    };
     let segments: Vec<String> = rest.split('/').map(query_unescape).collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -165,14 +177,14 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
     let query = Query::parse(req.uri().query());
     match (version, segs.as_slice()) {
         ("v1.0", ["state", store, "bulk"]) if writes => {
-            with_body(req, |b| bulk_get(api, &app, store, b)).await
+            with_body(api, req, |b| bulk_get(api, &app, store, b)).await
         }
         ("v1.0", ["state", store, "transaction"]) if writes => {
-            with_body(req, |b| transaction(api, &app, store, b)).await
+            with_body(api, req, |b| transaction(api, &app, store, b)).await
         }
         ("v1.0", ["state", store]) if writes => {
             let meta = query.metadata.clone();
-            with_body(req, |b| save(api, &app, store, b, meta)).await
+            with_body(api, req, |b| save(api, &app, store, b, meta)).await
         }
         ("v1.0", ["state", store, key]) if method == Method::GET => {
             get(api, &app, store, key, &query).await
@@ -188,7 +200,10 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
         (_, ["publish", "bulk", pubsub, topic @ ..]) if writes && !topic.is_empty() => {
             let (pubsub, topic, meta) =
                 (pubsub.to_string(), topic.join("/"), query.metadata.clone());
-            with_body(req, |b| bulk_publish(api, &app, pubsub, topic, b, meta)).await
+            with_body(api, req, |b| {
+                bulk_publish(api, &app, pubsub, topic, b, meta)
+            })
+            .await
         }
         ("v1.0", ["publish", pubsub, topic @ ..]) if writes => {
             let request = PublishRequest {
@@ -200,12 +215,12 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
                 tracestate: header(&req, "tracestate"),
                 ..PublishRequest::default()
             };
-            with_body(req, |data| publish(api, &app, request, data)).await
+            with_body(api, req, |data| publish(api, &app, request, data)).await
         }
         ("v1.0", ["bindings", name]) if writes => {
             let name = name.to_string();
             let trace = (header(&req, "traceparent"), header(&req, "tracestate"));
-            with_body(req, |b| binding(api, &app, name, b, trace)).await
+            with_body(api, req, |b| binding(api, &app, name, b, trace)).await
         }
         ("v1.0", ["metadata"]) if method == Method::GET => metadata(api, &app),
         _ => reply(404, Some("text/plain"), "404 page not found\n"),
@@ -221,12 +236,24 @@ fn header<B>(req: &hyper::Request<B>, name: &str) -> Option<String> {
 }
 
 /// Reads the body (bounded) and hands it on; an oversized or broken body is a 4xx.
-async fn with_body<B: RequestBody, F, Fut>(req: hyper::Request<B>, then: F) -> Reply
+async fn with_body<B: RequestBody, F, Fut>(api: &DaprApi, req: hyper::Request<B>, then: F) -> Reply
 where
     F: FnOnce(Bytes) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    // A caller that stalls its body would hold a connection and a task for ever.
+    let Ok(read) = tokio::time::timeout(api.limits.body_read_timeout, read).await else {
+        return legacy(
+            408,
+            "ERR_MALFORMED_REQUEST",
+            format!(
+                "failed reading the request body: not complete within {:?}",
+                api.limits.body_read_timeout
+            ),
+        );
+    };
+    match read {
         Ok(b) => then(b.to_bytes()).await,
         Err(e) => {
             let too_large = e.is::<http_body_util::LengthLimitError>();

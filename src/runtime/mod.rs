@@ -17,6 +17,7 @@ mod state_api;
 
 pub use env::{function_env, shell_export};
 pub use error::ApiError;
+// `ApiLimits` and `AppCall` are defined below.
 pub use grpc::DaprGrpc;
 pub use http::{handle as handle_http, serve_http, RequestBody};
 pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
@@ -38,16 +39,94 @@ pub struct DaprApi {
     partitions: outputs::PartitionCounts,
     http: outputs::HttpClient,
     metrics: Arc<Metrics>,
+    pub limits: ApiLimits,
+    /// Calls in flight per app-id; an entry leaves with its last call.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// What one function may take of the shared Dapr API, so it cannot starve the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiLimits {
+    /// HTTP API connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// An HTTP request body not read within this is answered 408.
+    pub body_read_timeout: std::time::Duration,
+    /// Calls of one app in flight at once, both surfaces; more are refused (429 /
+    /// `ResourceExhausted`).
+    pub max_in_flight_per_app: usize,
+    /// gRPC streams one connection may have open at once.
+    pub grpc_max_concurrent_streams: u32,
+    /// gRPC HTTP/2 keep-alive pings (a dead peer is dropped after one goes unanswered).
+    pub grpc_keepalive: std::time::Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: 4096,
+            body_read_timeout: std::time::Duration::from_secs(30),
+            max_in_flight_per_app: 256,
+            grpc_max_concurrent_streams: 256,
+            grpc_keepalive: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// One admitted call of an app; counted until dropped.
+pub struct AppCall<'a> {
+    api: &'a DaprApi,
+    app_id: String,
+}
+
+impl Drop for AppCall<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.api.in_flight.lock().expect("not poisoned");
+        if let Some(n) = in_flight.get_mut(&self.app_id) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.app_id);
+            }
+        }
+    }
 }
 
 impl DaprApi {
-    pub fn new(plan: SharedPlan, metrics: Arc<Metrics>) -> Arc<DaprApi> {
+    pub fn new(plan: SharedPlan, metrics: Arc<Metrics>, limits: ApiLimits) -> Arc<DaprApi> {
         Arc::new(DaprApi {
             plan,
             clients: clients::Clients::new(metrics.clone()),
             partitions: outputs::PartitionCounts::default(),
             http: outputs::http_client(),
             metrics,
+            limits,
+            in_flight: Default::default(),
+        })
+    }
+
+    /// Admits one call of `app` under its in-flight bound, or refuses it as overloaded.
+    pub fn admit(&self, app: &DaprApp, transport: &'static str) -> Result<AppCall<'_>, ApiError> {
+        let mut in_flight = self.in_flight.lock().expect("not poisoned");
+        let n = in_flight.entry(app.app_id.clone()).or_insert(0);
+        if *n >= self.limits.max_in_flight_per_app {
+            drop(in_flight);
+            self.metrics
+                .dapr_api_refused
+                .with_label_values(&[&app.namespace, &app.function, transport, "in_flight"])
+                .inc();
+            return Err(ApiError::basic(
+                tonic::Code::ResourceExhausted,
+                429,
+                "ERR_TOO_MANY_REQUESTS",
+                format!(
+                    "app {} has {} calls in flight, its limit (dapr_api.max_in_flight_per_app)",
+                    app.app_id, self.limits.max_in_flight_per_app
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(AppCall {
+            api: self,
+            app_id: app.app_id.clone(),
         })
     }
 

@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 /// How long a topic's partition count is trusted before it is read again.
 const PARTITIONS_TTL: Duration = Duration::from_secs(30);
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Topics whose partition count is remembered: callers choose topics, so the cache must
+/// not grow with them. Past this the stale entries go, then (all fresh) everything.
+const PARTITION_CACHE_MAX: usize = 4096;
+/// The largest `bindings.http` response body taken (daprd's default body limit).
+const HTTP_BINDING_MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Sarama's default hash partitioner: FNV-1a 32 of the key, as a signed 32-bit number,
 /// modulo the partition count, negated when negative.
@@ -105,6 +110,11 @@ impl Clients {
         data: Bytes,
         msg_id: Option<&str>,
     ) -> Result<(), String> {
+        // Checked before the shared connection sees them: a subject or header the server
+        // rejects could cost every app on it its connection.
+        if let Some(problem) = nats_subject_problem(subject) {
+            return Err(problem);
+        }
         let js = self.jetstream(nats_url).await?;
         let mut headers = async_nats::HeaderMap::new();
         // JetStream de-duplicates on the event's id, as Dapr's component asks it to. Only
@@ -114,13 +124,20 @@ impl Clients {
             #[serde(borrow)]
             id: Option<std::borrow::Cow<'a, str>>,
         }
-        match msg_id {
-            Some(id) => headers.insert("Nats-Msg-Id", id),
-            None => {
-                if let Ok(EventId { id: Some(id) }) = serde_json::from_slice::<EventId<'_>>(&data) {
-                    headers.insert("Nats-Msg-Id", &*id);
-                }
+        let id = match msg_id {
+            Some(id) => Some(std::borrow::Cow::Borrowed(id)),
+            None => match serde_json::from_slice::<EventId<'_>>(&data) {
+                Ok(EventId { id: Some(id) }) => Some(id),
+                _ => None,
+            },
+        };
+        if let Some(id) = id {
+            if id.chars().any(char::is_control) {
+                return Err(format!(
+                    "event id {id:?} has control characters: not a NATS header value"
+                ));
             }
+            headers.insert("Nats-Msg-Id", &*id);
         }
         let ack = js
             .publish_with_headers(subject.to_owned(), headers, data)
@@ -164,12 +181,39 @@ async fn partition_count(
     if n == 0 {
         return Err(format!("topic {topic} has no partitions"));
     }
-    counts
-        .counts
-        .lock()
-        .expect("not poisoned")
-        .insert(cache_key, (n, Instant::now()));
+    let mut cache = counts.counts.lock().expect("not poisoned");
+    if cache.len() >= PARTITION_CACHE_MAX {
+        cache.retain(|_, (_, at)| at.elapsed() < PARTITIONS_TTL);
+        if cache.len() >= PARTITION_CACHE_MAX {
+            cache.clear();
+        }
+    }
+    cache.insert(cache_key, (n, Instant::now()));
     Ok(n)
+}
+
+/// Why `subject` cannot be published to on NATS, if it cannot: empty, an empty token,
+/// whitespace or control characters, or a wildcard.
+fn nats_subject_problem(subject: &str) -> Option<String> {
+    let bad = subject.is_empty()
+        || subject.chars().any(|c| c.is_whitespace() || c.is_control())
+        || subject
+            .split('.')
+            .any(|token| token.is_empty() || token == "*" || token == ">");
+    bad.then(|| format!("{subject:?} is not a NATS subject one can publish to"))
+}
+
+/// Why `topic` cannot be published to on MQTT, if it cannot: empty, longer than 65,535
+/// bytes, a wildcard, or a character a broker refuses (U+0000, control characters; Mosquitto
+/// drops the connection for them).
+pub(crate) fn mqtt_topic_problem(topic: &str) -> Option<String> {
+    let bad = topic.is_empty()
+        || topic.len() > 65_535
+        || topic.contains(['+', '#'])
+        || topic
+            .chars()
+            .any(|c| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}');
+    bad.then(|| format!("{topic:?} is not an MQTT topic name one can publish to"))
 }
 
 /// The answer of a `bindings.http` call.
@@ -272,10 +316,17 @@ pub(crate) async fn http_binding(
         }
     }
     out.extend(joined);
-    let body = tokio::time::timeout(BROKER_TIMEOUT, response.into_body().collect())
+    let limited = http_body_util::Limited::new(response.into_body(), HTTP_BINDING_MAX_BODY);
+    let body = tokio::time::timeout(BROKER_TIMEOUT, limited.collect())
         .await
         .map_err(|_| format!("body from {target} not read within {BROKER_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                format!("the response from {target} is larger than {HTTP_BINDING_MAX_BODY} bytes")
+            } else {
+                e.to_string()
+            }
+        })?
         .to_bytes();
     Ok(HttpBindingReply {
         status: status.as_u16(),
@@ -364,6 +415,9 @@ impl MqttPublisher {
         payload: Bytes,
         retain: bool,
     ) -> Result<(), String> {
+        if let Some(problem) = mqtt_topic_problem(topic) {
+            return Err(problem);
+        }
         let _turn = self.one_at_a_time.lock().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         // A first publish may come before the connection is up.
@@ -404,6 +458,22 @@ impl Drop for MqttPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_a_broker_would_refuse_are_refused_before_the_shared_connection_sees_them() {
+        for ok in ["orders", "a/b/c", "é😀", "with space"] {
+            assert_eq!(mqtt_topic_problem(ok), None, "{ok:?}");
+        }
+        for bad in ["", "a/+/b", "a/#", "nul\u{0}", "line\nbreak", "del\u{7f}"] {
+            assert!(mqtt_topic_problem(bad).is_some(), "{bad:?}");
+        }
+        for ok in ["orders", "shop.orders.created", "é"] {
+            assert_eq!(nats_subject_problem(ok), None, "{ok:?}");
+        }
+        for bad in ["", "a b", "a..b", "a.", "a.*", "a.>", "tab\tx", "cr\rlf"] {
+            assert!(nats_subject_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_land_on_the_partitions_saramas_hash_partitioner_picks() {

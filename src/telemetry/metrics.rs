@@ -57,6 +57,8 @@ pub struct Metrics {
     pub dapr_call_duration: HistogramVec,
     /// Calls refused for a missing or unknown `dapr-api-token`; label transport.
     pub dapr_auth_failures: IntCounterVec,
+    /// Labels: namespace, function, transport, reason. Calls refused by a limit.
+    pub dapr_api_refused: IntCounterVec,
     /// 1 while a component's store or broker answers; labels namespace, component, type.
     pub dapr_component_connected: IntGaugeVec,
 }
@@ -314,6 +316,14 @@ impl Metrics {
             &["namespace", "building_block", "component"],
         )
         .unwrap();
+        let dapr_api_refused = IntCounterVec::new(
+            Opts::new(
+                "fngate_dapr_api_refused_total",
+                "Dapr API calls refused by a limit (reason in_flight: the app's calls in flight)",
+            ),
+            &["namespace", "function", "transport", "reason"],
+        )
+        .unwrap();
         let dapr_auth_failures = IntCounterVec::new(
             Opts::new(
                 "fngate_dapr_api_auth_failures_total",
@@ -335,6 +345,7 @@ impl Metrics {
             Box::new(dapr_calls.clone()),
             Box::new(dapr_call_duration.clone()),
             Box::new(dapr_auth_failures.clone()),
+            Box::new(dapr_api_refused.clone()),
             Box::new(dapr_component_connected.clone()),
             Box::new(catalog_events.clone()),
             Box::new(status_writes.clone()),
@@ -401,6 +412,7 @@ impl Metrics {
             dapr_calls,
             dapr_call_duration,
             dapr_auth_failures,
+            dapr_api_refused,
             dapr_component_connected,
         }
     }

@@ -199,11 +199,13 @@ impl Fngate {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let settings = settings_dir.path().join("fngate.yaml");
         // fngate serves the Dapr API on 50001/3500 by default; tests that want it name ports.
-        let listen_extra = if listen_extra.contains("dapr_") {
-            listen_extra.to_owned()
-        } else {
-            format!("{listen_extra}  dapr_grpc: \"\"\n  dapr_http: \"\"\n")
-        };
+        // A test naming one keeps the other off too, so parallel fngates do not race for it.
+        let mut listen_extra = listen_extra.to_owned();
+        for api in ["dapr_grpc", "dapr_http"] {
+            if !listen_extra.contains(api) {
+                listen_extra.push_str(&format!("  {api}: \"\"\n"));
+            }
+        }
         std::fs::write(
             &settings,
             format!(
