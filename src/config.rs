@@ -46,6 +46,15 @@ struct RawDaprApi {
     max_in_flight_per_app: Option<usize>,
     grpc_max_concurrent_streams: Option<u32>,
     grpc_keepalive: Option<String>,
+    tls: Option<RawDaprTls>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaprTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -201,6 +210,8 @@ pub struct Settings {
     pub listen_dapr_http: Option<SocketAddr>,
     /// What one function may take of the Dapr API.
     pub dapr_api: crate::runtime::ApiLimits,
+    /// TLS on both Dapr API listeners; `None`: plaintext.
+    pub dapr_tls: Option<crate::runtime::DaprTlsFiles>,
     /// URL told (POST) when a function's first request starts waiting.
     pub scale_webhook: Option<String>,
     /// HTTP/2 from clients: with prior knowledge on the HTTP listener (h2c).
@@ -450,6 +461,15 @@ impl Settings {
                 Some("127.0.0.1:3500"),
             )?,
             dapr_api,
+            dapr_tls: raw
+                .dapr_api
+                .tls
+                .as_ref()
+                .map(|t| crate::runtime::DaprTlsFiles {
+                    cert: path(&t.cert),
+                    key: path(&t.key),
+                    client_ca: t.client_ca.as_deref().map(path),
+                }),
             scale_webhook: raw.activator.webhook.clone(),
             listen_http: addr(
                 "listen.http",

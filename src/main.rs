@@ -108,12 +108,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &plan,
                 settings.listen_dapr_grpc,
                 settings.listen_dapr_http,
+                settings.dapr_tls.is_some(),
                 namespace,
                 name,
             )
             .map_err(|e| anyhow::anyhow!(e))?;
             for (k, v) in env {
                 println!("{}", fngate::runtime::shell_export(&k, &v));
+            }
+            if let Some(tls) = &settings.dapr_tls {
+                eprintln!(
+                    "# TLS: the function must trust the CA that signed {} (Python: SSL_CERT_FILE and GRPC_DEFAULT_SSL_ROOTS_FILE_PATH; Node: NODE_EXTRA_CA_CERTS){}",
+                    tls.cert.display(),
+                    if tls.client_ca.is_some() {
+                        ", and present a client certificate signed by dapr_api.tls.client_ca"
+                    } else {
+                        ""
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -70,6 +70,13 @@ struct DaprApiService {
     revisions: tokio::sync::watch::Receiver<u64>,
     grpc: Option<std::net::SocketAddr>,
     http: Option<std::net::SocketAddr>,
+    /// TLS for both listeners: the gRPC one offers `h2`, the HTTP one `http/1.1`.
+    /// Also the certificate, followed for changes while the listeners serve.
+    tls: Option<(
+        tokio_rustls::TlsAcceptor,
+        tokio_rustls::TlsAcceptor,
+        Arc<crate::runtime::ReloadingCert>,
+    )>,
     drain: Arc<Drain>,
 }
 
@@ -82,19 +89,32 @@ impl BackgroundService for DaprApiService {
             let mut stop = shutdown.clone();
             let service = crate::runtime::DaprGrpc::new(self.api.clone());
             let limits = self.api.limits.clone();
+            let tls = self.tls.as_ref().map(|(grpc, _, _)| grpc.clone());
             tokio::spawn(async move {
                 // One function's streams and dead connections cannot take the others' share.
-                let served = tonic::transport::Server::builder()
+                let router = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .max_concurrent_streams(limits.grpc_max_concurrent_streams)
                     .http2_keepalive_interval(Some(limits.grpc_keepalive))
                     .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
                     .tcp_keepalive(Some(limits.grpc_keepalive))
-                    .add_service(service)
-                    .serve_with_shutdown(addr, async move {
-                        let _ = stop.wait_for(|done| *done).await;
-                    })
-                    .await;
+                    .add_service(service);
+                let stopped = async move {
+                    let _ = stop.wait_for(|done| *done).await;
+                };
+                let served = match tls {
+                    None => router.serve_with_shutdown(addr, stopped).await,
+                    Some(acceptor) => match tokio::net::TcpListener::bind(addr).await {
+                        Ok(listener) => {
+                            let incoming = crate::runtime::tls_incoming(listener, acceptor);
+                            router.serve_with_incoming_shutdown(incoming, stopped).await
+                        }
+                        Err(e) => {
+                            tracing::error!(%addr, error = %e, "Dapr gRPC API listener failed");
+                            return;
+                        }
+                    },
+                };
                 if let Err(e) = served {
                     tracing::error!(%addr, error = %e, "Dapr gRPC API listener failed");
                 }
@@ -103,11 +123,12 @@ impl BackgroundService for DaprApiService {
         let http = self.http.map(|addr| {
             let mut stop = shutdown.clone();
             let api = self.api.clone();
+            let tls = self.tls.as_ref().map(|(_, http, _)| http.clone());
             tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(|done| *done).await;
                 };
-                if let Err(e) = crate::runtime::serve_http(api, addr, stopped).await {
+                if let Err(e) = crate::runtime::serve_http(api, addr, tls, stopped).await {
                     tracing::error!(%addr, error = %e, "Dapr HTTP API listener failed");
                 }
             })
@@ -117,10 +138,17 @@ impl BackgroundService for DaprApiService {
             let revisions = self.revisions.clone();
             async move { api.follow_plan(revisions).await }
         });
+        let rotation = self
+            .tls
+            .as_ref()
+            .map(|(_, _, cert)| tokio::spawn(cert.clone().follow()));
         for task in [grpc, http].into_iter().flatten() {
             let _ = task.await;
         }
         follow.abort();
+        if let Some(r) = rotation {
+            r.abort();
+        }
     }
 }
 
@@ -545,6 +573,20 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
 
     let dapr_api =
         crate::runtime::DaprApi::new(plan.clone(), metrics.clone(), settings.dapr_api.clone());
+    let dapr_tls = match &settings.dapr_tls {
+        None => None,
+        Some(files) => {
+            let tls_error = |message: String| ServerError::Tls {
+                addr: "Dapr API".into(),
+                message,
+            };
+            let cert = crate::runtime::ReloadingCert::load(files).map_err(tls_error)?;
+            let grpc = crate::runtime::tls_acceptor(cert.clone(), &[b"h2"]).map_err(tls_error)?;
+            let http =
+                crate::runtime::tls_acceptor(cert.clone(), &[b"http/1.1"]).map_err(tls_error)?;
+            Some((grpc, http, cert))
+        }
+    };
     let dapr_revisions = plan_swap.revisions();
     let (plan_for_triggers, metrics_for_triggers) = (plan.clone(), metrics.clone());
     let mut admin = Service::new(
@@ -640,6 +682,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 revisions: dapr_revisions,
                 grpc: settings.listen_dapr_grpc,
                 http: settings.listen_dapr_http,
+                tls: dapr_tls,
                 drain: drain.clone(),
             },
         );

@@ -51,6 +51,7 @@ pub fn function_env(
     plan: &Plan,
     dapr_grpc: Option<SocketAddr>,
     dapr_http: Option<SocketAddr>,
+    tls: bool,
     namespace: &str,
     name: &str,
 ) -> Result<Vec<(String, String)>, String> {
@@ -77,6 +78,17 @@ pub fn function_env(
     }
     if let Some(a) = dapr_http {
         env.push(("DAPR_HTTP_PORT".into(), a.port().to_string()));
+    }
+    // Over TLS the SDKs need the endpoints (they win over host and port there).
+    if tls {
+        let host = env[0].1.clone();
+        let endpoint = |a: SocketAddr| format!("https://{host}:{}", a.port());
+        if let Some(a) = dapr_grpc {
+            env.push(("DAPR_GRPC_ENDPOINT".into(), endpoint(a)));
+        }
+        if let Some(a) = dapr_http {
+            env.push(("DAPR_HTTP_ENDPOINT".into(), endpoint(a)));
+        }
     }
     match app.and_then(|a| a.token.as_ref()) {
         Some(t) => env.push(("DAPR_API_TOKEN".into(), t.expose().to_owned())),

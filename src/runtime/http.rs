@@ -34,10 +34,11 @@ impl<B> RequestBody for B where
 {
 }
 
-/// Serves the HTTP API until `shutdown` resolves.
+/// Serves the HTTP API until `shutdown` resolves; over TLS when `tls` is given.
 pub async fn serve_http(
     api: Arc<DaprApi>,
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -63,22 +64,43 @@ pub async fn serve_http(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let api = api.clone();
+        let (api, tls) = (api.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&api, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                // A client that never finishes its request head is dropped.
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(api, stream).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+                    {
+                        Ok(Ok(tls)) => serve_connection(api, tls).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "Dapr HTTP API: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!("Dapr HTTP API: TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
+}
+
+/// HTTP/1.1 on one connection, plain or TLS.
+async fn serve_connection<I>(api: Arc<DaprApi>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let api = api.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&api, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        // A client that never finishes its request head is dropped.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
 }
 
 fn reply(status: u16, content_type: Option<&str>, body: impl Into<Bytes>) -> Reply {

@@ -14,9 +14,11 @@ mod outputs;
 mod publish_api;
 pub mod state;
 mod state_api;
+mod tls;
 
 pub use env::{function_env, shell_export};
 pub use error::ApiError;
+pub use tls::{acceptor as tls_acceptor, incoming as tls_incoming, DaprTlsFiles, ReloadingCert};
 // `ApiLimits` and `AppCall` are defined below.
 pub use grpc::DaprGrpc;
 pub use http::{handle as handle_http, serve_http, RequestBody};
