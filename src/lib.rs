@@ -3,6 +3,7 @@
 pub mod activator;
 pub mod api;
 pub mod catalog;
+pub mod client_tls;
 pub mod compile;
 pub mod config;
 pub mod drain;

@@ -155,3 +155,102 @@ fn with_a_client_ca_only_a_client_certificate_it_signed_is_let_in() {
         "no client certificate"
     );
 }
+
+/// An HTTPS server (Python's, the system's python3) on `cert`/`key` answering every POST
+/// with `secure:` and the body; its port.
+fn https_server(cert: &Path, key: &Path) -> (std::process::Child, u16) {
+    let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        reply = b"secure:" + body
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(cert)
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().parse().expect("the server's port");
+    (child, port)
+}
+
+#[test]
+fn bindings_http_reaches_an_https_endpoint_trusting_the_components_ca_and_not_another() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(certs.path());
+    let (mut server, port) = https_server(&cert, &key);
+    let mut root_ca = "    - name: MTLSRootCA\n      value: |\n".to_owned();
+    for line in std::fs::read_to_string(&ca).unwrap().lines() {
+        root_ca.push_str(&format!("        {line}\n"));
+    }
+    let binding = |name: &str, extra: &str| {
+        format!(
+            "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  type: bindings.http\n  version: v1\n  metadata:\n    - name: url\n      value: https://127.0.0.1:{port}/echo\n{extra}"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(
+        dir.path(),
+        "catalog.yaml",
+        &[
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cart-token\n  namespace: shop\nstringData:\n  token: tok-cart\n---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: cart\n  namespace: shop\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: cart-token\n".to_owned(),
+            binding("secure", &root_ca),
+            binding("untrusted", ""),
+        ]
+        .concat(),
+    );
+    let http = free_port();
+    let gate = Fngate::start_full(dir.path(), &format!("  dapr_http: 127.0.0.1:{http}\n"), "");
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(!diagnostics.contains("error"), "{diagnostics}");
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let call = |name: &str| {
+        request(
+            dapr,
+            "POST",
+            "",
+            &format!("/v1.0/bindings/{name}"),
+            &[("dapr-api-token", "tok-cart")],
+            br#"{"operation":"post","data":"hi"}"#,
+        )
+        .unwrap()
+    };
+    let ok = call("secure");
+    assert_eq!(
+        (ok.status, String::from_utf8_lossy(&ok.body).into_owned()),
+        (200, r#"secure:"hi""#.to_owned())
+    );
+    // The system's roots do not hold the test CA.
+    let refused = call("untrusted");
+    let body = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 500, "{body}");
+    assert!(
+        body.contains("certificate") || body.contains("UnknownIssuer"),
+        "{body}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

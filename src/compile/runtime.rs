@@ -14,7 +14,7 @@ use crate::api::{
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout,
+    HttpTls, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout,
     PubsubComponent, RedisSettings, StateBackend, StateComponent, TopicAcl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -522,10 +522,11 @@ fn compile_component(
         },
         "bindings.http" => match meta.take("url") {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                let tls = http_tls(&mut meta, url.starts_with("https://"), report).ok()?;
                 Some(Compiled::Binding(Arc::new(BindingComponent {
                     id,
                     kind: kind.to_owned(),
-                    backend: BindingBackend::Http { url },
+                    backend: BindingBackend::Http { url, tls },
                 })))
             }
             Some(url) => {
@@ -570,6 +571,58 @@ fn compile_component(
     } else {
         compiled
     }
+}
+
+/// `bindings.http`'s TLS metadata, as PEM (fngate reads no file a component names):
+/// checked by building the client. `Err` = reported.
+fn http_tls(
+    meta: &mut Metadata<'_>,
+    https: bool,
+    report: &mut Report<'_>,
+) -> Result<Option<HttpTls>, ()> {
+    const KEYS: [&str; 3] = ["MTLSRootCA", "MTLSClientCert", "MTLSClientKey"];
+    let [root_ca, client_cert, client_key] = KEYS.map(|k| meta.take(k));
+    if !https {
+        for (key, v) in KEYS.iter().zip([&root_ca, &client_cert, &client_key]) {
+            if v.is_some() {
+                report.on(
+                    meta.origin,
+                    Diagnostic::warning(format!("{key} is used only with an https:// url"))
+                        .at_field(meta.field(key)),
+                );
+            }
+        }
+        return Ok(None);
+    }
+    for (key, v) in KEYS.iter().zip([&root_ca, &client_cert, &client_key]) {
+        if v.as_deref().is_some_and(|v| !v.starts_with("-----BEGIN")) {
+            meta.error(
+                key,
+                format!("{key} must hold the PEM itself (from a secretKeyRef, say): fngate reads no file a component names"),
+                report,
+            );
+            return Err(());
+        }
+    }
+    let pems = crate::client_tls::ClientPems {
+        ca: root_ca.as_deref(),
+        cert: client_cert.as_deref(),
+        key: client_key.as_deref(),
+    };
+    if let Err((part, e)) = crate::client_tls::client_config(&pems) {
+        let key = match part {
+            crate::client_tls::Part::Ca => KEYS[0],
+            crate::client_tls::Part::Cert => KEYS[1],
+            crate::client_tls::Part::Key => KEYS[2],
+        };
+        meta.error(key, e, report);
+        return Err(());
+    }
+    Ok(Some(HttpTls {
+        root_ca,
+        client_cert,
+        client_key,
+    }))
 }
 
 fn kafka_producer(

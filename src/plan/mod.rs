@@ -5,9 +5,9 @@ mod triggers;
 
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap,
-    OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent, RedisSettings,
-    StateBackend, StateComponent, TopicAcl,
+    HttpTls, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls,
+    NamedMap, OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent,
+    RedisSettings, StateBackend, StateComponent, TopicAcl,
 };
 pub use triggers::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,

@@ -312,6 +312,23 @@ pub struct PubsubComponent {
     pub acl: TopicAcl,
 }
 
+/// TLS of a `bindings.http` component, as Dapr's metadata names it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct HttpTls {
+    pub root_ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTls")
+            .field("root_ca", &self.root_ca.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A pub/sub's topic ACLs as daprd reads them from its metadata: `allowedTopics`,
 /// `protectedTopics`, `publishingScopes` and `subscriptionScopes`
 /// (`"app1=t1,t2;app2=t3"`; `app2=` allows app2 no topic).
@@ -416,6 +433,8 @@ pub enum BindingBackend {
     },
     Http {
         url: String,
+        /// `MTLSRootCA`, `MTLSClientCert`, `MTLSClientKey` (PEM) for an `https://` URL.
+        tls: Option<HttpTls>,
     },
     Mqtt {
         producer: MqttProducerSettings,

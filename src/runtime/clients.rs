@@ -4,10 +4,10 @@
 //! store cost one connection, not a thousand sidecars' worth. A new plan that leaves a
 //! backend alone keeps its client; a changed one gets a new client.
 
-use super::outputs::MqttPublisher;
+use super::outputs::{HttpClient, MqttPublisher};
 use super::state::{MysqlStore, PostgresStore, RedisStore, StateStore};
 use crate::plan::{
-    BindingBackend, BrokerBackend, ComponentId, DaprApps, KafkaProducerSettings,
+    BindingBackend, BrokerBackend, ComponentId, DaprApps, HttpTls, KafkaProducerSettings,
     MqttProducerSettings, StateBackend, StateComponent,
 };
 use crate::telemetry::Metrics;
@@ -20,6 +20,8 @@ pub(crate) struct Clients {
     kafka: Mutex<HashMap<KafkaProducerSettings, FutureProducer>>,
     nats: Mutex<HashMap<String, async_nats::jetstream::Context>>,
     mqtt: Mutex<HashMap<MqttProducerSettings, Arc<MqttPublisher>>>,
+    /// `bindings.http` clients, one per TLS setting (`None`: plain and system roots).
+    http: Mutex<HashMap<Option<HttpTls>, HttpClient>>,
     metrics: Arc<Metrics>,
 }
 
@@ -30,8 +32,20 @@ impl Clients {
             kafka: Mutex::default(),
             nats: Mutex::default(),
             mqtt: Mutex::default(),
+            http: Mutex::default(),
             metrics,
         }
+    }
+
+    /// The `bindings.http` client for `tls`, shared by the components that name it.
+    pub(crate) fn http_client(&self, tls: Option<&HttpTls>) -> Result<HttpClient, String> {
+        let mut clients = self.http.lock().expect("not poisoned");
+        if let Some(c) = clients.get(&tls.cloned()) {
+            return Ok(c.clone());
+        }
+        let client = super::outputs::http_client(tls)?;
+        clients.insert(tls.cloned(), client.clone());
+        Ok(client)
     }
 
     /// One MQTT connection per settings, shared by the components that name them.
@@ -110,6 +124,7 @@ impl Clients {
         let mut producers = HashSet::new();
         let mut urls = HashSet::new();
         let mut mqtt = HashSet::new();
+        let mut https: HashSet<Option<HttpTls>> = HashSet::new();
         for app in apps.apps.values() {
             stores.extend(app.states.values().map(|s| &s.backend));
             for b in app.bindings.values() {
@@ -120,7 +135,9 @@ impl Clients {
                     BindingBackend::Mqtt { producer, .. } => {
                         mqtt.insert(producer);
                     }
-                    BindingBackend::Http { .. } => {}
+                    BindingBackend::Http { tls, .. } => {
+                        https.insert(tls.clone());
+                    }
                 }
             }
             for p in app.pubsubs.values() {
@@ -153,6 +170,10 @@ impl Clients {
             .lock()
             .expect("not poisoned")
             .retain(|m, _| mqtt.contains(m));
+        self.http
+            .lock()
+            .expect("not poisoned")
+            .retain(|tls, _| tls.is_none() || https.contains(tls));
     }
 
     /// One NATS connection per URL, shared by the components that name it.

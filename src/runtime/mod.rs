@@ -39,7 +39,6 @@ pub struct DaprApi {
     plan: SharedPlan,
     clients: clients::Clients,
     partitions: outputs::PartitionCounts,
-    http: outputs::HttpClient,
     metrics: Arc<Metrics>,
     pub limits: ApiLimits,
     /// Calls in flight per app-id; an entry leaves with its last call.
@@ -98,7 +97,6 @@ impl DaprApi {
             plan,
             clients: clients::Clients::new(metrics.clone()),
             partitions: outputs::PartitionCounts::default(),
-            http: outputs::http_client(),
             metrics,
             limits,
             in_flight: Default::default(),

@@ -224,15 +224,31 @@ pub(crate) struct HttpBindingReply {
 }
 
 pub(crate) type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;
 
-pub(crate) fn http_client() -> HttpClient {
+/// A client for `http://` and `https://` URLs, with `tls`'s CA and client certificate
+/// (the system's roots without a CA).
+pub(crate) fn http_client(tls: Option<&crate::plan::HttpTls>) -> Result<HttpClient, String> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
+    connector.enforce_http(false);
+    let config = crate::client_tls::client_config(&crate::client_tls::ClientPems {
+        ca: tls.and_then(|t| t.root_ca.as_deref()),
+        cert: tls.and_then(|t| t.client_cert.as_deref()),
+        key: tls.and_then(|t| t.client_key.as_deref()),
+    })
+    .map_err(|(_, e)| e)?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(std::sync::Arc::unwrap_or_clone(config))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
 }
 
 /// `bindings.http`: the operation is the method (`create` = POST), metadata `path` is
@@ -290,7 +306,7 @@ pub(crate) async fn http_binding(
     let response = tokio::time::timeout(BROKER_TIMEOUT, client.request(request))
         .await
         .map_err(|_| format!("no response from {target} within {BROKER_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let status = response.status();
     let mut out = vec![
         ("statusCode".to_owned(), status.as_u16().to_string()),
@@ -333,6 +349,18 @@ pub(crate) async fn http_binding(
         body,
         metadata: out,
     })
+}
+
+/// An error with its causes (a refused certificate hides under hyper's "client error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Go's canonical header form (`content-type` -> `Content-Type`), as daprd reports them.

@@ -386,8 +386,9 @@ impl DaprApi {
                     self.sent_to(binding, sent).map_err(failed)?;
                     Ok(BindingResponse::default())
                 }
-                BindingBackend::Http { url } => {
-                    let reply = http_binding(&self.http, url, operation, data, &metadata)
+                BindingBackend::Http { url, tls } => {
+                    let client = self.clients.http_client(tls.as_ref()).map_err(failed)?;
+                    let reply = http_binding(&client, url, operation, data, &metadata)
                         .await
                         .map_err(failed)?;
                     let error_if_not_2xx = super::metadata_value(&metadata, "errorIfNot2XX")

@@ -39,60 +39,20 @@ pub(crate) fn options(broker: &MqttBroker, client_id: &str) -> Result<MqttOption
 
 /// The TLS client for a broker, or which metadata key is wrong and why.
 pub fn tls_config(tls: &MqttTls) -> Result<Arc<rustls::ClientConfig>, (&'static str, String)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_cert {
-        Some(pem) => {
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ("caCert", format!("not a PEM certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(("caCert", "holds no PEM certificate".into()));
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| ("caCert", format!("not a CA certificate: {e}")))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err((
-                    "caCert",
-                    "no caCert, and this system has no root certificates to check the broker with"
-                        .into(),
-                ));
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ("url", e.to_string()))?
-    .with_root_certificates(roots);
-    let config = match (&tls.client_cert, &tls.client_key) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ("clientCert", format!("not a PEM certificate: {e}")))?;
-            if chain.is_empty() {
-                return Err(("clientCert", "holds no PEM certificate".into()));
-            }
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| ("clientKey", format!("not a PEM private key: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ("clientKey", format!("does not go with clientCert: {e}")))?
-        }
-        (Some(_), None) => return Err(("clientKey", "clientCert needs clientKey".into())),
-        (None, Some(_)) => return Err(("clientCert", "clientKey needs clientCert".into())),
-    };
-    Ok(Arc::new(config))
+    use crate::client_tls::{client_config, ClientPems, Part};
+    client_config(&ClientPems {
+        ca: tls.ca_cert.as_deref(),
+        cert: tls.client_cert.as_deref(),
+        key: tls.client_key.as_deref(),
+    })
+    .map_err(|(part, e)| {
+        let key = match part {
+            Part::Ca => "caCert",
+            Part::Cert => "clientCert",
+            Part::Key => "clientKey",
+        };
+        (key, e)
+    })
 }
 
 /// A message and the connection it came on: an ack for a message of an earlier
