@@ -14,7 +14,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(catalog broker_event dapr_http http_head)
+[ ${#targets[@]} -gt 0 ] || targets=(catalog broker_event dapr_http dapr_grpc http_head)
 # No sanitizer: the code under test is safe Rust (its C dependencies are not reached from
 # these inputs); debug assertions on, so an overflow is a crash too.
 flags=(--sanitizer none --debug-assertions)

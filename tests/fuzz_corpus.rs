@@ -7,6 +7,8 @@
 mod broker_event;
 #[path = "../fuzz/checks/catalog.rs"]
 mod catalog;
+#[path = "../fuzz/checks/dapr_grpc.rs"]
+mod dapr_grpc;
 #[path = "../fuzz/checks/dapr_http.rs"]
 mod dapr_http;
 #[path = "../fuzz/checks/http_head.rs"]
@@ -59,6 +61,11 @@ fn broker_event_corpus() {
 #[test]
 fn dapr_http_corpus() {
     replay("dapr_http", dapr_http::check);
+}
+
+#[test]
+fn dapr_grpc_corpus() {
+    replay("dapr_grpc", dapr_grpc::check);
 }
 
 #[test]

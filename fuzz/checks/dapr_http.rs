@@ -66,12 +66,12 @@ spec:
       value: http://127.0.0.1:9/base
 "#;
 
-struct Harness {
-    runtime: tokio::runtime::Runtime,
-    api: Arc<DaprApi>,
+pub struct Harness {
+    pub runtime: tokio::runtime::Runtime,
+    pub api: Arc<DaprApi>,
 }
 
-fn harness() -> &'static Harness {
+pub fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
         // Without Redis every state call is a 500 and the state paths are not exercised:

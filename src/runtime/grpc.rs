@@ -89,6 +89,16 @@ where
     }
 }
 
+/// Answers one gRPC call (an HTTP/2 request of the Dapr service). Public so the fuzzer can
+/// call it without a socket.
+pub async fn handle<B>(api: Arc<DaprApi>, req: http::Request<B>) -> http::Response<Body>
+where
+    B: HttpBody + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    route(api, req).await
+}
+
 async fn route<B>(api: Arc<DaprApi>, req: http::Request<B>) -> http::Response<Body>
 where
     B: HttpBody + Send + 'static,

@@ -20,7 +20,7 @@ pub use env::{function_env, shell_export};
 pub use error::ApiError;
 pub use tls::{acceptor as tls_acceptor, incoming as tls_incoming, DaprTlsFiles, ReloadingCert};
 // `ApiLimits` and `AppCall` are defined below.
-pub use grpc::DaprGrpc;
+pub use grpc::{handle as handle_grpc, DaprGrpc};
 pub use http::{handle as handle_http, serve_http, RequestBody};
 pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
 pub use state_api::{BulkItem, StateItem};
