@@ -927,6 +927,31 @@ fn fngate_env_prints_what_the_functions_process_needs() {
         .output()
         .unwrap();
     assert!(!missing.status.success());
+
+    // With TLS on the Dapr API: the https endpoints the SDKs take, and what to trust.
+    std::fs::write(
+        &file,
+        format!(
+            "listen:\n  dapr_grpc: 127.0.0.1:50123\n  dapr_http: 127.0.0.1:3555\ncatalog:\n  dir: {}\ndapr_api:\n  tls:\n    cert: /certs/tls.crt\n    key: /certs/tls.key\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fngate"))
+        .args(["env", "shop/orders", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("export DAPR_GRPC_ENDPOINT='https://127.0.0.1:50123'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("export DAPR_HTTP_ENDPOINT='https://127.0.0.1:3555'"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/certs/tls.crt"));
 }
 
 #[test]
