@@ -881,19 +881,23 @@ fn fngate_env_prints_what_the_functions_process_needs() {
     let dir = catalog(&redis, "");
     let settings = tempfile::tempdir().unwrap();
     let file = settings.path().join("fngate.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "listen:\n  dapr_grpc: 127.0.0.1:50123\n  dapr_http: 127.0.0.1:3555\ncatalog:\n  dir: {}\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fngate"))
-        .args(["env", "shop/orders", "--config"])
-        .arg(&file)
-        .output()
+    // `fngate env` for `function` with these settings added.
+    let env = |function: &str, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "listen:\n  dapr_grpc: 127.0.0.1:50123\n  dapr_http: 127.0.0.1:3555\ncatalog:\n  dir: {}\n{extra}",
+                dir.path().display()
+            ),
+        )
         .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_fngate"))
+            .args(["env", function, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = env("shop/orders", "");
     assert!(
         out.status.success(),
         "{}",
@@ -921,27 +925,13 @@ fn fngate_env_prints_what_the_functions_process_needs() {
         ctx["states"]["cart"],
         serde_json::json!({"componentName": "cart", "componentType": "state.redis"})
     );
-    let missing = Command::new(env!("CARGO_BIN_EXE_fngate"))
-        .args(["env", "shop/nobody", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
+    assert!(!env("shop/nobody", "").status.success());
 
     // With TLS on the Dapr API: the https endpoints the SDKs take, and what to trust.
-    std::fs::write(
-        &file,
-        format!(
-            "listen:\n  dapr_grpc: 127.0.0.1:50123\n  dapr_http: 127.0.0.1:3555\ncatalog:\n  dir: {}\ndapr_api:\n  tls:\n    cert: /certs/tls.crt\n    key: /certs/tls.key\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fngate"))
-        .args(["env", "shop/orders", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = env(
+        "shop/orders",
+        "dapr_api:\n  tls:\n    cert: /certs/tls.crt\n    key: /certs/tls.key\n",
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("export DAPR_GRPC_ENDPOINT='https://127.0.0.1:50123'"),
