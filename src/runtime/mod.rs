@@ -76,16 +76,16 @@ impl Default for ApiLimits {
 /// One admitted call of an app; counted until dropped.
 pub struct AppCall<'a> {
     api: &'a DaprApi,
-    app_id: String,
+    app: Arc<DaprApp>,
 }
 
 impl Drop for AppCall<'_> {
     fn drop(&mut self) {
         let mut in_flight = self.api.in_flight.lock().expect("not poisoned");
-        if let Some(n) = in_flight.get_mut(&self.app_id) {
+        if let Some(n) = in_flight.get_mut(self.app.app_id.as_str()) {
             *n -= 1;
             if *n == 0 {
-                in_flight.remove(&self.app_id);
+                in_flight.remove(self.app.app_id.as_str());
             }
         }
     }
@@ -104,9 +104,19 @@ impl DaprApi {
     }
 
     /// Admits one call of `app` under its in-flight bound, or refuses it as overloaded.
-    pub fn admit(&self, app: &DaprApp, transport: &'static str) -> Result<AppCall<'_>, ApiError> {
+    pub fn admit(
+        &self,
+        app: &Arc<DaprApp>,
+        transport: &'static str,
+    ) -> Result<AppCall<'_>, ApiError> {
         let mut in_flight = self.in_flight.lock().expect("not poisoned");
-        let n = in_flight.entry(app.app_id.clone()).or_insert(0);
+        // The key is allocated only when an app has no call in flight yet.
+        if !in_flight.contains_key(app.app_id.as_str()) {
+            in_flight.insert(app.app_id.clone(), 0);
+        }
+        let n = in_flight
+            .get_mut(app.app_id.as_str())
+            .expect("inserted above");
         if *n >= self.limits.max_in_flight_per_app {
             drop(in_flight);
             self.metrics
@@ -126,7 +136,7 @@ impl DaprApi {
         *n += 1;
         Ok(AppCall {
             api: self,
-            app_id: app.app_id.clone(),
+            app: app.clone(),
         })
     }
 
