@@ -9,8 +9,8 @@ mod broker_event;
 mod catalog;
 #[path = "../fuzz/checks/dapr_grpc.rs"]
 mod dapr_grpc;
-#[path = "../fuzz/checks/dapr_http.rs"]
-mod dapr_http;
+// Loaded inside dapr_grpc, which shares its harness.
+use dapr_grpc::http_check as dapr_http;
 #[path = "../fuzz/checks/http_head.rs"]
 mod http_head;
 

@@ -12,9 +12,10 @@ use fngate::runtime::handle_grpc;
 use prost::Message;
 use std::collections::HashMap;
 
+/// The `dapr_http` check, whose harness (catalog, API) this one shares.
 #[path = "dapr_http.rs"]
 #[allow(dead_code)]
-mod http_check;
+pub mod http_check;
 
 const METHODS: &[&str] = &[
     "GetState",

@@ -20,13 +20,16 @@ pub enum AppClient {
     Http(Arc<HttpApp>),
 }
 
+/// A batcher's endpoint, route and topic.
+type BatchKey = (SocketAddr, String, String);
+
 /// Delivers one trigger's events to whichever endpoint the plan names.
 pub struct App {
     client: AppClient,
     /// Asked when an endpoint is first used; refreshed after `SUBSCRIPTIONS_TTL`.
     subscriptions: Mutex<HashMap<SocketAddr, (Instant, Arc<Subscriptions>)>>,
     /// Bulk subscriptions: one batcher per endpoint, route and topic.
-    batchers: Mutex<HashMap<(SocketAddr, String, String), Arc<Batcher<BulkTarget>>>>,
+    batchers: Mutex<HashMap<BatchKey, Arc<Batcher<BulkTarget>>>>,
 }
 
 /// Where an event goes on one endpoint, or why it cannot go there.

@@ -69,7 +69,6 @@ impl TriggerRuntime {
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
         activator: Arc<Activator>,
-        app_slots: Option<Arc<tokio::sync::Semaphore>>,
     ) -> TriggerRuntime {
         let labels = [
             key.namespace.clone(),
@@ -90,8 +89,14 @@ impl TriggerRuntime {
             labels,
             last_warning: AtomicU64::new(0),
             started: Instant::now(),
-            app_slots,
+            app_slots: None,
         }
+    }
+
+    /// Shares the function's `dapr.io/app-max-concurrency` slots with its other triggers.
+    pub fn with_app_slots(mut self, slots: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.app_slots = slots;
+        self
     }
 
     /// `activator.hold_timeout`.
@@ -187,9 +192,7 @@ impl TriggerRuntime {
             waiting = None;
             match self.app.route(addr, &self.spec, &event.topic).await {
                 Ok(Route::Path(path, bulk)) => {
-                    let Some(_slot) = self.app_slot().await else {
-                        return None;
-                    };
+                    let _slot = self.app_slot().await?;
                     let answer = self.app.deliver(addr, &self.spec, event, &path, bulk).await;
                     if matches!(answer, Answer::Retry(_) | Answer::Unreachable(_)) {
                         self.app.forget(addr);
@@ -475,7 +478,6 @@ mod tests {
             stop,
             metrics,
             activator,
-            None,
         )
     }
 

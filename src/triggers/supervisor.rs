@@ -109,16 +109,18 @@ impl TriggerSupervisor {
                 tracing::info!(trigger = %key, "trigger added; starting its consumer");
             }
             let (stop_tx, stop_rx) = watch::channel(false);
-            let rt = Arc::new(TriggerRuntime::new(
-                key.clone(),
-                spec.clone(),
-                self.plan.clone(),
-                self.revisions.clone(),
-                stop_rx,
-                self.metrics.clone(),
-                self.activator.clone(),
-                self.app_slots(&key, &spec),
-            ));
+            let rt = Arc::new(
+                TriggerRuntime::new(
+                    key.clone(),
+                    spec.clone(),
+                    self.plan.clone(),
+                    self.revisions.clone(),
+                    stop_rx,
+                    self.metrics.clone(),
+                    self.activator.clone(),
+                )
+                .with_app_slots(self.app_slots(&key, &spec)),
+            );
             let cron_leader = self.cron_leader.clone();
             let task = tokio::spawn(async move {
                 if let Some(old) = previous {
