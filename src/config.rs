@@ -122,6 +122,7 @@ struct RawKubernetes {
     enabled: bool,
     namespaces: Vec<String>,
     label_selector: Option<String>,
+    secret_label_selector: Option<String>,
     kubeconfig: Option<String>,
     debounce: Option<String>,
     status: RawStatus,
@@ -430,6 +431,10 @@ impl Settings {
                 source: crate::catalog::KubeSource {
                     namespaces: k.namespaces.clone(),
                     label_selector: k.label_selector.clone().filter(|s| !s.is_empty()),
+                    secret_label_selector: k
+                        .secret_label_selector
+                        .clone()
+                        .filter(|s| !s.is_empty()),
                 },
                 kubeconfig: k.kubeconfig.as_deref().map(path),
                 debounce: dur("catalog.kubernetes.debounce", &k.debounce, "0s")?

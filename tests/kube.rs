@@ -546,3 +546,54 @@ fn a_token_survives_an_api_server_outage_and_stops_at_the_plan_after_its_secret_
     gate.wait_for_revision_after(before);
     assert_eq!(metadata(), 401);
 }
+
+#[test]
+fn with_a_secret_label_selector_an_unlabelled_secret_is_never_read() {
+    let cluster = Cluster::new();
+    let secret = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\n{labels}stringData:\n  token: tok-{name}\n"
+        )
+    };
+    cluster.api.apply(&secret(
+        "allowed",
+        "  labels:\n    fngate.io/dapr-secret: \"true\"\n",
+    ));
+    cluster.api.apply(&secret("private", ""));
+    for (function, token_secret) in [("reader", "allowed"), ("snoop", "private")] {
+        cluster.api.apply(&format!(
+            "{}    annotations:\n      dapr.io/api-token-secret: {token_secret}\n",
+            function_yaml("default", function, "")
+        ));
+    }
+    let dapr_http = free_port();
+    let gate = Fngate::start_catalog(
+        cluster.dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        &cluster.settings("    secret_label_selector: fngate.io/dapr-secret=true\n"),
+        "",
+        true,
+    );
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
+    let metadata = |token: &str| {
+        request(
+            dapr,
+            "GET",
+            "localhost",
+            "/v1.0/metadata",
+            &[("dapr-api-token", token)],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(metadata("tok-allowed"), 200);
+    // The unlabelled Secret never reached fngate: its Function is told it is not there.
+    assert_eq!(metadata("tok-private"), 401);
+    let diagnostics =
+        String::from_utf8(admin_get(gate.admin, "/diagnostics").unwrap().body).unwrap();
+    assert!(
+        diagnostics.contains("Secret default/private not found"),
+        "{diagnostics}"
+    );
+}

@@ -484,6 +484,9 @@ pub struct KubeSource {
     pub namespaces: Vec<String>,
     /// Applied to Functions only: which Functions this gateway serves.
     pub label_selector: Option<String>,
+    /// Applied to Secrets: only those fngate may read (API tokens, Components'
+    /// `secretKeyRef`s) are listed, watched and held in memory.
+    pub secret_label_selector: Option<String>,
 }
 
 impl KubeSource {
@@ -525,7 +528,12 @@ pub async fn watch_scope(
         None => Api::all_with(client, &resource),
     };
     let mut config = watcher::Config::default();
-    if let (ObjectKind::Function, Some(selector)) = (kind.kind, &source.label_selector) {
+    let selector = match kind.kind {
+        ObjectKind::Function => source.label_selector.as_ref(),
+        ObjectKind::Secret => source.secret_label_selector.as_ref(),
+        _ => None,
+    };
+    if let Some(selector) = selector {
         config = config.labels(selector);
     }
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
