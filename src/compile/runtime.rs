@@ -439,6 +439,24 @@ fn compile_component(
     } else {
         TopicAcl::default()
     };
+    if family == "state" {
+        // daprd's transactional outbox: accepted silently, a transaction's projection
+        // would be stored instead of its state and nothing published. Refused until served.
+        for key in [
+            "outboxPublishPubsub",
+            "outboxPublishTopic",
+            "outboxPubsub",
+            "outboxDiscardWhenMissingState",
+        ] {
+            if meta.take(key).is_some() {
+                meta.error(
+                    key,
+                    "the transactional outbox is not served by fngate yet; remove the outbox* metadata or keep this store on a daprd sidecar".into(),
+                    report,
+                );
+            }
+        }
+    }
     let id = visible.id.clone();
     let version = visible.spec.version.clone().unwrap_or_else(|| "v1".into());
     let state = |backend, key_prefix, default_ttl| {
