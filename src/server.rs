@@ -581,9 +581,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 message,
             };
             let cert = crate::runtime::ReloadingCert::load(files).map_err(tls_error)?;
-            let grpc = crate::runtime::tls_acceptor(cert.clone(), &[b"h2"]).map_err(tls_error)?;
-            let http =
-                crate::runtime::tls_acceptor(cert.clone(), &[b"http/1.1"]).map_err(tls_error)?;
+            let (grpc, http) = crate::runtime::tls_acceptors(cert.clone()).map_err(tls_error)?;
             Some((grpc, http, cert))
         }
     };

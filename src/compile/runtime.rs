@@ -4,8 +4,8 @@
 //! components, then the Components of its namespace whose `scopes` are empty or list it.
 
 use super::triggers::{
-    kafka_auth, kafka_brokers, mqtt_broker, mqtt_consumer_id, resolve_metadata, secret_value,
-    topic_acl, Metadata, Origin, Report,
+    client_tls_pems, kafka_auth, kafka_brokers, mqtt_broker, mqtt_consumer_id, resolve_metadata,
+    secret_value, topic_acl, Metadata, Origin, Report,
 };
 use super::Snapshot;
 use crate::api::{
@@ -53,9 +53,8 @@ pub(super) fn build(
     let mut shared: HashMap<ComponentId, Option<Compiled>> = HashMap::new();
     let mut token_owner: HashMap<ApiToken, String> = HashMap::new();
     let mut shared_tokens: Vec<ApiToken> = Vec::new();
-    let mut built: Vec<DaprApp> = Vec::new();
-    // Each built app's function and file, for diagnostics across apps.
-    let mut origins: Vec<(String, Option<Arc<str>>)> = Vec::new();
+    // Each app with its function and file, for diagnostics across apps.
+    let mut built: Vec<(DaprApp, String, Option<Arc<str>>)> = Vec::new();
     let mut interned = Interned::default();
     for (key, entry, function) in snapshot.functions() {
         let Some(serving) = function.spec.serving.as_ref() else {
@@ -144,11 +143,10 @@ pub(super) fn build(
             outputs: Vec::new(),
         };
         app.outputs = outputs(function, &app, &mut report);
-        built.push(app);
-        origins.push((key.to_string(), entry.file.clone()));
+        built.push((app, key.to_string(), entry.file.clone()));
     }
-    key_prefix_overlaps(&built, &origins, diagnostics);
-    for mut app in built {
+    key_prefix_overlaps(&built, diagnostics);
+    for (mut app, _, _) in built {
         if app
             .token
             .as_ref()
@@ -164,28 +162,24 @@ pub(super) fn build(
 /// A state store whose keyPrefix lets its app reach another app's keys: `name` or a custom
 /// prefix equal to another app-id, or `none` on a store another app uses too.
 fn key_prefix_overlaps(
-    built: &[DaprApp],
-    origins: &[(String, Option<Arc<str>>)],
+    built: &[(DaprApp, String, Option<Arc<str>>)],
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    for (app, (label, file)) in built.iter().zip(origins) {
+    let app_ids: HashSet<&str> = built.iter().map(|(a, _, _)| a.app_id.as_str()).collect();
+    for (app, label, file) in built {
         for (name, store) in app.states.iter() {
+            let same_prefix = |prefix: &str| {
+                (prefix != app.app_id && app_ids.contains(prefix)).then(|| format!(
+                    "state store {name}: its keyPrefix makes its keys `{prefix}||<key>`, app {prefix}'s own prefix: {} and {prefix} read and write each other's keys where they share a store",
+                    app.app_id
+                ))
+            };
             let message = match &store.key_prefix {
-                KeyPrefix::Name | KeyPrefix::Custom(_) => {
-                    let prefix = match &store.key_prefix {
-                        KeyPrefix::Custom(p) => p.as_str(),
-                        _ => store.id.name.as_str(),
-                    };
-                    built
-                        .iter()
-                        .find(|other| other.app_id == prefix && other.app_id != app.app_id)
-                        .map(|other| format!(
-                            "state store {name}: its keyPrefix makes its keys `{prefix}||<key>`, app {}'s own prefix: {} and {} read and write each other's keys where they share a store",
-                            other.app_id, app.app_id, other.app_id
-                        ))
-                }
+                KeyPrefix::Name => same_prefix(&store.id.name),
+                KeyPrefix::Custom(prefix) => same_prefix(prefix),
                 KeyPrefix::None => built
                     .iter()
+                    .map(|(other, _, _)| other)
                     .find(|other| {
                         other.app_id != app.app_id
                             && other.states.values().any(|s| s.backend == store.backend)
@@ -209,8 +203,8 @@ fn key_prefix_overlaps(
 
 const TOKEN_FIELD: &str = "spec.serving.annotations[dapr.io/api-token-secret]";
 
-/// The app's API token from the Secret its annotation names; a missing or empty one is
-/// reported, and the last good token (if any) kept.
+/// The app's API token from the Secret its annotation names; a missing, empty or
+/// unreadable one is reported, and the app has no token (fail closed).
 fn app_token(
     snapshot: &Snapshot,
     namespace: &str,
@@ -540,7 +534,7 @@ fn compile_component(
         },
         "bindings.http" => match meta.take("url") {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                let tls = http_tls(&mut meta, url.starts_with("https://"), report).ok()?;
+                let tls = http_tls(&mut meta, &url, report).ok()?;
                 Some(Compiled::Binding(Arc::new(BindingComponent {
                     id,
                     kind: kind.to_owned(),
@@ -591,52 +585,36 @@ fn compile_component(
     }
 }
 
-/// `bindings.http`'s TLS metadata, as PEM (fngate reads no file a component names):
-/// checked by building the client. `Err` = reported.
+/// `bindings.http`'s TLS metadata, as PEM (fngate reads no file a component names),
+/// checked by building the client. `Err`: reported.
 fn http_tls(
     meta: &mut Metadata<'_>,
-    https: bool,
+    url: &str,
     report: &mut Report<'_>,
 ) -> Result<Option<HttpTls>, ()> {
-    const KEYS: [&str; 3] = ["MTLSRootCA", "MTLSClientCert", "MTLSClientKey"];
-    let [root_ca, client_cert, client_key] = KEYS.map(|k| meta.take(k));
-    if !https {
-        for (key, v) in KEYS.iter().zip([&root_ca, &client_cert, &client_key]) {
-            if v.is_some() {
-                report.on(
-                    meta.origin,
-                    Diagnostic::warning(format!("{key} is used only with an https:// url"))
-                        .at_field(meta.field(key)),
+    let values = HttpTls::KEYS.map(|k| meta.take(k));
+    let https = url.starts_with("https://");
+    if https {
+        for (key, v) in HttpTls::KEYS.iter().zip(&values) {
+            if v.as_deref().is_some_and(|v| !v.starts_with("-----BEGIN")) {
+                meta.error(
+                    key,
+                    format!("{key} must hold the PEM itself (from a secretKeyRef, say): fngate reads no file a component names"),
+                    report,
                 );
+                return Err(());
             }
         }
-        return Ok(None);
     }
-    for (key, v) in KEYS.iter().zip([&root_ca, &client_cert, &client_key]) {
-        if v.as_deref().is_some_and(|v| !v.starts_with("-----BEGIN")) {
-            meta.error(
-                key,
-                format!("{key} must hold the PEM itself (from a secretKeyRef, say): fngate reads no file a component names"),
-                report,
-            );
-            return Err(());
-        }
-    }
-    let pems = crate::client_tls::ClientPems {
-        ca: root_ca.as_deref(),
-        cert: client_cert.as_deref(),
-        key: client_key.as_deref(),
-    };
-    if let Err((part, e)) = crate::client_tls::client_config(&pems) {
-        let key = match part {
-            crate::client_tls::Part::Ca => KEYS[0],
-            crate::client_tls::Part::Cert => KEYS[1],
-            crate::client_tls::Part::Key => KEYS[2],
-        };
-        meta.error(key, e, report);
-        return Err(());
-    }
-    Ok(Some(HttpTls {
+    let [root_ca, client_cert, client_key] = client_tls_pems(
+        meta,
+        HttpTls::KEYS,
+        values,
+        (https, "https://"),
+        url,
+        report,
+    )?;
+    Ok(https.then_some(HttpTls {
         root_ca,
         client_cert,
         client_key,

@@ -403,24 +403,6 @@ fn compile_trigger(
                 (TriggerKind::Binding, SourceSpec::Kafka(k), topic)
             })
         }
-        "pubsub.kafka" | "pubsub.jetstream" => {
-            let Some(topic) = topic else {
-                report.on_function(
-                    Diagnostic::error("a pub/sub trigger needs a topic")
-                        .at_field(format!("{field}.topic")),
-                );
-                return Vec::new();
-            };
-            if kind_name == "pubsub.kafka" {
-                kafka(&mut meta, &app_id, TriggerKind::PubSub, report, defaults).map(|mut k| {
-                    k.topics = vec![topic.clone()];
-                    (TriggerKind::PubSub, SourceSpec::Kafka(k), topic)
-                })
-            } else {
-                jetstream(&mut meta, &app_id, &topic, &mut policy, report)
-                    .map(|j| (TriggerKind::PubSub, SourceSpec::Jetstream(j), topic))
-            }
-        }
         "bindings.mqtt" | "bindings.mqtt3" => mqtt(
             &mut meta,
             &app_id,
@@ -433,7 +415,7 @@ fn compile_trigger(
             let topic = m.topics.join(",");
             (TriggerKind::Binding, SourceSpec::Mqtt(m), topic)
         }),
-        "pubsub.mqtt" | "pubsub.mqtt3" => {
+        "pubsub.kafka" | "pubsub.jetstream" | "pubsub.mqtt" | "pubsub.mqtt3" => {
             let Some(topic) = topic else {
                 report.on_function(
                     Diagnostic::error("a pub/sub trigger needs a topic")
@@ -441,15 +423,25 @@ fn compile_trigger(
                 );
                 return Vec::new();
             };
-            mqtt(
-                &mut meta,
-                &app_id,
-                &format!("{app_id}/{}/{topic}", trigger.name),
-                Some(&topic),
-                &mut policy,
-                report,
-            )
-            .map(|m| (TriggerKind::PubSub, SourceSpec::Mqtt(m), topic))
+            let source = match kind_name {
+                "pubsub.kafka" => kafka(&mut meta, &app_id, TriggerKind::PubSub, report, defaults)
+                    .map(|mut k| {
+                        k.topics = vec![topic.clone()];
+                        SourceSpec::Kafka(k)
+                    }),
+                "pubsub.jetstream" => jetstream(&mut meta, &app_id, &topic, &mut policy, report)
+                    .map(SourceSpec::Jetstream),
+                _ => mqtt(
+                    &mut meta,
+                    &app_id,
+                    &format!("{app_id}/{}/{topic}", trigger.name),
+                    Some(&topic),
+                    &mut policy,
+                    report,
+                )
+                .map(SourceSpec::Mqtt),
+            };
+            source.map(|s| (TriggerKind::PubSub, s, topic))
         }
         "bindings.cron" => cron(&mut meta, function, report)
             .map(|c| (TriggerKind::Binding, SourceSpec::Cron(c.0), c.1)),
@@ -577,35 +569,20 @@ pub(super) fn mqtt_broker(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> O
         meta.error("url", format!("{url:?} names no host"), report);
         return None;
     }
-    let tls = if tls {
-        let tls = MqttTls {
-            ca_cert,
-            client_cert,
-            client_key,
-        };
-        if let Err((key, e)) = crate::triggers::mqtt_tls_config(&tls) {
-            meta.error(key, e, report);
-            return None;
-        }
-        Some(tls)
-    } else {
-        for (key, value) in [
-            ("caCert", &ca_cert),
-            ("clientCert", &client_cert),
-            ("clientKey", &client_key),
-        ] {
-            if value.is_some() {
-                report.on(
-                    meta.origin,
-                    Diagnostic::warning(format!(
-                        "{key} is used only with an ssl:// url; {url:?} connects without TLS"
-                    ))
-                    .at_field(meta.field(key)),
-                );
-            }
-        }
-        None
-    };
+    let [ca_cert, client_cert, client_key] = client_tls_pems(
+        meta,
+        MqttTls::KEYS,
+        [ca_cert, client_cert, client_key],
+        (tls, "ssl://"),
+        &url,
+        report,
+    )
+    .ok()?;
+    let tls = tls.then_some(MqttTls {
+        ca_cert,
+        client_cert,
+        client_key,
+    });
     Some(MqttBroker {
         host,
         port,
@@ -613,6 +590,46 @@ pub(super) fn mqtt_broker(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> O
         password,
         tls,
     })
+}
+
+/// The client TLS PEMs a component gives under `keys` (CA, client certificate, client
+/// key). When `url` uses TLS they are checked by building the client, an error naming the
+/// key at fault; otherwise each one given is reported as unused (TLS needs a
+/// `tls_scheme` url). `Err`: reported.
+pub(super) fn client_tls_pems(
+    meta: &Metadata<'_>,
+    keys: [&'static str; 3],
+    values: [Option<String>; 3],
+    (tls, tls_scheme): (bool, &str),
+    url: &str,
+    report: &mut Report<'_>,
+) -> Result<[Option<String>; 3], ()> {
+    if !tls {
+        for (key, value) in keys.iter().zip(&values) {
+            if value.is_some() {
+                report.on(
+                    meta.origin,
+                    Diagnostic::warning(format!(
+                        "{key} is used only with an {tls_scheme} url; {url:?} connects without TLS"
+                    ))
+                    .at_field(meta.field(key)),
+                );
+            }
+        }
+        return Ok(values);
+    }
+    let [ca, cert, key] = &values;
+    let pems = crate::client_tls::ClientPems {
+        ca: ca.as_deref(),
+        cert: cert.as_deref(),
+        key: key.as_deref(),
+        keys,
+    };
+    if let Err((key, e)) = crate::client_tls::client_config(&pems) {
+        meta.error(key, e, report);
+        return Err(());
+    }
+    Ok(values)
 }
 
 /// An MQTT component's `consumerID`, `{uuid}` replaced by an id fixed for the process and

@@ -320,6 +320,21 @@ pub struct HttpTls {
     pub client_key: Option<String>,
 }
 
+impl HttpTls {
+    /// Dapr's metadata keys of the three PEMs (CA, client certificate, client key).
+    pub const KEYS: [&'static str; 3] = ["MTLSRootCA", "MTLSClientCert", "MTLSClientKey"];
+
+    /// The PEMs; none (the system's roots, no client certificate) without TLS settings.
+    pub fn pems(tls: Option<&HttpTls>) -> crate::client_tls::ClientPems<'_> {
+        crate::client_tls::ClientPems {
+            ca: tls.and_then(|t| t.root_ca.as_deref()),
+            cert: tls.and_then(|t| t.client_cert.as_deref()),
+            key: tls.and_then(|t| t.client_key.as_deref()),
+            keys: Self::KEYS,
+        }
+    }
+}
+
 impl std::fmt::Debug for HttpTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpTls")

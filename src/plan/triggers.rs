@@ -88,6 +88,20 @@ pub struct MqttTls {
     pub client_key: Option<String>,
 }
 
+impl MqttTls {
+    /// Dapr's metadata keys of the three PEMs (CA, client certificate, client key).
+    pub const KEYS: [&'static str; 3] = ["caCert", "clientCert", "clientKey"];
+
+    pub fn pems(&self) -> crate::client_tls::ClientPems<'_> {
+        crate::client_tls::ClientPems {
+            ca: self.ca_cert.as_deref(),
+            cert: self.client_cert.as_deref(),
+            key: self.client_key.as_deref(),
+            keys: Self::KEYS,
+        }
+    }
+}
+
 impl fmt::Debug for MqttBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttBroker")

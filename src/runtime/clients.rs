@@ -48,8 +48,21 @@ impl Clients {
         Ok(client)
     }
 
+    /// Publishes at QoS 1 on the connection of `settings`; `Ok` once the broker has it.
+    pub(crate) async fn mqtt_publish(
+        &self,
+        settings: &MqttProducerSettings,
+        topic: &str,
+        payload: bytes::Bytes,
+        retain: bool,
+    ) -> Result<(), String> {
+        self.mqtt_publisher(settings)?
+            .publish(topic, payload, retain)
+            .await
+    }
+
     /// One MQTT connection per settings, shared by the components that name them.
-    pub(crate) fn mqtt_publisher(
+    fn mqtt_publisher(
         &self,
         settings: &MqttProducerSettings,
     ) -> Result<Arc<MqttPublisher>, String> {

@@ -70,14 +70,10 @@ pub async fn serve_http(
             match tls {
                 None => serve_connection(api, stream).await,
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+                    if let Some(tls) =
+                        super::tls::handshake(&acceptor, stream, "Dapr HTTP API").await
                     {
-                        Ok(Ok(tls)) => serve_connection(api, tls).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "Dapr HTTP API: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!("Dapr HTTP API: TLS handshake timed out"),
+                        serve_connection(api, tls).await
                     }
                 }
             }

@@ -18,7 +18,7 @@ mod tls;
 
 pub use env::{function_env, shell_export};
 pub use error::ApiError;
-pub use tls::{acceptor as tls_acceptor, incoming as tls_incoming, DaprTlsFiles, ReloadingCert};
+pub use tls::{acceptors as tls_acceptors, incoming as tls_incoming, DaprTlsFiles, ReloadingCert};
 // `ApiLimits` and `AppCall` are defined below.
 pub use grpc::{handle as handle_grpc, DaprGrpc};
 pub use http::{handle as handle_http, serve_http, RequestBody};

@@ -234,12 +234,8 @@ pub(crate) fn http_client(tls: Option<&crate::plan::HttpTls>) -> Result<HttpClie
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.enforce_http(false);
-    let config = crate::client_tls::client_config(&crate::client_tls::ClientPems {
-        ca: tls.and_then(|t| t.root_ca.as_deref()),
-        cert: tls.and_then(|t| t.client_cert.as_deref()),
-        key: tls.and_then(|t| t.client_key.as_deref()),
-    })
-    .map_err(|(_, e)| e)?;
+    let config = crate::client_tls::client_config(&crate::plan::HttpTls::pems(tls))
+        .map_err(|(key, e)| format!("{key}: {e}"))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(std::sync::Arc::unwrap_or_clone(config))
         .https_or_http()

@@ -295,10 +295,11 @@ impl DaprApi {
                     .jetstream_publish(nats_url, &topic, bytes, id.as_deref())
                     .await
             }
-            BrokerBackend::Mqtt(settings) => match self.clients.mqtt_publisher(settings) {
-                Ok(p) => p.publish(&topic, bytes, settings.retain).await,
-                Err(e) => Err(e),
-            },
+            BrokerBackend::Mqtt(settings) => {
+                self.clients
+                    .mqtt_publish(settings, &topic, bytes, settings.retain)
+                    .await
+            }
         };
         self.metrics
             .dapr_component_connected
@@ -379,10 +380,7 @@ impl DaprApi {
                     let retain = super::metadata_value(&metadata, "retain")
                         .and_then(parse_go_bool)
                         .unwrap_or(producer.retain);
-                    let sent = match self.clients.mqtt_publisher(producer) {
-                        Ok(p) => p.publish(topic, data, retain).await,
-                        Err(e) => Err(e),
-                    };
+                    let sent = self.clients.mqtt_publish(producer, topic, data, retain).await;
                     self.sent_to(binding, sent).map_err(failed)?;
                     Ok(BindingResponse::default())
                 }

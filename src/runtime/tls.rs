@@ -111,12 +111,11 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// An acceptor serving `cert`, offering `alpn`, checking clients against the CA file when
-/// one is set.
-pub fn acceptor(
+/// The acceptors of the two listeners, serving `cert` and checking clients against the CA
+/// file when one is set (read once): gRPC offers `h2`, HTTP `http/1.1`.
+pub fn acceptors(
     cert: Arc<ReloadingCert>,
-    alpn: &[&[u8]],
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+) -> Result<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsAcceptor), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -139,9 +138,35 @@ pub fn acceptor(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(cert);
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    let config = builder.with_cert_resolver(cert);
+    let offering = |alpn: &[u8]| {
+        let mut c = config.clone();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(c))
+    };
+    Ok((offering(b"h2"), offering(b"http/1.1")))
+}
+
+/// How long a client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake of one accepted connection, bounded; `None` (logged) when it fails.
+pub async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    listener: &str,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "{listener}: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("{listener}: TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// A TLS connection as tonic's server takes one.
@@ -195,7 +220,7 @@ impl tokio::io::AsyncWrite for TlsConn {
 }
 
 /// Accepts on `listener` and hands out connections whose handshake finished (each in its
-/// own task, within 10 s, so a slow or silent client holds up no one).
+/// own task, bounded, so a slow or silent client holds up no one).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -214,14 +239,8 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let (acceptor, sender) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = sender.send(TlsConn(tls)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "Dapr gRPC API: TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!("Dapr gRPC API: TLS handshake timed out"),
+                if let Some(tls) = handshake(&acceptor, stream, "Dapr gRPC API").await {
+                    let _ = sender.send(TlsConn(tls)).await;
                 }
             });
             if tx.is_closed() {

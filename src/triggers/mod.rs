@@ -1,5 +1,5 @@
-//! Event triggers: Kafka and NATS JetStream consumers and cron schedules that deliver every event to a
-//! function exactly as a Dapr sidecar would (AppCallback gRPC or Dapr's HTTP protocol),
+//! Event triggers: Kafka, NATS JetStream and MQTT consumers and cron schedules that deliver
+//! every event to a function exactly as a Dapr sidecar would (AppCallback gRPC or Dapr's HTTP protocol),
 //! at least once. The supervisor follows the plan's `TriggerSet` by diff.
 
 mod app;
@@ -19,7 +19,6 @@ mod wire;
 pub use contract::Answer;
 pub use cron::parse_schedule;
 pub(crate) use mqtt::options as mqtt_options;
-pub use mqtt::tls_config as mqtt_tls_config;
 
 /// A random id made once per process: Dapr replaces `{uuid}` in component metadata
 /// (an MQTT `consumerID`) once per daprd.

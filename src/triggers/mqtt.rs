@@ -8,7 +8,7 @@
 
 use super::delivery::{Settled, TriggerRuntime};
 use super::event::Event;
-use crate::plan::{MqttBroker, MqttSource, MqttTls, TriggerKind};
+use crate::plan::{MqttBroker, MqttSource, TriggerKind};
 use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
 };
@@ -29,30 +29,13 @@ pub(crate) fn options(broker: &MqttBroker, client_id: &str) -> Result<MqttOption
         options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
     }
     if let Some(tls) = &broker.tls {
-        let config = tls_config(tls).map_err(|(key, e)| format!("{key}: {e}"))?;
+        let config = crate::client_tls::client_config(&tls.pems())
+            .map_err(|(key, e)| format!("{key}: {e}"))?;
         options.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(config),
         ));
     }
     Ok(options)
-}
-
-/// The TLS client for a broker, or which metadata key is wrong and why.
-pub fn tls_config(tls: &MqttTls) -> Result<Arc<rustls::ClientConfig>, (&'static str, String)> {
-    use crate::client_tls::{client_config, ClientPems, Part};
-    client_config(&ClientPems {
-        ca: tls.ca_cert.as_deref(),
-        cert: tls.client_cert.as_deref(),
-        key: tls.client_key.as_deref(),
-    })
-    .map_err(|(part, e)| {
-        let key = match part {
-            Part::Ca => "caCert",
-            Part::Cert => "clientCert",
-            Part::Key => "clientKey",
-        };
-        (key, e)
-    })
 }
 
 /// A message and the connection it came on: an ack for a message of an earlier

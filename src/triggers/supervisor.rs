@@ -119,7 +119,7 @@ impl TriggerSupervisor {
                     self.metrics.clone(),
                     self.activator.clone(),
                 )
-                .with_app_slots(self.app_slots(&key, &spec)),
+                .with_app_slots(self.app_slots(key, &spec)),
             );
             let cron_leader = self.cron_leader.clone();
             let task = tokio::spawn(async move {
