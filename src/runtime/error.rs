@@ -35,8 +35,24 @@ struct Extra {
     grpc_info: Vec<(String, String)>,
     /// ErrorInfo metadata on HTTP.
     http_info: Vec<(String, String)>,
-    /// ResourceInfo (type, name), placed before the ErrorInfo.
-    resource: Option<(&'static str, String)>,
+    /// The details before the ErrorInfo, in daprd's order (its builders add the ErrorInfo
+    /// last).
+    details: Vec<Detail>,
+}
+
+/// A `google.rpc` error detail other than the ErrorInfo.
+#[derive(Clone, Debug)]
+enum Detail {
+    BadRequest { field: String, description: String },
+    Resource {
+        kind: &'static str,
+        name: String,
+        description: String,
+    },
+    Help {
+        url: &'static str,
+        description: &'static str,
+    },
 }
 
 impl ApiError {
@@ -86,8 +102,29 @@ impl ApiError {
         self
     }
 
-    pub fn with_resource(mut self, kind: &'static str, name: &str) -> ApiError {
-        self.extra().resource = Some((kind, name.to_owned()));
+    /// ResourceInfo naming the component; `description` as daprd fills it (the message for
+    /// pub/sub errors, empty for state ones).
+    pub fn with_resource(mut self, kind: &'static str, name: &str, description: &str) -> ApiError {
+        self.extra().details.push(Detail::Resource {
+            kind,
+            name: name.to_owned(),
+            description: description.to_owned(),
+        });
+        self
+    }
+
+    /// BadRequest with one field violation.
+    pub fn with_field_violation(mut self, field: &str, description: &str) -> ApiError {
+        self.extra().details.push(Detail::BadRequest {
+            field: field.to_owned(),
+            description: description.to_owned(),
+        });
+        self
+    }
+
+    /// Help with one link.
+    pub fn with_help(mut self, url: &'static str, description: &'static str) -> ApiError {
+        self.extra().details.push(Detail::Help { url, description });
         self
     }
 
@@ -115,18 +152,9 @@ impl ApiError {
 
     pub fn to_status(&self) -> tonic::Status {
         let extra = self.extra.as_deref();
-        let mut details = Vec::with_capacity(2);
-        if let Some((kind, name)) = extra.and_then(|x| x.resource.as_ref()) {
-            details.push(Any::pack(
-                "type.googleapis.com/google.rpc.ResourceInfo",
-                &ResourceInfo {
-                    resource_type: (*kind).to_owned(),
-                    resource_name: name.clone(),
-                    owner: String::new(),
-                    description: self.message.clone(),
-                },
-            ));
-        }
+        let mut details: Vec<Any> = extra
+            .map(|x| x.details.iter().map(Detail::to_any).collect())
+            .unwrap_or_default();
         details.push(Any::pack(
             "type.googleapis.com/google.rpc.ErrorInfo",
             &ErrorInfo {
@@ -157,32 +185,21 @@ impl ApiError {
             error_code: &'a str,
             message: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
-            details: Option<Vec<serde_json::Value>>,
+            details: Option<Vec<JsonDetail<'a>>>,
         }
         let extra = self.extra.as_deref();
         let details = self.http_details.then(|| {
-            let mut d = Vec::with_capacity(2);
-            if let Some((kind, name)) = extra.and_then(|x| x.resource.as_ref()) {
-                d.push(serde_json::json!({
-                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-                    "description": self.message,
-                    "owner": "",
-                    "resource_name": name,
-                    "resource_type": kind,
-                }));
-            }
-            let metadata: serde_json::Map<String, serde_json::Value> = extra
-                .map(|x| x.http_info.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            d.push(serde_json::json!({
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "domain": DOMAIN,
-                "metadata": if metadata.is_empty() { serde_json::Value::Null } else { metadata.into() },
-                "reason": self.reason,
-            }));
+            let mut d: Vec<JsonDetail> = extra
+                .map(|x| x.details.iter().map(Detail::to_json).collect())
+                .unwrap_or_default();
+            let info = extra.map(|x| x.http_info.as_slice()).unwrap_or_default();
+            d.push(JsonDetail::ErrorInfo {
+                r#type: "type.googleapis.com/google.rpc.ErrorInfo",
+                domain: DOMAIN,
+                metadata: (!info.is_empty())
+                    .then(|| info.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+                reason: self.reason,
+            });
             d
         });
         serde_json::to_vec(&Body {
@@ -192,6 +209,112 @@ impl ApiError {
         })
         .expect("plain strings serialise")
     }
+}
+
+impl Detail {
+    fn to_any(&self) -> Any {
+        match self {
+            Detail::BadRequest { field, description } => Any::pack(
+                "type.googleapis.com/google.rpc.BadRequest",
+                &BadRequest {
+                    field_violations: vec![FieldViolation {
+                        field: field.clone(),
+                        description: description.clone(),
+                    }],
+                },
+            ),
+            Detail::Resource {
+                kind,
+                name,
+                description,
+            } => Any::pack(
+                "type.googleapis.com/google.rpc.ResourceInfo",
+                &ResourceInfo {
+                    resource_type: (*kind).to_owned(),
+                    resource_name: name.clone(),
+                    owner: String::new(),
+                    description: description.clone(),
+                },
+            ),
+            Detail::Help { url, description } => Any::pack(
+                "type.googleapis.com/google.rpc.Help",
+                &Help {
+                    links: vec![HelpLink {
+                        description: (*description).to_owned(),
+                        url: (*url).to_owned(),
+                    }],
+                },
+            ),
+        }
+    }
+
+    /// As daprd's `convertErrorDetails` renders it: the detail is a Go map (keys sorted),
+    /// the violations and links inside it Go structs (fields in declaration order).
+    fn to_json(&self) -> JsonDetail<'_> {
+        match self {
+            Detail::BadRequest { field, description } => JsonDetail::BadRequest {
+                r#type: "type.googleapis.com/google.rpc.BadRequest",
+                field_violations: [JsonViolation { field, description }],
+            },
+            Detail::Resource {
+                kind,
+                name,
+                description,
+            } => JsonDetail::Resource {
+                r#type: "type.googleapis.com/google.rpc.ResourceInfo",
+                description,
+                owner: "",
+                resource_name: name,
+                resource_type: kind,
+            },
+            Detail::Help { url, description } => JsonDetail::Help {
+                r#type: "type.googleapis.com/google.rpc.Help",
+                links: [JsonLink { description, url }],
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonDetail<'a> {
+    BadRequest {
+        #[serde(rename = "@type")]
+        r#type: &'static str,
+        field_violations: [JsonViolation<'a>; 1],
+    },
+    Resource {
+        #[serde(rename = "@type")]
+        r#type: &'static str,
+        description: &'a str,
+        owner: &'static str,
+        resource_name: &'a str,
+        resource_type: &'a str,
+    },
+    Help {
+        #[serde(rename = "@type")]
+        r#type: &'static str,
+        links: [JsonLink<'a>; 1],
+    },
+    ErrorInfo {
+        #[serde(rename = "@type")]
+        r#type: &'static str,
+        domain: &'static str,
+        metadata: Option<std::collections::BTreeMap<&'a str, &'a str>>,
+        reason: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct JsonViolation<'a> {
+    field: &'a str,
+    description: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonLink<'a> {
+    description: &'a str,
+    url: &'a str,
 }
 
 fn outcome_of(code: Code) -> &'static str {
@@ -261,6 +384,34 @@ struct ResourceInfo {
     description: String,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct BadRequest {
+    #[prost(message, repeated, tag = "1")]
+    field_violations: Vec<FieldViolation>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FieldViolation {
+    #[prost(string, tag = "1")]
+    field: String,
+    #[prost(string, tag = "2")]
+    description: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Help {
+    #[prost(message, repeated, tag = "1")]
+    links: Vec<HelpLink>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct HelpLink {
+    #[prost(string, tag = "1")]
+    description: String,
+    #[prost(string, tag = "2")]
+    url: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +452,45 @@ mod tests {
         assert_eq!(
             String::from_utf8(legacy.http_body()).unwrap(),
             r#"{"errorCode":"ERR_STATE_SAVE","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn an_illegal_key_carries_bad_request_and_resource_info_before_the_error_info() {
+        let e = ApiError::rich(
+            Code::InvalidArgument,
+            400,
+            "ERR_MALFORMED_REQUEST",
+            "DAPR_STATE_ILLEGAL_KEY",
+            "input key/keyPrefix 'a||b' can't contain '||'".into(),
+        )
+        .with_field_violation("a||b", "input key/keyPrefix 'a||b' can't contain '||'")
+        .with_resource("state", "statestore", "");
+        let decoded = RpcStatus::decode(e.to_status().details()).unwrap();
+        let types: Vec<&str> = decoded.details.iter().map(|d| d.type_url.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "type.googleapis.com/google.rpc.BadRequest",
+                "type.googleapis.com/google.rpc.ResourceInfo",
+                "type.googleapis.com/google.rpc.ErrorInfo"
+            ]
+        );
+        let bad = BadRequest::decode(&decoded.details[0].value[..]).unwrap();
+        assert_eq!(bad.field_violations[0].field, "a||b");
+        let resource = ResourceInfo::decode(&decoded.details[1].value[..]).unwrap();
+        assert_eq!(
+            (resource.resource_type.as_str(), resource.resource_name.as_str()),
+            ("state", "statestore")
+        );
+        assert_eq!(
+            String::from_utf8(e.http_body()).unwrap(),
+            concat!(
+                r#"{"errorCode":"ERR_MALFORMED_REQUEST","message":"input key/keyPrefix 'a||b' can't contain '||'","details":["#,
+                r#"{"@type":"type.googleapis.com/google.rpc.BadRequest","field_violations":[{"field":"a||b","description":"input key/keyPrefix 'a||b' can't contain '||'"}]},"#,
+                r#"{"@type":"type.googleapis.com/google.rpc.ResourceInfo","description":"","owner":"","resource_name":"statestore","resource_type":"state"},"#,
+                r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"dapr.io","metadata":null,"reason":"DAPR_STATE_ILLEGAL_KEY"}]}"#
+            )
         );
     }
 }

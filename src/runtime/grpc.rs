@@ -3,13 +3,9 @@
 //! trait has 77 methods without defaults, and fngate serves eleven; every other method
 //! answers `Unimplemented` (after the token check, as daprd's interceptor runs first).
 
-use super::error::ApiError;
-use super::publish_api::{BulkEntry, PublishRequest};
-use super::state_api::StateItem;
+use super::handlers::{bindings, metadata, publish, state};
+use super::surface::{Trace, MAX_BODY};
 use super::DaprApi;
-use bytes::Bytes;
-use dapr::dapr::proto::common::v1 as common;
-use dapr::dapr::proto::runtime::v1 as rt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -18,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::{http, Body as HttpBody, BoxFuture, Service, StdError};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 const SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
 
@@ -123,312 +119,62 @@ where
     let Some(method) = Method::named(name) else {
         return Status::unimplemented(format!("method {name} is not served by fngate")).into_http();
     };
-    macro_rules! unary {
-        (|$r:ident: $req:ty| $body:expr) => {{
+    // `handler(&api, &app, [taken from the call's head,] message)`, its answer or its
+    // `ApiError` encoded.
+    macro_rules! call {
+        ($handler:path $(, $head:expr)?) => {{
             let (api, app) = (api.clone(), app.clone());
-            unary(req, move |$r: Request<$req>| async move {
-                let _ = (&api, &app);
-                $body
+            #[allow(unused_variables)]
+            let head = ($($head,)?);
+            unary(req, move |r: Request<_>| async move {
+                let message = r.into_inner();
+                call!(@invoke $handler, &api, &app, head, message $(, $head)?)
+                    .await
+                    .map(IntoResponse::into_response)
+                    .map_err(|e| e.to_status())
             })
             .await
         }};
+        (@invoke $handler:path, $api:expr, $app:expr, $head:ident, $m:ident) => {
+            $handler($api, $app, $m)
+        };
+        (@invoke $handler:path, $api:expr, $app:expr, $head:ident, $m:ident, $_h:expr) => {
+            $handler($api, $app, $head.0, $m)
+        };
     }
     match method {
-        Method::GetState => unary!(|r: rt::GetStateRequest| {
-            let r = r.into_inner();
-            let consistency = consistency_name(r.consistency);
-            let item = api
-                .get_state(&app, &r.store_name, &r.key, consistency)
-                .await
-                .map_err(|e| e.to_status())?;
-            let item = item.unwrap_or_default();
-            Ok(Response::new(rt::GetStateResponse {
-                data: item.data.to_vec(),
-                etag: item.etag.unwrap_or_default(),
-                metadata: item.metadata.into_iter().collect(),
-            }))
-        }),
-        Method::GetBulkState => unary!(|r: rt::GetBulkStateRequest| {
-            let r = r.into_inner();
-            let items = api
-                .get_bulk_state(&app, &r.store_name, r.keys, r.parallelism.max(0) as usize)
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(rt::GetBulkStateResponse {
-                items: items
-                    .into_iter()
-                    .map(|i| match i.result {
-                        Ok(found) => {
-                            let found = found.unwrap_or_default();
-                            rt::BulkStateItem {
-                                key: i.key,
-                                data: found.data.to_vec(),
-                                etag: found.etag.unwrap_or_default(),
-                                metadata: found.metadata.into_iter().collect(),
-                                error: String::new(),
-                            }
-                        }
-                        Err(error) => rt::BulkStateItem {
-                            key: i.key,
-                            error,
-                            ..Default::default()
-                        },
-                    })
-                    .collect(),
-            }))
-        }),
-        Method::SaveState => unary!(|r: rt::SaveStateRequest| {
-            let r = r.into_inner();
-            let mut items = Vec::with_capacity(r.states.len());
-            for s in r.states {
-                if s.key.is_empty() {
-                    return Err(ApiError::basic(
-                        Code::InvalidArgument,
-                        400,
-                        "ERR_STATE_SAVE",
-                        "state key cannot be empty".into(),
-                    )
-                    .to_status());
-                }
-                items.push(save_item(s)?);
-            }
-            api.save_state(&app, &r.store_name, items)
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(()))
-        }),
-        Method::DeleteState => unary!(|r: rt::DeleteStateRequest| {
-            let r = r.into_inner();
-            let (concurrency, consistency) = options(r.options.as_ref());
-            let item = StateItem {
-                key: r.key,
-                etag: r.etag.map(|e| e.value),
-                concurrency,
-                consistency,
-                metadata: r.metadata.into_iter().collect(),
-                ..StateItem::default()
-            };
-            api.delete_state(&app, &r.store_name, item)
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(()))
-        }),
-        Method::DeleteBulkState => unary!(|r: rt::DeleteBulkStateRequest| {
-            let r = r.into_inner();
-            let items = r.states.into_iter().map(raw_item).collect();
-            api.delete_bulk_state(&app, &r.store_name, items)
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(()))
-        }),
-        Method::ExecuteStateTransaction => unary!(|r: rt::ExecuteStateTransactionRequest| {
-            let r = r.into_inner();
-            // Values are raw bytes here, whatever contentType says (as daprd).
-            let ops = r
-                .operations
-                .into_iter()
-                .map(|op| {
-                    (
-                        op.operation_type,
-                        op.request.map(raw_item).unwrap_or_default(),
-                    )
-                })
-                .collect();
-            api.execute_state_transaction(&app, &r.store_name, ops)
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(()))
-        }),
-        Method::PublishEvent => unary!(|r: rt::PublishEventRequest| {
-            let (traceparent, tracestate) = trace_context(r.metadata());
-            let r = r.into_inner();
-            api.publish(
-                &app,
-                PublishRequest {
-                    pubsub: r.pubsub_name,
-                    topic: r.topic,
-                    data: Bytes::from(r.data),
-                    content_type: r.data_content_type,
-                    metadata: r.metadata.into_iter().collect(),
-                    traceparent,
-                    tracestate,
-                    grpc: true,
-                },
-            )
-            .await
-            .map_err(|e| e.to_status())?;
-            Ok(Response::new(()))
-        }),
-        Method::BulkPublishEvent => unary!(|r: rt::BulkPublishRequest| {
-            let r = r.into_inner();
-            let entries = r
-                .entries
-                .into_iter()
-                .map(|e| BulkEntry {
-                    entry_id: e.entry_id,
-                    event: Bytes::from(e.event),
-                    content_type: e.content_type,
-                    metadata: (!e.metadata.is_empty()).then(|| e.metadata.into_iter().collect()),
-                })
-                .collect();
-            let failed = api
-                .bulk_publish(
-                    &app,
-                    &r.pubsub_name,
-                    &r.topic,
-                    entries,
-                    r.metadata.into_iter().collect(),
-                    true,
-                )
-                .await
-                .map_err(|e| e.to_status())?;
-            Ok(Response::new(rt::BulkPublishResponse {
-                failed_entries: failed
-                    .into_iter()
-                    .map(|(entry_id, error)| rt::BulkPublishResponseFailedEntry { entry_id, error })
-                    .collect(),
-            }))
-        }),
+        Method::GetState => call!(state::grpc_get),
+        Method::GetBulkState => call!(state::grpc_get_bulk),
+        Method::SaveState => call!(state::grpc_save),
+        Method::DeleteState => call!(state::grpc_delete),
+        Method::DeleteBulkState => call!(state::grpc_delete_bulk),
+        Method::ExecuteStateTransaction => call!(state::grpc_transaction),
+        Method::PublishEvent => call!(publish::grpc_publish, Trace::of(req.headers())),
+        Method::BulkPublishEvent => call!(publish::grpc_bulk_publish),
         Method::InvokeBinding => {
-            let authority = req.uri().authority().map(|a| a.to_string());
-            unary!(|r: rt::InvokeBindingRequest| {
-                let mut metadata: Vec<(String, String)> = Vec::new();
-                let headers = binding_headers(r.metadata(), authority.as_deref());
-                let r = r.into_inner();
-                metadata.extend(r.metadata);
-                // Incoming headers fill keys the request did not set (daprd copies them).
-                for (k, v) in headers {
-                    if !metadata.iter().any(|(m, _)| *m == k) {
-                        metadata.push((k, v));
-                    }
-                }
-                let reply = api
-                    .invoke_binding(&app, &r.name, &r.operation, Bytes::from(r.data), metadata)
-                    .await
-                    .map_err(|e| e.to_status())?;
-                let mut response = Response::new(rt::InvokeBindingResponse {
-                    data: reply.data.map(|d| d.to_vec()).unwrap_or_default(),
-                    metadata: reply.metadata.iter().cloned().collect(),
-                });
-                for (k, v) in &reply.metadata {
-                    let name = format!("metadata.{}", k.to_ascii_lowercase());
-                    if let (Ok(n), Ok(v)) = (
-                        tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
-                        v.parse(),
-                    ) {
-                        response.metadata_mut().insert(n, v);
-                    }
-                }
-                Ok(response)
-            })
+            let authority = req.uri().authority().map(|a| a.as_str());
+            call!(
+                bindings::grpc_invoke,
+                bindings::grpc_binding_headers(req.headers(), authority)
+            )
         }
-        Method::GetMetadata => unary!(|_r: rt::GetMetadataRequest| {
-            Ok(Response::new(rt::GetMetadataResponse {
-                id: app.app_id.clone(),
-                runtime_version: super::RUNTIME_VERSION.into(),
-                registered_components: api
-                    .components(&app)
-                    .into_iter()
-                    .map(
-                        |(name, r#type, version, capabilities)| rt::RegisteredComponents {
-                            name,
-                            r#type,
-                            version,
-                            capabilities,
-                        },
-                    )
-                    .collect(),
-                ..Default::default()
-            }))
-        }),
+        Method::GetMetadata => call!(metadata::grpc_get),
     }
 }
 
-/// A gRPC item whose value is stored as sent (transactions, bulk delete).
-fn raw_item(s: common::StateItem) -> StateItem {
-    let (concurrency, consistency) = options(s.options.as_ref());
-    StateItem {
-        key: s.key,
-        value: Bytes::from(s.value),
-        json: false,
-        etag: s.etag.map(|e| e.value),
-        concurrency,
-        consistency,
-        metadata: s.metadata.into_iter().collect(),
+/// A handler's answer as a tonic response: a message, or a response with metadata.
+trait IntoResponse<M> {
+    fn into_response(self) -> Response<M>;
+}
+impl<M: prost::Message> IntoResponse<M> for M {
+    fn into_response(self) -> Response<M> {
+        Response::new(self)
     }
 }
-
-/// SaveState: raw bytes, unless the item says `contentType: application/json`; then the
-/// JSON is decoded and re-encoded, as daprd hands the store a decoded value.
-fn save_item(s: common::StateItem) -> Result<StateItem, Status> {
-    let json = s.metadata.get("contentType").map(String::as_str) == Some("application/json");
-    let mut item = raw_item(s);
-    if json {
-        let value: serde_json::Value = serde_json::from_slice(&item.value).map_err(|e| {
-            ApiError::basic(Code::Internal, 500, "ERR_STATE_SAVE", e.to_string()).to_status()
-        })?;
-        item.value = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serialises"));
-        item.json = true;
+impl<M> IntoResponse<M> for Response<M> {
+    fn into_response(self) -> Response<M> {
+        self
     }
-    Ok(item)
-}
-
-fn options(o: Option<&common::StateOptions>) -> (String, String) {
-    let Some(o) = o else {
-        return (String::new(), String::new());
-    };
-    let concurrency = match o.concurrency {
-        1 => "first-write",
-        2 => "last-write",
-        _ => "",
-    };
-    (concurrency.into(), consistency_name(o.consistency).into())
-}
-
-fn consistency_name(c: i32) -> &'static str {
-    match c {
-        1 => "eventual",
-        2 => "strong",
-        _ => "",
-    }
-}
-
-fn trace_context(md: &tonic::metadata::MetadataMap) -> (Option<String>, Option<String>) {
-    let get = |k: &str| {
-        md.get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|v| !v.is_empty())
-    };
-    (get("traceparent"), get("tracestate"))
-}
-
-/// The call's headers as daprd copies them into binding metadata: the token removed,
-/// `:authority` as `dapr-authority`, `grpc-*` as `dapr-grpc-*`.
-fn binding_headers(
-    md: &tonic::metadata::MetadataMap,
-    authority: Option<&str>,
-) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if let Some(a) = authority {
-        out.push(("dapr-authority".to_owned(), a.to_owned()));
-    }
-    for kv in md.iter() {
-        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-            let k = k.as_str();
-            if k == "dapr-api-token" || k == "te" {
-                continue;
-            }
-            let Ok(v) = v.to_str() else { continue };
-            let name = if k.starts_with("grpc-") {
-                format!("dapr-{k}")
-            } else {
-                k.to_owned()
-            };
-            out.push((name, v.to_owned()));
-        }
-    }
-    out
 }
 
 /// Decodes one unary request, runs `handler`, encodes its answer (tonic's server side).
@@ -457,9 +203,6 @@ where
         }
     }
     let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Resp, Req>::default())
-        .apply_max_message_size_config(Some(MAX_MESSAGE), Some(MAX_MESSAGE));
+        .apply_max_message_size_config(Some(MAX_BODY), Some(MAX_BODY));
     grpc.unary(Once(Some(handler), PhantomData), req).await
 }
-
-/// daprd's default `--max-body-size`.
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;

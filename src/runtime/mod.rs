@@ -4,16 +4,19 @@
 //! components that app may reach; clients for those components live here, beside the
 //! plan, and are kept across plans that do not change them.
 
+mod bindings_api;
 mod clients;
 mod cloudevent;
 mod env;
 mod error;
 mod grpc;
+mod handlers;
 mod http;
 mod outputs;
 mod publish_api;
 pub mod state;
 mod state_api;
+mod surface;
 mod tls;
 
 pub use env::{function_env, shell_export};
@@ -22,7 +25,9 @@ pub use tls::{acceptors as tls_acceptors, incoming as tls_incoming, DaprTlsFiles
 // `ApiLimits` and `AppCall` are defined below.
 pub use grpc::{handle as handle_grpc, DaprGrpc};
 pub use http::{handle as handle_http, serve_http, RequestBody};
-pub use publish_api::{BindingResponse, BulkEntry, PublishRequest};
+pub use bindings_api::BindingResponse;
+pub use publish_api::{BulkEntry, PublishRequest};
+pub use surface::Trace;
 pub use state_api::{BulkItem, StateItem};
 
 use crate::plan::DaprApp;

@@ -1,10 +1,10 @@
-//! The publish and output-binding building blocks, one handler per Dapr call.
+//! The publish building block: the envelope, the topic ACL, the broker.
 
 use super::cloudevent::{envelope, EnvelopeInput};
 use super::error::ApiError;
-use super::outputs::{http_binding, KafkaRecord};
+use super::outputs::KafkaRecord;
 use super::{CallTimer, DaprApi};
-use crate::plan::{BindingBackend, BindingComponent, BrokerBackend, DaprApp, PubsubComponent};
+use crate::plan::{BrokerBackend, DaprApp, PubsubComponent};
 use bytes::Bytes;
 use tonic::Code;
 
@@ -16,8 +16,7 @@ pub struct PublishRequest {
     pub data: Bytes,
     pub content_type: String,
     pub metadata: Vec<(String, String)>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    pub trace: super::surface::Trace,
     /// daprd adds `traceid`/`tracestate` to a raw payload's metadata on gRPC only.
     pub grpc: bool,
 }
@@ -29,13 +28,6 @@ pub struct BulkEntry {
     pub content_type: String,
     /// `None` when the entry carried no metadata (then the request's applies alone).
     pub metadata: Option<Vec<(String, String)>>,
-}
-
-#[derive(Debug, Default)]
-pub struct BindingResponse {
-    /// `None`: the component answered nothing (HTTP 204).
-    pub data: Option<Bytes>,
-    pub metadata: Vec<(String, String)>,
 }
 
 /// What goes to the broker for one publish.
@@ -51,31 +43,50 @@ fn may_publish(app: &DaprApp, component: &PubsubComponent, topic: &str) -> Resul
     if component.acl.may_publish(&app.app_id, topic) {
         return Ok(());
     }
+    let message = format!("topic {topic} is not allowed for app id {}", app.app_id);
     Err(pubsub_error(
         Code::PermissionDenied,
         403,
         "ERR_PUBSUB_FORBIDDEN",
         "DAPR_PUBSUB_FORBIDDEN",
-        format!("topic {topic} is not allowed for app id {}", app.app_id),
-    ))
+        message.clone(),
+        Some(&component.id.name),
+    )
+    .with_info(vec![
+        ("topic".into(), topic.to_owned()),
+        ("error".into(), message),
+    ]))
 }
 
+/// daprd's pub/sub errors: ResourceInfo (described by the message) unless the pub/sub is
+/// unknown.
 fn pubsub_error(
     code: Code,
     http: u16,
     error_code: &'static str,
     reason: &'static str,
     message: String,
+    pubsub: Option<&str>,
 ) -> ApiError {
-    ApiError::rich(code, http, error_code, reason, message)
+    let e = ApiError::rich(code, http, error_code, reason, message);
+    match pubsub {
+        Some(name) => {
+            let description = e.message.clone();
+            e.with_resource("pubsub", name, &description)
+        }
+        None => e,
+    }
 }
 
 impl DaprApi {
+    /// The pub/sub and topic of a publish; `metadata` is the request's, which daprd puts
+    /// in the ErrorInfo of an empty name or topic.
     fn pubsub<'a>(
         &self,
         app: &'a DaprApp,
         name: &str,
         topic: &str,
+        metadata: &[(String, String)],
     ) -> Result<&'a PubsubComponent, ApiError> {
         if name.is_empty() {
             return Err(pubsub_error(
@@ -84,7 +95,9 @@ impl DaprApi {
                 "ERR_PUBSUB_EMPTY",
                 "DAPR_PUBSUB_NAME_EMPTY",
                 "pubsub name is empty".into(),
-            ));
+                Some(""),
+            )
+            .with_info(metadata.to_vec()));
         }
         let Some(p) = app.pubsubs.get(name) else {
             return Err(pubsub_error(
@@ -93,6 +106,7 @@ impl DaprApi {
                 "ERR_PUBSUB_NOT_FOUND",
                 "DAPR_PUBSUB_NOT_FOUND",
                 format!("pubsub {name} is not found"),
+                None,
             ));
         };
         if topic.is_empty() {
@@ -102,7 +116,9 @@ impl DaprApi {
                 "ERR_TOPIC_NAME_EMPTY",
                 "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
                 format!("topic is empty in pubsub {name}"),
-            ));
+                Some(name),
+            )
+            .with_info(metadata.to_vec()));
         }
         Ok(p)
     }
@@ -111,7 +127,7 @@ impl DaprApi {
     pub async fn publish(&self, app: &DaprApp, request: PublishRequest) -> Result<(), ApiError> {
         let timer = CallTimer::start(self, app, "publish");
         let result = async {
-            let component = self.pubsub(app, &request.pubsub, &request.topic)?;
+            let component = self.pubsub(app, &request.pubsub, &request.topic, &request.metadata)?;
             timer.component(&component.id.name);
             let event = self.event_bytes(app, &request)?;
             may_publish(app, component, &request.topic)?;
@@ -135,7 +151,7 @@ impl DaprApi {
     ) -> Result<Vec<(String, String)>, ApiError> {
         let timer = CallTimer::start(self, app, "publish");
         let result = async {
-            let component = self.pubsub(app, pubsub, topic)?;
+            let component = self.pubsub(app, pubsub, topic, &metadata)?;
             timer.component(&component.id.name);
             let mut seen = std::collections::HashSet::new();
             for e in &entries {
@@ -199,7 +215,7 @@ impl DaprApi {
     fn event_bytes(&self, app: &DaprApp, request: &PublishRequest) -> Result<Event, ApiError> {
         let raw = match super::metadata_value(&request.metadata, "rawPayload") {
             None => false,
-            Some(v) => parse_go_bool(v).ok_or_else(|| {
+            Some(v) => super::surface::parse_go_bool(v).ok_or_else(|| {
                 ApiError::rich(
                     Code::InvalidArgument,
                     400,
@@ -216,11 +232,11 @@ impl DaprApi {
             if request.grpc {
                 metadata.push((
                     "traceid".into(),
-                    request.traceparent.clone().unwrap_or_default(),
+                    request.trace.traceparent.clone().unwrap_or_default(),
                 ));
                 metadata.push((
                     "tracestate".into(),
-                    request.tracestate.clone().unwrap_or_default(),
+                    request.trace.tracestate.clone().unwrap_or_default(),
                 ));
             }
             return Ok(Event {
@@ -236,8 +252,8 @@ impl DaprApi {
             data: &request.data,
             content_type: &request.content_type,
             metadata: &request.metadata,
-            traceparent: request.traceparent.as_deref(),
-            tracestate: request.tracestate.as_deref(),
+            traceparent: request.trace.traceparent.as_deref(),
+            tracestate: request.trace.tracestate.as_deref(),
             now: time::OffsetDateTime::now_utc(),
         })
         .map_err(|e| {
@@ -307,126 +323,20 @@ impl DaprApi {
             .set(result.is_ok() as i64);
         result
     }
-
-    /// Records whether a send through `binding` reached its broker.
-    fn sent_to(&self, binding: &BindingComponent, sent: Result<(), String>) -> Result<(), String> {
-        self.metrics
-            .dapr_component_connected
-            .with_label_values(&[&binding.id.namespace, &binding.id.name, &binding.kind])
-            .set(sent.is_ok() as i64);
-        sent
-    }
-
-    /// InvokeBinding on an output binding the app may use.
-    pub async fn invoke_binding(
-        &self,
-        app: &DaprApp,
-        name: &str,
-        operation: &str,
-        data: Bytes,
-        metadata: Vec<(String, String)>,
-    ) -> Result<BindingResponse, ApiError> {
-        let timer = CallTimer::start(self, app, "binding");
-        let failed = |inner: String| {
-            ApiError::basic(
-                Code::Internal,
-                500,
-                "ERR_INVOKE_OUTPUT_BINDING",
-                format!("error invoking output binding {name}: {inner}"),
-            )
-        };
-        let result = async {
-            if operation.is_empty() {
-                return Err(failed("operation field is missing from request".into()));
-            }
-            let Some(binding) = app.bindings.get(name) else {
-                return Err(failed(format!("couldn't find output binding {name}")));
-            };
-            timer.component(&binding.id.name);
-            let operations = binding.backend.operations();
-            if !operations.contains(&operation) {
-                let list: String = operations.iter().map(|o| format!(" {o}")).collect();
-                return Err(failed(format!(
-                    "binding {name} does not support operation {operation}. supported operations:{list}"
-                )));
-            }
-            match &binding.backend {
-                BindingBackend::Kafka {
-                    producer,
-                    publish_topic,
-                } => {
-                    let value = (&data[..] != b"null").then_some(&data[..]);
-                    let sent = self
-                        .clients
-                        .kafka_send(
-                            &binding.id,
-                            producer,
-                            &self.partitions,
-                            KafkaRecord {
-                                topic: publish_topic,
-                                value,
-                                metadata: &metadata,
-                            },
-                        )
-                        .await;
-                    self.sent_to(binding, sent).map_err(failed)?;
-                    Ok(BindingResponse::default())
-                }
-                BindingBackend::Mqtt { producer, topic } => {
-                    // As mqtt3: the request's `topic` and `retain` metadata first.
-                    let topic = super::metadata_value(&metadata, "topic")
-                        .or(topic.as_deref())
-                        .ok_or_else(|| failed("no topic: set the binding's topic metadata or the request's".into()))?;
-                    let retain = super::metadata_value(&metadata, "retain")
-                        .and_then(parse_go_bool)
-                        .unwrap_or(producer.retain);
-                    let sent = self.clients.mqtt_publish(producer, topic, data, retain).await;
-                    self.sent_to(binding, sent).map_err(failed)?;
-                    Ok(BindingResponse::default())
-                }
-                BindingBackend::Http { url, tls } => {
-                    let client = self.clients.http_client(tls.as_ref()).map_err(failed)?;
-                    let reply = http_binding(&client, url, operation, data, &metadata)
-                        .await
-                        .map_err(failed)?;
-                    let error_if_not_2xx = super::metadata_value(&metadata, "errorIfNot2XX")
-                        .and_then(parse_go_bool)
-                        .unwrap_or(true);
-                    if error_if_not_2xx && !(200..300).contains(&reply.status) {
-                        return Err(failed(format!("received status code {}", reply.status)));
-                    }
-                    Ok(BindingResponse {
-                        data: Some(reply.body),
-                        metadata: reply.metadata,
-                    })
-                }
-            }
-        }
-        .await;
-        timer.finish(result)
-    }
 }
 
 fn publish_failed(pubsub: &str, topic: &str, error: String) -> ApiError {
+    let message = format!("error when publishing to topic {topic} in pubsub {pubsub}: {error}");
     ApiError::rich(
         Code::Internal,
         500,
         "ERR_PUBSUB_PUBLISH_MESSAGE",
         "DAPR_PUBSUB_PUBLISH_MESSAGE",
-        format!("error when publishing to topic {topic} in pubsub {pubsub}: {error}"),
+        message.clone(),
     )
-    .with_resource("pubsub", pubsub)
+    .with_resource("pubsub", pubsub, &message)
     .with_info(vec![
         ("topic".into(), topic.to_owned()),
         ("error".into(), error),
     ])
-}
-
-/// Go's `strconv.ParseBool`.
-fn parse_go_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
 }

@@ -306,14 +306,18 @@ pub(crate) fn stored_key(
     component: &StateComponent,
     key: &str,
 ) -> Result<String, ApiError> {
+    // daprd's `InvalidKeyName`: the key as the BadRequest field, the store as ResourceInfo.
     let illegal = |k: &str| {
+        let message = format!("input key/keyPrefix '{k}' can't contain '||'");
         ApiError::rich(
             Code::InvalidArgument,
             400,
             "ERR_MALFORMED_REQUEST",
             "DAPR_STATE_ILLEGAL_KEY",
-            format!("input key/keyPrefix '{k}' can't contain '||'"),
+            message.clone(),
         )
+        .with_field_violation(k, &message)
+        .with_resource("state", &component.id.name, "")
     };
     if key.contains("||") {
         return Err(illegal(key));
