@@ -115,11 +115,39 @@ struct Grpc(Arc<App>);
 
 #[tonic::async_trait]
 impl AppCallback for Grpc {
+    /// Service invocation: method `fail` fails with NotFound; any other is echoed back.
     async fn on_invoke(
         &self,
-        _: GrpcRequest<InvokeRequest>,
+        request: GrpcRequest<InvokeRequest>,
     ) -> Result<GrpcResponse<InvokeResponse>, Status> {
-        Err(Status::unimplemented("no service invocation here"))
+        let metadata: serde_json::Map<String, Value> = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), json!(v.to_str().unwrap_or_default())))
+                }
+                _ => None,
+            })
+            .collect();
+        let r = request.into_inner();
+        let ext = r.http_extension.unwrap_or_default();
+        let echo = json!({"protocol": "grpc", "method": r.method, "verb": ext.verb,
+                          "query": ext.querystring, "content_type": r.content_type,
+                          "body": String::from_utf8_lossy(&r.data.map(|d| d.value).unwrap_or_default()),
+                          "metadata": metadata});
+        self.0
+            .print(json!({"kind": "invoke", "echo": echo}), Verdict::Success);
+        if r.method == "fail" {
+            return Err(Status::not_found("no such order"));
+        }
+        Ok(GrpcResponse::new(InvokeResponse {
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: echo.to_string().into_bytes(),
+            }),
+            content_type: "application/json".into(),
+        }))
     }
 
     async fn list_topic_subscriptions(
@@ -304,6 +332,7 @@ fn prost_to_json(v: &prost_types::Value) -> Value {
 async fn http(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().trim_start_matches('/').to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let headers: HashMap<String, String> = req
         .headers()
         .iter()
@@ -415,6 +444,21 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Byt
         }
         let verdict = record(&body, json!(headers), Value::Null);
         return reply(StatusCode::OK, json!({ "status": verdict_word(verdict) }));
+    }
+    // Service invocation: `fail` answers 404; `echo...` is echoed back.
+    if path == "fail" {
+        return reply(StatusCode::NOT_FOUND, json!({"error": "no such order"}));
+    }
+    if path.starts_with("echo") {
+        let echo = json!({"protocol": "http", "method": path, "verb": method.as_str(),
+                          "query": query, "body": String::from_utf8_lossy(&body), "headers": headers});
+        app.print(json!({"kind": "invoke", "echo": echo}), Verdict::Success);
+        return Ok(Response::builder()
+            .status(StatusCode::CREATED)
+            .header("content-type", "application/json")
+            .header("x-order", "42")
+            .body(Full::new(Bytes::from(echo.to_string())))
+            .unwrap());
     }
     reply(StatusCode::NOT_FOUND, json!({"error": "not found"}))
 }

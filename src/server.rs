@@ -571,8 +571,12 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::info!(%addr, "HTTPS listener");
     }
 
-    let dapr_api =
-        crate::runtime::DaprApi::new(plan.clone(), metrics.clone(), settings.dapr_api.clone());
+    let dapr_api = crate::runtime::DaprApi::new(
+        plan.clone(),
+        metrics.clone(),
+        settings.dapr_api.clone(),
+        shared_activator.clone(),
+    );
     let dapr_tls = match &settings.dapr_tls {
         None => None,
         Some(files) => {

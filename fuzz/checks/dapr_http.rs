@@ -86,7 +86,18 @@ pub fn harness() -> &'static Harness {
             diagnostics.is_empty(),
             "the fuzz catalog compiles cleanly: {diagnostics:?}"
         );
-        let api = DaprApi::new(plans.plan(), metrics, Default::default());
+        // A target with no endpoint is held: briefly, so an input cannot stall the check.
+        let activator = Arc::new(fngate::activator::Activator::new(
+            plans.plan(),
+            plans.revisions(),
+            fngate::activator::HoldLimits {
+                timeout: std::time::Duration::from_millis(1),
+                ..Default::default()
+            },
+            metrics.clone(),
+            None,
+        ));
+        let api = DaprApi::new(plans.plan(), metrics, Default::default(), activator);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

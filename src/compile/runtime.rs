@@ -14,8 +14,8 @@ use crate::api::{
 };
 use crate::plan::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    HttpTls, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef, PostgresLayout,
-    PubsubComponent, RedisSettings, StateBackend, StateComponent, TopicAcl,
+    HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef,
+    PostgresLayout, PubsubComponent, RedisSettings, StateBackend, StateComponent, TopicAcl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -60,14 +60,26 @@ pub(super) fn build(
         let Some(serving) = function.spec.serving.as_ref() else {
             continue;
         };
+        let namespace = function.metadata.namespace_or_default();
+        let app_id = format!("{}-{}", function.metadata.name, namespace);
+        // Any function may be invoked; a bad annotation is reported by its triggers.
+        if let Ok(channel) = super::triggers::app_channel(function) {
+            apps.targets.insert(
+                (namespace.to_owned(), app_id.clone()),
+                Arc::new(InvokeTarget {
+                    app_id: app_id.clone(),
+                    namespace: namespace.to_owned(),
+                    function: function.metadata.name.clone(),
+                    channel,
+                }),
+            );
+        }
         let token_secret = serving.annotations.get(API_TOKEN_ANNOTATION);
         let has_components = serving.states.as_ref().is_some_and(|s| !s.is_empty())
             || serving.outputs.as_ref().is_some_and(|o| !o.is_empty());
         if token_secret.is_none() && !has_components {
             continue;
         }
-        let namespace = function.metadata.namespace_or_default();
-        let app_id = format!("{}-{}", function.metadata.name, namespace);
         let before = previous.and_then(|p| p.apps.get(&app_id));
         let mut report = Report {
             diagnostics: &mut *diagnostics,

@@ -187,32 +187,47 @@ fn keep_last_good(
 }
 
 fn delivery_spec(function: &Function, report: &mut Report<'_>) -> Option<DeliverySpec> {
-    let annotations = function.spec.serving.as_ref().map(|s| &s.annotations);
+    app_channel(function)
+        .map_err(|d| report.on_function(d))
+        .ok()
+}
+
+/// How fngate reaches a function's app, as Dapr's app channel: protocol and port from the
+/// `dapr.io/app-*` annotations; without one, gRPC for a function with Dapr triggers
+/// (OpenFunction's async functions) and HTTP for the others, on the HTTP trigger's port.
+pub(super) fn app_channel(function: &Function) -> Result<DeliverySpec, Diagnostic> {
+    let serving = function.spec.serving.as_ref();
+    let annotations = serving.map(|s| &s.annotations);
     let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
-    let protocol = match get(APP_PROTOCOL_ANNOTATION).unwrap_or("grpc") {
+    let has_dapr_triggers = serving.and_then(|s| s.triggers.as_ref()).is_some_and(|t| {
+        t.dapr.as_ref().is_some_and(|d| !d.is_empty())
+            || t.inputs.as_ref().is_some_and(|i| !i.is_empty())
+    });
+    let default_protocol = if has_dapr_triggers || function.http_trigger().is_none() {
+        "grpc"
+    } else {
+        "http"
+    };
+    let protocol = match get(APP_PROTOCOL_ANNOTATION).unwrap_or(default_protocol) {
         "grpc" => AppProtocol::Grpc,
         "http" => AppProtocol::Http,
         other => {
-            report.on_function(
-                Diagnostic::error(format!(
-                    "app protocol {other:?} is not supported; expected grpc or http"
-                ))
-                .at_field(format!(
-                    "spec.serving.annotations[{APP_PROTOCOL_ANNOTATION}]"
-                )),
-            );
-            return None;
+            return Err(Diagnostic::error(format!(
+                "app protocol {other:?} is not supported; expected grpc or http"
+            ))
+            .at_field(format!(
+                "spec.serving.annotations[{APP_PROTOCOL_ANNOTATION}]"
+            )));
         }
     };
     let port = match get(APP_PORT_ANNOTATION) {
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => {
-                report.on_function(
-                    Diagnostic::error(format!("app port {p:?} is not a number from 1 to 65535"))
-                        .at_field(format!("spec.serving.annotations[{APP_PORT_ANNOTATION}]")),
-                );
-                return None;
+                return Err(Diagnostic::error(format!(
+                    "app port {p:?} is not a number from 1 to 65535"
+                ))
+                .at_field(format!("spec.serving.annotations[{APP_PORT_ANNOTATION}]")));
             }
         },
         None => function
@@ -222,7 +237,7 @@ fn delivery_spec(function: &Function, report: &mut Report<'_>) -> Option<Deliver
             .filter(|p| *p > 0)
             .unwrap_or(8080),
     };
-    Some(DeliverySpec {
+    Ok(DeliverySpec {
         protocol,
         port,
         service: ServiceKey {

@@ -5,8 +5,8 @@ mod triggers;
 
 pub use runtime::{
     ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    HttpTls, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings, MysqlTls,
-    NamedMap, OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent,
+    HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings,
+    MysqlTls, NamedMap, OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent,
     RedisSettings, StateBackend, StateComponent, TopicAcl,
 };
 pub use triggers::{

@@ -17,9 +17,26 @@ pub struct DaprApps {
     /// constant time.
     by_token: HashMap<u64, Vec<Arc<DaprApp>>>,
     token_hasher: ahash::RandomState,
+    /// Every function another may invoke, by (namespace, app-id).
+    pub targets: BTreeMap<(String, String), Arc<InvokeTarget>>,
+}
+
+/// A function as the target of service invocation: where its app listens and how it
+/// speaks (Dapr's app channel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvokeTarget {
+    pub app_id: String,
+    pub namespace: String,
+    pub function: String,
+    pub channel: super::DeliverySpec,
 }
 
 impl DaprApps {
+    /// The target `app_id` in `namespace`.
+    pub fn target(&self, namespace: &str, app_id: &str) -> Option<&Arc<InvokeTarget>> {
+        self.targets.get(&(namespace.to_owned(), app_id.to_owned()))
+    }
+
     pub fn insert(&mut self, app: DaprApp) {
         let app = Arc::new(app);
         if let Some(token) = &app.token {

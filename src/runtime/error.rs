@@ -38,12 +38,17 @@ struct Extra {
     /// The details before the ErrorInfo, in daprd's order (its builders add the ErrorInfo
     /// last).
     details: Vec<Detail>,
+    /// A status passed through as it came (an invoked gRPC app's).
+    passed_through: Option<tonic::Status>,
 }
 
 /// A `google.rpc` error detail other than the ErrorInfo.
 #[derive(Clone, Debug)]
 enum Detail {
-    BadRequest { field: String, description: String },
+    BadRequest {
+        field: String,
+        description: String,
+    },
     Resource {
         kind: &'static str,
         name: String,
@@ -128,6 +133,19 @@ impl ApiError {
         self
     }
 
+    /// An invoked gRPC app's failure, passed to a gRPC caller as the app sent it.
+    pub fn from_app_status(status: tonic::Status) -> ApiError {
+        let mut e = ApiError::basic(
+            status.code(),
+            super::invoke_api::http_status_of(status.code()),
+            "ERR_DIRECT_INVOKE",
+            status.message().to_owned(),
+        );
+        e.outcome = "app_error";
+        e.extra().passed_through = Some(status);
+        e
+    }
+
     pub fn malformed(message: String) -> ApiError {
         ApiError::basic(Code::InvalidArgument, 400, "ERR_MALFORMED_REQUEST", message)
     }
@@ -152,6 +170,9 @@ impl ApiError {
 
     pub fn to_status(&self) -> tonic::Status {
         let extra = self.extra.as_deref();
+        if let Some(status) = extra.and_then(|x| x.passed_through.clone()) {
+            return status;
+        }
         let mut details: Vec<Any> = extra
             .map(|x| x.details.iter().map(Detail::to_any).collect())
             .unwrap_or_default();
@@ -467,7 +488,11 @@ mod tests {
         .with_field_violation("a||b", "input key/keyPrefix 'a||b' can't contain '||'")
         .with_resource("state", "statestore", "");
         let decoded = RpcStatus::decode(e.to_status().details()).unwrap();
-        let types: Vec<&str> = decoded.details.iter().map(|d| d.type_url.as_str()).collect();
+        let types: Vec<&str> = decoded
+            .details
+            .iter()
+            .map(|d| d.type_url.as_str())
+            .collect();
         assert_eq!(
             types,
             [
@@ -480,7 +505,10 @@ mod tests {
         assert_eq!(bad.field_violations[0].field, "a||b");
         let resource = ResourceInfo::decode(&decoded.details[1].value[..]).unwrap();
         assert_eq!(
-            (resource.resource_type.as_str(), resource.resource_name.as_str()),
+            (
+                resource.resource_type.as_str(),
+                resource.resource_name.as_str()
+            ),
             ("state", "statestore")
         );
         assert_eq!(

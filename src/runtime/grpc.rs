@@ -3,7 +3,7 @@
 //! trait has 77 methods without defaults, and fngate serves eleven; every other method
 //! answers `Unimplemented` (after the token check, as daprd's interceptor runs first).
 
-use super::handlers::{bindings, metadata, publish, state};
+use super::handlers::{bindings, invoke, metadata, publish, state};
 use super::surface::{Trace, MAX_BODY};
 use super::DaprApi;
 use std::convert::Infallible;
@@ -31,6 +31,7 @@ enum Method {
     BulkPublishEvent,
     InvokeBinding,
     GetMetadata,
+    InvokeService,
 }
 
 impl Method {
@@ -46,6 +47,7 @@ impl Method {
             "BulkPublishEvent" | "BulkPublishEventAlpha1" => Method::BulkPublishEvent,
             "InvokeBinding" => Method::InvokeBinding,
             "GetMetadata" => Method::GetMetadata,
+            "InvokeService" => Method::InvokeService,
             _ => return None,
         })
     }
@@ -155,10 +157,14 @@ where
             let authority = req.uri().authority().map(|a| a.as_str());
             call!(
                 bindings::grpc_invoke,
-                bindings::grpc_binding_headers(req.headers(), authority)
+                bindings::grpc_call_headers(req.headers(), authority)
             )
         }
         Method::GetMetadata => call!(metadata::grpc_get),
+        Method::InvokeService => call!(
+            invoke::grpc_invoke,
+            bindings::grpc_call_headers(req.headers(), None)
+        ),
     }
 }
 

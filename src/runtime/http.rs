@@ -3,7 +3,8 @@
 //! headers and bodies. Values saved here are JSON, re-encoded (a string keeps its quotes).
 
 use super::error::ApiError;
-use super::handlers::{bindings, metadata, publish, state};
+use super::handlers::{bindings, invoke, metadata, publish, state};
+use super::invoke_api::InvokeCall;
 use super::publish_api::PublishRequest;
 use super::surface::{Trace, MAX_BODY};
 use super::DaprApi;
@@ -149,6 +150,9 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
         .or_else(|| path.strip_prefix("/v1.0/").map(|r| ("v1.0", r)))
     {
         Some(v) => v,
+        // daprd's fallback route: any other path with a `dapr-app-id` header is an
+        // invocation of that path on that app.
+        None if req.headers().contains_key("dapr-app-id") => ("", ""),
         None => return reply(404, Some("text/plain"), "404 page not found\n"),
     };
     if req.method() == Method::GET && (rest == "healthz" || rest == "healthz/outbound") {
@@ -181,6 +185,29 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
         Ok(call) => call,
         Err(e) => return error_reply(&e),
     };
+    let by_header = header(&req, "dapr-app-id").filter(|_| version.is_empty());
+    let invoked = by_header
+        .map(|id| (id, path.trim_start_matches('/').to_owned()))
+        .or_else(|| {
+            (version == "v1.0")
+                .then(|| invoke::target_and_method(rest))
+                .flatten()
+        });
+    if let Some((id, method)) = invoked {
+        let call = InvokeCall {
+            method,
+            verb: req.method().as_str().to_ascii_uppercase(),
+            query: req.uri().query().unwrap_or_default().to_owned(),
+            content_type: header(&req, "content-type").unwrap_or_default(),
+            headers: req
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            body: Bytes::new(),
+        };
+        return with_body(api, req, |b| invoke::http_invoke(api, &app, id, call, b)).await;
+    }
     let segments: Vec<String> = rest.split('/').map(query_unescape).collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -221,11 +248,17 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
                 trace: Trace::of(req.headers()),
                 ..PublishRequest::default()
             };
-            with_body(api, req, |data| publish::http_publish(api, &app, request, data)).await
+            with_body(api, req, |data| {
+                publish::http_publish(api, &app, request, data)
+            })
+            .await
         }
         ("v1.0", ["bindings", name]) if writes => {
             let (name, trace) = (name.to_string(), Trace::of(req.headers()));
-            with_body(api, req, |b| bindings::http_invoke(api, &app, name, b, trace)).await
+            with_body(api, req, |b| {
+                bindings::http_invoke(api, &app, name, b, trace)
+            })
+            .await
         }
         ("v1.0", ["metadata"]) if method == Method::GET => metadata::http_get(api, &app),
         _ => reply(404, Some("text/plain"), "404 page not found\n"),
@@ -305,7 +338,7 @@ impl Query {
 }
 
 /// Go's `url.QueryUnescape`: `%XX` decoded, `+` a space.
-fn query_unescape(s: &str) -> String {
+pub(crate) fn query_unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

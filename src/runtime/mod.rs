@@ -12,6 +12,7 @@ mod error;
 mod grpc;
 mod handlers;
 mod http;
+mod invoke_api;
 mod outputs;
 mod publish_api;
 pub mod state;
@@ -23,12 +24,13 @@ pub use env::{function_env, shell_export};
 pub use error::ApiError;
 pub use tls::{acceptors as tls_acceptors, incoming as tls_incoming, DaprTlsFiles, ReloadingCert};
 // `ApiLimits` and `AppCall` are defined below.
+pub use bindings_api::BindingResponse;
 pub use grpc::{handle as handle_grpc, DaprGrpc};
 pub use http::{handle as handle_http, serve_http, RequestBody};
-pub use bindings_api::BindingResponse;
+pub use invoke_api::{InvokeAnswer, InvokeCall};
 pub use publish_api::{BulkEntry, PublishRequest};
-pub use surface::Trace;
 pub use state_api::{BulkItem, StateItem};
+pub use surface::Trace;
 
 use crate::plan::DaprApp;
 use crate::plan_swap::SharedPlan;
@@ -46,6 +48,10 @@ pub struct DaprApi {
     partitions: outputs::PartitionCounts,
     metrics: Arc<Metrics>,
     pub limits: ApiLimits,
+    /// Holds an invocation whose target has no ready endpoint.
+    activator: Arc<crate::activator::Activator>,
+    /// `OnInvoke` channels to gRPC apps, per endpoint.
+    grpc_apps: crate::triggers::GrpcApp,
     /// Calls in flight per app-id; an entry leaves with its last call.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -97,8 +103,15 @@ impl Drop for AppCall<'_> {
 }
 
 impl DaprApi {
-    pub fn new(plan: SharedPlan, metrics: Arc<Metrics>, limits: ApiLimits) -> Arc<DaprApi> {
+    pub fn new(
+        plan: SharedPlan,
+        metrics: Arc<Metrics>,
+        limits: ApiLimits,
+        activator: Arc<crate::activator::Activator>,
+    ) -> Arc<DaprApi> {
         Arc::new(DaprApi {
+            activator,
+            grpc_apps: Default::default(),
             plan,
             clients: clients::Clients::new(metrics.clone()),
             partitions: outputs::PartitionCounts::default(),

@@ -31,7 +31,10 @@ impl Trace {
     /// Adds the context to metadata that does not set it already (daprd copies the
     /// caller's headers into binding metadata this way).
     pub(crate) fn fill(self, metadata: &mut Vec<(String, String)>) {
-        for (k, v) in [("traceparent", self.traceparent), ("tracestate", self.tracestate)] {
+        for (k, v) in [
+            ("traceparent", self.traceparent),
+            ("tracestate", self.tracestate),
+        ] {
             if let Some(v) = v {
                 if !metadata.iter().any(|(m, _)| m == k) {
                     metadata.push((k.to_owned(), v));

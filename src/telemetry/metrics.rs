@@ -59,6 +59,9 @@ pub struct Metrics {
     pub dapr_auth_failures: IntCounterVec,
     /// Labels: namespace, function, transport, reason. Calls refused by a limit.
     pub dapr_api_refused: IntCounterVec,
+    /// Service invocations by caller and target function; outcome success, app_error,
+    /// refused, unreachable, timeout.
+    pub dapr_invocations: IntCounterVec,
     /// 1 while a component's store or broker answers; labels namespace, component, type.
     pub dapr_component_connected: IntGaugeVec,
 }
@@ -324,6 +327,20 @@ impl Metrics {
             &["namespace", "function", "transport", "reason"],
         )
         .unwrap();
+        let dapr_invocations = IntCounterVec::new(
+            Opts::new(
+                "fngate_dapr_invocations_total",
+                "Service invocations through the Dapr API, by caller and target function",
+            ),
+            &[
+                "namespace",
+                "function",
+                "target_namespace",
+                "target_function",
+                "outcome",
+            ],
+        )
+        .unwrap();
         let dapr_auth_failures = IntCounterVec::new(
             Opts::new(
                 "fngate_dapr_api_auth_failures_total",
@@ -346,6 +363,7 @@ impl Metrics {
             Box::new(dapr_call_duration.clone()),
             Box::new(dapr_auth_failures.clone()),
             Box::new(dapr_api_refused.clone()),
+            Box::new(dapr_invocations.clone()),
             Box::new(dapr_component_connected.clone()),
             Box::new(catalog_events.clone()),
             Box::new(status_writes.clone()),
@@ -413,6 +431,7 @@ impl Metrics {
             dapr_call_duration,
             dapr_auth_failures,
             dapr_api_refused,
+            dapr_invocations,
             dapr_component_connected,
         }
     }

@@ -51,6 +51,15 @@ impl GrpcApp {
         AppCallbackClient::new(self.channel(addr))
     }
 
+    /// Service invocation: `OnInvoke` on the app at `addr`.
+    pub async fn invoke(
+        &self,
+        addr: SocketAddr,
+        request: tonic::Request<dapr::dapr::proto::common::v1::InvokeRequest>,
+    ) -> Result<tonic::Response<dapr::dapr::proto::common::v1::InvokeResponse>, tonic::Status> {
+        self.client(addr).on_invoke(request).await
+    }
+
     /// Forgets an endpoint's channel after a transport failure, so the next attempt dials anew.
     pub fn forget(&self, addr: SocketAddr) {
         self.channels.lock().expect("not poisoned").remove(&addr);

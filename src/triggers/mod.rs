@@ -41,7 +41,7 @@ pub fn process_uuid_for(scope: &str) -> String {
         .finalize();
     event::uuid_shaped(&digest[..16])
 }
-pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form};
+pub use dapr_grpc::{topic_metadata, wire_form as grpc_wire_form, GrpcApp};
 pub use dapr_http::delivery_request as http_delivery_request;
 pub use delivery::{Decision, Settled};
 pub use event::{CloudEvent, Event};

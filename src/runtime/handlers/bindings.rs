@@ -44,9 +44,9 @@ pub(crate) async fn grpc_invoke(
     Ok(response)
 }
 
-/// The call's headers as daprd copies them into binding metadata: the token removed,
-/// `:authority` as `dapr-authority`, `grpc-*` as `dapr-grpc-*`.
-pub(crate) fn grpc_binding_headers(
+/// The call's headers as daprd copies them into binding metadata and invocations: the
+/// token removed, `:authority` as `dapr-authority`, `grpc-*` as `dapr-grpc-*`.
+pub(crate) fn grpc_call_headers(
     headers: &http::HeaderMap,
     authority: Option<&str>,
 ) -> Vec<(String, String)> {

@@ -4,6 +4,7 @@
 //! authenticate, admit and dispatch.
 
 pub(crate) mod bindings;
+pub(crate) mod invoke;
 pub(crate) mod metadata;
 pub(crate) mod publish;
 pub(crate) mod state;

@@ -148,9 +148,8 @@ fn save_item(s: common::StateItem) -> Result<StateItem, ApiError> {
     let json = s.metadata.get("contentType").map(String::as_str) == Some("application/json");
     let mut item = raw_item(s);
     if json {
-        item.value = reencoded_json(&item.value).map_err(|e| {
-            ApiError::basic(Code::Internal, 500, "ERR_STATE_SAVE", e.to_string())
-        })?;
+        item.value = reencoded_json(&item.value)
+            .map_err(|e| ApiError::basic(Code::Internal, 500, "ERR_STATE_SAVE", e.to_string()))?;
         item.json = true;
     }
     Ok(item)

@@ -1,0 +1,300 @@
+//! Service invocation through fngate's Dapr API against the real binary: a caller function
+//! invokes others by app-id, on HTTP and gRPC apps (the `dapr_app` example serving
+//! `OnInvoke` and HTTP methods), over both surfaces and with the official Python SDK; a
+//! target at zero is held until its endpoint turns ready; calls across namespaces and to
+//! unknown apps are refused as daprd refuses them.
+
+mod common;
+
+use common::*;
+use dapr::dapr::proto::common::v1 as common_v1;
+use dapr::dapr::proto::runtime::v1 as rt;
+use std::net::SocketAddr;
+use std::path::Path;
+use tonic::Code;
+
+const TOKEN: &str = "tok-front";
+
+fn target(namespace: &str, name: &str, protocol: &str, port: u16) -> String {
+    format!(
+        "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  serving:\n    annotations:\n      dapr.io/app-protocol: {protocol}\n      dapr.io/app-port: \"{port}\"\n"
+    )
+}
+
+/// The caller `front` (with a token), HTTP target `orders`, gRPC target `stock`, a target
+/// `cold` listed but not ready at `cold`, and `audit` in another namespace.
+fn write_catalog(dir: &Path, orders: SocketAddr, stock: SocketAddr, cold: SocketAddr) {
+    let front = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: front-token\n  namespace: default\nstringData:\n  token: {TOKEN}\n---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: front\n  namespace: default\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: front-token\n"
+    );
+    let objects = [
+        front,
+        target("default", "orders", "http", orders.port()),
+        endpoint_slice("default", "orders", &[orders], true),
+        target("default", "stock", "grpc", stock.port()),
+        endpoint_slice("default", "stock", &[stock], true),
+        target("default", "cold", "http", cold.port()),
+        endpoint_slice("default", "cold", &[cold], false),
+        target("elsewhere", "audit", "http", orders.port()),
+        endpoint_slice("elsewhere", "audit", &[orders], true),
+    ];
+    write_atomically(dir, "catalog.yaml", &objects.join("\n---\n"));
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn a_function_invokes_others_by_app_id_on_both_surfaces() {
+    let orders = DaprApp::start("http", "", "");
+    let stock = DaprApp::start("grpc", "", "");
+    let cold_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_catalog(dir.path(), orders.addr, stock.addr, cold_addr);
+    let gate = DaprGate::start(dir.path());
+
+    // HTTP API -> HTTP app: verb, method, query and body arrive; the app's status,
+    // headers and body come back; the caller's token never reaches the target.
+    let r = request(
+        gate.http,
+        "PUT",
+        "",
+        "/v1.0/invoke/orders-default/method/echo/a?x=1&y=2",
+        &[
+            ("dapr-api-token", TOKEN),
+            ("content-type", "text/plain"),
+            ("x-trace-me", "yes"),
+        ],
+        b"hello",
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-order"), Some("42"));
+    let echo = json(&r.body);
+    assert_eq!(echo["method"], "echo/a");
+    assert_eq!(echo["verb"], "PUT");
+    assert_eq!(echo["query"], "x=1&y=2");
+    assert_eq!(echo["body"], "hello");
+    assert_eq!(echo["headers"]["content-type"], "text/plain");
+    assert_eq!(echo["headers"]["x-trace-me"], "yes");
+    assert_eq!(echo["headers"]["dapr-caller-app-id"], "front-default");
+    assert_eq!(echo["headers"]["dapr-callee-app-id"], "orders-default");
+    assert!(
+        echo["headers"].get("dapr-api-token").is_none(),
+        "the caller's token reached the target: {echo}"
+    );
+
+    // `<app-id>.<namespace>` and the `dapr-app-id` header name the same target.
+    let r = gate.http(
+        "POST",
+        "/v1.0/invoke/orders-default.default/method/echo",
+        Some(TOKEN),
+        b"{}",
+    );
+    assert_eq!(r.status, 201);
+    let r = request(
+        gate.http,
+        "GET",
+        "",
+        "/echo/by-header",
+        &[("dapr-api-token", TOKEN), ("dapr-app-id", "orders-default")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(json(&r.body)["method"], "echo/by-header");
+
+    // The app's own failure comes back as it answered.
+    let r = gate.http(
+        "GET",
+        "/v1.0/invoke/orders-default/method/fail",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(json(&r.body)["error"], "no such order");
+
+    // HTTP API -> gRPC app: OnInvoke with the HTTP extension.
+    let r = gate.http(
+        "POST",
+        "/v1.0/invoke/stock-default/method/reserve?n=3",
+        Some(TOKEN),
+        b"{\"sku\":7}",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echo = json(&r.body);
+    assert_eq!(echo["method"], "reserve");
+    assert_eq!(echo["verb"], 3, "POST");
+    assert_eq!(echo["query"], "n=3");
+    assert_eq!(echo["body"], "{\"sku\":7}");
+    assert_eq!(echo["metadata"]["dapr-caller-app-id"], "front-default");
+    // A gRPC app's failure: its status as JSON, the HTTP status from its code.
+    let r = gate.http(
+        "POST",
+        "/v1.0/invoke/stock-default/method/fail",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(json(&r.body)["message"], "no such order");
+
+    // gRPC API: InvokeService to both kinds of app.
+    let mut client = gate.client();
+    let invoke = |id: &str, method: &str, verb: Option<i32>| {
+        with_token(
+            rt::InvokeServiceRequest {
+                id: id.into(),
+                message: Some(common_v1::InvokeRequest {
+                    method: method.into(),
+                    data: Some(prost_types::Any {
+                        type_url: String::new(),
+                        value: b"payload".to_vec(),
+                    }),
+                    content_type: "text/plain".into(),
+                    http_extension: verb.map(|v| common_v1::HttpExtension {
+                        verb: v,
+                        querystring: "q=1".into(),
+                    }),
+                }),
+            },
+            TOKEN,
+        )
+    };
+    let answer = gate
+        .rt
+        .block_on(client.invoke_service(invoke("stock-default", "reserve", None)))
+        .unwrap()
+        .into_inner();
+    let echo = json(&answer.data.unwrap().value);
+    assert_eq!(
+        (echo["method"].as_str(), echo["body"].as_str()),
+        (Some("reserve"), Some("payload"))
+    );
+    let status = gate
+        .rt
+        .block_on(client.invoke_service(invoke("stock-default", "fail", None)))
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "no such order")
+    );
+    let answer = gate
+        .rt
+        .block_on(client.invoke_service(invoke("orders-default", "echo/g", Some(1))))
+        .unwrap();
+    assert_eq!(
+        answer
+            .metadata()
+            .get("dapr-http-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("201")
+    );
+    let echo = json(&answer.into_inner().data.unwrap().value);
+    assert_eq!(
+        (echo["verb"].as_str(), echo["query"].as_str()),
+        (Some("GET"), Some("q=1"))
+    );
+    // An HTTP app's 404 to a gRPC caller: NotFound, the status text as message.
+    let status = gate
+        .rt
+        .block_on(client.invoke_service(invoke("orders-default", "fail", Some(1))))
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "Not Found")
+    );
+
+    // Refused as daprd refuses: another namespace (403) and an unknown app (500).
+    let r = gate.http(
+        "POST",
+        "/v1.0/invoke/audit-elsewhere.elsewhere/method/echo",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let body = json(&r.body);
+    assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("access control policy has denied access"),
+        "{body}"
+    );
+    let r = gate.http(
+        "POST",
+        "/v1.0/invoke/nobody-default/method/echo",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 500);
+    assert_eq!(json(&r.body)["errorCode"], "ERR_DIRECT_INVOKE");
+    let status = gate
+        .rt
+        .block_on(client.invoke_service(invoke("audit-elsewhere.elsewhere", "echo", None)))
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("PermissionDenied"),
+        "{}",
+        status.message()
+    );
+    // Without a token nothing is invoked.
+    let r = gate.http("POST", "/v1.0/invoke/orders-default/method/echo", None, b"");
+    assert_eq!(r.status, 401);
+
+    // A target at zero: the call is held, the platform told, and released once the
+    // target's endpoint is ready.
+    let http = gate.http;
+    let held = std::thread::spawn(move || {
+        request(
+            http,
+            "POST",
+            "",
+            "/v1.0/invoke/cold-default/method/echo/warm",
+            &[("dapr-api-token", TOKEN)],
+            b"wake",
+        )
+        .unwrap()
+    });
+    gate.fngate.wait_until(
+        || {
+            gate.fngate
+                .metric_or_zero("fngate_activator_waiting{function=\"cold\"")
+                >= 1.0
+        },
+        "the invocation of cold held",
+    );
+    let warm = DaprApp::start_on("http", &cold_addr.to_string(), "", "");
+    let slices = [
+        endpoint_slice("default", "orders", &[orders.addr], true),
+        endpoint_slice("default", "stock", &[stock.addr], true),
+        endpoint_slice("default", "cold", &[warm.addr], true),
+        endpoint_slice("elsewhere", "audit", &[orders.addr], true),
+    ];
+    write_atomically(dir.path(), "slices.yaml", &slices.join("\n---\n"));
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r.body)["body"], "wake");
+
+    // Counted per caller and target.
+    let metrics = gate.fngate.metrics();
+    for (target, outcome) in [
+        ("orders", "success"),
+        ("stock", "app_error"),
+        ("audit", "refused"),
+        ("cold", "success"),
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("fngate_dapr_invocations_total")
+                    && l.contains("function=\"front\"")
+                    && l.contains(&format!("target_function=\"{target}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))),
+            "no {target}/{outcome} invocation counted:\n{metrics}"
+        );
+    }
+}
