@@ -206,6 +206,27 @@ fn a_function_invokes_others_by_app_id_on_both_surfaces() {
         (Code::NotFound, "Not Found")
     );
 
+    // The official Python SDK's invoke_method (HTTP) to both apps.
+    let python = python_venv();
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/dapr_invoke_check.py"
+        ))
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
+        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
+        .env("DAPR_API_TOKEN", TOKEN)
+        .env("DAPR_HEALTH_TIMEOUT", "30")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python SDK invocation check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Refused as daprd refuses: another namespace (403) and an unknown app (500).
     let r = gate.http(
         "POST",

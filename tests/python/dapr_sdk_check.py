@@ -40,6 +40,21 @@ with DaprClient() as d:
     expect(e.code() == grpc.StatusCode.ABORTED, f"code {e.code()}")
     expect(e.error_code() == "ERR_STATE_SAVE", f"error_code {e.error_code()}")
 
+    # An illegal key: daprd's details field by field (BadRequest, ResourceInfo, ErrorInfo).
+    e = grpc_error(lambda: d.save_state("cart", "bad||key", "v"))
+    expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"code {e.code()}")
+    expect(e.error_code() == "DAPR_STATE_ILLEGAL_KEY", f"error_code {e.error_code()}")
+    details = e.status_details()
+    violation = (details.bad_request or {}).get("field_violations", [{}])[0]
+    expect(violation.get("field") == "bad||key", f"bad_request {details.bad_request}")
+    expect(violation.get("description") == e.details(), f"bad_request {details.bad_request}")
+    resource = details.resource_info or {}
+    expect(
+        (resource.get("resource_type"), resource.get("resource_name")) == ("state", "cart"),
+        f"resource_info {details.resource_info}",
+    )
+    expect(details.error_info.get("domain") == "dapr.io", f"error_info {details.error_info}")
+
     e = grpc_error(lambda: d.get_state("nope", "k"))
     expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"code {e.code()}")
     expect(e.error_code() == "DAPR_STATE_NOT_FOUND", f"error_code {e.error_code()}")
