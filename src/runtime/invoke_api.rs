@@ -308,18 +308,10 @@ impl DaprApi {
         target: &InvokeTarget,
         call: &InvokeCall,
     ) -> Result<InvokeAnswer, String> {
-        let verb = match call.verb.as_str() {
-            "GET" => 1,
-            "HEAD" => 2,
-            "POST" => 3,
-            "PUT" => 4,
-            "DELETE" => 5,
-            "CONNECT" => 6,
-            "OPTIONS" => 7,
-            "TRACE" => 8,
-            "PATCH" => 9,
-            _ => 0,
-        };
+        let verb = VERBS
+            .iter()
+            .find(|(_, name)| *name == call.verb)
+            .map_or(0, |(n, _)| *n);
         let mut request = tonic::Request::new(common::InvokeRequest {
             method: call.method.clone(),
             data: Some(prost_types::Any {
@@ -363,6 +355,27 @@ impl DaprApi {
             Err(status) => Ok(InvokeAnswer::Grpc(Err(status))),
         }
     }
+}
+
+/// `common.v1.HTTPExtension.Verb` values and their HTTP names (0, NONE, is none).
+const VERBS: [(i32, &str); 9] = [
+    (1, "GET"),
+    (2, "HEAD"),
+    (3, "POST"),
+    (4, "PUT"),
+    (5, "DELETE"),
+    (6, "CONNECT"),
+    (7, "OPTIONS"),
+    (8, "TRACE"),
+    (9, "PATCH"),
+];
+
+/// The HTTP name of an `HTTPExtension.Verb`; empty for NONE or an unknown value.
+pub(crate) fn verb_name(verb: i32) -> &'static str {
+    VERBS
+        .iter()
+        .find(|(n, _)| *n == verb)
+        .map_or("", |(_, name)| name)
 }
 
 /// daprd's `HTTPStatusFromCode`.

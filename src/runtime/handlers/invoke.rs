@@ -3,7 +3,7 @@
 
 use super::super::error::ApiError;
 use super::super::http::{error_reply, reply_with, Reply};
-use super::super::invoke_api::{grpc_code_of, http_status_of, InvokeAnswer, InvokeCall};
+use super::super::invoke_api::{grpc_code_of, http_status_of, verb_name, InvokeAnswer, InvokeCall};
 use super::super::DaprApi;
 use crate::plan::DaprApp;
 use bytes::Bytes;
@@ -40,7 +40,7 @@ pub(crate) async fn http_invoke(
         Ok(InvokeAnswer::Grpc(Ok(response))) => {
             let content_type = response.content_type;
             let body = response.data.map(|d| d.value).unwrap_or_default();
-            let headers = (!content_type.is_empty()).then(|| ("content-type", content_type));
+            let headers = (!content_type.is_empty()).then_some(("content-type", content_type));
             reply_with(200, headers, body)
         }
         // daprd answers a gRPC app's failure with the status as JSON.
@@ -132,20 +132,5 @@ fn truncate_at_char(s: &mut String, max: usize) {
             at -= 1;
         }
         s.truncate(at);
-    }
-}
-
-fn verb_name(verb: i32) -> &'static str {
-    match verb {
-        1 => "GET",
-        2 => "HEAD",
-        4 => "PUT",
-        5 => "DELETE",
-        6 => "CONNECT",
-        7 => "OPTIONS",
-        8 => "TRACE",
-        9 => "PATCH",
-        3 => "POST",
-        _ => "",
     }
 }
