@@ -577,6 +577,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         settings.dapr_api.clone(),
         shared_activator.clone(),
     );
+    if let Some(kube_settings) = &settings.kubernetes {
+        dapr_api.use_kubernetes(kube_client_config(kube_settings)?);
+    }
     let dapr_tls = match &settings.dapr_tls {
         None => None,
         Some(files) => {

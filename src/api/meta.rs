@@ -39,6 +39,7 @@ pub enum ObjectKind {
     EndpointSlice,
     Component,
     Secret,
+    Configuration,
 }
 
 impl fmt::Display for ObjectKind {
@@ -49,6 +50,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Component => "Component",
             ObjectKind::Secret => "Secret",
+            ObjectKind::Configuration => "Configuration",
         })
     }
 }

@@ -1,9 +1,10 @@
 //! The object kinds fngate reads, exactly as they appear in Kubernetes: OpenFunction
 //! `Function` (v1beta2, with v1beta1 converted), OpenFunction `Gateway`,
-//! `discovery.k8s.io/v1` `EndpointSlice`, Dapr `Component` and `v1` `Secret`. Parsing here is structural only; defaults and
+//! `discovery.k8s.io/v1` `EndpointSlice`, Dapr `Component` and `Configuration`, and `v1` `Secret`. Parsing here is structural only; defaults and
 //! validation belong to `compile`.
 
 mod component;
+mod configuration;
 mod diagnostic;
 mod duration;
 mod endpointslice;
@@ -14,6 +15,10 @@ mod meta;
 mod parse;
 
 pub use component::{Component, ComponentSpec, MetadataItem, Secret, SecretKeyRef};
+pub use configuration::{
+    AccessControlSpec, AppOperation, AppPolicy, Configuration, ConfigurationSpec, SecretsScope,
+    SecretsSpec,
+};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};

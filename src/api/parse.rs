@@ -2,7 +2,8 @@
 
 use super::function::FunctionV1beta1;
 use super::{
-    Component, Diagnostic, EndpointSlice, Function, Gateway, ObjectKey, ObjectKind, Secret,
+    Component, Configuration, Diagnostic, EndpointSlice, Function, Gateway, ObjectKey, ObjectKind,
+    Secret,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ pub enum ParsedObject {
     EndpointSlice(Arc<EndpointSlice>),
     Component(Arc<Component>),
     Secret(Arc<Secret>),
+    Configuration(Arc<Configuration>),
 }
 
 impl ParsedObject {
@@ -26,6 +28,7 @@ impl ParsedObject {
             ParsedObject::EndpointSlice(s) => (ObjectKind::EndpointSlice, &s.metadata),
             ParsedObject::Component(c) => (ObjectKind::Component, &c.metadata),
             ParsedObject::Secret(s) => (ObjectKind::Secret, &s.metadata),
+            ParsedObject::Configuration(c) => (ObjectKind::Configuration, &c.metadata),
         };
         ObjectKey::new(kind, meta.namespace_or_default(), &meta.name)
     }
@@ -51,6 +54,7 @@ impl ParsedObject {
             ParsedObject::EndpointSlice(s) => serde_json::to_writer(&mut w, &**s),
             ParsedObject::Component(c) => serde_json::to_writer(&mut w, &**c),
             ParsedObject::Secret(s) => serde_json::to_writer(&mut w, &**s),
+            ParsedObject::Configuration(c) => serde_json::to_writer(&mut w, &**c),
         };
         let digest = w.0.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
@@ -137,6 +141,7 @@ fn parse_value(
         ("networking.openfunction.io", "Gateway") => ObjectKind::Gateway,
         ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
         ("dapr.io", "Component") => ObjectKind::Component,
+        ("dapr.io", "Configuration") => ObjectKind::Configuration,
         ("", "Secret") if api_version == "v1" => ObjectKind::Secret,
         _ => {
             tracing::debug!(
@@ -188,6 +193,9 @@ fn parse_value(
             typed::<Component>(value).map(|c| ParsedObject::Component(Arc::new(c)))
         }
         ObjectKind::Secret => typed::<Secret>(value).map(|s| ParsedObject::Secret(Arc::new(s))),
+        ObjectKind::Configuration => {
+            typed::<Configuration>(value).map(|c| ParsedObject::Configuration(Arc::new(c)))
+        }
     };
     let result = typed.map_err(|(field, message)| {
         Diagnostic::error(message)

@@ -58,7 +58,7 @@ impl WatchedKind {
     }
 }
 
-pub const WATCHED_KINDS: [WatchedKind; 5] = [
+pub const WATCHED_KINDS: [WatchedKind; 6] = [
     WatchedKind {
         kind: ObjectKind::Function,
         group: "core.openfunction.io",
@@ -86,6 +86,13 @@ pub const WATCHED_KINDS: [WatchedKind; 5] = [
         version: "v1alpha1",
         kind_name: "Component",
         plural: "components",
+    },
+    WatchedKind {
+        kind: ObjectKind::Configuration,
+        group: "dapr.io",
+        version: "v1alpha1",
+        kind_name: "Configuration",
+        plural: "configurations",
     },
     WatchedKind {
         kind: ObjectKind::Secret,

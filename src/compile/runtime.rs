@@ -13,9 +13,10 @@ use crate::api::{
     StateStore,
 };
 use crate::plan::{
-    ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, OutputRef,
-    PostgresLayout, PubsubComponent, RedisSettings, StateBackend, StateComponent, TopicAcl,
+    AccessPolicy, ApiToken, BindingBackend, BindingComponent, BrokerBackend, CallerPolicy,
+    ComponentId, DaprApp, DaprApps, HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix,
+    MqttProducerSettings, OperationRule, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
+    SecretBackend, SecretScope, SecretStoreComponent, StateBackend, StateComponent, TopicAcl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,12 +25,19 @@ use std::time::Duration;
 /// Dapr's annotation naming the Secret (key `token`) with the app's API token.
 pub const API_TOKEN_ANNOTATION: &str = "dapr.io/api-token-secret";
 
+/// Dapr's annotation naming the app's Configuration (secret scopes, access control).
+pub const CONFIG_ANNOTATION: &str = "dapr.io/config";
+
+/// The secret store every app has without a Component (as daprd on Kubernetes).
+const BUILT_IN_SECRET_STORE: &str = "kubernetes";
+
 /// A component compiled for the Dapr API.
 #[derive(Clone)]
 enum Compiled {
     State(Arc<StateComponent>),
     Pubsub(Arc<PubsubComponent>),
     Binding(Arc<BindingComponent>),
+    Secrets(Arc<SecretStoreComponent>),
     /// An input-only binding (no `publishTopic`) or a type the API does not serve.
     NotServed,
 }
@@ -62,6 +70,13 @@ pub(super) fn build(
         };
         let namespace = function.metadata.namespace_or_default();
         let app_id = format!("{}-{}", function.metadata.name, namespace);
+        let mut report = Report {
+            diagnostics: &mut *diagnostics,
+            function_label: key.to_string(),
+            function_file: entry.file.as_ref(),
+            failed: false,
+        };
+        let (secret_scopes, access) = app_configuration(snapshot, function, &mut report);
         // Any function may be invoked; a bad annotation is reported by its triggers.
         if let Ok(channel) = super::triggers::app_channel(function) {
             apps.targets.insert(
@@ -71,6 +86,7 @@ pub(super) fn build(
                     namespace: namespace.to_owned(),
                     function: function.metadata.name.clone(),
                     channel,
+                    access: access.clone(),
                 }),
             );
         }
@@ -81,12 +97,6 @@ pub(super) fn build(
             continue;
         }
         let before = previous.and_then(|p| p.apps.get(&app_id));
-        let mut report = Report {
-            diagnostics: &mut *diagnostics,
-            function_label: key.to_string(),
-            function_file: entry.file.as_ref(),
-            failed: false,
-        };
         let token = app_token(snapshot, namespace, token_secret, before, &mut report);
         if let Some(t) = &token {
             match token_owner.get(t) {
@@ -104,8 +114,12 @@ pub(super) fn build(
                 }
             }
         }
-        let (mut states, mut pubsubs, mut bindings) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut states, mut pubsubs, mut bindings, mut secret_stores) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
         for visible in visible_components(snapshot, function, &app_id, &mut report) {
             let name = visible.id.name.clone();
             let compiled = if !visible.inline {
@@ -141,9 +155,28 @@ pub(super) fn build(
                 Compiled::Binding(b) => {
                     bindings.insert(name, interned.binding(b));
                 }
+                Compiled::Secrets(s) => {
+                    secret_stores.insert(name, s);
+                }
                 Compiled::NotServed => {}
             }
         }
+        // daprd on Kubernetes always has a `kubernetes` store: the app's namespace.
+        secret_stores
+            .entry(BUILT_IN_SECRET_STORE.to_owned())
+            .or_insert_with(|| {
+                Arc::new(SecretStoreComponent {
+                    id: ComponentId {
+                        namespace: namespace.to_owned(),
+                        name: BUILT_IN_SECRET_STORE.to_owned(),
+                    },
+                    kind: "secretstores.kubernetes".into(),
+                    backend: SecretBackend::Kubernetes {
+                        namespace: namespace.to_owned(),
+                        catalog: namespace_secrets(snapshot, namespace),
+                    },
+                })
+            });
         let mut app = DaprApp {
             app_id: app_id.clone(),
             namespace: namespace.to_owned(),
@@ -152,6 +185,8 @@ pub(super) fn build(
             states: states.into(),
             pubsubs: pubsubs.into(),
             bindings: bindings.into(),
+            secret_stores: secret_stores.into(),
+            secret_scopes,
             outputs: Vec::new(),
         };
         app.outputs = outputs(function, &app, &mut report);
@@ -413,6 +448,9 @@ fn compile_component(
             | "pubsub.mqtt3"
             | "bindings.mqtt"
             | "bindings.mqtt3"
+            | "secretstores.local.file"
+            | "secretstores.local.env"
+            | "secretstores.kubernetes"
     ) {
         if family == "state" && visible.inline {
             report.on(
@@ -583,6 +621,15 @@ fn compile_component(
                     id,
                     kind: kind.to_owned(),
                     backend: BindingBackend::Mqtt { producer, topic },
+                }))
+            })
+        }
+        "secretstores.local.file" | "secretstores.local.env" | "secretstores.kubernetes" => {
+            secret_store(snapshot, visible, &mut meta, report).map(|backend| {
+                Compiled::Secrets(Arc::new(SecretStoreComponent {
+                    id,
+                    kind: kind.to_owned(),
+                    backend,
                 }))
             })
         }
@@ -832,4 +879,164 @@ fn mqtt_producer(
         ),
         retain,
     })
+}
+
+/// The Secrets of `namespace` in the catalog (from files: every one; from the API server:
+/// the labelled ones, unused then, as the store reads the API server).
+fn namespace_secrets(snapshot: &Snapshot, namespace: &str) -> Arc<[Arc<crate::api::Secret>]> {
+    let start = ObjectKey::new(ObjectKind::Secret, namespace, "");
+    snapshot
+        .objects
+        .range(start..)
+        .take_while(|(k, _)| k.kind == ObjectKind::Secret && k.namespace == namespace)
+        .filter_map(|(_, e)| match &*e.object {
+            ParsedObject::Secret(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn secret_store(
+    snapshot: &Snapshot,
+    visible: &Visible<'_>,
+    meta: &mut Metadata<'_>,
+    report: &mut Report<'_>,
+) -> Option<SecretBackend> {
+    match visible.spec.kind.as_str() {
+        "secretstores.local.file" => {
+            let Some(file) = meta.take("secretsFile") else {
+                meta.error("secretsFile", "secretsFile is required".into(), report);
+                return None;
+            };
+            // fngate reads no file a component names outside the catalog: the secrets
+            // file sits beside (or below) the file of the object that names it.
+            let relative = std::path::Path::new(&file);
+            let escapes = relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            let Some(dir) = visible
+                .origin
+                .file
+                .as_deref()
+                .and_then(|f| std::path::Path::new(f).parent())
+                .filter(|_| !escapes)
+            else {
+                meta.error(
+                    "secretsFile",
+                    format!("{file:?}: a local secrets file must be a relative path below the catalog file that names it (fngate serves every function, and reads no other file a component names)"),
+                    report,
+                );
+                return None;
+            };
+            let multi_valued = meta
+                .parse::<bool>("multiValued", "true or false", report)
+                .unwrap_or(false);
+            Some(SecretBackend::LocalFile {
+                path: dir.join(relative),
+                nested_separator: meta.take("nestedSeparator").unwrap_or_else(|| ":".into()),
+                multi_valued,
+            })
+        }
+        "secretstores.local.env" => match meta.take("prefix") {
+            Some(prefix) => Some(SecretBackend::LocalEnv { prefix }),
+            None => {
+                meta.error(
+                    "prefix",
+                    "a prefix is required: the variables are fngate's own, shared by every function, so name the ones meant for functions (daprd reads its sidecar's, which only its app shares)".into(),
+                    report,
+                );
+                None
+            }
+        },
+        _ => Some(SecretBackend::Kubernetes {
+            namespace: visible.id.namespace.clone(),
+            catalog: namespace_secrets(snapshot, &visible.id.namespace),
+        }),
+    }
+}
+
+/// The app's Configuration (named by `dapr.io/config`): secret scopes and access control.
+fn app_configuration(
+    snapshot: &Snapshot,
+    function: &Function,
+    report: &mut Report<'_>,
+) -> (BTreeMap<String, SecretScope>, Option<Arc<AccessPolicy>>) {
+    let field = format!("spec.serving.annotations[{CONFIG_ANNOTATION}]");
+    let Some(name) = function
+        .spec
+        .serving
+        .as_ref()
+        .and_then(|s| s.annotations.get(CONFIG_ANNOTATION))
+    else {
+        return (BTreeMap::new(), None);
+    };
+    let namespace = function.metadata.namespace_or_default();
+    let config = snapshot
+        .objects
+        .get(&ObjectKey::new(ObjectKind::Configuration, namespace, name))
+        .and_then(|e| match &*e.object {
+            ParsedObject::Configuration(c) => Some(c.clone()),
+            _ => None,
+        });
+    let Some(config) = config else {
+        // daprd does not start without it; fngate serves the app without its rules, and
+        // says so.
+        report.on_function(
+            Diagnostic::error(format!(
+                "Configuration {namespace}/{name} not found: its secret scopes and access control are not applied"
+            ))
+            .at_field(field),
+        );
+        return (BTreeMap::new(), None);
+    };
+    let allow = |action: Option<&str>, default: bool| match action {
+        Some(a) if a.eq_ignore_ascii_case("deny") => false,
+        Some(a) if a.eq_ignore_ascii_case("allow") => true,
+        _ => default,
+    };
+    let mut scopes = BTreeMap::new();
+    for scope in config.spec.secrets.iter().flat_map(|s| &s.scopes) {
+        let sorted = |v: &Vec<String>| {
+            let mut v = v.clone();
+            v.sort();
+            v
+        };
+        scopes.insert(
+            scope.store_name.clone(),
+            SecretScope {
+                default_allow: allow(scope.default_access.as_deref(), true),
+                allowed: sorted(&scope.allowed_secrets),
+                denied: sorted(&scope.denied_secrets),
+            },
+        );
+    }
+    let access = config.spec.access_control.as_ref().map(|ac| {
+        Arc::new(AccessPolicy {
+            default_allow: allow(ac.default_action.as_deref(), true),
+            callers: ac
+                .policies
+                .iter()
+                .map(|p| CallerPolicy {
+                    app_id: p.app_id.clone(),
+                    namespace: p.namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+                    default_allow: p.default_action.as_deref().map(|a| allow(Some(a), true)),
+                    operations: p
+                        .operations
+                        .iter()
+                        .map(|op| OperationRule {
+                            name: format!("/{}", op.name.trim_start_matches('/')),
+                            verbs: op
+                                .http_verb
+                                .iter()
+                                .map(|v| v.to_ascii_uppercase())
+                                .collect(),
+                            allow: allow(Some(&op.action), false),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    });
+    (scopes, access)
 }

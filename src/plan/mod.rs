@@ -4,10 +4,11 @@ mod runtime;
 mod triggers;
 
 pub use runtime::{
-    ApiToken, BindingBackend, BindingComponent, BrokerBackend, ComponentId, DaprApp, DaprApps,
-    HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix, MqttProducerSettings, MysqlSettings,
-    MysqlTls, NamedMap, OutputRef, PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent,
-    RedisSettings, StateBackend, StateComponent, TopicAcl,
+    AccessPolicy, ApiToken, BindingBackend, BindingComponent, BrokerBackend, CallerPolicy,
+    ComponentId, DaprApp, DaprApps, HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix,
+    MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap, OperationRule, OutputRef,
+    PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, SecretBackend,
+    SecretScope, SecretStoreComponent, StateBackend, StateComponent, TopicAcl,
 };
 pub use triggers::{
     AppProtocol, CronSource, DeliverPolicy, DeliveryPolicy, DeliverySpec, InitialOffset,

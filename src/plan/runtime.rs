@@ -29,6 +29,9 @@ pub struct InvokeTarget {
     pub namespace: String,
     pub function: String,
     pub channel: super::DeliverySpec,
+    /// Who may invoke it (its Configuration's `accessControl`); `None`: callers of its
+    /// own namespace.
+    pub access: Option<Arc<AccessPolicy>>,
 }
 
 impl DaprApps {
@@ -100,6 +103,10 @@ pub struct DaprApp {
     pub states: NamedMap<StateComponent>,
     pub pubsubs: NamedMap<PubsubComponent>,
     pub bindings: NamedMap<BindingComponent>,
+    /// Secret stores, with the built-in `kubernetes` one (the app's namespace).
+    pub secret_stores: NamedMap<SecretStoreComponent>,
+    /// Per store, which keys the app may read (its Configuration's `secrets.scopes`).
+    pub secret_scopes: BTreeMap<String, SecretScope>,
     /// `spec.serving.outputs`, for the function's `FUNC_CONTEXT`.
     pub outputs: Vec<OutputRef>,
 }
@@ -539,4 +546,136 @@ mod tests {
             );
         }
     }
+}
+
+/// A secret store an app may read.
+#[derive(Debug, PartialEq)]
+pub struct SecretStoreComponent {
+    pub id: ComponentId,
+    pub kind: String,
+    pub backend: SecretBackend,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum SecretBackend {
+    /// `secretstores.local.file`: a JSON file beside the catalog file that names it,
+    /// flattened with `nested_separator` (or one secret per top-level key, multi-valued).
+    LocalFile {
+        path: std::path::PathBuf,
+        nested_separator: String,
+        multi_valued: bool,
+    },
+    /// `secretstores.local.env`: fngate's environment variables named `<prefix><key>`.
+    LocalEnv { prefix: String },
+    /// `secretstores.kubernetes`: the Secrets of `namespace` (the app's), read from the
+    /// API server at each call; from files, the catalog's (`catalog`).
+    Kubernetes {
+        namespace: String,
+        catalog: Arc<[Arc<crate::api::Secret>]>,
+    },
+}
+
+/// daprd's `SecretsScope.IsSecretAllowed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretScope {
+    pub default_allow: bool,
+    /// Sorted; when not empty, only these keys.
+    pub allowed: Vec<String>,
+    /// Sorted.
+    pub denied: Vec<String>,
+}
+
+impl SecretScope {
+    pub fn allows(&self, key: &str) -> bool {
+        if !self.allowed.is_empty() {
+            return self
+                .allowed
+                .binary_search_by(|k| k.as_str().cmp(key))
+                .is_ok();
+        }
+        if self
+            .denied
+            .binary_search_by(|k| k.as_str().cmp(key))
+            .is_ok()
+        {
+            return false;
+        }
+        self.default_allow
+    }
+}
+
+/// A Dapr `accessControl` policy of the invoked app, as daprd's `acl` applies it: the
+/// caller's policy (by app-id and namespace) if it has one, else the default action; a
+/// caller's operations matched by method prefix (`/x/*`, `/x/**`) and HTTP verb.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessPolicy {
+    pub default_allow: bool,
+    pub callers: Vec<CallerPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallerPolicy {
+    pub app_id: String,
+    pub namespace: String,
+    /// `None`: the policy's global default action.
+    pub default_allow: Option<bool>,
+    pub operations: Vec<OperationRule>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperationRule {
+    /// Without a trailing `/*` or `/**`: exact; with `/*` one more segment; `/**` any.
+    pub name: String,
+    /// Upper-case verbs; `*` any.
+    pub verbs: Vec<String>,
+    pub allow: bool,
+}
+
+impl AccessPolicy {
+    /// Whether `caller` (app-id, namespace) may call `method` with `verb` (gRPC calls: `*`).
+    pub fn allows(&self, caller_app: &str, caller_ns: &str, method: &str, verb: &str) -> bool {
+        let Some(policy) = self
+            .callers
+            .iter()
+            .find(|p| p.app_id == caller_app && p.namespace == caller_ns)
+        else {
+            return self.default_allow;
+        };
+        let fallback = policy.default_allow.unwrap_or(self.default_allow);
+        // HTTP operations match case-insensitively (daprd lower-cases both sides).
+        let http = verb != "*";
+        let mut method = format!("/{}", method.trim_start_matches('/'));
+        if http {
+            method = method.to_ascii_lowercase();
+        }
+        // The longest matching operation decides.
+        let found = policy
+            .operations
+            .iter()
+            .filter(|op| {
+                let name = if http {
+                    op.name.to_ascii_lowercase()
+                } else {
+                    op.name.clone()
+                };
+                operation_matches(&name, &method)
+            })
+            .max_by_key(|op| op.name.len());
+        match found {
+            Some(op) if !http || op.verbs.iter().any(|v| v == "*" || v == verb) => op.allow,
+            _ => fallback,
+        }
+    }
+}
+
+fn operation_matches(pattern: &str, method: &str) -> bool {
+    if let Some(prefix) = pattern.strip_suffix("/**") {
+        return method == prefix || method.starts_with(&format!("{prefix}/"));
+    }
+    if let Some(prefix) = pattern.strip_suffix("/*") {
+        return method
+            .strip_prefix(&format!("{prefix}/"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    }
+    pattern == method
 }

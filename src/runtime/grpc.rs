@@ -3,7 +3,7 @@
 //! trait has 77 methods without defaults, and fngate serves eleven; every other method
 //! answers `Unimplemented` (after the token check, as daprd's interceptor runs first).
 
-use super::handlers::{bindings, invoke, metadata, publish, state};
+use super::handlers::{bindings, invoke, metadata, publish, secrets, state};
 use super::surface::{Trace, MAX_BODY};
 use super::DaprApi;
 use std::convert::Infallible;
@@ -32,6 +32,8 @@ enum Method {
     InvokeBinding,
     GetMetadata,
     InvokeService,
+    GetSecret,
+    GetBulkSecret,
 }
 
 impl Method {
@@ -48,6 +50,8 @@ impl Method {
             "InvokeBinding" => Method::InvokeBinding,
             "GetMetadata" => Method::GetMetadata,
             "InvokeService" => Method::InvokeService,
+            "GetSecret" => Method::GetSecret,
+            "GetBulkSecret" => Method::GetBulkSecret,
             _ => return None,
         })
     }
@@ -161,6 +165,8 @@ where
             )
         }
         Method::GetMetadata => call!(metadata::grpc_get),
+        Method::GetSecret => call!(secrets::grpc_get),
+        Method::GetBulkSecret => call!(secrets::grpc_get_bulk),
         Method::InvokeService => call!(
             invoke::grpc_invoke,
             bindings::grpc_call_headers(req.headers(), None)

@@ -3,7 +3,7 @@
 //! headers and bodies. Values saved here are JSON, re-encoded (a string keeps its quotes).
 
 use super::error::ApiError;
-use super::handlers::{bindings, invoke, metadata, publish, state};
+use super::handlers::{bindings, invoke, metadata, publish, secrets, state};
 use super::invoke_api::InvokeCall;
 use super::publish_api::PublishRequest;
 use super::surface::{Trace, MAX_BODY};
@@ -259,6 +259,12 @@ pub async fn handle<B: RequestBody>(api: &DaprApi, req: hyper::Request<B>) -> Re
                 bindings::http_invoke(api, &app, name, b, trace)
             })
             .await
+        }
+        ("v1.0", ["secrets", store, "bulk"]) if method == Method::GET => {
+            secrets::http_get_bulk(api, &app, store, &query).await
+        }
+        ("v1.0", ["secrets", store, key]) if method == Method::GET => {
+            secrets::http_get(api, &app, store, key, &query).await
         }
         ("v1.0", ["metadata"]) if method == Method::GET => metadata::http_get(api, &app),
         _ => reply(404, Some("text/plain"), "404 page not found\n"),

@@ -132,8 +132,16 @@ impl DaprApi {
                     format!("couldn't find app {app_id} in namespace {namespace}: no Function fngate serves has that app-id"),
                 ));
             };
-            // Who may call whom: the caller's own namespace only.
-            if target.namespace != caller.namespace {
+            // Who may call whom: the target's access control, else its namespace only.
+            let verb = match call.verb.as_str() {
+                "" => "*",
+                v => v,
+            };
+            let allowed = match &target.access {
+                Some(policy) => policy.allows(&caller.app_id, &caller.namespace, &call.method, verb),
+                None => target.namespace == caller.namespace,
+            };
+            if !allowed {
                 self.count_invocation(caller, target, "refused");
                 let mut e = direct_invoke_error(
                     id,

@@ -15,6 +15,7 @@ mod http;
 mod invoke_api;
 mod outputs;
 mod publish_api;
+mod secrets_api;
 pub mod state;
 mod state_api;
 mod surface;
@@ -52,6 +53,9 @@ pub struct DaprApi {
     activator: Arc<crate::activator::Activator>,
     /// `OnInvoke` channels to gRPC apps, per endpoint.
     grpc_apps: crate::triggers::GrpcApp,
+    /// The API server the Kubernetes secret store reads (none from files).
+    kube_config: OnceLock<kube::Config>,
+    kube_client: tokio::sync::OnceCell<Option<kube::Client>>,
     /// Calls in flight per app-id; an entry leaves with its last call.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -112,6 +116,8 @@ impl DaprApi {
         Arc::new(DaprApi {
             activator,
             grpc_apps: Default::default(),
+            kube_config: OnceLock::new(),
+            kube_client: tokio::sync::OnceCell::new(),
             plan,
             clients: clients::Clients::new(metrics.clone()),
             partitions: outputs::PartitionCounts::default(),
@@ -119,6 +125,30 @@ impl DaprApi {
             limits,
             in_flight: Default::default(),
         })
+    }
+
+    /// The Kubernetes secret store reads Secrets from this API server (else from the
+    /// catalog's files).
+    pub fn use_kubernetes(&self, config: kube::Config) {
+        let _ = self.kube_config.set(config);
+    }
+
+    /// The API server's client, built on first use inside the runtime; `Ok(None)` from
+    /// files (the store reads the catalog's Secrets then).
+    pub(crate) async fn kube_client(&self) -> Result<Option<kube::Client>, String> {
+        let Some(config) = self.kube_config.get() else {
+            return Ok(None);
+        };
+        self.kube_client
+            .get_or_init(|| async {
+                kube::Client::try_from(config.clone())
+                    .map_err(|e| tracing::error!(error = %e, "cannot build a Kubernetes client for the secret store"))
+                    .ok()
+            })
+            .await
+            .clone()
+            .map(Some)
+            .ok_or_else(|| "no Kubernetes client (see fngate's log)".to_owned())
     }
 
     /// Admits one call of `app` under its in-flight bound, or refuses it as overloaded.
@@ -217,6 +247,9 @@ impl DaprApi {
         }
         for (name, b) in app.bindings.iter() {
             out.push((name.to_owned(), b.kind.clone(), "v1".into(), Vec::new()));
+        }
+        for (name, s) in app.secret_stores.iter() {
+            out.push((name.to_owned(), s.kind.clone(), "v1".into(), Vec::new()));
         }
         out.sort();
         let _ = timer.finish::<()>(Ok(()));

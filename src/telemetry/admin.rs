@@ -76,6 +76,7 @@ impl AdminApp {
                             "states": names(a.states.iter().map(|(n, c)| (n, &c.kind)).collect()),
                             "pubsubs": names(a.pubsubs.iter().map(|(n, c)| (n, &c.kind)).collect()),
                             "bindings": names(a.bindings.iter().map(|(n, c)| (n, &c.kind)).collect()),
+                            "secretStores": names(a.secret_stores.iter().map(|(n, c)| (n, &c.kind)).collect()),
                             "outputs": a.outputs,
                         })
                     })

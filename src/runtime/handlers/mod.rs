@@ -7,6 +7,7 @@ pub(crate) mod bindings;
 pub(crate) mod invoke;
 pub(crate) mod metadata;
 pub(crate) mod publish;
+pub(crate) mod secrets;
 pub(crate) mod state;
 
 use serde_json::Value;
