@@ -597,3 +597,72 @@ fn with_a_secret_label_selector_an_unlabelled_secret_is_never_read() {
         "{diagnostics}"
     );
 }
+
+#[test]
+fn the_kubernetes_secret_store_reads_the_secret_asked_for_from_the_api_server() {
+    let cluster = Cluster::new();
+    // `data`, as an API server answers (it turns `stringData` into `data` on write).
+    let secret = |namespace: &str, name: &str, labels: &str, value: &str| {
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{labels}data:\n  value: {value}\n"
+        )
+    };
+    let labelled = "  labels:\n    fngate.io/dapr-secret: \"true\"\n";
+    cluster.api.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: reader-token\n  namespace: default\n{labelled}stringData:\n  token: tok-reader\n"
+    ));
+    // Not labelled: never in fngate's catalog, yet the store reads it when asked.
+    cluster
+        .api
+        .apply(&secret("default", "db-creds", "", "from-the-api"));
+    cluster
+        .api
+        .apply(&secret("elsewhere", "theirs", "", "not-yours"));
+    cluster.api.apply(&format!(
+        "{}    annotations:\n      dapr.io/api-token-secret: reader-token\n",
+        function_yaml("default", "reader", "")
+    ));
+    let dapr_http = free_port();
+    let _gate = Fngate::start_catalog(
+        cluster.dir.path(),
+        &format!("  dapr_http: 127.0.0.1:{dapr_http}\n"),
+        &cluster.settings("    secret_label_selector: fngate.io/dapr-secret=true\n"),
+        "",
+        true,
+    );
+    let dapr: std::net::SocketAddr = format!("127.0.0.1:{dapr_http}").parse().unwrap();
+    let get = |path: &str| {
+        request(
+            dapr,
+            "GET",
+            "localhost",
+            path,
+            &[("dapr-api-token", "tok-reader")],
+            b"",
+        )
+        .unwrap()
+    };
+    let r = get("/v1.0/secrets/kubernetes/db-creds");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap(),
+        serde_json::json!({"value": "from-the-api"})
+    );
+    // A later change is read at the next call: nothing is cached.
+    cluster
+        .api
+        .apply(&secret("default", "db-creds", "", "rotated"));
+    let r = get("/v1.0/secrets/kubernetes/db-creds");
+    assert!(String::from_utf8_lossy(&r.body).contains("rotated"));
+    let r = get("/v1.0/secrets/kubernetes/missing");
+    assert_eq!(r.status, 500);
+    let r = get("/v1.0/secrets/kubernetes/theirs?metadata.namespace=elsewhere");
+    assert_eq!(r.status, 500);
+    assert!(!String::from_utf8_lossy(&r.body).contains("not-yours"));
+    let r = get("/v1.0/secrets/kubernetes/bulk");
+    let bulk: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(bulk["db-creds"]["value"], "rotated", "{bulk}");
+    assert!(bulk.get("theirs").is_none());
+}
