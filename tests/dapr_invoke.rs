@@ -319,3 +319,66 @@ fn a_function_invokes_others_by_app_id_on_both_surfaces() {
         );
     }
 }
+
+#[test]
+fn a_configuration_access_policy_decides_who_may_invoke_what() {
+    let orders = DaprApp::start("http", "", "");
+    let dir = tempfile::tempdir().unwrap();
+    let front = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: front-token\n  namespace: default\nstringData:\n  token: {TOKEN}\n---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: front\n  namespace: default\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: front-token\n"
+    );
+    // `audit` (another namespace) lets front GET /echo/<one segment> only; `ledger` (the
+    // caller's namespace) denies everyone.
+    let acl = "---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: audit-acl, namespace: elsewhere}\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n      - appId: front-default\n        namespace: default\n        defaultAction: deny\n        trustDomain: public\n        operations:\n          - {name: /echo/*, httpVerb: [GET], action: allow}\n---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: closed, namespace: default}\nspec:\n  accessControl:\n    defaultAction: deny\n";
+    let with_config =
+        |yaml: String, config: &str| format!("{yaml}      dapr.io/config: {config}\n");
+    let objects = [
+        front,
+        with_config(
+            target("elsewhere", "audit", "http", orders.addr.port()),
+            "audit-acl",
+        ),
+        endpoint_slice("elsewhere", "audit", &[orders.addr], true),
+        with_config(
+            target("default", "ledger", "http", orders.addr.port()),
+            "closed",
+        ),
+        endpoint_slice("default", "ledger", &[orders.addr], true),
+    ];
+    write_atomically(
+        dir.path(),
+        "catalog.yaml",
+        &format!("{}{acl}", objects.join("\n---\n")),
+    );
+    let gate = DaprGate::start(dir.path());
+    let status = |method: &str, path: &str| gate.http(method, path, Some(TOKEN), b"").status;
+    assert_eq!(
+        status(
+            "GET",
+            "/v1.0/invoke/audit-elsewhere.elsewhere/method/echo/x"
+        ),
+        201
+    );
+    assert_eq!(
+        status(
+            "POST",
+            "/v1.0/invoke/audit-elsewhere.elsewhere/method/echo/x"
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            "GET",
+            "/v1.0/invoke/audit-elsewhere.elsewhere/method/echo/x/y"
+        ),
+        403
+    );
+    assert_eq!(
+        status("GET", "/v1.0/invoke/audit-elsewhere.elsewhere/method/fail"),
+        403
+    );
+    assert_eq!(
+        status("GET", "/v1.0/invoke/ledger-default/method/echo/x"),
+        403
+    );
+}
