@@ -603,13 +603,13 @@ fn a_key_prefix_that_reaches_another_apps_keys_is_reported_naming_both() {
 }
 
 #[test]
-fn a_state_store_with_the_transactional_outbox_is_refused_at_its_key_not_accepted_silently() {
+fn an_outbox_whose_pubsub_the_app_lacks_is_refused_at_its_key_not_accepted_silently() {
     let yaml = "apiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata: {name: cart, namespace: shop}\nspec:\n  serving:\n    states:\n      kv:\n        spec:\n          type: state.redis\n          metadata:\n            - {name: redisHost, value: \"10.0.0.1:6379\"}\n            - {name: outboxPublishPubsub, value: bus}\n            - {name: outboxPublishTopic, value: changes}\n";
     let p = plan(yaml);
     let errs = errors(&p);
     assert!(
-        errs.iter()
-            .any(|e| e.contains("(outboxPublishPubsub)") && e.contains("outbox is not served")),
+        errs.iter().any(|e| e.contains("(outboxPublishPubsub)")
+            && e.contains("\"bus\" is not a pub/sub this app may use")),
         "{errs:#?}"
     );
     let app = p.dapr.apps.get("cart-shop").expect("the app");

@@ -15,8 +15,9 @@ use crate::api::{
 use crate::plan::{
     AccessPolicy, ApiToken, BindingBackend, BindingComponent, BrokerBackend, CallerPolicy,
     ComponentId, DaprApp, DaprApps, HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix,
-    MqttProducerSettings, OperationRule, OutputRef, PostgresLayout, PubsubComponent, RedisSettings,
-    SecretBackend, SecretScope, SecretStoreComponent, StateBackend, StateComponent, TopicAcl,
+    MqttProducerSettings, OperationRule, Outbox, OutputRef, PostgresLayout, PubsubComponent,
+    RedisSettings, SecretBackend, SecretScope, SecretStoreComponent, StateBackend, StateComponent,
+    TopicAcl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -161,6 +162,7 @@ pub(super) fn build(
                 Compiled::NotServed => {}
             }
         }
+        check_outboxes(&mut states, &pubsubs, &mut report);
         // daprd on Kubernetes always has a `kubernetes` store: the app's namespace.
         secret_stores
             .entry(BUILT_IN_SECRET_STORE.to_owned())
@@ -483,24 +485,11 @@ fn compile_component(
     } else {
         TopicAcl::default()
     };
-    if family == "state" {
-        // daprd's transactional outbox: accepted silently, a transaction's projection
-        // would be stored instead of its state and nothing published. Refused until served.
-        for key in [
-            "outboxPublishPubsub",
-            "outboxPublishTopic",
-            "outboxPubsub",
-            "outboxDiscardWhenMissingState",
-        ] {
-            if meta.take(key).is_some() {
-                meta.error(
-                    key,
-                    "the transactional outbox is not served by fngate yet; remove the outbox* metadata or keep this store on a daprd sidecar".into(),
-                    report,
-                );
-            }
-        }
-    }
+    let outbox = if family == "state" {
+        outbox(&mut meta, report)
+    } else {
+        None
+    };
     let id = visible.id.clone();
     let version = visible.spec.version.clone().unwrap_or_else(|| "v1".into());
     let state = |backend, key_prefix, default_ttl| {
@@ -511,6 +500,7 @@ fn compile_component(
             key_prefix,
             default_ttl,
             backend,
+            outbox: outbox.clone(),
         }))
     };
     let compiled = match kind {
@@ -1039,4 +1029,91 @@ fn app_configuration(
         })
     });
     (scopes, access)
+}
+
+/// daprd's outbox metadata: both `outboxPublishPubsub` and `outboxPublishTopic`, or none.
+fn outbox(meta: &mut Metadata<'_>, report: &mut Report<'_>) -> Option<Outbox> {
+    let publish_pubsub = meta.take("outboxPublishPubsub");
+    let publish_topic = meta.take("outboxPublishTopic");
+    let outbox_pubsub = meta.take("outboxPubsub");
+    let discard_when_missing = meta
+        .parse::<bool>("outboxDiscardWhenMissingState", "true or false", report)
+        .unwrap_or(false);
+    match (publish_pubsub, publish_topic) {
+        (Some(publish_pubsub), Some(publish_topic)) => Some(Outbox {
+            outbox_pubsub: outbox_pubsub.unwrap_or_else(|| publish_pubsub.clone()),
+            publish_pubsub,
+            publish_topic,
+            discard_when_missing,
+        }),
+        (None, None) => {
+            if outbox_pubsub.is_some() {
+                meta.error(
+                    "outboxPubsub",
+                    "an outbox needs outboxPublishPubsub and outboxPublishTopic".into(),
+                    report,
+                );
+            }
+            None
+        }
+        (Some(_), None) => {
+            meta.error(
+                "outboxPublishTopic",
+                "outboxPublishTopic is required with outboxPublishPubsub (daprd would silently run no outbox)".into(),
+                report,
+            );
+            None
+        }
+        (None, Some(_)) => {
+            meta.error(
+                "outboxPublishPubsub",
+                "outboxPublishPubsub is required with outboxPublishTopic (daprd would silently run no outbox)".into(),
+                report,
+            );
+            None
+        }
+    }
+}
+
+/// An outbox needs both its pub/subs among the app's, on a broker fngate relays through
+/// (Kafka, JetStream); a store whose outbox cannot run is left out with an error, never
+/// served without it.
+fn check_outboxes(
+    states: &mut BTreeMap<String, Arc<StateComponent>>,
+    pubsubs: &BTreeMap<String, Arc<PubsubComponent>>,
+    report: &mut Report<'_>,
+) {
+    let mut broken = Vec::new();
+    for (name, state) in states.iter() {
+        let Some(outbox) = &state.outbox else {
+            continue;
+        };
+        for (key, pubsub) in [
+            ("outboxPublishPubsub", &outbox.publish_pubsub),
+            ("outboxPubsub", &outbox.outbox_pubsub),
+        ] {
+            let problem = match pubsubs.get(pubsub) {
+                None => Some(format!("{pubsub:?} is not a pub/sub this app may use")),
+                Some(p) if matches!(p.backend, BrokerBackend::Mqtt(_)) => Some(format!(
+                    "{pubsub:?} is {}: fngate's outbox relays through Kafka and JetStream only",
+                    p.kind
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                report.on_function(
+                    Diagnostic::error(format!(
+                        "state store {name} ({}): {key} {problem}; the store is not served",
+                        state.id
+                    ))
+                    .at_field(format!("metadata ({key})")),
+                );
+                broken.push(name.clone());
+                break;
+            }
+        }
+    }
+    for name in broken {
+        states.remove(&name);
+    }
 }

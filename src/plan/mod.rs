@@ -6,7 +6,7 @@ mod triggers;
 pub use runtime::{
     AccessPolicy, ApiToken, BindingBackend, BindingComponent, BrokerBackend, CallerPolicy,
     ComponentId, DaprApp, DaprApps, HttpTls, InvokeTarget, KafkaProducerSettings, KeyPrefix,
-    MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap, OperationRule, OutputRef,
+    MqttProducerSettings, MysqlSettings, MysqlTls, NamedMap, OperationRule, Outbox, OutputRef,
     PostgresLayout, PostgresSettings, PostgresTls, PubsubComponent, RedisSettings, SecretBackend,
     SecretScope, SecretStoreComponent, StateBackend, StateComponent, TopicAcl,
 };

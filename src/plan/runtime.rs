@@ -193,6 +193,27 @@ pub struct StateComponent {
     /// Component `ttlInSeconds`: applies when a request names none.
     pub default_ttl: Option<i64>,
     pub backend: StateBackend,
+    /// daprd's transactional outbox, when the component asks for one.
+    pub outbox: Option<Outbox>,
+}
+
+/// `outboxPublishPubsub`, `outboxPublishTopic`, `outboxPubsub`,
+/// `outboxDiscardWhenMissingState`: a transaction's upserts are published (their
+/// projection if the transaction has one) to `publish_topic` once the transaction
+/// committed, through daprd's internal topic on `outbox_pubsub`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Outbox {
+    pub publish_pubsub: String,
+    pub publish_topic: String,
+    pub outbox_pubsub: String,
+    pub discard_when_missing: bool,
+}
+
+impl Outbox {
+    /// daprd's internal topic: `<namespace><app-id><publishTopic>outbox`.
+    pub fn internal_topic(&self, namespace: &str, app_id: &str) -> String {
+        format!("{namespace}{app_id}{}outbox", self.publish_topic)
+    }
 }
 
 /// Where a store lives; equal backends share one client, whichever apps name them.

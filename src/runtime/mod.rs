@@ -13,6 +13,7 @@ mod grpc;
 mod handlers;
 mod http;
 mod invoke_api;
+mod outbox;
 mod outputs;
 mod publish_api;
 mod secrets_api;
@@ -56,6 +57,8 @@ pub struct DaprApi {
     /// The API server the Kubernetes secret store reads (none from files).
     kube_config: OnceLock<kube::Config>,
     kube_client: tokio::sync::OnceCell<Option<kube::Client>>,
+    /// The running outbox relays, one per app and outbox store.
+    relays: std::sync::Mutex<std::collections::HashMap<outbox::Relay, tokio::task::JoinHandle<()>>>,
     /// Calls in flight per app-id; an entry leaves with its last call.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -117,6 +120,7 @@ impl DaprApi {
             activator,
             grpc_apps: Default::default(),
             kube_config: OnceLock::new(),
+            relays: Default::default(),
             kube_client: tokio::sync::OnceCell::new(),
             plan,
             clients: clients::Clients::new(metrics.clone()),
@@ -214,10 +218,13 @@ impl DaprApi {
         })
     }
 
-    /// Follows the plan: clients of components that left it are dropped.
-    pub async fn follow_plan(&self, mut revisions: tokio::sync::watch::Receiver<u64>) {
+    /// Follows the plan: clients of components that left it are dropped, outbox relays
+    /// started and stopped.
+    pub async fn follow_plan(self: Arc<Self>, mut revisions: tokio::sync::watch::Receiver<u64>) {
+        self.sync_outbox_relays();
         while revisions.changed().await.is_ok() {
             self.clients.retain(&self.plan.load().dapr);
+            self.sync_outbox_relays();
         }
     }
 

@@ -31,11 +31,11 @@ pub struct BulkEntry {
 }
 
 /// What goes to the broker for one publish.
-struct Event {
-    bytes: Bytes,
-    metadata: Vec<(String, String)>,
+pub(crate) struct Event {
+    pub bytes: Bytes,
+    pub metadata: Vec<(String, String)>,
     /// The envelope's id (none for a raw payload).
-    id: Option<String>,
+    pub id: Option<String>,
 }
 
 /// daprd's topic ACL check, after the envelope is built, before the broker.
@@ -273,7 +273,7 @@ impl DaprApi {
         })
     }
 
-    async fn send_event(
+    pub(crate) async fn send_event(
         &self,
         component: &PubsubComponent,
         topic: &str,

@@ -273,6 +273,20 @@ impl DaprApi {
                     }
                 });
             }
+            if let Some(outbox) = &s.component.outbox {
+                let write = self.publish_internal(app, outbox, &operations).await?;
+                let mut i = 0;
+                ops.retain(|_| {
+                    i += 1;
+                    !write.projections.contains(&(i - 1))
+                });
+                ops.extend(
+                    write
+                        .markers
+                        .into_iter()
+                        .map(super::state::TransactionOp::Upsert),
+                );
+            }
             if ops.is_empty() {
                 return Ok(());
             }
