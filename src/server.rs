@@ -98,7 +98,12 @@ impl BackgroundService for DaprApiService {
                     .http2_keepalive_interval(Some(limits.grpc_keepalive))
                     .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
                     .tcp_keepalive(Some(limits.grpc_keepalive))
-                    .add_service(service);
+                    // Any other service reaches the same handler: daprd's proxy mode.
+                    .add_routes(tonic::service::Routes::from(
+                        tonic::service::Routes::new(service.clone())
+                            .into_axum_router()
+                            .fallback_service(service),
+                    ));
                 let stopped = async move {
                     let _ = stop.wait_for(|done| *done).await;
                 };

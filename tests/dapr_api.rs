@@ -524,10 +524,14 @@ fn tokens_select_the_app_and_scopes_hide_other_apps_components() {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(names, vec!["cart"]);
+        // With the built-in `kubernetes` secret store, as daprd lists it.
+        assert_eq!(names, vec!["cart", "kubernetes"]);
         // Methods fngate does not serve answer Unimplemented.
         let e = c
-            .get_secret(with_token(rt::GetSecretRequest::default(), "tok-orders"))
+            .get_configuration(with_token(
+                rt::GetConfigurationRequest::default(),
+                "tok-orders",
+            ))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);

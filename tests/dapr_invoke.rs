@@ -382,3 +382,79 @@ fn a_configuration_access_policy_decides_who_may_invoke_what() {
         403
     );
 }
+
+#[test]
+fn a_grpc_call_with_dapr_app_id_is_proxied_to_the_target_as_a_stream() {
+    use dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient;
+    let stock = DaprApp::start("grpc", "", "");
+    let orders = DaprApp::start("http", "", "");
+    let cold: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_catalog(dir.path(), orders.addr, stock.addr, cold);
+    let gate = DaprGate::start(dir.path());
+    let channel = gate.rt.block_on(async {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", gate.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    });
+    // The caller's own client of the target's service, pointed at fngate.
+    let mut client = AppCallbackClient::new(channel);
+    let call = |app: &str| {
+        let mut request = with_token(
+            common_v1::InvokeRequest {
+                method: "through-proxy".into(),
+                data: Some(prost_types::Any {
+                    type_url: String::new(),
+                    value: b"proxied".to_vec(),
+                }),
+                content_type: "text/plain".into(),
+                http_extension: None,
+            },
+            TOKEN,
+        );
+        request
+            .metadata_mut()
+            .insert("dapr-app-id", app.parse().unwrap());
+        request
+    };
+    let answer = gate
+        .rt
+        .block_on(client.on_invoke(call("stock-default")))
+        .unwrap()
+        .into_inner();
+    let echo = json(&answer.data.unwrap().value);
+    assert_eq!(echo["method"], "through-proxy");
+    assert_eq!(echo["body"], "proxied");
+    assert_eq!(echo["metadata"]["dapr-caller-app-id"], "front-default");
+    assert_eq!(echo["metadata"]["dapr-callee-app-id"], "stock-default");
+    assert!(
+        echo["metadata"].get("dapr-api-token").is_none(),
+        "the caller's token reached the target: {echo}"
+    );
+    // The app's own status comes back as it sent it.
+    let mut failing = call("stock-default");
+    failing.get_mut().method = "fail".into();
+    let status = gate.rt.block_on(client.on_invoke(failing)).unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "no such order")
+    );
+    // Another namespace: refused before anything is sent.
+    let status = gate
+        .rt
+        .block_on(client.on_invoke(call("audit-elsewhere.elsewhere")))
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("access control policy"),
+        "{}",
+        status.message()
+    );
+    // Without a dapr-app-id the call is not Dapr's: Unimplemented.
+    let mut bare = call("x");
+    bare.metadata_mut().remove("dapr-app-id");
+    let status = gate.rt.block_on(client.on_invoke(bare)).unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}

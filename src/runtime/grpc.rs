@@ -74,7 +74,7 @@ impl tonic::server::NamedService for DaprGrpc {
 
 impl<B> Service<http::Request<B>> for DaprGrpc
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -95,7 +95,7 @@ where
 /// call it without a socket.
 pub async fn handle<B>(api: Arc<DaprApi>, req: http::Request<B>) -> http::Response<Body>
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     route(api, req).await
@@ -103,7 +103,7 @@ where
 
 async fn route<B>(api: Arc<DaprApi>, req: http::Request<B>) -> http::Response<Body>
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     let token = req.headers().get("dapr-api-token").map(|v| v.as_bytes());
@@ -116,11 +116,21 @@ where
         Ok(call) => call,
         Err(e) => return e.to_status().into_http(),
     };
-    let name = req
+    let Some(name) = req
         .uri()
         .path()
         .strip_prefix("/dapr.proto.runtime.v1.Dapr/")
-        .unwrap_or_default();
+    else {
+        // Another service: daprd's proxy mode, when the call names an app.
+        return match super::grpc_proxy::proxied_app_id(req.headers()) {
+            Some(id) => api.proxy_grpc(&app, &id, req).await,
+            None => Status::unimplemented(format!(
+                "{} is not a Dapr method; name the target app in a dapr-app-id header to proxy the call",
+                req.uri().path()
+            ))
+            .into_http(),
+        };
+    };
     // Resolved before `req` moves into the handler: no copy of the name per call.
     let Some(method) = Method::named(name) else {
         return Status::unimplemented(format!("method {name} is not served by fngate")).into_http();
@@ -192,7 +202,7 @@ impl<M> IntoResponse<M> for Response<M> {
 /// Decodes one unary request, runs `handler`, encodes its answer (tonic's server side).
 async fn unary<B, Req, Resp, F, Fut>(req: http::Request<B>, handler: F) -> http::Response<Body>
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use dapr::dapr::proto::common::v1 as common;
 use http_body_util::{BodyExt, Full, Limited};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 
@@ -74,7 +75,7 @@ pub(crate) fn forwarded(name: &str) -> bool {
 }
 
 /// daprd's `ErrDirectInvoke`.
-fn direct_invoke_error(id: &str, err: impl std::fmt::Display) -> ApiError {
+pub(crate) fn direct_invoke_error(id: &str, err: impl std::fmt::Display) -> ApiError {
     ApiError::basic(
         Code::Internal,
         500,
@@ -119,40 +120,13 @@ impl DaprApi {
         let plan = self.plan.load_full();
         let result = async {
             call.method = normalize_method(&call.method).map_err(|e| {
-                direct_invoke_error(id, format!("rpc error: code = InvalidArgument desc = invalid method: {e}"))
+                direct_invoke_error(
+                    id,
+                    format!("rpc error: code = InvalidArgument desc = invalid method: {e}"),
+                )
             })?;
-            let (app_id, namespace) = match id.split('.').collect::<Vec<_>>()[..] {
-                [app] if !app.is_empty() => (app, caller.namespace.as_str()),
-                [app, ns] if !app.is_empty() && !ns.is_empty() => (app, ns),
-                _ => return Err(direct_invoke_error(id, format!("invalid app id {id}"))),
-            };
-            let Some(target) = plan.dapr.target(namespace, app_id) else {
-                return Err(direct_invoke_error(
-                    id,
-                    format!("couldn't find app {app_id} in namespace {namespace}: no Function fngate serves has that app-id"),
-                ));
-            };
-            // Who may call whom: the target's access control, else its namespace only.
-            let verb = match call.verb.as_str() {
-                "" => "*",
-                v => v,
-            };
-            let allowed = match &target.access {
-                Some(policy) => policy.allows(&caller.app_id, &caller.namespace, &call.method, verb),
-                None => target.namespace == caller.namespace,
-            };
-            if !allowed {
-                self.count_invocation(caller, target, "refused");
-                let mut e = direct_invoke_error(
-                    id,
-                    format!(
-                        "rpc error: code = PermissionDenied desc = access control policy has denied access to id: {} operation: {} verb: {}",
-                        caller.app_id, call.method, call.verb
-                    ),
-                );
-                e.http = 403;
-                return Err(e);
-            }
+            let target = self.authorized_target(&plan, caller, id, &call.method, &call.verb)?;
+            let target = &target;
             let answer = self.invoke_target(target, caller, id, call).await;
             let outcome = match &answer {
                 Ok(InvokeAnswer::Http { status, .. }) if *status < 400 => "success",
@@ -168,7 +142,54 @@ impl DaprApi {
         timer.finish(result)
     }
 
-    fn count_invocation(&self, caller: &DaprApp, target: &InvokeTarget, outcome: &str) {
+    /// The target `id` (`<app-id>` or `<app-id>.<namespace>`) names, if `caller` may call
+    /// `method` (normalised) with `verb` (empty: none, as gRPC) on it: the target's access
+    /// control, else its namespace only.
+    pub(crate) fn authorized_target(
+        &self,
+        plan: &crate::plan::Plan,
+        caller: &DaprApp,
+        id: &str,
+        method: &str,
+        verb: &str,
+    ) -> Result<Arc<InvokeTarget>, ApiError> {
+        let (app_id, namespace) = match id.split('.').collect::<Vec<_>>()[..] {
+            [app] if !app.is_empty() => (app, caller.namespace.as_str()),
+            [app, ns] if !app.is_empty() && !ns.is_empty() => (app, ns),
+            _ => return Err(direct_invoke_error(id, format!("invalid app id {id}"))),
+        };
+        let Some(target) = plan.dapr.target(namespace, app_id) else {
+            return Err(direct_invoke_error(
+                id,
+                format!("couldn't find app {app_id} in namespace {namespace}: no Function fngate serves has that app-id"),
+            ));
+        };
+        let allowed = match &target.access {
+            Some(policy) => policy.allows(
+                &caller.app_id,
+                &caller.namespace,
+                method,
+                if verb.is_empty() { "*" } else { verb },
+            ),
+            None => target.namespace == caller.namespace,
+        };
+        if !allowed {
+            self.count_invocation(caller, target, "refused");
+            let mut e = direct_invoke_error(
+                id,
+                format!(
+                    "rpc error: code = PermissionDenied desc = access control policy has denied access to id: {} operation: {method} verb: {}",
+                    caller.app_id,
+                    if verb.is_empty() { "NONE" } else { verb }
+                ),
+            );
+            e.http = 403;
+            return Err(e);
+        }
+        Ok(target.clone())
+    }
+
+    pub(crate) fn count_invocation(&self, caller: &DaprApp, target: &InvokeTarget, outcome: &str) {
         self.metrics
             .dapr_invocations
             .with_label_values(&[
@@ -193,47 +214,10 @@ impl DaprApi {
         let channel = &target.channel;
         let mut attempt = 0;
         loop {
-            let held = self
-                .activator
-                .hold(
-                    &channel.service,
-                    Some(channel.port),
-                    [&target.namespace, &target.function],
-                    None,
-                    &HoldPolicy::default(),
-                )
-                .await;
-            let (endpoints, _permit, _running) = match held {
-                Held::Ready(endpoints, permit, running) => (endpoints, permit, running),
-                Held::Overflow => {
-                    return Err(direct_invoke_error(
-                        id,
-                        "too many requests already wait for the target to scale up",
-                    ))
-                }
-                Held::TimedOut => {
-                    let mut e = direct_invoke_error(
-                        id,
-                        format!(
-                            "no ready endpoint of {}/{} within {:?}",
-                            target.namespace,
-                            target.function,
-                            self.activator.hold_timeout()
-                        ),
-                    );
-                    e.outcome = "timeout";
-                    return Err(e);
-                }
-            };
-            let addr = endpoints
-                .pick(attempt as usize, Some(channel.port))
-                .map(|a| SocketAddr::new(a.ip(), channel.port));
-            let sent = match addr {
-                None => Err(format!("{} has no ready endpoint", channel.service.name)),
-                Some(addr) => match channel.protocol {
-                    AppProtocol::Http => self.invoke_http(addr, caller, target, &call).await,
-                    AppProtocol::Grpc => self.invoke_grpc(addr, caller, target, &call).await,
-                },
+            let (addr, _held) = self.ready_endpoint(target, id, attempt).await?;
+            let sent = match channel.protocol {
+                AppProtocol::Http => self.invoke_http(addr, caller, target, &call).await,
+                AppProtocol::Grpc => self.invoke_grpc(addr, caller, target, &call).await,
             };
             match sent {
                 Ok(answer) => return Ok(answer),
@@ -252,6 +236,61 @@ impl DaprApi {
                     ))
                 }
             }
+        }
+    }
+
+    /// A ready endpoint of the target, waiting (held, the platform signalled) while it has
+    /// none; the `Held` keeps the call counted as the function's load.
+    pub(crate) async fn ready_endpoint(
+        &self,
+        target: &InvokeTarget,
+        id: &str,
+        attempt: u32,
+    ) -> Result<(SocketAddr, Held), ApiError> {
+        let channel = &target.channel;
+        let held = self
+            .activator
+            .hold(
+                &channel.service,
+                Some(channel.port),
+                [&target.namespace, &target.function],
+                None,
+                &HoldPolicy::default(),
+            )
+            .await;
+        let addr = match &held {
+            Held::Ready(endpoints, _, _) => endpoints
+                .pick(attempt as usize, Some(channel.port))
+                .map(|a| SocketAddr::new(a.ip(), channel.port)),
+            Held::Overflow => {
+                return Err(direct_invoke_error(
+                    id,
+                    "too many requests already wait for the target to scale up",
+                ))
+            }
+            Held::TimedOut => {
+                let mut e = direct_invoke_error(
+                    id,
+                    format!(
+                        "no ready endpoint of {}/{} within {:?}",
+                        target.namespace,
+                        target.function,
+                        self.activator.hold_timeout()
+                    ),
+                );
+                e.outcome = "timeout";
+                return Err(e);
+            }
+        };
+        match addr {
+            Some(addr) => Ok((addr, held)),
+            None => Err(direct_invoke_error(
+                id,
+                format!(
+                    "{} has no endpoint on port {}",
+                    channel.service.name, channel.port
+                ),
+            )),
         }
     }
 

@@ -10,6 +10,7 @@ mod cloudevent;
 mod env;
 mod error;
 mod grpc;
+mod grpc_proxy;
 mod handlers;
 mod http;
 mod invoke_api;
@@ -54,6 +55,8 @@ pub struct DaprApi {
     activator: Arc<crate::activator::Activator>,
     /// `OnInvoke` channels to gRPC apps, per endpoint.
     grpc_apps: crate::triggers::GrpcApp,
+    /// Proxied gRPC calls to the apps (h2c).
+    h2: grpc_proxy::H2Client,
     /// The API server the Kubernetes secret store reads (none from files).
     kube_config: OnceLock<kube::Config>,
     kube_client: tokio::sync::OnceCell<Option<kube::Client>>,
@@ -119,6 +122,7 @@ impl DaprApi {
         Arc::new(DaprApi {
             activator,
             grpc_apps: Default::default(),
+            h2: grpc_proxy::h2_client(),
             kube_config: OnceLock::new(),
             relays: Default::default(),
             kube_client: tokio::sync::OnceCell::new(),
