@@ -1,7 +1,7 @@
 //! daprd's transactional outbox through fngate against the real binary: a transaction on
 //! a Redis store with outbox metadata writes the state value and publishes the event (its
-//! projection when the transaction has one) to the outbox topic on real NATS JetStream,
-//! through daprd's internal topic and marker; combinations fngate cannot relay are
+//! projection when the transaction has one) to the outbox topic on real NATS JetStream and
+//! on a Kafka-protocol broker (tansu), through daprd's internal topic and marker; combinations fngate cannot relay are
 //! compile errors at the store.
 
 mod common;
@@ -196,4 +196,54 @@ fn an_outbox_fngate_cannot_relay_is_a_compile_error_at_the_store() {
             .any(|e| e.contains("relays through Kafka and JetStream only")),
         "{e:#?}"
     );
+}
+
+#[test]
+fn the_outbox_relays_through_kafka_too() {
+    let kafka = common::kafka::Kafka::start();
+    let redis = Redis::start();
+    let topic = unique("outbox-k-");
+    // daprd's internal topic for app orders-shop in namespace shop.
+    let internal = format!("shoporders-shop{topic}outbox");
+    kafka.create_topic(&topic, 1);
+    kafka.create_topic(&internal, 1);
+    let brokers = &kafka.brokers;
+    let yaml = catalog(&redis, &topic, "").replace(
+        "  type: pubsub.jetstream\n  metadata:\n    - {name: natsURL, value: \"nats://127.0.0.1:4222\"}\n",
+        &format!("  type: pubsub.kafka\n  metadata:\n    - {{name: brokers, value: \"{brokers}\"}}\n"),
+    );
+    assert!(yaml.contains("pubsub.kafka"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(dir.path(), "catalog.yaml", &yaml);
+    let gate = DaprGate::start(dir.path());
+    let r = gate.http(
+        "POST",
+        "/v1.0/state/cart/transaction",
+        Some(TOKEN),
+        br#"{"operations":[
+            {"operation":"upsert","request":{"key":"k1","value":{"total":10}}},
+            {"operation":"upsert","request":{"key":"k1","value":{"total":10,"public":true},"metadata":{"outbox.projection":"true","contentType":"application/json"}}},
+            {"operation":"delete","request":{"key":"gone"}}
+        ]}"#,
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let published = kafka.read_all(&topic, 1);
+    let event: serde_json::Value = serde_json::from_str(&published[0]).unwrap();
+    assert_eq!(
+        event["data"],
+        serde_json::json!({"public": true, "total": 10}),
+        "{event}"
+    );
+    assert_eq!(event["topic"], topic.as_str());
+    let r = gate.http("GET", "/v1.0/state/cart/k1", Some(TOKEN), b"");
+    assert_eq!(json_value(&r.body), serde_json::json!({"total": 10}));
+    // The internal topic holds daprd's internal event: the same id, the outbox pub/sub.
+    let internal_events = kafka.read_all(&internal, 1);
+    let internal_event: serde_json::Value = serde_json::from_str(&internal_events[0]).unwrap();
+    assert_eq!(internal_event["id"], event["id"]);
+    assert_eq!(internal_event["pubsubname"], "bus");
+}
+
+fn json_value(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
 }
