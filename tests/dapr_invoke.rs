@@ -24,8 +24,9 @@ fn target(namespace: &str, name: &str, protocol: &str, port: u16) -> String {
 /// The caller `front` (with a token), HTTP target `orders`, gRPC target `stock`, a target
 /// `cold` listed but not ready at `cold`, and `audit` in another namespace.
 fn write_catalog(dir: &Path, orders: SocketAddr, stock: SocketAddr, cold: SocketAddr) {
+    // front also has a state store, for the JS SDK's error-details check.
     let front = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: front-token\n  namespace: default\nstringData:\n  token: {TOKEN}\n---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: front\n  namespace: default\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: front-token\n"
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: front-token\n  namespace: default\nstringData:\n  token: {TOKEN}\n---\napiVersion: core.openfunction.io/v1beta2\nkind: Function\nmetadata:\n  name: front\n  namespace: default\nspec:\n  serving:\n    annotations:\n      dapr.io/api-token-secret: front-token\n    states:\n      cart:\n        type: state.redis\n        metadata:\n          - {{name: redisHost, value: \"127.0.0.1:6379\"}}\n"
     );
     let objects = [
         front,
@@ -223,6 +224,22 @@ fn a_function_invokes_others_by_app_id_on_both_surfaces() {
     assert!(
         out.status.success(),
         "the Python SDK invocation check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The official JS SDK: invocation, and daprd's error body on an illegal key.
+    let node = node_function_dir();
+    let out = std::process::Command::new("node")
+        .arg(node.join("sdk_check.cjs"))
+        .current_dir(&node)
+        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
+        .env("DAPR_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the JS SDK check failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -1144,7 +1144,12 @@ pub fn node_function_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
     lock.lock().unwrap();
-    for file in ["package.json", "package-lock.json", "async_function.cjs"] {
+    for file in [
+        "package.json",
+        "package-lock.json",
+        "async_function.cjs",
+        "sdk_check.cjs",
+    ] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
     }
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
