@@ -29,7 +29,7 @@ use support::state::{
     http_save, start_fngate, throughput, wait_port, HttpClient, Proc, StateTarget, CONCURRENCY,
     TOKEN, VALUE,
 };
-use support::{free_port, pct, rss_kb};
+use support::{free_port, rss_kb};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -113,28 +113,18 @@ impl StateTarget for Target {
 
 /// Latency of single operations issued at `rate` per second (open loop): p50, p99 in ms.
 async fn latency_at(target: &Target, rate: u64, count: u64) -> (f64, f64) {
-    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        interval.tick().await;
+    support::open_loop(rate, count, |i| {
         let mut t = target.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let key = format!("lat-{}", i % 100);
-            let start = Instant::now();
             if i % 2 == 0 {
                 t.save(&key).await;
             } else {
                 t.get(&key).await;
             }
-            start.elapsed().as_secs_f64() * 1000.0
-        }));
-    }
-    let mut lat = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        lat.push(t.await.unwrap());
-    }
-    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+        }
+    })
+    .await
 }
 
 fn main() {

@@ -1003,7 +1003,6 @@ fn a_changed_token_secret_takes_effect_on_reload_without_a_restart() {
 
 #[test]
 fn the_official_python_sdk_works_against_fngate() {
-    let python = common::python_venv();
     let redis = Redis::start();
     let subject = unique("fngate-py-sdk.");
     let stream_name = unique("FNGATE_PY_SDK_").replace('.', "_");
@@ -1014,24 +1013,14 @@ fn the_official_python_sdk_works_against_fngate() {
     let gate = DaprGate::start(dir.path());
     let nats_rt = tokio::runtime::Runtime::new().unwrap();
     let mut stream = nats_rt.block_on(common::jetstream_stream(&stream_name, &subject));
-    let out = Command::new(&python)
-        .arg(concat!(
+    python_sdk_check(
+        &gate,
+        "tok-orders",
+        &[concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/python/dapr_sdk_check.py"
-        ))
-        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
-        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
-        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
-        .env("DAPR_API_TOKEN", "tok-orders")
-        .env("DAPR_HEALTH_TIMEOUT", "30")
-        .env("SUBJECT", &subject)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the Python SDK check failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        )],
+        &[("SUBJECT", &subject)],
     );
     // What the SDK wrote is in Dapr's layout; what it published is in the stream.
     assert_eq!(redis.hash("orders-shop||py-b")["data"], b"B");

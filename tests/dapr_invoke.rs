@@ -208,24 +208,14 @@ fn a_function_invokes_others_by_app_id_on_both_surfaces() {
     );
 
     // The official Python SDK's invoke_method (HTTP) to both apps.
-    let python = python_venv();
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
+    python_sdk_check(
+        &gate,
+        TOKEN,
+        &[concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/python/dapr_invoke_check.py"
-        ))
-        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
-        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
-        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
-        .env("DAPR_API_TOKEN", TOKEN)
-        .env("DAPR_HEALTH_TIMEOUT", "30")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the Python SDK invocation check failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        )],
+        &[],
     );
 
     // The official JS SDK: invocation, and daprd's error body on an illegal key.

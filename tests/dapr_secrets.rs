@@ -201,9 +201,11 @@ fn a_function_reads_its_secrets_within_its_scopes() {
     assert_eq!(bulk.data["api-key"].secrets["api-key"], "rotated");
 
     // The official Python SDK.
-    let out = std::process::Command::new(python_venv())
-        .arg("-c")
-        .arg(
+    python_sdk_check(
+        &gate,
+        TOKEN,
+        &[
+            "-c",
             "from dapr.clients import DaprClient\n\
              with DaprClient() as d:\n\
              \x20   s = d.get_secret('kubernetes', 'db-creds').secret\n\
@@ -211,19 +213,8 @@ fn a_function_reads_its_secrets_within_its_scopes() {
              \x20   b = d.get_bulk_secret('kubernetes').secrets\n\
              \x20   assert 'db-creds' in b and 'admin-creds' not in b, b\n\
              print('ok')\n",
-        )
-        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
-        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
-        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
-        .env("DAPR_API_TOKEN", TOKEN)
-        .env("DAPR_HEALTH_TIMEOUT", "30")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the Python SDK secrets check failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[],
     );
 
     // The secrets never show in the admin listener's views.

@@ -30,6 +30,62 @@ pub fn pct(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
+/// Closed loop: `workers` tasks each running `call(worker, i)` for i = 0, 1, … until `secs`
+/// pass; each call returns how many operations it made. Operations per second, and how
+/// many were made.
+pub async fn closed_loop<F, Fut>(workers: usize, secs: f64, call: F) -> (f64, u64)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ops = std::sync::Arc::new(AtomicU64::new(0));
+    let stop = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (call, ops) = (call.clone(), ops.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while std::time::Instant::now() < stop {
+                ops.fetch_add(call(w, i).await, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = ops.load(Ordering::Relaxed);
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
+/// Open loop: `count` calls `call(i)` started at `rate` per second whatever the earlier
+/// ones do; p50 and p99 of their latency, in ms.
+pub async fn open_loop<F, Fut>(rate: u64, count: u64, call: F) -> (f64, f64)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut interval = tokio::time::interval(std::time::Duration::from_micros(1_000_000 / rate));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        interval.tick().await;
+        let call = call(i);
+        tasks.push(tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            call.await;
+            start.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
 /// One `GET` with `Connection: close` on a fresh connection; the whole response as text,
 /// empty when nothing listens.
 pub fn http_get(port: u16, host: &str, path: &str) -> String {

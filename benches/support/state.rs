@@ -7,8 +7,6 @@ use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use http_body_util::{BodyExt, Full};
 use std::future::Future;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "bench-token";
@@ -214,26 +212,15 @@ pub trait StateTarget: Clone + Send + Sync + 'static {
 /// `CONCURRENCY` workers alternating save and get for `secs`: operations per second, and
 /// how many were made.
 pub async fn throughput<T: StateTarget>(target: &T, secs: f64) -> (f64, u64) {
-    let ops = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for w in 0..CONCURRENCY {
-        let (mut t, ops) = (target.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < stop {
-                let key = format!("w{w}-{}", i % 64);
-                t.save(&key).await;
-                t.get(&key).await;
-                ops.fetch_add(2, Ordering::Relaxed);
-                i += 1;
-            }
-        }));
-    }
-    let started = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = ops.load(Ordering::Relaxed);
-    (n as f64 / started.elapsed().as_secs_f64(), n)
+    let target = target.clone();
+    super::closed_loop(CONCURRENCY, secs, move |w, i| {
+        let mut t = target.clone();
+        async move {
+            let key = format!("w{w}-{}", i % 64);
+            t.save(&key).await;
+            t.get(&key).await;
+            2
+        }
+    })
+    .await
 }

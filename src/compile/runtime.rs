@@ -179,6 +179,16 @@ pub(super) fn build(
                     },
                 })
             });
+        for store in secret_scopes.keys() {
+            if !secret_stores.contains_key(store) {
+                report.on_function(
+                    Diagnostic::warning(format!(
+                        "its Configuration scopes secret store {store:?}, which is not one of its secret stores (the scope applies to nothing)"
+                    ))
+                    .at_field(format!("spec.serving.annotations[{CONFIG_ANNOTATION}]")),
+                );
+            }
+        }
         let mut app = DaprApp {
             app_id: app_id.clone(),
             namespace: namespace.to_owned(),

@@ -974,6 +974,28 @@ impl DaprGate {
     }
 }
 
+/// Runs a check with the official Python SDK (`args`: a script, or `-c` and code) as the
+/// app of `token` against `gate`'s Dapr API, with `envs` besides; fails with its output.
+#[allow(dead_code)] // not every test binary uses it
+pub fn python_sdk_check(gate: &DaprGate, token: &str, args: &[&str], envs: &[(&str, &str)]) {
+    let out = Command::new(python_venv())
+        .args(args)
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("DAPR_GRPC_PORT", gate.grpc.to_string())
+        .env("DAPR_HTTP_PORT", gate.http.port().to_string())
+        .env("DAPR_API_TOKEN", token)
+        .env("DAPR_HEALTH_TIMEOUT", "30")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python SDK check {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A venv with the Python packages of `tests/python/requirements.txt` (the official Dapr
 /// Python SDK and grpcio), made once under the target folder; its python.
 #[allow(dead_code)] // not every test binary uses it
