@@ -879,3 +879,121 @@ fn bad_sql_store_metadata_is_reported_at_its_field() {
         "{text}"
     );
 }
+
+/// daprd's outbox on the SQL stores: the state value stored, the projection published to
+/// JetStream, the marker row gone after.
+#[test]
+fn the_outbox_runs_on_postgres_and_mysql() {
+    use futures::StreamExt as _;
+    let schema = PgSchema::new(SHARED_POSTGRES);
+    let pg_table = format!("{}.state", schema.name);
+    let pg_meta = format!("{}.dapr_metadata", schema.name);
+    let my = MyDatabase::new();
+    let my_connection = format!("{SHARED_MARIADB}?allowNativePasswords=true&parseTime=true");
+    let stores: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            "state.postgresql",
+            vec![
+                ("connectionString", SHARED_POSTGRES),
+                ("tableName", &pg_table),
+                ("metadataTableName", &pg_meta),
+            ],
+        ),
+        (
+            "state.mysql",
+            vec![
+                ("connectionString", &my_connection),
+                ("schemaName", &my.name),
+            ],
+        ),
+    ];
+    let nats = tokio::runtime::Runtime::new().unwrap();
+    for (kind, mut metadata) in stores {
+        let topic = unique("fngate-sql-outbox.");
+        let stream_name = unique("FNGATE_SQL_OUTBOX_").replace('.', "_");
+        let internal = format!("shoporders-shop{topic}outbox");
+        let js = nats.block_on(async {
+            async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap())
+        });
+        let stream = nats
+            .block_on(js.create_stream(async_nats::jetstream::stream::Config {
+                name: stream_name.clone(),
+                subjects: vec![topic.clone(), internal],
+                ..Default::default()
+            }))
+            .unwrap();
+        let reader = nats
+            .block_on(
+                stream.create_consumer(async_nats::jetstream::consumer::pull::Config {
+                    filter_subject: topic.clone(),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        metadata.push(("outboxPublishPubsub", "bus"));
+        metadata.push(("outboxPublishTopic", &topic));
+        let dir = catalog(kind, "v1", &metadata);
+        let path = dir.path().join("catalog.yaml");
+        let mut yaml = std::fs::read_to_string(&path).unwrap();
+        yaml.push_str("    pubsub:\n      bus:\n        type: pubsub.jetstream\n        metadata:\n          - {name: natsURL, value: \"nats://127.0.0.1:4222\"}\n");
+        std::fs::write(&path, yaml).unwrap();
+        let gate = DaprGate::start(dir.path());
+        let r = http(
+            &gate,
+            "POST",
+            "/v1.0/state/cart/transaction",
+            br#"{"operations":[
+                {"operation":"upsert","request":{"key":"o1","value":"stored"}},
+                {"operation":"upsert","request":{"key":"o1","value":"published","metadata":{"outbox.projection":"true"}}}
+            ]}"#,
+        );
+        assert_eq!(
+            r.status,
+            204,
+            "{kind}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = http(&gate, "GET", "/v1.0/state/cart/o1", b"");
+        assert_eq!(r.body, b"\"stored\"", "{kind}");
+        let mut messages = nats.block_on(reader.messages()).unwrap();
+        let message = nats
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), messages.next()).await
+            })
+            .unwrap_or_else(|_| panic!("{kind}: no event on the outbox topic within 60 s"))
+            .unwrap()
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(event["data"], "published", "{kind}: {event}");
+        // The marker row goes once the event is out.
+        let id = event["id"].as_str().unwrap().to_owned();
+        let marker_rows = || -> i64 {
+            nats.block_on(async {
+                if kind == "state.postgresql" {
+                    pg(SHARED_POSTGRES)
+                        .await
+                        .query_one(
+                            &format!("SELECT count(*) FROM {pg_table} WHERE key = $1"),
+                            &[&id],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0)
+                } else {
+                    mysql(3306, &my.name)
+                        .await
+                        .exec_first::<i64, _, _>(
+                            "SELECT count(*) FROM state WHERE id = ?",
+                            (id.as_str(),),
+                        )
+                        .await
+                        .unwrap()
+                        .unwrap()
+                }
+            })
+        };
+        gate.fngate
+            .wait_until(|| marker_rows() == 0, "the outbox marker row deleted");
+        let _ = nats.block_on(js.delete_stream(&stream_name));
+    }
+}
