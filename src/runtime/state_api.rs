@@ -108,7 +108,7 @@ impl DaprApi {
     ) -> Result<Option<StoredItem>, ApiError> {
         self.state_call(app, store, |s| async move {
             check_consistency(consistency).map_err(|e| get_error(key, store, &e))?;
-            let stored_key = stored_key(app, &s.component, key)?;
+            let stored_key = stored_key(app, s.component, key)?;
             s.store
                 .get(&stored_key)
                 .await
@@ -127,7 +127,7 @@ impl DaprApi {
         self.state_call(app, store, |s| async move {
             let mut stored = Vec::with_capacity(keys.len());
             for k in &keys {
-                stored.push(stored_key(app, &s.component, k)?);
+                stored.push(stored_key(app, s.component, k)?);
             }
             if let Some(answer) = s.store.bulk_get(&stored).await {
                 let found = answer.map_err(|e| {
@@ -180,7 +180,7 @@ impl DaprApi {
         self.state_call(app, store, |s| async move {
             let mut requests = Vec::with_capacity(items.len());
             for item in &items {
-                requests.push(set_request(app, &s.component, item).map_err(|e| match e {
+                requests.push(set_request(app, s.component, item).map_err(|e| match e {
                     Prepared::Api(e) => e,
                     Prepared::Store(e) => save_error(store, &e),
                 })?);
@@ -199,7 +199,7 @@ impl DaprApi {
         item: StateItem,
     ) -> Result<(), ApiError> {
         self.state_call(app, store, |s| async move {
-            let request = delete_request(app, &s.component, &item)?;
+            let request = delete_request(app, s.component, &item)?;
             s.store
                 .delete(request)
                 .await
@@ -218,7 +218,7 @@ impl DaprApi {
         self.state_call(app, store, |s| async move {
             let mut requests = Vec::with_capacity(items.len());
             for item in &items {
-                requests.push(delete_request(app, &s.component, item)?);
+                requests.push(delete_request(app, s.component, item)?);
             }
             first_error(requests.into_iter().map(|r| s.store.delete(r)))
                 .await
@@ -253,16 +253,14 @@ impl DaprApi {
             for (op, item) in &operations {
                 ops.push(match op.as_str() {
                     "upsert" => super::state::TransactionOp::Upsert(
-                        set_request(app, &s.component, item).map_err(|e| match e {
+                        set_request(app, s.component, item).map_err(|e| match e {
                             Prepared::Api(e) => e,
                             Prepared::Store(e) => tx_error(e.to_string()),
                         })?,
                     ),
-                    "delete" => super::state::TransactionOp::Delete(delete_request(
-                        app,
-                        &s.component,
-                        item,
-                    )?),
+                    "delete" => {
+                        super::state::TransactionOp::Delete(delete_request(app, s.component, item)?)
+                    }
                     other => {
                         return Err(ApiError::basic(
                             Code::Unimplemented,
