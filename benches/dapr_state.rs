@@ -459,38 +459,25 @@ mod bare {
             .build()
             .unwrap();
         rt.block_on(async move {
-            tokio::spawn(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", http))
-                    .await
-                    .unwrap();
-                loop {
-                    let (stream, _) = listener.accept().await.unwrap();
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(
-                            |req: http::Request<hyper::body::Incoming>| async move {
-                                let get = req.method() == http::Method::GET;
-                                let _ = req.into_body().collect().await;
-                                let response = if get {
-                                    http::Response::builder()
-                                        .status(200)
-                                        .header("content-type", "application/json")
-                                        .header("etag", "1")
-                                        .body(Full::new(Bytes::from_static(b"\"v\"")))
-                                } else {
-                                    http::Response::builder()
-                                        .status(204)
-                                        .body(Full::new(Bytes::new()))
-                                };
-                                Ok::<_, Infallible>(response.unwrap())
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
+            tokio::spawn(crate::support::serve_http1(
+                http,
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let get = req.method() == http::Method::GET;
+                    let _ = req.into_body().collect().await;
+                    let response = if get {
+                        http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .header("etag", "1")
+                            .body(Full::new(Bytes::from_static(b"\"v\"")))
+                    } else {
+                        http::Response::builder()
+                            .status(204)
+                            .body(Full::new(Bytes::new()))
+                    };
+                    response.unwrap()
+                },
+            ));
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(BareDapr)

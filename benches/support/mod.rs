@@ -86,6 +86,33 @@ where
     (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
 }
 
+/// A bare hyper HTTP/1.1 server on `port` answering every request with `handle`.
+pub async fn serve_http1<F, Fut>(port: u16, handle: F) -> !
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = handle(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// One `GET` with `Connection: close` on a fresh connection; the whole response as text,
 /// empty when nothing listens.
 pub fn http_get(port: u16, host: &str, path: &str) -> String {
