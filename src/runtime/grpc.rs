@@ -1,7 +1,9 @@
 //! Dapr's gRPC API (`dapr.proto.runtime.v1.Dapr`, h2c) with the dapr crate's generated
-//! messages. Routed by hand rather than through the generated `Dapr` server trait: that
-//! trait has 77 methods without defaults, and fngate serves eleven; every other method
-//! answers `Unimplemented` (after the token check, as daprd's interceptor runs first).
+//! messages: authenticate, admit, dispatch to the building block's handler. Routed by hand
+//! rather than through the generated `Dapr` server trait: that trait has 77 methods
+//! without defaults, and fngate serves fourteen; every other method answers
+//! `Unimplemented` (after the token check, as daprd's interceptor runs first). A call of
+//! any other service is proxied when it names an app (`grpc_proxy.rs`).
 
 use super::handlers::{bindings, invoke, metadata, publish, secrets, state};
 use super::surface::{Trace, MAX_BODY};

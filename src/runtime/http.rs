@@ -1,6 +1,7 @@
 //! Dapr's HTTP API (`/v1.0/...`) on HTTP/1.1: the routes Dapr SDKs and `curl` users call
-//! for state, publish, output bindings, metadata and health, with daprd's statuses,
-//! headers and bodies. Values saved here are JSON, re-encoded (a string keeps its quotes).
+//! for state, publish, output bindings, invocation, secrets, metadata and health, with
+//! daprd's statuses, headers and bodies: authenticate, admit, route to the building
+//! block's handler (`handlers/`).
 
 use super::error::ApiError;
 use super::handlers::{bindings, invoke, metadata, publish, secrets, state};

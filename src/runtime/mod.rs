@@ -1,5 +1,5 @@
-//! The Dapr runtime API that functions call — state, publish, output bindings, metadata —
-//! served by fngate for every function behind it, so a function pod needs no daprd
+//! The Dapr runtime API that functions call — state, publish, output bindings, service
+//! invocation, secrets, metadata — served by fngate for every function behind it, so a function pod needs no daprd
 //! sidecar. The caller's `dapr-api-token` names its app; the compiled plan says which
 //! components that app may reach; clients for those components live here, beside the
 //! plan, and are kept across plans that do not change them.
