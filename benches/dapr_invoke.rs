@@ -1,5 +1,6 @@
 //! Service invocation's cost: a call through fngate's Dapr API (HTTP `/v1.0/invoke`,
-//! gRPC `InvokeService`) against the same call made directly to the function's endpoint
+//! gRPC `InvokeService`, gRPC proxy mode) against the same call made directly to the
+//! function's endpoint
 //! (an HTTP POST; a gRPC `AppCallback/OnInvoke`), same concurrency, same run. fngate runs
 //! alone on CPU 1 (`taskset`, one worker thread); the functions and this process (the
 //! load generator) share CPU 0. fngate's CPU per call comes from `/proc/<pid>/stat`.
@@ -139,6 +140,8 @@ enum Target {
     FngateHttp(HttpClient, u16),
     DirectGrpc(AppCallbackClient<tonic::transport::Channel>),
     FngateGrpc(DaprClient<tonic::transport::Channel>),
+    /// The app's own client pointed at fngate with `dapr-app-id` (proxy mode).
+    FngateProxy(AppCallbackClient<tonic::transport::Channel>),
 }
 
 impl Target {
@@ -148,6 +151,7 @@ impl Target {
             Target::FngateHttp(..) => "HTTP via fngate",
             Target::DirectGrpc(_) => "gRPC direct",
             Target::FngateGrpc(_) => "gRPC via fngate",
+            Target::FngateProxy(_) => "gRPC proxied",
         }
     }
 
@@ -174,6 +178,15 @@ impl Target {
                     .await
                     .expect("an answer")
                     .into_inner();
+                assert_eq!(r.data.unwrap().value.len(), BODY.len());
+            }
+            Target::FngateProxy(c) => {
+                let mut req = invoke_request();
+                req.metadata_mut()
+                    .insert("dapr-api-token", TOKEN.parse().unwrap());
+                req.metadata_mut()
+                    .insert("dapr-app-id", "gapp-default".parse().unwrap());
+                let r = c.on_invoke(req).await.expect("an answer").into_inner();
                 assert_eq!(r.data.unwrap().value.len(), BODY.len());
             }
             Target::FngateGrpc(c) => {
@@ -258,6 +271,7 @@ fn main() {
             Target::FngateHttp(http_client(), gate.http),
             Target::DirectGrpc(AppCallbackClient::new(channel(grpc_app).await)),
             Target::FngateGrpc(DaprClient::new(channel(gate.grpc).await)),
+            Target::FngateProxy(AppCallbackClient::new(channel(gate.grpc).await)),
         ];
         // Warm-up: connections, pools, the plan.
         for t in &targets {
@@ -284,7 +298,7 @@ fn main() {
             );
             rows.push((rate, cpu, p99));
         }
-        for (direct, via, what) in [(0, 1, "HTTP"), (2, 3, "gRPC")] {
+        for (direct, via, what) in [(0, 1, "HTTP"), (2, 3, "gRPC"), (2, 4, "gRPC proxied")] {
             println!(
                 "{what}: through fngate {:.2}x the direct rate; fngate CPU {:.1} µs per call; p99 added at 1,000 calls/s: {:.3} ms",
                 rows[via].0 / rows[direct].0,

@@ -15,9 +15,13 @@ pub(crate) type H2Client =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 pub(crate) fn h2_client() -> H2Client {
+    // Without TCP_NODELAY a small frame waits out the peer's delayed ACK (~40 ms a call).
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http()
+        .build(connector)
 }
 
 /// The app a proxied call names: `dapr-callee-app-id`, else `dapr-app-id`.
