@@ -10,10 +10,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 build() {
   "$ROOT/scripts/setup.sh" --bench
-  (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo --example bare_pingora >/dev/null 2>&1)
+  (cd "$ROOT" && cargo build --release --locked --bin fngate --example echo --example bare_pingora --example own_loop >/dev/null 2>&1)
   FNGATE="$ROOT/target/release/fngate"
   ECHO="$ROOT/target/release/examples/echo"
   BARE="$ROOT/target/release/examples/bare_pingora"
+  OWN="$ROOT/target/release/examples/own_loop"
 }
 
 # start_backend PORT [extra args]: the example function, answering a fixed body.

@@ -101,6 +101,14 @@ start_bare() {
   wait_http "http://127.0.0.1:$port/small"
 }
 
+# Issue 27's probe: a keep-alive loop of our own on pingora-core (examples/own_loop.rs).
+start_own() {
+  local threads=$1 port=$2
+  $PIN "$OWN" "127.0.0.1:$port" "127.0.0.1:$ORIGIN" "$threads" 2>/dev/null &
+  PROXY_PID=$!; PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/small"
+}
+
 start_fngate_proxy() {
   local threads=$1 port=$2 admin
   admin=$(free_port)
@@ -131,6 +139,7 @@ callgrind_per_request() {
   case $name in
     pingora) start_bare 1 "$port" ;;
     pingora-fwd) export BARE_FORWARDED=1; start_bare 1 "$port"; unset BARE_FORWARDED ;;
+    own) start_own 1 "$port" ;;
     fngate) start_fngate_proxy 1 "$port" ;;
   esac
   local vg_pid
@@ -153,7 +162,9 @@ if [ -n "${BENCH_CALLGRIND:-}" ]; then
   read -r _ bare_ir _ < <(callgrind_per_request pingora)
   read -r _ fwd_ir _ < <(callgrind_per_request pingora-fwd)
   read -r _ fngate_ir _ < <(callgrind_per_request fngate)
-  printf "%-12s %12s\n" pingora "$bare_ir" "pingora+fwd" "$fwd_ir" fngate "$fngate_ir"
+  read -r _ own_ir _ < <(callgrind_per_request own)
+  printf "%-12s %12s\n" pingora "$bare_ir" "pingora+fwd" "$fwd_ir" fngate "$fngate_ir" own-loop "$own_ir"
+  awk -v o="$own_ir" -v b="$bare_ir" 'BEGIN{printf "own-loop/bare-pingora instructions %.3f (%+.0f per request)\n", o/b, o-b}'
   awk -v f="$fngate_ir" -v b="$bare_ir" -v w="$fwd_ir" 'BEGIN{
     printf "fngate/bare-pingora instructions %.3f (%+.0f per request)\n", f/b, f-b
     printf "fngate/bare-pingora-with-the-same-forwarding-headers %.3f (%+.0f per request)\n", f/w, f-w}'
@@ -166,13 +177,14 @@ printf "%-7s %-6s %-8s %10s %9s %7s %12s\n" threads size proxy "req/s" "p99(ms)"
 for threads in $THREADS; do
   if [ "$threads" = 1 ]; then PIN="taskset -c 1"; LOADPIN="taskset -c 0"; else PIN=""; LOADPIN=""; fi
   export LOADPIN
-  for proxy in nginx haproxy pingora fngate; do
+  for proxy in ${BENCH_PROXIES:-nginx haproxy pingora fngate own}; do
     port=$(free_port)
     case $proxy in
       nginx) start_nginx "$threads" "$port" ;;
       haproxy) start_haproxy "$threads" "$port" ;;
       pingora) start_bare "$threads" "$port" ;;
       fngate) start_fngate_proxy "$threads" "$port" ;;
+      own) start_own "$threads" "$port" ;;
     esac
     for size in $SIZES; do
       read -r rps p99 errs cpu < <(measure "http://127.0.0.1:$port/$size")
@@ -191,8 +203,9 @@ for threads in $THREADS; do
       -v hc="${CPU[$threads,$size,haproxy]}" -v bc="${CPU[$threads,$size,pingora]}" \
       -v fr="${RPS[$threads,$size,fngate]}" -v nr="${RPS[$threads,$size,nginx]}" \
       -v fp="${P99[$threads,$size,fngate]}" -v np="${P99[$threads,$size,nginx]}" \
-      'BEGIN{printf "threads=%s %-5s fngate/nginx CPU %.2f  fngate/haproxy CPU %.2f  fngate/bare-pingora CPU %.2f  bare-pingora/nginx CPU %.2f  fngate/nginx req/s %.2f  p99 %.2f\n",
-        t, s, fc/nc, fc/hc, fc/bc, bc/nc, fr/nr, fp/np}'
+      -v oc="${CPU[$threads,$size,own]:-0}" -v op="${P99[$threads,$size,own]:-0}" \
+      'BEGIN{printf "threads=%s %-5s fngate/nginx CPU %.2f  fngate/haproxy CPU %.2f  fngate/bare-pingora CPU %.2f  bare-pingora/nginx CPU %.2f  fngate/nginx req/s %.2f  p99 %.2f  own-loop/nginx CPU %.2f  own-loop/nginx p99 %.2f\n",
+        t, s, fc/nc, fc/hc, fc/bc, bc/nc, fr/nr, fp/np, oc/nc, op/np}'
   done
 done
 
