@@ -233,6 +233,8 @@ pub(crate) type HttpClient = hyper_util::client::legacy::Client<
 pub(crate) fn http_client(tls: Option<&crate::plan::HttpTls>) -> Result<HttpClient, String> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    // Request-response traffic: a small write must not wait for the peer's delayed ACK.
+    connector.set_nodelay(true);
     connector.enforce_http(false);
     let config = crate::client_tls::client_config(&crate::plan::HttpTls::pems(tls))
         .map_err(|(key, e)| format!("{key}: {e}"))?;
