@@ -172,30 +172,30 @@ fn an_outbox_fngate_cannot_relay_is_a_compile_error_at_the_store() {
         .map(|d| d.to_string())
         .collect()
     };
-    let e = errors(format!("{function}{}", store("bus", "")));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("outboxPublishTopic is required")),
-        "{e:#?}"
-    );
-    let e = errors(format!(
-        "{function}{}",
-        store("nowhere", "    - {name: outboxPublishTopic, value: t}\n")
-    ));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("\"nowhere\" is not a pub/sub this app may use")),
-        "{e:#?}"
-    );
-    let e = errors(format!(
-        "{function}{}{mqtt}",
-        store("mq", "    - {name: outboxPublishTopic, value: t}\n")
-    ));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("relays through Kafka and JetStream only")),
-        "{e:#?}"
-    );
+    let cases = [
+        (
+            format!("{function}{}", store("bus", "")),
+            "outboxPublishTopic is required",
+        ),
+        (
+            format!(
+                "{function}{}",
+                store("nowhere", "    - {name: outboxPublishTopic, value: t}\n")
+            ),
+            "\"nowhere\" is not a pub/sub this app may use",
+        ),
+        (
+            format!(
+                "{function}{}{mqtt}",
+                store("mq", "    - {name: outboxPublishTopic, value: t}\n")
+            ),
+            "relays through Kafka and JetStream only",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let e = errors(yaml);
+        assert!(e.iter().any(|e| e.contains(expected)), "{e:#?}");
+    }
 }
 
 #[test]

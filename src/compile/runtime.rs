@@ -65,6 +65,7 @@ pub(super) fn build(
     // Each app with its function and file, for diagnostics across apps.
     let mut built: Vec<(DaprApp, String, Option<Arc<str>>)> = Vec::new();
     let mut interned = Interned::default();
+    let mut built_in_stores: HashMap<String, Arc<SecretStoreComponent>> = HashMap::new();
     for (key, entry, function) in snapshot.functions() {
         let Some(serving) = function.spec.serving.as_ref() else {
             continue;
@@ -163,21 +164,27 @@ pub(super) fn build(
             }
         }
         check_outboxes(&mut states, &pubsubs, &mut report);
-        // daprd on Kubernetes always has a `kubernetes` store: the app's namespace.
+        // daprd on Kubernetes always has a `kubernetes` store: the app's namespace. One per
+        // namespace, shared by its apps.
         secret_stores
             .entry(BUILT_IN_SECRET_STORE.to_owned())
             .or_insert_with(|| {
-                Arc::new(SecretStoreComponent {
-                    id: ComponentId {
-                        namespace: namespace.to_owned(),
-                        name: BUILT_IN_SECRET_STORE.to_owned(),
-                    },
-                    kind: "secretstores.kubernetes".into(),
-                    backend: SecretBackend::Kubernetes {
-                        namespace: namespace.to_owned(),
-                        catalog: namespace_secrets(snapshot, namespace),
-                    },
-                })
+                built_in_stores
+                    .entry(namespace.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(SecretStoreComponent {
+                            id: ComponentId {
+                                namespace: namespace.to_owned(),
+                                name: BUILT_IN_SECRET_STORE.to_owned(),
+                            },
+                            kind: "secretstores.kubernetes".into(),
+                            backend: SecretBackend::Kubernetes {
+                                namespace: namespace.to_owned(),
+                                catalog: namespace_secrets(snapshot, namespace),
+                            },
+                        })
+                    })
+                    .clone()
             });
         for store in secret_scopes.keys() {
             if !secret_stores.contains_key(store) {

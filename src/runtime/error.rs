@@ -153,17 +153,30 @@ impl ApiError {
     /// A missing or unknown `dapr-api-token`. (HTTP answers it before any handler, as
     /// plain text; see `http.rs`.)
     pub fn unauthenticated(detail: &str) -> ApiError {
-        let mut detail = detail.to_owned();
-        detail.truncate(63);
+        ApiError::from_http_status(401, detail)
+    }
+
+    /// daprd's `ErrorFromHTTPResponseCode`: the gRPC code for an HTTP status, the status
+    /// text as message and reason, and ErrorInfo metadata `http.code` and (up to 63 bytes
+    /// of) `http.error_message`.
+    pub fn from_http_status(status: u16, detail: &str) -> ApiError {
+        let text = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut end = detail.len().min(63);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
         let mut e = ApiError::basic(
-            Code::Unauthenticated,
-            401,
-            "Unauthorized",
-            "Unauthorized".into(),
+            super::invoke_api::grpc_code_of(status),
+            status,
+            text,
+            text.to_owned(),
         );
         e.extra().grpc_info = vec![
-            ("http.code".into(), "401".into()),
-            ("http.error_message".into(), detail),
+            ("http.code".into(), status.to_string()),
+            ("http.error_message".into(), detail[..end].to_owned()),
         ];
         e
     }

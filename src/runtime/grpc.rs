@@ -139,26 +139,23 @@ where
     };
     // `handler(&api, &app, [taken from the call's head,] message)`, its answer or its
     // `ApiError` encoded.
+    // `handler(&api, &app, [what it takes from the call's head,] message)`; its answer or
+    // its `ApiError` encoded.
     macro_rules! call {
-        ($handler:path $(, $head:expr)?) => {{
+        ($handler:path) => {{
             let (api, app) = (api.clone(), app.clone());
-            #[allow(unused_variables)]
-            let head = ($($head,)?);
             unary(req, move |r: Request<_>| async move {
-                let message = r.into_inner();
-                call!(@invoke $handler, &api, &app, head, message $(, $head)?)
-                    .await
-                    .map(IntoResponse::into_response)
-                    .map_err(|e| e.to_status())
+                answer($handler(&api, &app, r.into_inner()).await)
             })
             .await
         }};
-        (@invoke $handler:path, $api:expr, $app:expr, $head:ident, $m:ident) => {
-            $handler($api, $app, $m)
-        };
-        (@invoke $handler:path, $api:expr, $app:expr, $head:ident, $m:ident, $_h:expr) => {
-            $handler($api, $app, $head.0, $m)
-        };
+        ($handler:path, $head:expr) => {{
+            let (api, app, head) = (api.clone(), app.clone(), $head);
+            unary(req, move |r: Request<_>| async move {
+                answer($handler(&api, &app, head, r.into_inner()).await)
+            })
+            .await
+        }};
     }
     match method {
         Method::GetState => call!(state::grpc_get),
@@ -184,6 +181,16 @@ where
             bindings::grpc_call_headers(req.headers(), None)
         ),
     }
+}
+
+/// A handler's result as tonic's: its message (or response with metadata), or the status
+/// its `ApiError` renders as.
+fn answer<M, R: IntoResponse<M>>(
+    result: Result<R, super::ApiError>,
+) -> Result<Response<M>, Status> {
+    result
+        .map(IntoResponse::into_response)
+        .map_err(|e| e.to_status())
 }
 
 /// A handler's answer as a tonic response: a message, or a response with metadata.

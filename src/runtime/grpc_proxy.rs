@@ -3,7 +3,7 @@
 //! server as a stream both ways — the caller's own generated client, unchanged, reaches
 //! the other function. Who may call whom is invocation's rule; a target at zero is held.
 
-use super::invoke_api::{direct_invoke_error, normalize_method};
+use super::invoke_api::{direct_invoke_error, identity_headers, normalize_method};
 use super::DaprApi;
 use crate::plan::DaprApp;
 use bytes::Bytes;
@@ -77,19 +77,12 @@ impl DaprApi {
         head.uri = format!("http://{addr}{path}")
             .parse()
             .map_err(|e| direct_invoke_error(id, format!("{e}")))?;
-        for h in [
-            "dapr-api-token",
-            "dapr-caller-app-id",
-            "dapr-caller-namespace",
-            "dapr-callee-app-id",
-        ] {
-            head.headers.remove(h);
+        // The caller's token and claimed identity never pass; fngate stamps the identity.
+        for (k, _) in identity_headers(caller, &target) {
+            head.headers.remove(k);
         }
-        for (k, v) in [
-            ("dapr-caller-app-id", &caller.app_id),
-            ("dapr-caller-namespace", &caller.namespace),
-            ("dapr-callee-app-id", &target.app_id),
-        ] {
+        head.headers.remove("dapr-api-token");
+        for (k, v) in identity_headers(caller, &target) {
             if let Ok(v) = http::HeaderValue::from_str(v) {
                 head.headers.insert(k, v);
             }

@@ -70,6 +70,19 @@ const NOT_FORWARDED: &[&str] = &[
     "dapr-callee-app-id",
 ];
 
+/// The identity headers fngate stamps on every invocation (the caller's own are dropped:
+/// see `NOT_FORWARDED`).
+pub(crate) fn identity_headers<'a>(
+    caller: &'a DaprApp,
+    target: &'a InvokeTarget,
+) -> [(&'static str, &'a str); 3] {
+    [
+        ("dapr-caller-app-id", &caller.app_id),
+        ("dapr-caller-namespace", &caller.namespace),
+        ("dapr-callee-app-id", &target.app_id),
+    ]
+}
+
 pub(crate) fn forwarded(name: &str) -> bool {
     !NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
@@ -321,10 +334,10 @@ impl DaprApi {
         if !call.content_type.is_empty() {
             request = request.header("content-type", call.content_type.as_str());
         }
+        for (k, v) in identity_headers(caller, target) {
+            request = request.header(k, v);
+        }
         let request = request
-            .header("dapr-caller-app-id", caller.app_id.as_str())
-            .header("dapr-caller-namespace", caller.namespace.as_str())
-            .header("dapr-callee-app-id", target.app_id.as_str())
             .body(Full::new(call.body.clone()))
             .map_err(|e| format!("the call is not a valid HTTP request: {e}"))?;
         let response = client.request(request).await.map_err(|e| e.to_string())?;
@@ -384,12 +397,8 @@ impl DaprApi {
                 md.append(name, value);
             }
         }
-        for (k, v) in [
-            ("dapr-caller-app-id", &caller.app_id),
-            ("dapr-caller-namespace", &caller.namespace),
-            ("dapr-callee-app-id", &target.app_id),
-        ] {
-            if let Ok(value) = tonic::metadata::MetadataValue::try_from(v.as_str()) {
+        for (k, v) in identity_headers(caller, target) {
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(v) {
                 md.insert(k, value);
             }
         }

@@ -16,7 +16,7 @@ use super::DaprApi;
 use crate::plan::{BrokerBackend, DaprApp, Outbox, PubsubComponent, StateComponent};
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -221,7 +221,7 @@ impl DaprApi {
     /// that left it.
     pub(crate) fn sync_outbox_relays(self: &Arc<Self>) {
         let plan = self.plan.load();
-        let mut wanted: HashMap<Relay, ()> = HashMap::new();
+        let mut wanted: HashSet<Relay> = HashSet::new();
         for app in plan.dapr.apps.values() {
             for (_, state) in app.states.iter() {
                 let Some(outbox) = &state.outbox else {
@@ -233,28 +233,25 @@ impl DaprApi {
                 ) else {
                     continue;
                 };
-                wanted.insert(
-                    Relay {
-                        app_id: app.app_id.clone(),
-                        namespace: app.namespace.clone(),
-                        outbox: outbox.clone(),
-                        state: state.clone(),
-                        internal: internal.clone(),
-                        publish: publish.clone(),
-                    },
-                    (),
-                );
+                wanted.insert(Relay {
+                    app_id: app.app_id.clone(),
+                    namespace: app.namespace.clone(),
+                    outbox: outbox.clone(),
+                    state: state.clone(),
+                    internal: internal.clone(),
+                    publish: publish.clone(),
+                });
             }
         }
         let mut running = self.relays.lock().expect("not poisoned");
         running.retain(|relay, task| {
-            let keep = wanted.contains_key(relay);
+            let keep = wanted.contains(relay);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for relay in wanted.into_keys() {
+        for relay in wanted {
             if running.contains_key(&relay) {
                 continue;
             }

@@ -119,6 +119,17 @@ impl DaprApi {
         timer.finish(result)
     }
 
+    /// The Secrets of `namespace` on the API server; `None` from files.
+    async fn kube_secrets(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<kube::Api<k8s_openapi::api::core::v1::Secret>>, String> {
+        Ok(self
+            .kube_client()
+            .await?
+            .map(|client| kube::Api::namespaced(client, namespace)))
+    }
+
     async fn read_secret(
         &self,
         backend: &SecretBackend,
@@ -144,10 +155,8 @@ impl DaprApi {
             }
             SecretBackend::Kubernetes { namespace, catalog } => {
                 check_namespace(namespace, metadata)?;
-                match self.kube_client().await? {
-                    Some(client) => {
-                        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-                            kube::Api::namespaced(client, namespace);
+                match self.kube_secrets(namespace).await? {
+                    Some(api) => {
                         let secret = api.get(key).await.map_err(kube_error)?;
                         Ok(secret_data(secret.data.unwrap_or_default()))
                     }
@@ -178,10 +187,8 @@ impl DaprApi {
                 .collect()),
             SecretBackend::Kubernetes { namespace, catalog } => {
                 check_namespace(namespace, metadata)?;
-                match self.kube_client().await? {
-                    Some(client) => {
-                        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-                            kube::Api::namespaced(client, namespace);
+                match self.kube_secrets(namespace).await? {
+                    Some(api) => {
                         let list = api.list(&Default::default()).await.map_err(kube_error)?;
                         Ok(list
                             .items

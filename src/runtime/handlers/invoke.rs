@@ -88,20 +88,8 @@ pub(crate) async fn grpc_invoke(
             headers,
             body,
         } => {
-            let code = grpc_code_of(status);
-            if code != tonic::Code::Ok {
-                // daprd's `ErrorFromHTTPResponseCode`: the status text as message and
-                // reason, the code and (up to 63 bytes of) the body as ErrorInfo metadata.
-                let text = http::StatusCode::from_u16(status)
-                    .ok()
-                    .and_then(|s| s.canonical_reason())
-                    .unwrap_or("");
-                let mut detail = String::from_utf8_lossy(&body).into_owned();
-                truncate_at_char(&mut detail, 63);
-                let mut e = ApiError::basic(code, status, text, text.to_owned()).with_info(vec![
-                    ("http.code".into(), status.to_string()),
-                    ("http.error_message".into(), detail),
-                ]);
+            if grpc_code_of(status) != tonic::Code::Ok {
+                let mut e = ApiError::from_http_status(status, &String::from_utf8_lossy(&body));
                 e.outcome = "app_error";
                 return Err(e);
             }
@@ -122,15 +110,5 @@ pub(crate) async fn grpc_invoke(
                 .insert(HTTP_STATUS_HEADER, status.into());
             Ok(response)
         }
-    }
-}
-
-fn truncate_at_char(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
     }
 }
