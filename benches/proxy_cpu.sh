@@ -21,6 +21,10 @@ CONNS=${2:-32}
 THREADS=${BENCH_THREADS:-1 2}
 SIZES=${BENCH_SIZES:-small 16k}
 build
+GOPROXY="$WORK/go_proxy"
+if command -v go >/dev/null; then
+  (cd "$(dirname "$0")/go_proxy" && GO111MODULE=off GOCACHE="$WORK/gocache" go build -o "$GOPROXY" main.go)
+fi
 
 TICKS=$(getconf CLK_TCK)
 # cpu_ticks PID: utime+stime of PID and its child processes (nginx and haproxy workers).
@@ -109,6 +113,19 @@ start_own() {
   wait_http "http://127.0.0.1:$port/small"
 }
 
+# Go's httputil.ReverseProxy (benches/go_proxy), GOMAXPROCS = threads.
+start_go() {
+  local threads=$1 port=$2
+  GOMAXPROCS=$threads $PIN "$GOPROXY" "127.0.0.1:$port" "127.0.0.1:$ORIGIN" 2>/dev/null &
+  PROXY_PID=$!; PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/small"
+}
+
+# fngate with every request on pingora-proxy (its own HTTP/1 loop off).
+start_fngate_pingora() {
+  FNGATE_EXTRA="http1: {own_loop: false}" start_fngate_proxy "$@"
+}
+
 start_fngate_proxy() {
   local threads=$1 port=$2 admin
   admin=$(free_port)
@@ -177,14 +194,18 @@ printf "%-7s %-6s %-8s %10s %9s %7s %12s\n" threads size proxy "req/s" "p99(ms)"
 for threads in $THREADS; do
   if [ "$threads" = 1 ]; then PIN="taskset -c 1"; LOADPIN="taskset -c 0"; else PIN=""; LOADPIN=""; fi
   export LOADPIN
-  for proxy in ${BENCH_PROXIES:-nginx haproxy pingora fngate own}; do
+  default_proxies="nginx haproxy pingora fngate fngate-pp own"
+  [ -x "$GOPROXY" ] && default_proxies+=" go"
+  for proxy in ${BENCH_PROXIES:-$default_proxies}; do
     port=$(free_port)
     case $proxy in
       nginx) start_nginx "$threads" "$port" ;;
       haproxy) start_haproxy "$threads" "$port" ;;
       pingora) start_bare "$threads" "$port" ;;
       fngate) start_fngate_proxy "$threads" "$port" ;;
+      fngate-pp) start_fngate_pingora "$threads" "$port" ;;
       own) start_own "$threads" "$port" ;;
+      go) start_go "$threads" "$port" ;;
     esac
     for size in $SIZES; do
       read -r rps p99 errs cpu < <(measure "http://127.0.0.1:$port/$size")
@@ -199,15 +220,22 @@ echo
 for threads in $THREADS; do
   for size in $SIZES; do
     awk -v t="$threads" -v s="$size" \
-      -v fc="${CPU[$threads,$size,fngate]}" -v nc="${CPU[$threads,$size,nginx]}" \
-      -v hc="${CPU[$threads,$size,haproxy]}" -v bc="${CPU[$threads,$size,pingora]}" \
-      -v fr="${RPS[$threads,$size,fngate]}" -v nr="${RPS[$threads,$size,nginx]}" \
-      -v fp="${P99[$threads,$size,fngate]}" -v np="${P99[$threads,$size,nginx]}" \
-      -v oc="${CPU[$threads,$size,own]:-0}" -v op="${P99[$threads,$size,own]:-0}" \
-      'BEGIN{printf "threads=%s %-5s fngate/nginx CPU %.2f  fngate/haproxy CPU %.2f  fngate/bare-pingora CPU %.2f  bare-pingora/nginx CPU %.2f  fngate/nginx req/s %.2f  p99 %.2f  own-loop/nginx CPU %.2f  own-loop/nginx p99 %.2f\n",
-        t, s, fc/nc, fc/hc, fc/bc, bc/nc, fr/nr, fp/np, oc/nc, op/np}'
+      -v fc="${CPU[$threads,$size,fngate]:-0}" -v nc="${CPU[$threads,$size,nginx]:-0}" \
+      -v hc="${CPU[$threads,$size,haproxy]:-0}" -v bc="${CPU[$threads,$size,pingora]:-0}" \
+      -v pc="${CPU[$threads,$size,fngate-pp]:-0}" -v gc="${CPU[$threads,$size,go]:-0}" \
+      -v fp="${P99[$threads,$size,fngate]:-0}" -v np="${P99[$threads,$size,nginx]:-0}" \
+      -v oc="${CPU[$threads,$size,own]:-0}" \
+      'function r(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+      BEGIN{printf "threads=%s %-5s CPU per request: fngate/nginx %s  fngate/haproxy %s  fngate/go-httputil %s (go/fngate %s)  fngate/fngate-on-pingora-proxy %s  bare-pingora/nginx %s  own-loop-probe/nginx %s;  p99 fngate/nginx %s\n",
+        t, s, r(fc, nc), r(fc, hc), r(fc, gc), r(gc, fc), r(fc, pc), r(bc, nc), r(oc, nc), r(fp, np)}'
   done
 done
+if [[ " $THREADS " == *" 1 "* && " $THREADS " == *" 2 "* ]]; then
+  for size in $SIZES; do
+    awk -v s="$size" -v one="${RPS[1,$size,fngate]:-0}" -v two="${RPS[2,$size,fngate]:-0}" \
+      'BEGIN{if (one > 0) printf "%-5s fngate req/s, 2 threads / 1 thread: %.2f\n", s, two / one}'
+  done
+fi
 
 # HTTP/2 from the client (h2c prior knowledge; h2load multiplexes 10 streams per connection).
 if command -v h2load >/dev/null && [ -z "${BENCH_NO_H2:-}" ]; then

@@ -7,12 +7,12 @@
 # official Python Dapr SDK and grpcio; tzdata for cron schedules' time zones; mosquitto
 # and its clients for the MQTT tests; Node.js and npm for the Node functions on the official
 # Dapr JS SDK (tests/node, installed by the tests with `npm ci`). `--bench` adds what only the benchmarks use: nginx,
-# haproxy, wrk and h2load (nghttp2-client). Skips apt when all are present.
+# haproxy, wrk, h2load (nghttp2-client) and Go (the httputil.ReverseProxy peer). Skips apt when all are present.
 set -euo pipefail
 
 packages=(cmake build-essential perl pkg-config libssl-dev curl openssl ca-certificates nats-server protobuf-compiler redis-server postgresql mariadb-server mariadb-client python3-venv tzdata mosquitto mosquitto-clients nodejs)
 if [ "${1:-}" = "--bench" ]; then
-  packages+=(nginx-light haproxy nghttp2-client wrk)
+  packages+=(nginx-light haproxy nghttp2-client wrk golang-go)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -34,6 +34,7 @@ struct RawSettings {
     events: RawEvents,
     activator: RawActivator,
     http2: RawHttp2,
+    http1: RawHttp1,
     shutdown: RawShutdown,
     dapr_api: RawDaprApi,
 }
@@ -61,6 +62,12 @@ struct RawDaprTls {
 #[serde(default, deny_unknown_fields)]
 struct RawShutdown {
     drain: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawHttp1 {
+    own_loop: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -217,6 +224,9 @@ pub struct Settings {
     pub scale_webhook: Option<String>,
     /// HTTP/2 from clients: with prior knowledge on the HTTP listener (h2c).
     pub h2c: bool,
+    /// HTTP/1 requests fngate's own loop can forward take it; `false`: every request goes
+    /// through pingora-proxy.
+    pub http1_own_loop: bool,
     /// Streams one HTTP/2 client connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// An HTTP/2 client connection with no open stream for this long is closed; `None`:
@@ -514,6 +524,7 @@ impl Settings {
             .unwrap_or_default(),
             threads,
             h2c: raw.http2.h2c.unwrap_or(true),
+            http1_own_loop: raw.http1.own_loop.unwrap_or(true),
             h2_idle_timeout: dur("http2.idle_timeout", &raw.http2.idle_timeout, "60s")?,
             // Under Kubernetes' default 30 s termination grace period, with room for the
             // endpoints controller to take the pod out of its Services first.

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::drain::{Drain, DrainSignals};
 use crate::lease::Lease;
 use crate::plan_swap::PlanSwap;
-use crate::proxy::{FunctionProxy, ProxyLimits};
+use crate::proxy::{FunctionProxy, OwnHttp1, ProxyLimits};
 use crate::status::StatusWriter;
 use crate::telemetry::{AdminApp, Metrics};
 use crate::triggers::TriggerSupervisor;
@@ -405,6 +405,29 @@ impl<S: pingora::services::Service> pingora::services::Service for UntilExit<S> 
     }
 }
 
+/// The HTTP listeners' service: fngate's own HTTP/1 loop in front of pingora-proxy, or
+/// pingora-proxy alone (`http1.own_loop: false`).
+enum HttpService {
+    Own(Service<OwnHttp1>),
+    Proxy(Service<pingora::proxy::HttpProxy<FunctionProxy>>),
+}
+
+impl HttpService {
+    fn add_listener(&mut self, config: pingora::listeners::ListenerConfig) {
+        match self {
+            HttpService::Own(s) => s.add_listener(config),
+            HttpService::Proxy(s) => s.add_listener(config),
+        }
+    }
+
+    fn add_tls_with_settings(&mut self, addr: &str, tls: pingora::listeners::tls::TlsSettings) {
+        match self {
+            HttpService::Own(s) => s.add_tls_with_settings(addr, None, tls),
+            HttpService::Proxy(s) => s.add_tls_with_settings(addr, None, tls),
+        }
+    }
+}
+
 /// Claims Kafka instance id `id` on this host: two live processes with one id would take
 /// each other's group membership (on Kafka, fencing each other in turn). A lock on a file
 /// named after the id, released by the kernel when the process exits, even on SIGKILL, so a
@@ -515,24 +538,24 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         webhook,
     ));
     let shared_activator = activator.clone();
+    let limits = ProxyLimits {
+        max_header_bytes: settings.max_header_bytes,
+        max_body_bytes: settings.max_body_bytes,
+        connect_timeout: settings.connect_timeout,
+        upstream_read_timeout: settings.upstream_read_timeout,
+    };
     let proxy = FunctionProxy {
-        activator,
+        activator: activator.clone(),
         plan: plan.clone(),
         unrouted: crate::proxy::RequestSeries::new(&metrics, "".into(), "".into()),
         metrics: metrics.clone(),
         drain: drain.clone(),
-        limits: ProxyLimits {
-            max_header_bytes: settings.max_header_bytes,
-            max_body_bytes: settings.max_body_bytes,
-            connect_timeout: settings.connect_timeout,
-            upstream_read_timeout: settings.upstream_read_timeout,
-        },
+        limits: limits.clone(),
+        served: metrics
+            .http_requests_by_path
+            .with_label_values(&["pingora_proxy"]),
     };
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "fngate http");
-    let app = proxy_service
-        .app_logic_mut()
-        .expect("a new service has its app");
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = settings.h2c;
     // HTTP/1.1 clients get pingora's 60 s keep-alive; h2 connections would otherwise stay
@@ -540,6 +563,26 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     server_options.h2_idle_timeout = settings.h2_idle_timeout;
     app.server_options = Some(server_options);
     app.h2_options = Some(h2_options(&settings));
+    let app = Arc::new(app);
+    let mut proxy_service = if settings.http1_own_loop {
+        HttpService::Own(Service::new(
+            "fngate http".into(),
+            OwnHttp1::new(
+                app,
+                plan.clone(),
+                metrics.clone(),
+                limits,
+                activator,
+                drain.clone(),
+                settings.h2c,
+            ),
+        ))
+    } else {
+        HttpService::Proxy(Service::new(
+            "fngate http".into(),
+            Arc::into_inner(app).expect("not shared yet"),
+        ))
+    };
     if let Some(addr) = settings.listen_http {
         // pingora's default 64 KiB read buffer per connection is most of what an idle or
         // waiting (scale from zero) connection costs; request heads and bodies are read
@@ -572,7 +615,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         })?;
         // ALPN: h2 when the client offers it, else HTTP/1.1.
         tls.enable_h2();
-        proxy_service.add_tls_with_settings(&addr.to_string(), None, tls);
+        proxy_service.add_tls_with_settings(&addr.to_string(), tls);
         tracing::info!(%addr, "HTTPS listener");
     }
 
@@ -700,7 +743,10 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         server.add_service(dapr);
     }
     triggers.threads = Some(settings.event_threads);
-    server.add_service(proxy_service);
+    match proxy_service {
+        HttpService::Own(service) => server.add_service(service),
+        HttpService::Proxy(service) => server.add_service(service),
+    };
     server.add_service(triggers);
     server.add_service(UntilExit::new(admin));
     server.add_boxed_service(follower);

@@ -5,9 +5,11 @@
 mod context;
 mod headers;
 mod mirror;
+mod own_h1;
 mod service;
 mod stats;
 
 pub use context::RequestCtx;
+pub use own_h1::{OwnHttp1, SMALL_BODY};
 pub use service::{FunctionProxy, ProxyLimits};
 pub use stats::RequestSeries;

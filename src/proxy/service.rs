@@ -37,10 +37,12 @@ pub struct FunctionProxy {
     pub unrouted: RequestSeries,
     /// Counts requests in flight for the shutdown drain; says when it has begun.
     pub drain: Arc<crate::drain::Drain>,
+    /// `fngate_http_requests_by_path_total{path="pingora_proxy"}`.
+    pub served: prometheus::IntCounter,
 }
 
 /// Borrowed view of a pingora request for the route table.
-struct PingoraRequest<'a>(&'a RequestHeader);
+pub(super) struct PingoraRequest<'a>(pub(super) &'a RequestHeader);
 
 impl RequestView for PingoraRequest<'_> {
     fn method(&self) -> &str {
@@ -54,7 +56,7 @@ impl RequestView for PingoraRequest<'_> {
     }
 }
 
-fn request_host(req: &RequestHeader) -> &str {
+pub(super) fn request_host(req: &RequestHeader) -> &str {
     req.headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -63,7 +65,7 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 /// The port named in a Host value, if any.
-fn host_port(host: &str) -> Option<u16> {
+pub(super) fn host_port(host: &str) -> Option<u16> {
     let after = match host.rfind(']') {
         Some(i) => &host[i + 1..],
         None => host,
@@ -71,7 +73,7 @@ fn host_port(host: &str) -> Option<u16> {
     after.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
-fn host_without_port(host: &str) -> &str {
+pub(super) fn host_without_port(host: &str) -> &str {
     match host_port(host) {
         Some(_) => &host[..host.rfind(':').unwrap_or(host.len())],
         None => host,
@@ -79,7 +81,7 @@ fn host_without_port(host: &str) -> &str {
 }
 
 /// Whether the request announces a body (chunked, or a non-zero Content-Length).
-fn has_body(req: &RequestHeader) -> bool {
+pub(super) fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers
@@ -115,7 +117,7 @@ fn grpc_code(http_status: u16) -> u8 {
 /// without whitespace or control bytes. pingora takes any token as a target (and escapes
 /// spaces, `<>"` and controls inside one, as nginx accepts them): forwarded as it is, a
 /// target in no form is read by a function as something else, or refused.
-fn valid_target(method: &http::Method, target: &[u8]) -> bool {
+pub(super) fn valid_target(method: &http::Method, target: &[u8]) -> bool {
     let form_ok = match target.first() {
         Some(b'/') => true,
         Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
@@ -283,25 +285,6 @@ impl FunctionProxy {
         }
     }
 
-    /// Waits in the activator for backend `backend` of `rule` to have a ready endpoint
-    /// (`refused`: the endpoints that just refused this request).
-    async fn wait_for_endpoint(
-        &self,
-        rule: &Rule,
-        backend: usize,
-        refused: Option<&Arc<ServiceEndpoints>>,
-    ) -> Held {
-        let target = &rule.backends[backend].target;
-        let service = ServiceKey {
-            namespace: target.namespace.to_string(),
-            name: target.service.to_string(),
-        };
-        let labels = [&*rule.function.namespace, &*rule.function.name];
-        self.activator
-            .hold(&service, target.port, labels, refused, &rule.hold)
-            .await
-    }
-
     /// Scale from zero: waits, before the body is read, for the chosen backend's Service
     /// to get a ready endpoint. A client without a body that hangs up frees its slot.
     async fn hold(
@@ -314,7 +297,7 @@ impl FunctionProxy {
         // then hands it back before the process exits.
         let wait = async {
             tokio::select! {
-                held = self.wait_for_endpoint(rule, ctx.backend, None) => Some(held),
+                held = wait_for_endpoint(&self.activator, rule, ctx.backend, None) => Some(held),
                 _ = self.drain.held_requests_deadline() => None,
             }
         };
@@ -408,6 +391,83 @@ impl FunctionProxy {
             }
         }
     }
+}
+
+/// What fngate does to a request head on its way to a function, on either path: the
+/// hop-by-hop headers out, the forwarding headers in, the route's rewrite and header edits.
+pub(super) fn forward_request_head(
+    upstream: &mut RequestHeader,
+    rule: &Rule,
+    client_host: &str,
+    client_ip: Option<std::net::IpAddr>,
+    tls: bool,
+    matched_prefix: Option<&str>,
+) -> Result<()> {
+    headers::strip_request_hop_by_hop(upstream);
+    headers::set_forwarded(upstream, client_ip, tls, client_host)?;
+    if let Some(rewrite) = rule.rewrite() {
+        if let Some(path_rw) = &rewrite.path {
+            let new_path = path_rw.apply(upstream.uri.path(), matched_prefix);
+            let uri = match upstream.uri.query() {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            let uri: http::Uri = uri.parse().map_err(|_| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    "rewritten path is not a valid URI",
+                )
+            })?;
+            upstream.set_uri(uri);
+        }
+        if let Some(h) = &rewrite.hostname {
+            upstream.insert_header("host", h.as_str())?;
+        }
+    }
+    if let Some(edits) = rule.request_headers() {
+        headers::apply_edits(upstream, edits)?;
+    }
+    Ok(())
+}
+
+/// What fngate does to a function's response head on its way to the client, on either path.
+pub(super) fn forward_response_head(
+    upstream: &mut ResponseHeader,
+    rule: Option<&Rule>,
+) -> Result<()> {
+    headers::strip_response_hop_by_hop(upstream);
+    if let Some(edits) = rule.and_then(|r| r.response_headers()) {
+        headers::apply_edits(upstream, edits)?;
+    }
+    Ok(())
+}
+
+/// Time to wait on the function between reads: the route's timeouts, else fngate's.
+pub(super) fn upstream_read_timeout(rule: &Rule, limits: &ProxyLimits) -> Option<Duration> {
+    let route_limit = match (rule.timeouts.request, rule.timeouts.backend_request) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    route_limit.or(limits.upstream_read_timeout)
+}
+
+/// Waits in the activator for backend `backend` of `rule` to have a ready endpoint
+/// (`refused`: the endpoints that just refused this request).
+pub(super) async fn wait_for_endpoint(
+    activator: &Activator,
+    rule: &Rule,
+    backend: usize,
+    refused: Option<&Arc<ServiceEndpoints>>,
+) -> Held {
+    let target = &rule.backends[backend].target;
+    let service = ServiceKey {
+        namespace: target.namespace.to_string(),
+        name: target.service.to_string(),
+    };
+    let labels = [&*rule.function.namespace, &*rule.function.name];
+    activator
+        .hold(&service, target.port, labels, refused, &rule.hold)
+        .await
 }
 
 /// Concurrent requests on one h2c connection to a function.
@@ -508,10 +568,7 @@ impl ProxyHttp for FunctionProxy {
         {
             // Every ready endpoint refused before anything was sent: the function went
             // away under this request. Wait for it as for a cold function.
-            match self
-                .wait_for_endpoint(rule, ctx.backend, Some(&refused))
-                .await
-            {
+            match wait_for_endpoint(&self.activator, rule, ctx.backend, Some(&refused)).await {
                 // Already counted as running since it first started.
                 Held::Ready(endpoints, permit, _) => {
                     ctx.endpoints = Some(endpoints);
@@ -546,12 +603,7 @@ impl ProxyHttp for FunctionProxy {
             peer.options.max_h2_streams = H2C_STREAMS_PER_CONNECTION;
         }
         peer.options.connection_timeout = Some(self.limits.connect_timeout);
-        // Time to wait on the function between reads: the route's timeouts, else ours.
-        let route_limit = match (rule.timeouts.request, rule.timeouts.backend_request) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        peer.options.read_timeout = route_limit.or(self.limits.upstream_read_timeout);
+        peer.options.read_timeout = upstream_read_timeout(rule, &self.limits);
         Ok(Box::new(peer))
     }
 
@@ -624,36 +676,19 @@ impl ProxyHttp for FunctionProxy {
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
-        headers::strip_request_hop_by_hop(upstream);
-        let host = request_host(session.req_header());
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        headers::set_forwarded(upstream, client_ip, ctx.tls, host)?;
-        if let Some(rewrite) = rule.rewrite() {
-            if let Some(path_rw) = &rewrite.path {
-                let new_path = path_rw.apply(upstream.uri.path(), ctx.matched_prefix.as_deref());
-                let uri = match upstream.uri.query() {
-                    Some(q) => format!("{new_path}?{q}"),
-                    None => new_path,
-                };
-                let uri: http::Uri = uri.parse().map_err(|_| {
-                    Error::explain(
-                        ErrorType::InternalError,
-                        "rewritten path is not a valid URI",
-                    )
-                })?;
-                upstream.set_uri(uri);
-            }
-            if let Some(h) = &rewrite.hostname {
-                upstream.insert_header("host", h.as_str())?;
-            }
-        }
-        if let Some(edits) = rule.request_headers() {
-            headers::apply_edits(upstream, edits)?;
-        }
-        Ok(())
+        let host = request_host(session.req_header());
+        forward_request_head(
+            upstream,
+            &rule,
+            host,
+            client_ip,
+            ctx.tls,
+            ctx.matched_prefix.as_deref(),
+        )
     }
 
     async fn response_filter(
@@ -664,11 +699,7 @@ impl ProxyHttp for FunctionProxy {
     ) -> Result<()> {
         // The drain may have begun since the request arrived.
         self.close_if_draining(session);
-        headers::strip_response_hop_by_hop(upstream);
-        if let Some(edits) = ctx.rule.as_ref().and_then(|r| r.response_headers()) {
-            headers::apply_edits(upstream, edits)?;
-        }
-        Ok(())
+        forward_response_head(upstream, ctx.rule.as_deref())
     }
 
     async fn fail_to_proxy(
@@ -734,6 +765,7 @@ impl ProxyHttp for FunctionProxy {
             None => &self.unrouted,
         };
         series.record(status, ctx.started.elapsed().as_secs_f64());
+        self.served.inc();
         let (ns, function) = ctx.function_labels();
         if let Some(e) = e {
             tracing::debug!(namespace = ns, function, status, error = %e, "request failed");

@@ -13,6 +13,11 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_connect_errors: IntCounterVec,
+    /// HTTP requests by the path that served them: `own_h1` (fngate's own HTTP/1 loop) or
+    /// `pingora_proxy`.
+    pub http_requests_by_path: IntCounterVec,
+    /// Connections the own HTTP/1 loop handed to pingora-proxy, by reason.
+    pub http_handoffs: IntCounterVec,
     pub routes: IntGauge,
     /// Proxied requests between their head and their end (held ones included).
     pub requests_in_flight: IntGauge,
@@ -125,6 +130,22 @@ impl Metrics {
                 "Failed connection attempts to function endpoints",
             ),
             &["namespace", "function"],
+        )
+        .unwrap();
+        let http_requests_by_path = IntCounterVec::new(
+            Opts::new(
+                "fngate_http_requests_by_path_total",
+                "HTTP requests by the path that served them: own_h1 (fngate's HTTP/1 loop) or pingora_proxy",
+            ),
+            &["path"],
+        )
+        .unwrap();
+        let http_handoffs = IntCounterVec::new(
+            Opts::new(
+                "fngate_http_handoffs_total",
+                "Client connections the own HTTP/1 loop handed to pingora-proxy, by the reason of the request that did",
+            ),
+            &["reason"],
         )
         .unwrap();
         let routes = IntGauge::new("fngate_routes", "Route matches in the serving plan").unwrap();
@@ -384,6 +405,8 @@ impl Metrics {
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_connect_errors.clone()),
+            Box::new(http_requests_by_path.clone()),
+            Box::new(http_handoffs.clone()),
             Box::new(routes.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(draining.clone()),
@@ -401,6 +424,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_connect_errors,
+            http_requests_by_path,
+            http_handoffs,
             routes,
             requests_in_flight,
             draining,
