@@ -9,12 +9,16 @@
 # Small (13-byte) and 16 KiB responses. With h2load installed, also HTTP/2 (h2c prior
 # knowledge) through fngate and nginx.
 #
+# Peers: nginx, HAProxy, Go's httputil.ReverseProxy (benches/go_proxy, GOMAXPROCS =
+# threads), a bare pingora proxy, fngate with every request on pingora-proxy (fngate-pp,
+# `http1.own_loop: false`) and the own-loop probe (examples/own_loop.rs, no fngate logic).
+#
 # Usage: benches/proxy_cpu.sh [seconds per run, default 8] [connections, default 32]
 # BENCH_THREADS="1 2" and BENCH_SIZES="small 16k" choose the runs. BENCH_CALLGRIND=N
 # instead counts the instructions bare pingora (also with fngate's three forwarding
 # headers) and fngate (1 thread) spend on N small requests (valgrind's callgrind, zeroed
 # after a warm-up, so start-up is not counted): exact and repeatable where CPU time is
-# noisy.
+# noisy. BENCH_CALLGRIND_ONLY="fngate own" counts only those (names as in the CPU runs).
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-8}
 CONNS=${2:-32}
@@ -158,6 +162,7 @@ callgrind_per_request() {
     pingora-fwd) export BARE_FORWARDED=1; start_bare 1 "$port"; unset BARE_FORWARDED ;;
     own) start_own 1 "$port" ;;
     fngate) start_fngate_proxy 1 "$port" ;;
+    fngate-pp) start_fngate_pingora 1 "$port" ;;
   esac
   local vg_pid
   vg_pid=$(pgrep -f "callgrind-out-file=$out" | head -1)
@@ -176,16 +181,22 @@ callgrind_per_request() {
 
 if [ -n "${BENCH_CALLGRIND:-}" ]; then
   command -v valgrind >/dev/null || { echo "valgrind is needed for BENCH_CALLGRIND" >&2; exit 1; }
+  if [ -n "${BENCH_CALLGRIND_ONLY:-}" ]; then
+    for name in $BENCH_CALLGRIND_ONLY; do callgrind_per_request "$name"; done
+    exit 0
+  fi
   read -r _ bare_ir _ < <(callgrind_per_request pingora)
   read -r _ fwd_ir _ < <(callgrind_per_request pingora-fwd)
   read -r _ fngate_ir _ < <(callgrind_per_request fngate)
+  read -r _ pp_ir _ < <(callgrind_per_request fngate-pp)
   read -r _ own_ir _ < <(callgrind_per_request own)
-  printf "%-12s %12s\n" pingora "$bare_ir" "pingora+fwd" "$fwd_ir" fngate "$fngate_ir" own-loop "$own_ir"
-  awk -v o="$own_ir" -v b="$bare_ir" 'BEGIN{printf "own-loop/bare-pingora instructions %.3f (%+.0f per request)\n", o/b, o-b}'
+  printf "%-12s %12s\n" pingora "$bare_ir" "pingora+fwd" "$fwd_ir" fngate "$fngate_ir" fngate-pp "$pp_ir" own-probe "$own_ir"
+  awk -v o="$own_ir" -v b="$bare_ir" 'BEGIN{printf "own-loop-probe/bare-pingora instructions %.3f (%+.0f per request)\n", o/b, o-b}'
+  awk -v f="$fngate_ir" -v p="$pp_ir" 'BEGIN{printf "fngate/fngate-on-pingora-proxy instructions %.3f (%+.0f per request)\n", f/p, f-p}'
   awk -v f="$fngate_ir" -v b="$bare_ir" -v w="$fwd_ir" 'BEGIN{
     printf "fngate/bare-pingora instructions %.3f (%+.0f per request)\n", f/b, f-b
     printf "fngate/bare-pingora-with-the-same-forwarding-headers %.3f (%+.0f per request)\n", f/w, f-w}'
-  echo "profiles: /tmp/callgrind.{pingora,pingora-fwd,fngate}.* (callgrind_annotate --inclusive=yes)"
+  echo "profiles: /tmp/callgrind.{pingora,pingora-fwd,fngate,fngate-pp,own}.* (callgrind_annotate --inclusive=yes)"
   exit 0
 fi
 

@@ -40,31 +40,53 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `Connection` and `Upgrade` stay (a WebSocket handshake). Allocates only for a name
 /// `Connection` lists that is not a standard hop-by-hop one.
 fn strip_hop_by_hop(head: &mut impl HeaderOps, keep_upgrade: bool) {
+    // One pass over the names present (most heads carry none, or only `Connection`),
+    // instead of a hashed lookup per hop-by-hop name.
+    let mut present = [false; 7];
+    for name in head.headers().keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let mut listed: Vec<HeaderName> = Vec::new();
-    for value in head.headers().get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if token.is_empty()
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| h.as_str().eq_ignore_ascii_case(token))
-            {
-                continue;
-            }
-            // from_bytes lower-cases.
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                listed.push(name);
+    // HOP_BY_HOP[0] is Connection: only it lists more names.
+    if present[0] {
+        for value in head.headers().get_all(CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.is_empty()
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(token))
+                {
+                    continue;
+                }
+                // from_bytes lower-cases.
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
             }
         }
     }
-    for name in HOP_BY_HOP.iter().chain(&listed) {
-        if keep_upgrade && (name == CONNECTION || name == UPGRADE) {
-            continue;
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        if !(keep_upgrade && (name == CONNECTION || name == UPGRADE)) {
+            head.remove_name(name);
         }
+    }
+    for name in &listed {
         if head.headers().contains_key(name) {
             head.remove_name(name);
         }
     }
+}
+
+/// Whether `headers` has any of `names`: a pass over the names present, comparing (not
+/// hashing), cheaper than a lookup per name for the few headers a request carries.
+pub fn has_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
 }
 
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
@@ -152,11 +174,12 @@ pub fn set_forwarded(
         };
         req.insert_header(X_FORWARDED_FOR, value)?;
     }
+    // Appending a header that is absent spares pingora's remove-before-insert.
     if !req.headers.contains_key(X_FORWARDED_PROTO) {
-        req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        req.append_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
     }
     if !req.headers.contains_key(X_FORWARDED_HOST) && !host.is_empty() {
-        req.insert_header(X_FORWARDED_HOST, host)?;
+        req.append_header(X_FORWARDED_HOST, host)?;
     }
     Ok(())
 }

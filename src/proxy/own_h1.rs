@@ -12,8 +12,8 @@
 //! there for pingora-proxy's session when the request is not one for this path.
 
 use super::service::{
-    forward_request_head, forward_response_head, has_body, request_host, upstream_read_timeout,
-    valid_target, wait_for_endpoint, PingoraRequest, ProxyLimits,
+    forward_request_head, forward_response_head, request_host, upstream_read_timeout, valid_target,
+    wait_for_endpoint, PingoraRequest, ProxyLimits,
 };
 use super::stats::FunctionStats;
 use crate::activator::{Activator, Held, ReleasePermit};
@@ -126,7 +126,11 @@ struct Forward {
     endpoints: Arc<ServiceEndpoints>,
     /// The endpoint picked for the first attempt.
     first: Option<Upstream>,
-    head: RequestHeader,
+    /// The head to send, until the first attempt takes it (a replay builds it again).
+    head: Option<RequestHeader>,
+    matched_prefix: Option<Arc<str>>,
+    client_ip: Option<std::net::IpAddr>,
+    tls: bool,
     /// Content-Length of the body (0: none).
     body_len: u64,
     read_timeout: Option<Duration>,
@@ -239,17 +243,21 @@ impl OwnHttp1 {
     /// Whether this loop forwards the request, and how; else why pingora-proxy takes it.
     fn decide(&self, down: &DownstreamSession) -> Result<Forward, HandOff> {
         let req = down.req_header();
-        if !forwardable_protocol(req) {
+        let facts = HeadFacts::of(req);
+        if !facts.forwardable(req) {
             return Err(HandOff::Protocol);
         }
-        let body_len = match content_length(req) {
+        let body_len = match facts.content_length {
             Some(n) if n <= SMALL_BODY && n <= self.limits.max_body_bytes => n,
-            Some(_) => return Err(HandOff::Body),
-            None if has_body(req) => return Err(HandOff::Body),
-            None => 0,
+            // Chunked, or longer than this loop reads whole.
+            _ if facts.transfer_encoding || facts.content_length.is_some() => {
+                return Err(HandOff::Body)
+            }
+            // Several or unreadable lengths: pingora-proxy's session refuses what it must.
+            _ if facts.content_lengths > 0 => return Err(HandOff::Body),
+            _ => 0,
         };
-        if !valid_target(&req.method, req.raw_path())
-            || super::headers::header_bytes(&req.headers) > self.limits.max_header_bytes
+        if !valid_target(&req.method, req.raw_path()) || facts.bytes > self.limits.max_header_bytes
         {
             return Err(HandOff::LocalAnswer);
         }
@@ -292,17 +300,15 @@ impl OwnHttp1 {
         if rule.upstream_h2c.unwrap_or(first.h2c) {
             return Err(HandOff::H2cUpstream);
         }
-        let matched_prefix = if rule.filters.is_some() {
-            hit.matched_prefix
+        // Only rewrites read it: no copy for a plain rule.
+        let matched_prefix: Option<Arc<str>> = if rule.filters.is_some() {
+            hit.matched_prefix.map(Arc::from)
         } else {
             None
         };
-        let mut head = req.clone();
-        head.set_version(http::Version::HTTP_11);
-        strip_standard_hop_by_hop(&mut head);
         let client_ip = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let tls = down.digest().ssl_digest.is_some();
-        forward_request_head(&mut head, &rule, host, client_ip, tls, matched_prefix)
+        let head = upstream_head(req, &rule, matched_prefix.as_deref(), client_ip, tls)
             .map_err(|_| HandOff::LocalAnswer)?;
         let read_timeout = upstream_read_timeout(&rule, &self.limits);
         Ok(Forward {
@@ -310,7 +316,10 @@ impl OwnHttp1 {
             backend,
             endpoints,
             first: Some(first),
-            head,
+            head: Some(head),
+            matched_prefix,
+            client_ip,
+            tls,
             body_len,
             read_timeout,
         })
@@ -332,7 +341,9 @@ impl OwnHttp1 {
                 return Exchanged::Close;
             }
         };
-        let result = self.upstream_answer(&mut fwd, &body, &mut permit).await;
+        let result = self
+            .upstream_answer(&mut fwd, down.req_header(), &body, &mut permit)
+            .await;
         let (status, outcome) = match result {
             Ok((up, addr)) => self.relay(down, up, addr, fwd.rule.as_ref()).await,
             Err(failure) => {
@@ -369,11 +380,12 @@ impl OwnHttp1 {
     async fn upstream_answer(
         &self,
         fwd: &mut Forward,
+        req: &RequestHeader,
         body: &[Bytes],
         permit: &mut Option<ReleasePermit>,
     ) -> Result<(UpstreamSession, SocketAddr), Failure> {
         let port = fwd.rule.backends[fwd.backend].target.port;
-        let idempotent = fwd.head.method.is_idempotent();
+        let idempotent = req.method.is_idempotent();
         let mut failed_attempts = 0usize;
         let mut unanswered_replays = 0u8;
         let mut last: Option<Failure> = None;
@@ -433,7 +445,18 @@ impl OwnHttp1 {
                     continue;
                 }
             };
-            match send(stream, fwd, body).await {
+            let head = match fwd.head.take() {
+                Some(head) => head,
+                None => upstream_head(
+                    req,
+                    &fwd.rule,
+                    fwd.matched_prefix.as_deref(),
+                    fwd.client_ip,
+                    fwd.tls,
+                )
+                .map_err(Failure::Other)?,
+            };
+            match send(stream, head, fwd.read_timeout, body).await {
                 Ok(up) => return Ok((up, upstream.addr)),
                 Err(Failure::Unanswered(e)) if idempotent => {
                     if reused {
@@ -662,70 +685,123 @@ fn head_complete(buf: &[u8]) -> bool {
     false
 }
 
-/// Requests whose protocol handling this loop leaves to pingora-proxy: anything but
-/// origin-form HTTP/1.x with one Host, no upgrade, no `Expect`, and a `Connection` that
-/// nominates nothing but keep-alive or close.
-fn forwardable_protocol(req: &RequestHeader) -> bool {
-    use http::header::{CONNECTION, EXPECT, HOST, UPGRADE};
-    let version_ok = matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10);
-    let connection_ok = req.headers.get_all(CONNECTION).iter().all(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',').all(|t| {
-                let t = t.trim();
-                t.is_empty()
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || t.eq_ignore_ascii_case("close")
-            })
-        })
-    });
-    version_ok
-        && connection_ok
-        && req.method != http::Method::CONNECT
-        && req.raw_path().first() == Some(&b'/')
-        && req.headers.get_all(HOST).iter().count() == 1
-        && !req.headers.contains_key(UPGRADE)
-        && !req.headers.contains_key(EXPECT)
-        && !req.headers.contains_key("http2-settings")
+/// What deciding the path needs from a request's headers, from one pass over them
+/// (comparing names, not hashing one lookup per question).
+struct HeadFacts {
+    hosts: usize,
+    /// `Upgrade`, `Expect` or `HTTP2-Settings`: pingora-proxy handles those.
+    protocol_headers: bool,
+    /// Every `Connection` token is keep-alive or close.
+    connection_plain: bool,
+    transfer_encoding: bool,
+    content_lengths: usize,
+    /// The value of the one `Content-Length`, when there is exactly one and it is a number.
+    content_length: Option<u64>,
+    /// Header lines as sent (fngate's 431 bound).
+    bytes: usize,
 }
 
-/// The declared body length, when it is one clear number.
-fn content_length(req: &RequestHeader) -> Option<u64> {
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return None;
-    }
-    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.trim().parse().ok()
-}
-
-/// pingora-proxy's own strip before fngate's (`sanitize_h1_upstream_request`), so both
-/// paths send a function the same head.
-fn strip_standard_hop_by_hop(req: &mut RequestHeader) {
-    use http::header::{
-        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
-        UPGRADE,
-    };
-    for name in [
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        CONNECTION,
-        UPGRADE,
-    ] {
-        if req.headers.contains_key(&name) {
-            req.remove_header(&name);
+impl HeadFacts {
+    fn of(req: &RequestHeader) -> HeadFacts {
+        use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+        let mut facts = HeadFacts {
+            hosts: 0,
+            protocol_headers: false,
+            connection_plain: true,
+            transfer_encoding: false,
+            content_lengths: 0,
+            content_length: None,
+            bytes: 0,
+        };
+        for (name, value) in &req.headers {
+            facts.bytes += name.as_str().len() + value.len() + 4;
+            if name == HOST {
+                facts.hosts += 1;
+            } else if name == CONTENT_LENGTH {
+                facts.content_lengths += 1;
+                facts.content_length = (facts.content_lengths == 1)
+                    .then(|| value.to_str().ok()?.trim().parse().ok())
+                    .flatten();
+            } else if name == TRANSFER_ENCODING {
+                facts.transfer_encoding = true;
+            } else if name == CONNECTION {
+                facts.connection_plain &= value.to_str().is_ok_and(|v| {
+                    v.split(',').all(|t| {
+                        let t = t.trim();
+                        t.is_empty()
+                            || t.eq_ignore_ascii_case("keep-alive")
+                            || t.eq_ignore_ascii_case("close")
+                    })
+                });
+            } else if name == UPGRADE || name == EXPECT || name.as_str() == "http2-settings" {
+                facts.protocol_headers = true;
+            }
         }
+        if facts.transfer_encoding {
+            facts.content_length = None;
+        }
+        facts
     }
-    for name in ["keep-alive", "proxy-connection"] {
+
+    /// Whether the request's protocol handling is this loop's: origin-form HTTP/1.x with
+    /// one Host, no upgrade, no `Expect`, and a `Connection` that nominates nothing but
+    /// keep-alive or close.
+    fn forwardable(&self, req: &RequestHeader) -> bool {
+        matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+            && self.connection_plain
+            && !self.protocol_headers
+            && self.hosts == 1
+            && req.method != http::Method::CONNECT
+            && req.raw_path().first() == Some(&b'/')
+    }
+}
+
+/// What pingora-proxy's own strip removes (`sanitize_h1_upstream_request`) before fngate's.
+const STANDARD_HOP_BY_HOP: [http::HeaderName; 9] = [
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::header::UPGRADE,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+];
+
+/// pingora-proxy's strip, so both paths send a function the same head.
+fn strip_standard_hop_by_hop(req: &mut RequestHeader) {
+    if !super::headers::has_any(&req.headers, &STANDARD_HOP_BY_HOP) {
+        return;
+    }
+    for name in &STANDARD_HOP_BY_HOP {
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
     }
+}
+
+/// The head a function gets for `req`: HTTP/1.1, pingora-proxy's strip, then fngate's
+/// (`forward_request_head`).
+fn upstream_head(
+    req: &RequestHeader,
+    rule: &Rule,
+    matched_prefix: Option<&str>,
+    client_ip: Option<std::net::IpAddr>,
+    tls: bool,
+) -> pingora::Result<RequestHeader> {
+    let mut head = req.clone();
+    head.set_version(http::Version::HTTP_11);
+    strip_standard_hop_by_hop(&mut head);
+    forward_request_head(
+        &mut head,
+        rule,
+        request_host(req),
+        client_ip,
+        tls,
+        matched_prefix,
+    )?;
+    Ok(head)
 }
 
 /// The whole request body (at most [`SMALL_BODY`] by its Content-Length); `None` when the
@@ -757,16 +833,21 @@ fn still_open(stream: &mut Stream) -> bool {
 }
 
 /// Sends the request on `stream` and reads the function's response head.
-async fn send(stream: Stream, fwd: &Forward, body: &[Bytes]) -> Result<UpstreamSession, Failure> {
+async fn send(
+    stream: Stream,
+    head: RequestHeader,
+    read_timeout: Option<Duration>,
+    body: &[Bytes],
+) -> Result<UpstreamSession, Failure> {
     let mut up = UpstreamSession::new(stream);
-    up.read_timeout = fwd.read_timeout;
+    up.read_timeout = read_timeout;
     let unanswered = |e: Box<Error>| match e.etype() {
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
             Failure::Unanswered(e)
         }
         _ => Failure::Other(e),
     };
-    up.write_request_header(Box::new(fwd.head.clone()))
+    up.write_request_header(Box::new(head))
         .await
         .map_err(unanswered)?;
     for chunk in body {
