@@ -172,14 +172,16 @@ pub fn set_forwarded(
             Some(prev) if !prev.is_empty() => format!("{prev}, {}", IpText::of(ip).as_str()),
             _ => IpText::of(ip).as_str().to_owned(),
         };
-        req.insert_header(X_FORWARDED_FOR, value)?;
+        req.insert_header("x-forwarded-for", value)?;
     }
-    // Appending a header that is absent spares pingora's remove-before-insert.
+    // Names as `&'static str`: pingora copies a `HeaderName` that is not one of its titled
+    // names into its case map, and takes a static string as it is. Appending a header
+    // that is absent spares pingora's remove-before-insert.
     if !req.headers.contains_key(X_FORWARDED_PROTO) {
-        req.append_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        req.append_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
     }
     if !req.headers.contains_key(X_FORWARDED_HOST) && !host.is_empty() {
-        req.append_header(X_FORWARDED_HOST, host)?;
+        req.append_header("x-forwarded-host", host)?;
     }
     Ok(())
 }
