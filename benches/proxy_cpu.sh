@@ -236,7 +236,7 @@ for threads in $THREADS; do
       -v pc="${CPU[$threads,$size,fngate-pp]:-0}" -v gc="${CPU[$threads,$size,go]:-0}" \
       -v fp="${P99[$threads,$size,fngate]:-0}" -v np="${P99[$threads,$size,nginx]:-0}" \
       -v oc="${CPU[$threads,$size,own]:-0}" \
-      'function r(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+      'function r(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
       BEGIN{printf "threads=%s %-5s CPU per request: fngate/nginx %s  fngate/haproxy %s  fngate/go-httputil %s (go/fngate %s)  fngate/fngate-on-pingora-proxy %s  bare-pingora/nginx %s  own-loop-probe/nginx %s;  p99 fngate/nginx %s\n",
         t, s, r(fc, nc), r(fc, hc), r(fc, gc), r(gc, fc), r(fc, pc), r(bc, nc), r(oc, nc), r(fp, np)}'
   done
