@@ -62,7 +62,38 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 thread_local! {
     /// Idle upstream connections of this thread, by endpoint: taken and given back
     /// without a lock, a task or a `getpeername`.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Stream>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<Stream>>,
+    releases: u32,
+}
+
+/// Releases between two sweeps of the whole pool.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Gives an idle connection back to this thread's pool. Every [`SWEEP_EVERY`] releases
+/// the pool drops the connections their function closed: an endpoint that went away
+/// (a pod scaled down, replaced) is never asked for again, and its sockets would
+/// otherwise stay open until the process ends.
+fn release(addr: SocketAddr, stream: Stream) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        pool.releases += 1;
+        if pool.releases >= SWEEP_EVERY {
+            pool.releases = 0;
+            pool.idle.retain(|_, streams| {
+                streams.retain_mut(still_open);
+                !streams.is_empty()
+            });
+        }
+        let idle = pool.idle.entry(addr).or_default();
+        if idle.len() < POOL_PER_ENDPOINT {
+            idle.push(stream);
+        }
+    });
 }
 
 /// Why a request went to pingora-proxy: the label of `fngate_http_handoffs_total`.
@@ -480,7 +511,7 @@ impl OwnHttp1 {
 
     /// An idle pooled connection to `addr` still open, else a new one.
     async fn connection(&self, addr: SocketAddr) -> Result<(Stream, bool), Box<Error>> {
-        while let Some(mut stream) = POOL.with(|p| p.borrow_mut().get_mut(&addr)?.pop()) {
+        while let Some(mut stream) = POOL.with(|p| p.borrow_mut().idle.get_mut(&addr)?.pop()) {
             if still_open(&mut stream) {
                 return Ok((stream, true));
             }
@@ -577,13 +608,7 @@ impl OwnHttp1 {
         }
         up.respect_keepalive();
         if let Some(stream) = up.reuse().await {
-            POOL.with(|p| {
-                let mut pool = p.borrow_mut();
-                let idle = pool.entry(addr).or_default();
-                if idle.len() < POOL_PER_ENDPOINT {
-                    idle.push(stream);
-                }
-            });
+            release(addr, stream);
         }
         (status, Exchanged::Done)
     }
