@@ -11,18 +11,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 fn catalog_with_hello(echo: &Echo) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("hello.yaml"),
-        function_yaml("default", "hello", ""),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("hello-slice.yaml"),
-        endpoint_slice("default", "hello", &[echo.addr], true),
-    )
-    .unwrap();
-    dir
+    common::hello_catalog("", &[echo.addr])
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{endpoint_slice, function_yaml, read_response, Echo, Fngate, Response};
+use common::{read_response, Echo, Fngate, Response};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -12,19 +12,8 @@ use std::time::Duration;
 const HOST: &str = "hello.default.ofn.io";
 
 fn catalog(echo: &Echo) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
     let route = "        route:\n          rules:\n          - matches:\n            - path: {type: PathPrefix, value: /edit}\n            filters:\n            - type: RequestHeaderModifier\n              requestHeaderModifier: {set: [{name: x-added, value: by-route}], remove: [x-drop]}\n            - type: ResponseHeaderModifier\n              responseHeaderModifier: {add: [{name: x-answered, value: via-fngate}]}\n            - type: URLRewrite\n              urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}\n          - matches:\n            - path: {type: PathPrefix, value: /}\n";
-    std::fs::write(
-        dir.path().join("hello.yaml"),
-        function_yaml("default", "hello", route),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("hello-slice.yaml"),
-        endpoint_slice("default", "hello", &[echo.addr], true),
-    )
-    .unwrap();
-    dir
+    common::hello_catalog(route, &[echo.addr])
 }
 
 /// One request's raw bytes, and whether its answer has no body (HEAD).

@@ -489,6 +489,23 @@ pub fn function_yaml(namespace: &str, name: &str, route: &str) -> String {
     )
 }
 
+/// A catalog directory with Function `default/hello` (`route`: as for `function_yaml`)
+/// served by `addrs`, all ready.
+pub fn hello_catalog(route: &str, addrs: &[SocketAddr]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        function_yaml("default", "hello", route),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hello-slice.yaml"),
+        endpoint_slice("default", "hello", addrs, true),
+    )
+    .unwrap();
+    dir
+}
+
 pub fn count_by<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
     let mut m = HashMap::new();
     for i in items {
