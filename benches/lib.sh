@@ -132,7 +132,8 @@ http {
 }
 CONF
   } > "$dir/nginx.conf"
-  ${PIN:-} nginx -c "$dir/nginx.conf" -g 'daemon off;' &
+  # NGINX_GLOBAL: more main-context directives (callgrind runs nginx as one process).
+  ${PIN:-} nginx -c "$dir/nginx.conf" -g "daemon off; ${NGINX_GLOBAL:-}" &
   NGINX_PID=$!; PIDS+=($!)
   CURL_OPTS="${h2:+--http2-prior-knowledge}" wait_http "http://127.0.0.1:$port/"
 }

@@ -18,7 +18,8 @@
 # instead counts the instructions bare pingora (also with fngate's three forwarding
 # headers) and fngate (1 thread) spend on N small requests (valgrind's callgrind, zeroed
 # after a warm-up, so start-up is not counted): exact and repeatable where CPU time is
-# noisy. BENCH_CALLGRIND_ONLY="fngate own" counts only those (names as in the CPU runs).
+# noisy. BENCH_CALLGRIND_ONLY="fngate nginx" counts only those (names as in the CPU runs;
+# nginx as one process, master_process off).
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-8}
 CONNS=${2:-32}
@@ -163,6 +164,7 @@ callgrind_per_request() {
     own) start_own 1 "$port" ;;
     fngate) start_fngate_proxy 1 "$port" ;;
     fngate-pp) start_fngate_pingora 1 "$port" ;;
+    nginx) NGINX_GLOBAL="master_process off;" start_nginx 1 "$port" ;;
   esac
   local vg_pid
   vg_pid=$(pgrep -f "callgrind-out-file=$out" | head -1)
