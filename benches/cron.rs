@@ -76,16 +76,8 @@ fn report(name: &str, arrivals: &[f64], from: u64, to: u64, cpu_per_tick: Option
 }
 
 fn main() {
-    let seconds: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20);
-    let pinned = std::process::Command::new("taskset")
-        .args(["-a", "-pc", "0", &std::process::id().to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("taskset (util-linux)");
-    assert!(pinned.success());
+    let seconds: u64 = support::number_arg(20);
+    assert!(support::pin_self_to_cpu0(), "taskset (util-linux)");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -16,7 +16,6 @@ use dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient;
 use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use http_body_util::{BodyExt, Full};
-use std::process::{Command, Stdio};
 use support::free_port;
 use support::state::{cpu_seconds, http_client, start_fngate, HttpClient, CONCURRENCY, TOKEN};
 
@@ -237,15 +236,9 @@ async fn latency_at(target: &Target, rate: u64, count: u64) -> (f64, f64) {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5.0);
-    // This process (the load generator and the functions) on CPU 0, fngate alone on CPU 1.
-    let _ = Command::new("taskset")
-        .args(["-a", "-pc", "0", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status();
+    let secs: f64 = support::number_arg(5.0);
+    // The functions on CPU 0 too.
+    support::pin_self_to_cpu0();
     let (http_app, grpc_app) = (free_port(), free_port());
     serve_apps(http_app, grpc_app);
     support::state::wait_port(http_app);

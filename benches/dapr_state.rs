@@ -132,15 +132,8 @@ fn main() {
         let (g, h) = ports.split_once(',').unwrap();
         bare::serve(g.parse().unwrap(), h.parse().unwrap());
     }
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5.0);
-    // This process (the load generator) and the peers on CPU 0, fngate alone on CPU 1.
-    let _ = Command::new("taskset")
-        .args(["-a", "-pc", "0", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status();
+    let secs: f64 = support::number_arg(5.0);
+    support::pin_self_to_cpu0();
     let redis_port = free_port();
     let redis_dir = tempfile::tempdir().unwrap();
     let _redis = Proc(

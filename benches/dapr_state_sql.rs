@@ -260,18 +260,12 @@ async fn set_async_commit(pg: &tokio_postgres::Client, on: bool) {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5.0);
+    let secs: f64 = support::number_arg(5.0);
     let rate_per_s: u64 = std::env::var("BENCH_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(500);
-    let _ = Command::new("taskset")
-        .args(["-a", "-pc", "0", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status();
+    support::pin_self_to_cpu0();
     pin(&["postgres", "mariadbd"], "0");
     let tag = format!("bench_sql_{}", std::process::id());
     let runtime = tokio::runtime::Builder::new_multi_thread()

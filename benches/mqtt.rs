@@ -159,12 +159,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let pinned = std::process::Command::new("taskset")
-        .args(["-a", "-pc", "0", &std::process::id().to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(pinned.success());
+    assert!(support::pin_self_to_cpu0(), "taskset (util-linux)");
     let broker = Broker::start();
 
     // Raw: make the session, queue the backlog, then drain it.

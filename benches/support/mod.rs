@@ -6,6 +6,25 @@ pub mod state;
 
 use std::io::{Read, Write};
 
+/// The first command-line argument that parses as a `T` (cargo bench passes `--bench`
+/// first), else `default`.
+pub fn number_arg<T: std::str::FromStr>(default: T) -> T {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Pins every thread of this process (the load generator and the peers) to CPU 0, so fngate
+/// alone has CPU 1; whether `taskset` did it.
+pub fn pin_self_to_cpu0() -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-pc", "0", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
