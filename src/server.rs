@@ -408,8 +408,8 @@ impl<S: pingora::services::Service> pingora::services::Service for UntilExit<S> 
 /// The HTTP listeners' service: fngate's own HTTP/1 loop in front of pingora-proxy, or
 /// pingora-proxy alone (`http1.own_loop: false`).
 enum HttpService {
-    Own(Service<OwnHttp1>),
-    Proxy(Service<pingora::proxy::HttpProxy<FunctionProxy>>),
+    Own(Box<Service<OwnHttp1>>),
+    Proxy(Box<Service<pingora::proxy::HttpProxy<FunctionProxy>>>),
 }
 
 impl HttpService {
@@ -565,7 +565,7 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     app.h2_options = Some(h2_options(&settings));
     let app = Arc::new(app);
     let mut proxy_service = if settings.http1_own_loop {
-        HttpService::Own(Service::new(
+        HttpService::Own(Box::new(Service::new(
             "fngate http".into(),
             OwnHttp1::new(
                 app,
@@ -576,12 +576,12 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
                 drain.clone(),
                 settings.h2c,
             ),
-        ))
+        )))
     } else {
-        HttpService::Proxy(Service::new(
+        HttpService::Proxy(Box::new(Service::new(
             "fngate http".into(),
             Arc::into_inner(app).expect("not shared yet"),
-        ))
+        )))
     };
     if let Some(addr) = settings.listen_http {
         // pingora's default 64 KiB read buffer per connection is most of what an idle or
@@ -744,8 +744,8 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     }
     triggers.threads = Some(settings.event_threads);
     match proxy_service {
-        HttpService::Own(service) => server.add_service(service),
-        HttpService::Proxy(service) => server.add_service(service),
+        HttpService::Own(service) => server.add_service(*service),
+        HttpService::Proxy(service) => server.add_service(*service),
     };
     server.add_service(triggers);
     server.add_service(UntilExit::new(admin));

@@ -12,8 +12,8 @@
 //! there for pingora-proxy's session when the request is not one for this path.
 
 use super::service::{
-    forward_request_head, forward_response_head, request_host, upstream_read_timeout, valid_target,
-    wait_for_endpoint, PingoraRequest, ProxyLimits,
+    choose_backend, error_status, forward_request_head, forward_response_head, request_host,
+    upstream_read_timeout, valid_target, wait_for_endpoint, PingoraRequest, ProxyLimits,
 };
 use super::stats::FunctionStats;
 use crate::activator::{Activator, Held, ReleasePermit};
@@ -137,13 +137,13 @@ impl HandOff {
 
 /// The HTTP listeners' app: this loop for HTTP/1, pingora-proxy for the rest.
 pub struct OwnHttp1 {
-    pub proxy: Arc<HttpProxy<super::FunctionProxy>>,
-    pub plan: SharedPlan,
-    pub metrics: Arc<Metrics>,
-    pub limits: ProxyLimits,
-    pub activator: Arc<Activator>,
-    pub drain: Arc<Drain>,
-    pub h2c: bool,
+    proxy: Arc<HttpProxy<super::FunctionProxy>>,
+    plan: SharedPlan,
+    metrics: Arc<Metrics>,
+    limits: ProxyLimits,
+    activator: Arc<Activator>,
+    drain: Arc<Drain>,
+    h2c: bool,
     /// `fngate_http_requests_by_path_total{path="own_h1"}`.
     served: IntCounter,
     /// `fngate_http_handoffs_total`, by `HandOff::ALL`'s order.
@@ -215,9 +215,8 @@ impl OwnHttp1 {
     }
 
     fn count_handoff(&self, reason: HandOff) {
-        if let Some(i) = HandOff::ALL.iter().position(|h| *h == reason) {
-            self.handoffs[i].inc();
-        }
+        // `ALL` lists the reasons in declaration order.
+        self.handoffs[reason as usize].inc();
     }
 
     /// Serves HTTP/1 requests until the connection ends, or returns it, with the bytes
@@ -288,7 +287,8 @@ impl OwnHttp1 {
             _ if facts.content_lengths > 0 => return Err(HandOff::Body),
             _ => 0,
         };
-        if !valid_target(&req.method, req.raw_path()) || facts.bytes > self.limits.max_header_bytes
+        if !valid_target(&req.method, req.raw_path())
+            || super::headers::header_bytes(&req.headers) > self.limits.max_header_bytes
         {
             return Err(HandOff::LocalAnswer);
         }
@@ -305,22 +305,9 @@ impl OwnHttp1 {
         if !rule.mirrors().is_empty() {
             return Err(HandOff::Mirror);
         }
-        let total = rule.total_weight();
-        if total == 0 {
-            return Err(HandOff::LocalAnswer);
-        }
-        let roll = if rule.backends.len() == 1 {
-            0
-        } else {
-            rule.next_pick.next_roll(total)
-        };
-        let backend = rule.pick_backend_index(roll).ok_or(HandOff::LocalAnswer)?;
+        let (backend, endpoints) =
+            choose_backend(&plan, &rule).map_err(|_| HandOff::LocalAnswer)?;
         let target = &rule.backends[backend].target;
-        let endpoints = plan
-            .endpoints
-            .for_target(target)
-            .cloned()
-            .ok_or(HandOff::LocalAnswer)?;
         if endpoints.ready.is_empty() {
             return Err(HandOff::Hold);
         }
@@ -737,8 +724,6 @@ struct HeadFacts {
     content_lengths: usize,
     /// The value of the one `Content-Length`, when there is exactly one and it is a number.
     content_length: Option<u64>,
-    /// Header lines as sent (fngate's 431 bound).
-    bytes: usize,
 }
 
 impl HeadFacts {
@@ -751,10 +736,8 @@ impl HeadFacts {
             transfer_encoding: false,
             content_lengths: 0,
             content_length: None,
-            bytes: 0,
         };
         for (name, value) in &req.headers {
-            facts.bytes += name.as_str().len() + value.len() + 4;
             if name == HOST {
                 facts.hosts += 1;
             } else if name == CONTENT_LENGTH {
@@ -913,14 +896,8 @@ async fn send(
 
 /// The status fngate answers an upstream failure with, as `fail_to_proxy` does.
 fn failure_status(failure: &Failure) -> u16 {
-    let e = match failure {
-        Failure::Connect(e) | Failure::Unanswered(e) | Failure::Other(e) => e,
-    };
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-        _ => 502,
-    }
+    let (Failure::Connect(e) | Failure::Unanswered(e) | Failure::Other(e)) = failure;
+    error_status(e.etype(), &pingora::ErrorSource::Upstream)
 }
 
 #[cfg(test)]

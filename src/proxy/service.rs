@@ -65,7 +65,7 @@ pub(super) fn request_host(req: &RequestHeader) -> &str {
 }
 
 /// The port named in a Host value, if any.
-pub(super) fn host_port(host: &str) -> Option<u16> {
+fn host_port(host: &str) -> Option<u16> {
     let after = match host.rfind(']') {
         Some(i) => &host[i + 1..],
         None => host,
@@ -73,7 +73,7 @@ pub(super) fn host_port(host: &str) -> Option<u16> {
     after.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
-pub(super) fn host_without_port(host: &str) -> &str {
+fn host_without_port(host: &str) -> &str {
     match host_port(host) {
         Some(_) => &host[..host.rfind(':').unwrap_or(host.len())],
         None => host,
@@ -81,7 +81,7 @@ pub(super) fn host_without_port(host: &str) -> &str {
 }
 
 /// Whether the request announces a body (chunked, or a non-zero Content-Length).
-pub(super) fn has_body(req: &RequestHeader) -> bool {
+fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers
@@ -253,36 +253,19 @@ impl FunctionProxy {
             return respond(session, redirect.status, &[("location", location)], "").await;
         }
 
-        let total = rule.total_weight();
-        if total == 0 {
-            return respond(
-                session,
-                500,
-                &[],
-                "route has no backend with a non-zero weight\n",
-            )
-            .await;
-        }
-        let roll = if rule.backends.len() == 1 {
-            0
-        } else {
-            rule.next_pick.next_roll(total)
-        };
-        let Some(index) = rule.pick_backend_index(roll) else {
-            return respond(session, 500, &[], "no backend\n").await;
+        let (index, endpoints) = match choose_backend(&plan, &rule) {
+            Ok(chosen) => chosen,
+            Err(message) => return respond(session, 500, &[], message).await,
         };
         ctx.backend = index;
-        let target = &rule.backends[index].target;
-        ctx.endpoints = plan.endpoints.for_target(target).cloned();
-        match &ctx.endpoints {
-            None => respond(session, 500, &[], "backend Service has no EndpointSlice\n").await,
-            Some(eps) if eps.ready.is_empty() => self.hold(session, ctx, &rule).await,
-            Some(_) => {
-                ctx.running = Some(self.stats(&rule).running());
-                self.mirror(session, ctx, &rule);
-                Ok(false)
-            }
+        let cold = endpoints.ready.is_empty();
+        ctx.endpoints = Some(endpoints);
+        if cold {
+            return self.hold(session, ctx, &rule).await;
         }
+        ctx.running = Some(self.stats(&rule).running());
+        self.mirror(session, ctx, &rule);
+        Ok(false)
     }
 
     /// Scale from zero: waits, before the body is read, for the chosen backend's Service
@@ -390,6 +373,51 @@ impl FunctionProxy {
                 ctx.mirrors.push(mirror::send(addr, &copy, &host, has_body));
             }
         }
+    }
+}
+
+/// The backend of `rule` this request goes to (the weighted pick) and its Service's
+/// endpoints, on either path; else the 500 fngate answers, as its message.
+pub(super) fn choose_backend(
+    plan: &crate::plan::Plan,
+    rule: &Rule,
+) -> std::result::Result<(usize, Arc<ServiceEndpoints>), &'static str> {
+    let total = rule.total_weight();
+    if total == 0 {
+        return Err("route has no backend with a non-zero weight\n");
+    }
+    let roll = if rule.backends.len() == 1 {
+        0
+    } else {
+        rule.next_pick.next_roll(total)
+    };
+    let index = rule.pick_backend_index(roll).ok_or("no backend\n")?;
+    let endpoints = plan
+        .endpoints
+        .for_target(&rule.backends[index].target)
+        .cloned()
+        .ok_or("backend Service has no EndpointSlice\n")?;
+    Ok((index, endpoints))
+}
+
+/// The status fngate answers a failed request with, on either path (0: the client left,
+/// no one to answer).
+pub(super) fn error_status(etype: &ErrorType, source: &ErrorSource) -> u16 {
+    match etype {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => match source {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match etype {
+                // The client went away (an HTTP/2 client resets its stream).
+                ErrorType::WriteError
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed
+                | ErrorType::H2Error => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }
 
@@ -708,23 +736,7 @@ impl ProxyHttp for FunctionProxy {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    // The client went away (an HTTP/2 client resets its stream): no one to
-                    // answer.
-                    ErrorType::WriteError
-                    | ErrorType::ReadError
-                    | ErrorType::ConnectionClosed
-                    | ErrorType::H2Error => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = error_status(e.etype(), e.esource());
         if code > 0 && session.response_written().is_none() {
             if is_grpc(session.req_header()) {
                 let _ = respond_grpc(session, code, &e.to_string()).await;
